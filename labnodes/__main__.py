@@ -1,0 +1,5 @@
+import sys
+
+from labnodes.cli import main
+
+sys.exit(main())

@@ -1,0 +1,137 @@
+"""Settings for every labnodes program: defaults < config file < LABNODES_* environment < command-line flags.
+
+The config file is flat TOML whose keys are the field names of `Settings` (the Ansible roles template it):
+
+    redis_host = "10.77.1.10"
+    redis_password = "..."
+
+Its path is `--config PATH`, else `$LABNODES_CONFIG`, else `/etc/labnodes/labnodes.toml` if that exists.
+Each field can also be set as `LABNODES_<FIELD>` (for example `LABNODES_MATH_PORT=6000`).
+Defaults bind to 127.0.0.1 and hold no secret: programs that need a secret refuse to start without one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+
+from labnodes import LabnodesError
+
+DEFAULT_CONFIG = Path("/etc/labnodes/labnodes.toml")
+ENV_PREFIX = "LABNODES_"
+
+
+class ConfigError(LabnodesError):
+    """A setting is missing, unknown or of the wrong type; the message says which and where."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    log_level: str = "INFO"  # DEBUG, INFO, WARNING, ERROR
+
+    # Celery: Redis is both broker and result backend.
+    redis_host: str = "127.0.0.1"
+    redis_port: int = 6379
+    redis_db: int = 0
+    redis_password: str = ""  # no default secret; Redis on a cluster always has one
+    celery_concurrency: int = 2  # worker processes per worker host
+    celery_timeout: float = 30.0  # seconds a client waits for one result
+
+    # Pyro4: name server and ring nodes.
+    ns_host: str = "127.0.0.1"
+    ns_port: int = 9090
+    hmac_key: str = ""  # required by the name server and the ring; no default
+    ring_host: str = "127.0.0.1"  # address a ring node binds and advertises
+    ring_port: int = 0  # 0: any free port (the name server records the real one)
+    ring_timeout: float = 5.0  # seconds per hop before a hop is declared dead
+    ring_max_laps: int = 100  # bound on laps round the ring for one message
+
+    # Socket math server.
+    math_host: str = "127.0.0.1"
+    math_port: int = 5050
+    math_idle_timeout: float = 60.0  # seconds a connection may stay silent
+
+    # File transfer server.
+    file_host: str = "127.0.0.1"
+    file_port: int = 5051
+    file_root: str = "/var/lib/labnodes/files"  # every name is confined to this directory
+    file_max_size: int = 4 * 1024**3  # bytes; larger transfers are refused before any byte is written
+    file_idle_timeout: float = 60.0  # seconds without progress before a transfer is abandoned
+
+    def replace(self, **changes) -> Settings:
+        return dataclasses.replace(self, **changes)
+
+
+FIELDS = {f.name: f for f in dataclasses.fields(Settings)}
+
+
+def _coerce(name: str, value, source: str):
+    kind = FIELDS[name].type
+    try:
+        if kind == "int":
+            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+                raise ValueError
+            return int(value)
+        if kind == "float":
+            if isinstance(value, bool):
+                raise ValueError
+            return float(value)
+        if not isinstance(value, str):
+            raise ValueError
+        return value
+    except (TypeError, ValueError):
+        raise ConfigError(f"{source}: {name} must be {kind}, got {value!r}") from None
+
+
+def load(
+    path: str | os.PathLike | None = None,
+    env: Mapping[str, str] | None = None,
+    overrides: Mapping[str, object] | None = None,
+) -> Settings:
+    """Build Settings from the config file, then the environment, then `overrides` (flags; None means unset)."""
+    env = os.environ if env is None else env
+    values: dict[str, object] = {}
+
+    if path is None and env.get(ENV_PREFIX + "CONFIG"):
+        path = env[ENV_PREFIX + "CONFIG"]
+    if path is None and DEFAULT_CONFIG.exists():
+        path = DEFAULT_CONFIG
+    if path is not None:
+        try:
+            with open(path, "rb") as fh:
+                data = tomllib.load(fh)
+        except OSError as exc:
+            raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+        for key, value in data.items():
+            if key not in FIELDS:
+                raise ConfigError(f"{path}: unknown setting {key!r}")
+            values[key] = _coerce(key, value, str(path))
+
+    for key, value in env.items():
+        if not key.startswith(ENV_PREFIX) or key == ENV_PREFIX + "CONFIG":
+            continue
+        name = key[len(ENV_PREFIX):].lower()
+        if name not in FIELDS:
+            raise ConfigError(f"environment: unknown setting {key}")
+        values[name] = _coerce(name, value, key)
+
+    for name, value in (overrides or {}).items():
+        if value is not None and name in FIELDS:
+            values[name] = _coerce(name, value, "--" + name.replace("_", "-"))
+
+    return Settings(**values)
+
+
+def require(settings: Settings, name: str) -> str:
+    """Return a secret setting, or raise a ConfigError that says how to provide it."""
+    value = getattr(settings, name)
+    if not value:
+        raise ConfigError(
+            f"{name} is not set: put it in the config file or set {ENV_PREFIX}{name.upper()}"
+        )
+    return value

@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# Sets up this control machine (Debian 12, as root): distribution packages, then .venv with labnodes and the tools.
+# Safe to re-run; it skips what is already done.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if [ "$(id -u)" != 0 ]; then
+  echo "setup: run as root (it installs Debian packages and creates network namespaces)" >&2
+  exit 1
+fi
+
+# Everything the control box and the netns hosts need (netns hosts share the box's /usr).
+PACKAGES="python3 python3-venv python3-apt openssh-server openssh-client redis-server supervisor
+  iperf3 iproute2 iptables procps psmisc util-linux rsync"
+missing=$(dpkg-query -W -f '${Package} ${Status}\n' $PACKAGES 2>/dev/null | awk '$4 != "installed" {print $1}' || true)
+for p in $PACKAGES; do dpkg-query -W "$p" >/dev/null 2>&1 || missing="$missing $p"; done
+if [ -n "${missing// /}" ]; then
+  echo "setup: installing Debian packages:" $missing
+  # The box only carries these programs for the hosts: do not start the distribution's services on it.
+  made_policy=""
+  if [ ! -e /usr/sbin/policy-rc.d ]; then
+    printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d
+    made_policy=1
+  fi
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends $missing >/dev/null
+  [ -z "$made_policy" ] || rm -f /usr/sbin/policy-rc.d
+fi
+
+# The control venv uses Debian's python3, the same interpreter the hosts run, so wheels built here fit them.
+stamp=.venv/.labkit-setup
+want=$(cat requirements.txt pyproject.toml | sha256sum | cut -d' ' -f1)
+if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
+  echo "setup: creating .venv"
+  [ -x .venv/bin/python ] || /usr/bin/python3 -m venv .venv
+  .venv/bin/pip install -q --upgrade pip
+  .venv/bin/pip install -q -r requirements.txt -e '.[flower]'
+  echo "$want" > "$stamp"
+fi
+echo "setup: ready (.venv/bin has labnodes, ansible, fab, pytest)"
