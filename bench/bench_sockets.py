@@ -1,0 +1,286 @@
+"""Benchmarks of the socket programs, each against a baseline measured in the same run (higher is better).
+
+- math requests/s, 1 client, vs a raw asyncio TCP echo server answering the same lines (protocol cost);
+- math requests/s with 128 concurrent clients vs 1 client (does concurrency scale, or collapse?);
+- file PUT MB/s vs a raw socket copy: plain sendfile() to a plain reader that writes the bytes to a file and
+  fsyncs it, same file, same destination directory; and GET MB/s against the same baseline;
+- the PUT receiver's peak RSS (VmHWM of the server subprocess), target < 64 MB.
+
+Servers run as subprocesses (logging at WARNING), clients in this process. File transfers write into a tmpfs
+(/dev/shm) when there is one, else the temporary directory, so the figures compare protocols rather than the
+disk: on a disk, fsync of 1 GiB bounds both sides at the disk's write speed. The source file is created there
+too and everything is deleted afterwards. The PUT timing starts after the client's own sha256 pass over the
+file (send(sha256=...)); the "incl. client sha256" row adds that pass.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+
+from labnodes import filexfer
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+ECHO_SERVER = """
+import asyncio, sys
+async def handle(r, w):
+    while line := await r.readline():
+        w.write(line)
+        await w.drain()
+    w.close()
+async def main():
+    server = await asyncio.start_server(handle, "127.0.0.1", 0, backlog=512)
+    print(server.sockets[0].getsockname()[1], flush=True)
+    await asyncio.Event().wait()
+asyncio.run(main())
+"""
+
+MATH_SERVER = """
+from labnodes.mathserver import MathServer
+import asyncio, sys
+async def main():
+    server = MathServer("127.0.0.1", 0)
+    print((await server.start())[1], flush=True)
+    await server.serve()
+asyncio.run(main())
+"""
+
+FILE_SERVER = """
+import sys
+from labnodes.filexfer import FileServer
+server = FileServer(sys.argv[1], "127.0.0.1", 0, max_size=1 << 40)
+print(server.address[1], flush=True)
+sys.exit(server.run())
+"""
+
+RAW_READER = """
+import os, socket, sys
+listener = socket.create_server(("127.0.0.1", 0))
+print(listener.getsockname()[1], flush=True)
+while True:
+    conn, _ = listener.accept()
+    buf = memoryview(bytearray(1 << 20))
+    fd = os.open(sys.argv[1], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    while n := conn.recv_into(buf):
+        os.write(fd, buf[:n])
+    os.fsync(fd)
+    os.close(fd)
+    conn.sendall(b"k")
+    conn.close()
+"""
+
+
+class _Server:
+    """A subprocess that prints its port on its first line; stopped (SIGTERM, then SIGKILL) on exit."""
+
+    def __init__(self, code: str, *args: str):
+        env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", code, *args], stdout=subprocess.PIPE, text=True, env=env, cwd=ROOT
+        )
+        line = self.proc.stdout.readline()
+        if not line.strip().isdigit():
+            self.close()
+            raise RuntimeError(f"benchmark server did not start: {line!r}")
+        self.port = int(line)
+
+    def peak_rss_mb(self) -> float:
+        with open(f"/proc/{self.proc.pid}/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+        raise RuntimeError("no VmHWM")
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def close(self):
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc.stdout.close()
+
+
+def _row(bench, value, unit, baseline_name, baseline, target="", ok=None) -> dict:
+    return {
+        "bench": bench,
+        "value": round(value, 2),
+        "unit": unit,
+        "baseline_name": baseline_name,
+        "baseline": round(baseline, 2),
+        "ratio": round(value / baseline, 3) if baseline else 0.0,
+        "target": target,
+        "ok": ok,
+    }
+
+
+# --- math -------------------------------------------------------------------------------------------------
+
+
+async def _requests_per_s(port: int, clients: int, per_client: int, expect: bytes) -> float:
+    async def one(reader, writer):
+        for _ in range(per_client):
+            writer.write(b"48,18\n")
+            if await reader.readline() != expect:
+                raise RuntimeError("wrong reply")
+        writer.close()
+
+    conns = [await asyncio.open_connection("127.0.0.1", port) for _ in range(clients)]
+    started = time.perf_counter()
+    await asyncio.gather(*(one(r, w) for r, w in conns))
+    return clients * per_client / (time.perf_counter() - started)
+
+
+def _math_rows(quick: bool) -> list[dict]:
+    total = 3000 if quick else 40000
+    clients = 128
+    with _Server(ECHO_SERVER) as echo:
+        echo_rate = asyncio.run(_requests_per_s(echo.port, 1, total, b"48,18\n"))
+    with _Server(MATH_SERVER) as math_server:
+        ok = b"OK gcd=6 lcm=144\n"
+        one = asyncio.run(_requests_per_s(math_server.port, 1, total, ok))
+        many = asyncio.run(_requests_per_s(math_server.port, clients, total // clients, ok))
+    return [
+        _row(
+            "math req/s, 1 client (higher better)",
+            one,
+            "req/s",
+            "raw asyncio TCP echo, 1 client",
+            echo_rate,
+            "ratio >= 0.5",
+            one / echo_rate >= 0.5,
+        ),
+        _row(
+            f"math req/s, {clients} clients (higher better)",
+            many,
+            "req/s",
+            "math req/s, 1 client",
+            one,
+            "ratio >= 1.0",
+            many / one >= 1.0,
+        ),
+    ]
+
+
+# --- files ------------------------------------------------------------------------------------------------
+
+
+def _make_file(path: str, size: int) -> str:
+    hasher = hashlib.sha256()
+    with open(path, "wb") as f:
+        for _ in range(size // (1 << 20)):
+            block = os.urandom(1 << 20)
+            hasher.update(block)
+            f.write(block)
+    return hasher.hexdigest()
+
+
+def _raw_copy_seconds(src: str, dest: str) -> float:
+    with _Server(RAW_READER, dest) as reader, open(src, "rb") as f:
+        started = time.perf_counter()
+        with socket.create_connection(("127.0.0.1", reader.port)) as sock:
+            sock.sendfile(f)
+            sock.shutdown(socket.SHUT_WR)
+            if sock.recv(1) != b"k":
+                raise RuntimeError("raw reader failed")
+        seconds = time.perf_counter() - started
+    os.unlink(dest)
+    return seconds
+
+
+def _file_rows(quick: bool) -> list[dict]:
+    size = (64 if quick else 1024) * (1 << 20)
+    rounds = 3  # raw copy and PUT alternate; the best of each counts (the box is shared and noisy)
+    parent = "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
+    work = tempfile.mkdtemp(prefix="bench-sockets-", dir=parent)
+    try:
+        src = os.path.join(work, "payload.bin")
+        digest = _make_file(src, size)
+        started = time.perf_counter()
+        with open(src, "rb") as f:
+            filexfer.file_sha256(f.fileno())
+        hash_seconds = time.perf_counter() - started
+
+        root, out = os.path.join(work, "root"), os.path.join(work, "out")
+        os.mkdir(out)
+        raw, put, got = [], [], []
+        with _Server(FILE_SERVER, root) as server:
+            for _ in range(rounds):
+                raw.append(_raw_copy_seconds(src, os.path.join(work, "raw.bin")))
+                started = time.perf_counter()
+                filexfer.send("127.0.0.1", server.port, src, "payload.bin", sha256=digest)
+                put.append(time.perf_counter() - started)
+                os.unlink(os.path.join(root, "payload.bin"))
+            rss = server.peak_rss_mb()
+            filexfer.send("127.0.0.1", server.port, src, "payload.bin", sha256=digest)
+            for _ in range(2):
+                started = time.perf_counter()
+                filexfer.get("127.0.0.1", server.port, "payload.bin", out)
+                got.append(time.perf_counter() - started)
+                os.unlink(os.path.join(out, "payload.bin"))
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+    raw = min(raw)
+    mb = size / 1e6
+    label = f"{size >> 20} MiB"
+    raw_rate = mb / raw
+    put_rate, get_rate = mb / min(put), mb / min(got)
+    with_hash = mb / (min(put) + hash_seconds)
+    baseline = f"raw sendfile copy {label} (write + fsync)"
+    return [
+        _row(
+            f"file PUT {label} MB/s (higher better)",
+            put_rate,
+            "MB/s",
+            baseline,
+            raw_rate,
+            "ratio >= 0.85",
+            put_rate / raw_rate >= 0.85,
+        ),
+        _row(
+            f"file PUT {label} MB/s incl. client sha256 (higher better)",
+            with_hash,
+            "MB/s",
+            baseline,
+            raw_rate,
+        ),
+        _row(
+            f"file GET {label} MB/s incl. server sha256 (higher better)", get_rate, "MB/s", baseline, raw_rate
+        ),
+        _row(
+            f"file PUT receiver peak RSS, {label} (lower better)",
+            rss,
+            "MB",
+            "limit 64 MB",
+            64.0,
+            "ratio < 1.0",
+            rss < 64.0,
+        ),
+    ]
+
+
+def run(quick: bool = False) -> list[dict]:
+    return _math_rows(quick) + _file_rows(quick)
+
+
+if __name__ == "__main__":
+    from labnodes import output
+
+    rows = run(quick="--quick" in sys.argv)
+    output.table([[r[k] for k in r] for r in rows], list(rows[0]))

@@ -1,0 +1,746 @@
+"""File transfer over TCP: length-prefixed JSON headers, raw bytes streamed, sha256-verified, then renamed.
+
+Frames
+    frame = LEN HEADER [BODY]
+    LEN    = 4-byte big-endian unsigned length of HEADER, 1..4096 (MAX_HEADER)
+    HEADER = a UTF-8 JSON object
+    BODY   = raw bytes, only where a header announces them with "size"
+
+One request per connection; the server closes the connection after its last reply.
+
+    PUT  client: {"op": "PUT", "name": N, "size": S, "sha256": H}
+         server: {"status": "ready"}                      or an ERR frame (refused from the header alone)
+         client: exactly S raw bytes
+         server: {"status": "stored", "name": N, "size": S, "sha256": H}   or an ERR frame
+    GET  client: {"op": "GET", "name": N}
+         server: {"status": "sending", "name": N, "size": S, "sha256": H} then exactly S raw bytes,
+                 or an ERR frame
+
+    ERR frame: {"error": CODE, "message": "one line for people"}
+
+The server answers "ready" before the client sends any byte of a PUT: a refusal (bad name, too large) then
+costs no transfer, and it arrives intact (a server that closed a socket while the client was still sending
+would make the kernel reset the connection, and the reset can destroy the ERR frame on its way). A GET reply
+of at most 64 KiB travels in one buffer with its header.
+
+Error codes
+    bad-frame          header length outside 1..4096, not UTF-8, not JSON, or not an object
+    bad-request        unknown "op", or a field missing or of the wrong type ("size" a non-negative integer,
+                       "sha256" 64 hex digits)
+    bad-name           the name is not a plain file name: empty, ".", "..", contains "/" or NUL or a control
+                       character, starts with "." (reserved for temporary files), over 255 bytes in UTF-8
+    too-large          "size" is over file_max_size; refused before any byte is written
+    not-found          GET of a name that does not exist
+    not-a-file         GET of a directory, a symbolic link (never followed), a device or a FIFO; PUT onto a
+                       directory
+    checksum-mismatch  the sha256 of the received bytes differs from the header's
+    disk-error         the server could not write the file (full disk, permissions, ...)
+    idle-timeout       no progress for file_idle_timeout seconds
+    short-stream       the peer closed the connection before all announced bytes arrived (logged; there is
+                       nobody left to send the ERR frame to)
+    internal-error     a bug in the server (its log has the traceback)
+A server that shuts down closes open connections without an ERR frame: clients see short-stream or
+connection-lost.
+
+Receiving (the server for PUT, the client for GET) streams in constant memory (3 buffers of 1 MiB; a second
+thread hashes and writes one chunk while the next is received): 1 MiB chunks go into a temporary
+file in the destination directory (".upload-<random>.part" on the server, ".download-<random>.part" on the
+client), hashed as they arrive, then fsync; only if the sha256 matches is the file renamed to its name, which
+atomically replaces an existing file of that name (readers of the old file keep the old content). On any
+failure the temporary file is removed, so a refused or broken transfer leaves nothing behind on either side.
+Sending uses socket.sendfile(). Names are confined to the root: plain names only, opened relative to the
+root directory with O_NOFOLLOW. At start-up the server removes ".upload-*.part" files left by a killed server
+(so two servers must not share one root). On SIGTERM/SIGINT the server stops accepting, closes every
+connection, removes in-flight temporary files and exits 0. Log (INFO, logger `labnodes.filexfer`): one line
+per transfer with the peer, op, name, size, sha256 prefix, MB/s and result.
+
+Commands (send and get print a table, or JSON with --json; any refusal is one line on stderr and exit 1):
+    labnodes file serve [--host H] [--port P] [--root DIR]
+    labnodes file send [--host H] [--port P] [--json] PATH [--name N]
+    labnodes file get [--host H] [--port P] [--json] NAME --out DIR
+
+Library use (tests, Fabric): `send(host, port, path, name=None) -> dict`, `get(host, port, name, out_dir) ->
+dict`; both raise TransferError (a LabnodesError with a .code) on any refusal or failure.
+`FileServer(root).start_in_thread()` serves on a free port and returns (host, port).
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import json
+import logging
+import os
+import queue
+import re
+import secrets
+import signal
+import socket
+import stat
+import struct
+import threading
+import time
+
+from labnodes import LabnodesError
+
+log = logging.getLogger(__name__)
+
+MAX_HEADER = 4096  # bytes of JSON header
+MAX_NAME = 255  # bytes of UTF-8 in a file name (NAME_MAX on Linux)
+CHUNK = 1 << 20  # bytes read from the socket and written to disk at a time
+BUFFERS = 3  # chunks in flight between the receiving thread and the hashing/writing thread
+SMALL_BODY = 64 * 1024  # a GET body up to this size is sent in one buffer with its header
+PREFIX = struct.Struct(">I")
+SERVER_TEMP, CLIENT_TEMP, TEMP_SUFFIX = ".upload-", ".download-", ".part"
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+
+
+class ProtocolError(Exception):
+    """A refusal or failure with an ERR code; travels to the peer as {"error": code, "message": message}."""
+
+    def __init__(self, code: str, message: str):
+        super().__init__(message)
+        self.code, self.message = code, message
+
+    def frame(self) -> bytes:
+        return encode_frame({"error": self.code, "message": self.message})
+
+
+class ShortRead(ProtocolError):
+    """The peer closed the connection before sending all the bytes it announced."""
+
+    def __init__(self, got: int, wanted: int):
+        super().__init__("short-stream", f"connection closed after {got} of {wanted} bytes")
+
+
+class TransferError(LabnodesError):
+    """A client-side failure; .code is the server's ERR code, or one of the client's own: connect, timeout
+    (no connection), connection-lost, idle-timeout, local (the local file or directory), or the code of a
+    check the client made itself (bad-name, bad-frame, bad-request, short-stream, checksum-mismatch)."""
+
+    def __init__(self, code: str, message: str):
+        super().__init__(message)
+        self.code = code
+
+
+# --- framing ----------------------------------------------------------------------------------------------
+
+
+def recv_exactly(sock: socket.socket, n: int) -> bytes:
+    """Read exactly n bytes (one recv() may return any part of them); ShortRead if the stream ends first."""
+    buf = bytearray(n)
+    view = memoryview(buf)
+    got = 0
+    while got < n:
+        k = sock.recv_into(view[got:])
+        if k == 0:
+            raise ShortRead(got, n)
+        got += k
+    return bytes(buf)
+
+
+def encode_frame(header: dict, body: bytes = b"") -> bytes:
+    data = json.dumps(header, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+    if not 1 <= len(data) <= MAX_HEADER:
+        raise ValueError(f"header of {len(data)} bytes is outside 1..{MAX_HEADER}")
+    return PREFIX.pack(len(data)) + data + body
+
+
+def decode_header(data: bytes) -> dict:
+    try:
+        header = json.loads(data.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise ProtocolError("bad-frame", "header is not UTF-8") from None
+    except (ValueError, RecursionError):
+        raise ProtocolError("bad-frame", "header is not valid JSON") from None
+    if not isinstance(header, dict):
+        raise ProtocolError("bad-frame", "header is not a JSON object")
+    return header
+
+
+def read_frame(sock: socket.socket) -> dict:
+    """Read one frame's header: the 4-byte length, then that many bytes of JSON object."""
+    (length,) = PREFIX.unpack(recv_exactly(sock, PREFIX.size))
+    if not 1 <= length <= MAX_HEADER:
+        raise ProtocolError("bad-frame", f"header length {length} is outside 1..{MAX_HEADER}")
+    return decode_header(recv_exactly(sock, length))
+
+
+# --- validation -------------------------------------------------------------------------------------------
+
+
+def check_name(name) -> str:
+    """Return name if it is a plain file name allowed in the root, else raise ProtocolError('bad-name')."""
+    if not isinstance(name, str) or not name:
+        raise ProtocolError("bad-name", "name must be a non-empty string")
+    if name in (".", "..") or "/" in name:
+        raise ProtocolError("bad-name", "name must be a plain file name (no '/', not '.' or '..')")
+    if name.startswith("."):
+        raise ProtocolError("bad-name", "name must not start with '.' (reserved for temporary files)")
+    if any(ord(c) < 32 or ord(c) == 127 for c in name):
+        raise ProtocolError("bad-name", "name must not contain NUL or control characters")
+    try:
+        encoded = name.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ProtocolError("bad-name", "name is not valid Unicode") from None
+    if len(encoded) > MAX_NAME:
+        raise ProtocolError("bad-name", f"name is longer than {MAX_NAME} bytes")
+    return name
+
+
+def _check_size(size, max_size: int | None = None) -> int:
+    if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+        raise ProtocolError("bad-request", "size must be a non-negative integer")
+    if max_size is not None and size > max_size:
+        raise ProtocolError("too-large", f"{size} bytes is over the limit of {max_size} bytes")
+    return size
+
+
+def _check_sha256(digest) -> str:
+    if not isinstance(digest, str) or not _SHA256.fullmatch(digest.lower()):
+        raise ProtocolError("bad-request", "sha256 must be 64 hex digits")
+    return digest.lower()
+
+
+def check_put(header: dict, max_size: int) -> tuple[str, int, str]:
+    """Validate a PUT header; return (name, size, sha256)."""
+    return (
+        check_name(header.get("name")),
+        _check_size(header.get("size"), max_size),
+        _check_sha256(header.get("sha256")),
+    )
+
+
+def file_sha256(fd: int) -> str:
+    """sha256 of a whole open file (by descriptor), read in chunks from offset 0."""
+    hasher = hashlib.sha256()
+    offset = 0
+    while chunk := os.pread(fd, CHUNK, offset):
+        hasher.update(chunk)
+        offset += len(chunk)
+    return hasher.hexdigest()
+
+
+# --- receiving into a temporary file -----------------------------------------------------------------------
+
+
+class _Receiver:
+    """Streams `size` bytes from a socket into a temporary file in one directory; commit() renames it.
+
+    Use as a context manager: leaving the block without commit() removes the temporary file.
+    """
+
+    def __init__(self, dir_fd: int, prefix: str):
+        self.dir_fd = dir_fd
+        self.temp = f"{prefix}{secrets.token_hex(8)}{TEMP_SUFFIX}"
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+        try:
+            self.fd = os.open(self.temp, flags, 0o644, dir_fd=dir_fd)
+        except OSError as exc:
+            raise ProtocolError("disk-error", f"cannot create a temporary file: {exc.strerror}") from None
+        self.done = False
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info):
+        if self.fd >= 0:
+            os.close(self.fd)
+        if not self.done:
+            try:
+                os.unlink(self.temp, dir_fd=self.dir_fd)
+            except FileNotFoundError:
+                pass
+
+    def receive(self, sock: socket.socket, size: int, expected_sha256: str) -> None:
+        """Read exactly size bytes in chunks, hash and write them, check the sha256, fsync.
+
+        One helper thread hashes and writes chunk k while this thread receives chunk k+1 (hashlib, recv and
+        write all release the GIL), so hashing does not slow the transfer down; at most BUFFERS chunks are
+        in memory at once.
+        """
+        hasher = hashlib.sha256()
+        free: queue.SimpleQueue = queue.SimpleQueue()
+        full: queue.SimpleQueue = queue.SimpleQueue()
+        for _ in range(min(BUFFERS, size // CHUNK + 1)):
+            free.put(memoryview(bytearray(CHUNK)))
+        failed: list[BaseException] = []
+
+        def hash_and_write():
+            while (item := full.get()) is not None:
+                view, n = item
+                if not failed:
+                    try:
+                        hasher.update(view[:n])
+                        self._write(view[:n])
+                    except BaseException as exc:  # re-raised in the receiving thread
+                        failed.append(exc)
+                free.put(view)
+
+        worker = threading.Thread(target=hash_and_write, name="hash-and-write", daemon=True)
+        worker.start()
+        try:
+            remaining = size
+            while remaining:
+                view = free.get()
+                if failed:
+                    break
+                want = min(CHUNK, remaining)
+                got = 0
+                while got < want:  # fill the chunk: fewer, larger hash updates and disk writes
+                    n = sock.recv_into(view[got:want])
+                    if n == 0:
+                        raise ShortRead(size - remaining + got, size)
+                    got += n
+                full.put((view, got))
+                remaining -= got
+        finally:
+            full.put(None)
+            worker.join()
+        if failed:
+            raise failed[0]
+        actual = hasher.hexdigest()
+        if actual != expected_sha256:
+            raise ProtocolError(
+                "checksum-mismatch", f"sha256 of the received bytes is {actual}, not {expected_sha256}"
+            )
+        try:
+            os.fsync(self.fd)
+        except OSError as exc:
+            raise ProtocolError("disk-error", f"cannot write the file: {exc.strerror}") from None
+
+    def _write(self, data) -> None:
+        view = memoryview(data)
+        try:
+            while view:
+                view = view[os.write(self.fd, view) :]
+        except OSError as exc:
+            raise ProtocolError("disk-error", f"cannot write the file: {exc.strerror}") from None
+
+    def commit(self, name: str) -> None:
+        """Rename the verified temporary file to name (atomically replacing a file of that name)."""
+        try:
+            os.rename(self.temp, name, src_dir_fd=self.dir_fd, dst_dir_fd=self.dir_fd)
+        except IsADirectoryError:
+            raise ProtocolError("not-a-file", f"{name} is a directory") from None
+        except OSError as exc:
+            raise ProtocolError("disk-error", f"cannot rename into place: {exc.strerror}") from None
+        self.done = True
+        try:
+            os.fsync(self.dir_fd)  # make the rename itself durable
+        except OSError:
+            pass
+
+
+# --- server -----------------------------------------------------------------------------------------------
+
+
+def _mb_per_s(size: int, seconds: float) -> float:
+    return size / 1e6 / seconds if seconds > 0 else 0.0
+
+
+class FileServer:
+    """Thread-per-connection file server over `root`. `run()` until SIGTERM/SIGINT; `start_in_thread()`."""
+
+    def __init__(
+        self,
+        root: str | os.PathLike,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        max_size: int = 4 * 1024**3,
+        idle_timeout: float = 60.0,
+    ):
+        self.root = os.path.realpath(root)
+        os.makedirs(self.root, exist_ok=True)
+        self.max_size, self.idle_timeout = max_size, idle_timeout
+        self._root_fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        self._remove_stale_temp_files()
+        self._sock = socket.create_server((host, port), backlog=128)
+        self._sock.settimeout(1.0)  # the accept loop checks for shutdown at least this often
+        self.address = self._sock.getsockname()[:2]
+        self._stopping = threading.Event()
+        self._lock = threading.Lock()
+        self._conns: dict[socket.socket, threading.Thread] = {}
+        self._thread: threading.Thread | None = None
+
+    def _remove_stale_temp_files(self) -> None:
+        for entry in os.scandir(self._root_fd):
+            if entry.name.startswith(SERVER_TEMP) and entry.name.endswith(TEMP_SUFFIX):
+                log.info("removing stale temporary file %s", entry.name)
+                os.unlink(entry.name, dir_fd=self._root_fd)
+
+    def serve_forever(self) -> None:
+        log.info("file server listening on %s:%d, root %s", *self.address, self.root)
+        try:
+            while not self._stopping.is_set():
+                try:
+                    conn, peer = self._sock.accept()
+                except TimeoutError:
+                    continue
+                except OSError as exc:
+                    if self._stopping.is_set():
+                        break
+                    log.warning("accept failed: %s", exc)
+                    time.sleep(0.1)  # e.g. out of file descriptors: do not spin
+                    continue
+                thread = threading.Thread(target=self._serve_one, args=(conn, peer), daemon=True)
+                with self._lock:
+                    self._conns[conn] = thread
+                thread.start()
+        finally:
+            self._close_all()
+
+    def _close_all(self, timeout: float = 10.0) -> None:
+        self._sock.close()
+        with self._lock:
+            conns = list(self._conns.items())
+        for conn, _ in conns:
+            try:
+                conn.shutdown(socket.SHUT_RDWR)  # wakes the handler; it removes its temporary file
+            except OSError:
+                pass
+        deadline = time.monotonic() + timeout
+        for _, thread in conns:
+            thread.join(max(0.0, deadline - time.monotonic()))
+        self._remove_stale_temp_files()  # only if a handler did not finish in time
+        os.close(self._root_fd)
+        log.info("file server stopped")
+
+    def stop(self) -> None:
+        """Stop accepting and close everything; safe from any thread and from a signal handler."""
+        self._stopping.set()
+        try:
+            self._sock.shutdown(socket.SHUT_RDWR)  # wakes accept() at once (Linux)
+        except OSError:
+            pass
+
+    def run(self) -> int:
+        """Serve in this (main) thread until SIGTERM or SIGINT; return 0 after a clean shutdown."""
+
+        def on_signal(signum, frame):
+            log.info("file server got %s: shutting down", signal.Signals(signum).name)
+            self.stop()
+
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, on_signal)
+        self.serve_forever()
+        return 0
+
+    def start_in_thread(self) -> tuple[str, int]:
+        self._thread = threading.Thread(target=self.serve_forever, name="fileserver", daemon=True)
+        self._thread.start()
+        return self.address
+
+    def close(self, timeout: float = 15.0) -> None:
+        self.stop()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def _serve_one(self, conn: socket.socket, peer) -> None:
+        peer = "%s:%d" % peer[:2]
+        conn.settimeout(self.idle_timeout)
+        info = {"op": "?", "name": "", "size": 0, "sha256": ""}
+        started = time.monotonic()
+        result = "ok"
+        try:
+            header = read_frame(conn)
+            info["op"] = op = header.get("op")
+            if op == "PUT":
+                self._put(conn, header, info)
+            elif op == "GET":
+                self._get(conn, header, info)
+            else:
+                raise ProtocolError("bad-request", 'op must be "PUT" or "GET"')
+        except ProtocolError as exc:
+            result = exc.code if not self._stopping.is_set() else "shutting-down"
+            self._try_send(conn, exc.frame())
+        except TimeoutError:
+            result = "idle-timeout"
+            self._try_send(
+                conn, ProtocolError("idle-timeout", f"no progress for {self.idle_timeout:g} s").frame()
+            )
+        except OSError as exc:
+            result = (
+                "shutting-down" if self._stopping.is_set() else f"connection-lost ({exc.strerror or exc})"
+            )
+        except Exception:
+            result = "internal-error"
+            log.exception("%s: unexpected error", peer)
+            self._try_send(conn, ProtocolError("internal-error", "the server failed; see its log").frame())
+        finally:
+            conn.close()
+            with self._lock:
+                self._conns.pop(conn, None)
+            seconds = time.monotonic() - started
+            rate = f"{_mb_per_s(info['size'], seconds):.1f}" if result == "ok" else "-"
+            log.info(
+                "%s %.10s %.100r size=%.30s sha256=%s %s MB/s %s",
+                peer,
+                info["op"],
+                info["name"],
+                info["size"],
+                info["sha256"][:12] or "-",
+                rate,
+                result,
+            )
+
+    @staticmethod
+    def _try_send(conn: socket.socket, data: bytes) -> None:
+        try:
+            conn.sendall(data)
+        except OSError:
+            pass
+
+    def _put(self, conn: socket.socket, header: dict, info: dict) -> None:
+        info.update(name=header.get("name"), size=header.get("size"))  # for the log line, even if refused
+        name, size, digest = check_put(header, self.max_size)
+        info.update(name=name, size=size, sha256=digest)
+        with _Receiver(self._root_fd, SERVER_TEMP) as receiver:
+            conn.sendall(encode_frame({"status": "ready"}))
+            receiver.receive(conn, size, digest)
+            receiver.commit(name)
+        conn.sendall(encode_frame({"status": "stored", "name": name, "size": size, "sha256": digest}))
+
+    def _get(self, conn: socket.socket, header: dict, info: dict) -> None:
+        info["name"] = header.get("name")
+        name = check_name(info["name"])
+        flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC  # NONBLOCK: never hang on a FIFO
+        try:
+            fd = os.open(name, flags, dir_fd=self._root_fd)
+        except FileNotFoundError:
+            raise ProtocolError("not-found", f"no file named {name}") from None
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                raise ProtocolError("not-a-file", f"{name} is a symbolic link") from None
+            raise ProtocolError("disk-error", f"cannot open {name}: {exc.strerror}") from None
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            os.close(fd)
+            raise ProtocolError("not-a-file", f"{name} is not a regular file")
+        with open(fd, "rb") as f:
+            size = st.st_size
+            try:
+                digest = file_sha256(fd)
+            except OSError as exc:
+                raise ProtocolError("disk-error", f"cannot read {name}: {exc.strerror}") from None
+            info.update(size=size, sha256=digest)
+            head = encode_frame({"status": "sending", "name": name, "size": size, "sha256": digest})
+            if size <= SMALL_BODY:
+                conn.sendall(head + os.pread(fd, size, 0))
+            else:
+                conn.sendall(head)
+                conn.sendfile(f, 0, size)
+
+
+# --- client -----------------------------------------------------------------------------------------------
+
+
+def _connect(host: str, port: int, timeout: float) -> socket.socket:
+    try:
+        return socket.create_connection((host, port), timeout=timeout)
+    except TimeoutError:
+        raise TransferError("timeout", f"file server {host}:{port}: no answer within {timeout:g} s") from None
+    except OSError as exc:
+        raise TransferError(
+            "connect", f"file server {host}:{port}: cannot connect: {exc.strerror or exc}"
+        ) from None
+
+
+def _reply(sock: socket.socket, where: str, what: str) -> dict:
+    """Read one reply frame; raise TransferError for an ERR frame or a broken/garbled reply."""
+    try:
+        reply = read_frame(sock)
+    except ProtocolError as exc:
+        raise TransferError(exc.code, f"{where}: bad reply to {what}: {exc.message}") from None
+    except TimeoutError:
+        raise TransferError("idle-timeout", f"{where}: no reply to {what} in time") from None
+    except OSError as exc:
+        raise TransferError("connection-lost", f"{where}: connection lost: {exc.strerror or exc}") from None
+    if "error" in reply:
+        raise TransferError(
+            str(reply["error"]), f"{where} refused {what}: {reply['error']}: {reply.get('message')}"
+        )
+    return reply
+
+
+def send(
+    host: str, port: int, path, name: str | None = None, timeout: float = 60.0, sha256: str | None = None
+) -> dict:
+    """PUT the file at path under name (default: its base name). Returns what happened as a dict.
+
+    sha256 may be given if already known (saves reading the file twice); the server checks it either way.
+    """
+    where = f"file server {host}:{port}"
+    name = name if name is not None else os.path.basename(os.fspath(path))
+    try:
+        check_name(name)
+    except ProtocolError as exc:
+        raise TransferError(exc.code, f"bad name {name!r}: {exc.message}") from None
+    try:
+        f = open(path, "rb")
+    except OSError as exc:
+        raise TransferError("local", f"cannot read {path}: {exc.strerror}") from None
+    with f:
+        st = os.fstat(f.fileno())
+        if not stat.S_ISREG(st.st_mode):
+            raise TransferError("local", f"{path} is not a regular file")
+        size = st.st_size
+        digest = _check_sha256(sha256) if sha256 else file_sha256(f.fileno())
+        started = time.monotonic()
+        with _connect(host, port, timeout) as sock:
+            what = f"PUT {name}"
+            try:
+                sock.sendall(encode_frame({"op": "PUT", "name": name, "size": size, "sha256": digest}))
+            except OSError as exc:
+                raise TransferError("connection-lost", f"{where}: connection lost: {exc.strerror}") from None
+            _reply(sock, where, what)  # "ready", or the refusal
+            try:
+                sent = sock.sendfile(f, 0, size) if size else 0
+            except TimeoutError:
+                raise TransferError("idle-timeout", f"{where}: upload stalled for {timeout:g} s") from None
+            except OSError as exc:
+                # the server may have said why before closing
+                _reply(sock, where, what)
+                raise TransferError("connection-lost", f"{where}: connection lost: {exc.strerror}") from None
+            if sent != size:
+                raise TransferError("local", f"{path} shrank from {size} to {sent} bytes while being sent")
+            _reply(sock, where, what)  # "stored"
+        seconds = time.monotonic() - started
+    return {
+        "op": "PUT",
+        "name": name,
+        "size": size,
+        "sha256": digest,
+        "server": f"{host}:{port}",
+        "seconds": round(seconds, 6),
+        "mb_per_s": round(_mb_per_s(size, seconds), 1),
+    }
+
+
+def get(host: str, port: int, name: str, out_dir, timeout: float = 60.0) -> dict:
+    """GET name from the server into out_dir/name (verified, then renamed into place). Returns a dict."""
+    where = f"file server {host}:{port}"
+    try:
+        check_name(name)
+    except ProtocolError as exc:
+        raise TransferError(exc.code, f"bad name {name!r}: {exc.message}") from None
+    try:
+        dir_fd = os.open(out_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError as exc:
+        raise TransferError("local", f"cannot use output directory {out_dir}: {exc.strerror}") from None
+    started = time.monotonic()
+    try:
+        with _connect(host, port, timeout) as sock:
+            what = f"GET {name}"
+            try:
+                sock.sendall(encode_frame({"op": "GET", "name": name}))
+            except OSError as exc:
+                raise TransferError("connection-lost", f"{where}: connection lost: {exc.strerror}") from None
+            header = _reply(sock, where, what)
+            try:
+                if header.get("name") != name:
+                    raise ProtocolError("bad-request", f"reply names {header.get('name')!r}, not {name!r}")
+                size, digest = _check_size(header.get("size")), _check_sha256(header.get("sha256"))
+                with _Receiver(dir_fd, CLIENT_TEMP) as receiver:
+                    receiver.receive(sock, size, digest)
+                    receiver.commit(name)
+            except ProtocolError as exc:
+                raise TransferError(exc.code, f"{where}: {what} failed: {exc.message}") from None
+            except TimeoutError:
+                raise TransferError("idle-timeout", f"{where}: download stalled for {timeout:g} s") from None
+            except OSError as exc:
+                raise TransferError("connection-lost", f"{where}: connection lost: {exc.strerror}") from None
+    finally:
+        os.close(dir_fd)
+    seconds = time.monotonic() - started
+    return {
+        "op": "GET",
+        "name": name,
+        "size": size,
+        "sha256": digest,
+        "server": f"{host}:{port}",
+        "path": os.path.join(os.fspath(out_dir), name),
+        "seconds": round(seconds, 6),
+        "mb_per_s": round(_mb_per_s(size, seconds), 1),
+    }
+
+
+# --- CLI --------------------------------------------------------------------------------------------------
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser("file", help="send and fetch files over TCP, sha256-verified")
+    sub = parser.add_subparsers(dest="file_command", required=True, metavar="ACTION")
+
+    def address(p, what):
+        p.add_argument("--host", dest="file_host", help=f"{what} (setting file_host)")
+        p.add_argument("--port", dest="file_port", type=int, help="port (setting file_port)")
+
+    serve = sub.add_parser("serve", help="run the file server until SIGTERM/SIGINT")
+    address(serve, "address to bind")
+    serve.add_argument("--root", dest="file_root", help="directory that holds the files (setting file_root)")
+    serve.set_defaults(func=_cmd_serve)
+
+    send_ = sub.add_parser("send", help="upload a file to the server")
+    address(send_, "server address")
+    send_.add_argument("path", metavar="PATH", help="local file to send")
+    send_.add_argument("--name", help="name on the server (default: the file's base name)")
+    send_.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    send_.set_defaults(func=_cmd_send)
+
+    get_ = sub.add_parser("get", help="download a file from the server")
+    address(get_, "server address")
+    get_.add_argument("name", metavar="NAME", help="file name on the server")
+    get_.add_argument("--out", required=True, metavar="DIR", help="existing directory to write NAME into")
+    get_.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    get_.set_defaults(func=_cmd_get)
+
+
+def _cmd_serve(args, settings) -> int:
+    try:
+        server = FileServer(
+            settings.file_root,
+            settings.file_host,
+            settings.file_port,
+            settings.file_max_size,
+            settings.file_idle_timeout,
+        )
+    except OSError as exc:
+        raise LabnodesError(
+            f"cannot serve {settings.file_root} on {settings.file_host}:{settings.file_port}: "
+            f"{exc.strerror or exc}"
+        ) from None
+    return server.run()
+
+
+def _print(result: dict, as_json: bool) -> None:
+    from labnodes import output
+
+    if as_json:
+        output.as_json(result)
+    else:
+        row = [
+            result["op"],
+            result["name"],
+            result["size"],
+            result["sha256"],
+            result["mb_per_s"],
+            result["server"],
+        ]
+        output.table([row], ["op", "name", "bytes", "sha256", "MB/s", "server"])
+
+
+def _cmd_send(args, settings) -> int:
+    _print(
+        send(settings.file_host, settings.file_port, args.path, args.name, settings.file_idle_timeout),
+        args.json,
+    )
+    return 0
+
+
+def _cmd_get(args, settings) -> int:
+    _print(
+        get(settings.file_host, settings.file_port, args.name, args.out, settings.file_idle_timeout),
+        args.json,
+    )
+    return 0

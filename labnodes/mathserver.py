@@ -1,0 +1,390 @@
+"""Math server: one UTF-8 line per request, '48,18\\n' -> 'OK gcd=6 lcm=144\\n' | 'ERR <reason>\\n'.
+
+Protocol (TCP, line based; what `labnodes math serve` speaks and `labnodes math ask` uses)
+
+    request  = A "," B  [CR] LF      A, B: decimal digits 0-9, at most 100 digits each;
+                                     spaces or tabs around A and B are allowed ("48, 18")
+    reply    = "OK gcd=" G " lcm=" L LF  |  "ERR " reason LF
+
+    48,18       ->  OK gcd=6 lcm=144
+    0,5         ->  OK gcd=5 lcm=0       gcd(a, 0) = a and lcm(a, 0) = 0, as Python's math.gcd/math.lcm;
+    0,0         ->  OK gcd=0 lcm=0       so every pair of non-negative integers has an answer
+    -4,6        ->  ERR negative numbers are not allowed
+
+A client may send many requests over one connection; the server answers each line, in order, and keeps the
+connection open after an ERR reply to a bad request. A last line without LF before the client's end of stream
+is answered too. Many clients are served at once (one asyncio task per connection).
+
+Every ERR reason (the reply never echoes the request):
+
+    ERR empty line                                      the line is empty or only spaces
+    ERR not UTF-8                                       the bytes do not decode as UTF-8
+    ERR expected two numbers separated by a comma, like 48,18
+    ERR negative numbers are not allowed                a number starts with "-"
+    ERR numbers must be decimal digits 0-9              anything else in place of a number ("4a", "+5", "4.0")
+    ERR number longer than 100 digits                   bounds CPU and the reply size (lcm <= 200 digits),
+                                                        whatever a client sends
+    ERR line longer than 256 bytes                      then the server closes the connection: it cannot know
+                                                        where the next request starts without reading the
+                                                        rest of an unbounded line
+    ERR idle timeout                                    no complete line for math_idle_timeout seconds;
+                                                        then the connection is closed (a client that does
+                                                        not read its replies for that long is closed too)
+    ERR server shutting down                            sent to every open connection on SIGTERM/SIGINT;
+                                                        then the connection is closed
+
+Limits: a line is at most 256 bytes, not counting CR LF. After "ERR line longer than 256 bytes" the server
+ends its side, discards what the client still sends (at most 1 MiB or 1 s, so that the ERR line is not lost to
+a connection reset) and closes. On SIGTERM or SIGINT the server stops accepting, closes every client (after
+the shutdown line) and exits 0. Log (INFO, logger `labnodes.mathserver`): one line per connection
+opened/closed and one per request with the peer, the request and the reply.
+
+Commands:
+    labnodes math serve [--host H] [--port P]
+    labnodes math ask [--host H] [--port P] [--timeout S] [--json] 48,18 [A,B ...]
+`ask` sends every pair over one connection, one at a time, and prints a table (pair, gcd, lcm, server) or
+JSON; it exits 1 if any reply is an ERR (printed in the table) or if the server cannot be reached (one line on
+stderr). Put `--` before a pair that starts with "-", or the command line takes it for an option.
+
+Library use (tests, Fabric): `ask(host, port, ["48,18", (7, 5)], timeout)` returns one dict per pair;
+`MathServer(host, 0).start_in_thread()` serves on a free port in a background thread and returns (host, port).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import re
+import signal
+import socket
+import threading
+
+from labnodes import LabnodesError
+
+log = logging.getLogger(__name__)
+
+MAX_LINE = 256  # bytes per request line, not counting CR LF
+MAX_DIGITS = 100  # digits per number
+MAX_REPLY = 512  # a reply line is at most ~215 bytes; a client reads at most this much per reply
+
+_NUMBER = re.compile(r"[ \t]*([0-9]+)[ \t]*")
+_NEGATIVE = re.compile(r"[ \t]*-[ \t]*[0-9]+[ \t]*")
+
+ERR_EMPTY = "empty line"
+ERR_UTF8 = "not UTF-8"
+ERR_SHAPE = "expected two numbers separated by a comma, like 48,18"
+ERR_NEGATIVE = "negative numbers are not allowed"
+ERR_DIGITS = "numbers must be decimal digits 0-9"
+ERR_TOO_BIG = f"number longer than {MAX_DIGITS} digits"
+ERR_TOO_LONG = f"line longer than {MAX_LINE} bytes"
+ERR_IDLE = "idle timeout"
+ERR_SHUTDOWN = "server shutting down"
+
+
+class RequestError(ValueError):
+    """A request line the server refuses; str(exc) is the reason sent after 'ERR '."""
+
+
+def parse_request(line: bytes) -> tuple[int, int]:
+    """Parse one request line (without its LF; a trailing CR is allowed) into two non-negative integers."""
+    if line.endswith(b"\r"):
+        line = line[:-1]
+    try:
+        text = line.decode("utf-8")
+    except UnicodeDecodeError:
+        raise RequestError(ERR_UTF8) from None
+    if not text.strip(" \t"):
+        raise RequestError(ERR_EMPTY)
+    fields = text.split(",")
+    if len(fields) != 2:
+        raise RequestError(ERR_SHAPE)
+    numbers = []
+    for field in fields:
+        match = _NUMBER.fullmatch(field)
+        if match is None:
+            raise RequestError(ERR_NEGATIVE if _NEGATIVE.fullmatch(field) else ERR_DIGITS)
+        digits = match.group(1)
+        if len(digits) > MAX_DIGITS:
+            raise RequestError(ERR_TOO_BIG)
+        numbers.append(int(digits))
+    return numbers[0], numbers[1]
+
+
+def format_ok(a: int, b: int) -> str:
+    return f"OK gcd={math.gcd(a, b)} lcm={math.lcm(a, b)}"
+
+
+def answer(line: bytes) -> str:
+    """The reply (without LF) to one request line: 'OK gcd=G lcm=L' or 'ERR <reason>'."""
+    try:
+        a, b = parse_request(line)
+    except RequestError as exc:
+        return f"ERR {exc}"
+    return format_ok(a, b)
+
+
+def parse_reply(line: str) -> dict:
+    """Turn a reply line into {'gcd': int, 'lcm': int} or {'error': reason}; ValueError if it is neither."""
+    line = line.rstrip("\r\n")
+    if line.startswith("ERR "):
+        return {"error": line[4:]}
+    parts = line.split(" ")
+    if parts[0] == "OK" and len(parts) == 3:
+        fields = dict(part.partition("=")[::2] for part in parts[1:])
+        if set(fields) == {"gcd", "lcm"} and all(v.isascii() and v.isdigit() for v in fields.values()):
+            return {key: int(value) for key, value in fields.items()}
+    raise ValueError(f"not a math server reply: {line[:80]!r}")
+
+
+class MathServer:
+    """The asyncio math server: `run()` serves until SIGTERM/SIGINT (the CLI); `start_in_thread()` (tests)."""
+
+    def __init__(self, host: str = "127.0.0.1", port: int = 0, idle_timeout: float = 60.0):
+        self.host, self.port, self.idle_timeout = host, port, idle_timeout
+        self.address: tuple[str, int] | None = None
+        self._server: asyncio.base_events.Server | None = None
+        self._clients: dict[asyncio.Task, asyncio.StreamWriter] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop: asyncio.Event | None = None
+        self._thread: threading.Thread | None = None
+
+    async def start(self) -> tuple[str, int]:
+        self._loop = asyncio.get_running_loop()
+        self._stop = asyncio.Event()
+        self._server = await asyncio.start_server(
+            # limit: readuntil() refuses a line longer than MAX_LINE + CR before buffering more of it
+            self._handle,
+            self.host,
+            self.port,
+            limit=MAX_LINE + 1,
+            backlog=512,
+            reuse_address=True,
+        )
+        self.address = self._server.sockets[0].getsockname()[:2]
+        log.info("math server listening on %s:%d", *self.address)
+        return self.address
+
+    async def serve(self) -> None:
+        """Serve until stop() is called, then close every client and return."""
+        if self._server is None:
+            await self.start()
+        await self._stop.wait()
+        self._server.close()
+        for task, writer in list(self._clients.items()):
+            await self._say_and_close(writer, ERR_SHUTDOWN)
+            task.cancel()
+        if self._clients:
+            await asyncio.gather(*self._clients, return_exceptions=True)
+        await self._server.wait_closed()
+        log.info("math server stopped")
+
+    def stop(self) -> None:
+        """Ask the server to shut down; safe from any thread and from signal handlers."""
+        if self._loop is not None and self._stop is not None:
+            self._loop.call_soon_threadsafe(self._stop.set)
+
+    def run(self) -> int:
+        """Serve in this thread until SIGTERM or SIGINT; return 0 after a clean shutdown."""
+
+        async def main():
+            await self.start()
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                self._loop.add_signal_handler(signum, self._on_signal, signum)
+            await self.serve()
+
+        asyncio.run(main())
+        return 0
+
+    def _on_signal(self, signum: int) -> None:
+        log.info("math server got %s: shutting down", signal.Signals(signum).name)
+        self._stop.set()
+
+    def start_in_thread(self) -> tuple[str, int]:
+        """Serve in a daemon thread; return the bound (host, port). Stop with close()."""
+        started = threading.Event()
+        errors: list[BaseException] = []
+
+        async def main():
+            try:
+                await self.start()
+            except BaseException as exc:  # reported to the caller below
+                errors.append(exc)
+                started.set()
+                return
+            started.set()
+            await self.serve()
+
+        self._thread = threading.Thread(target=asyncio.run, args=(main(),), name="mathserver", daemon=True)
+        self._thread.start()
+        started.wait()
+        if errors:
+            raise errors[0]
+        return self.address
+
+    def close(self, timeout: float = 10.0) -> None:
+        self.stop()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    async def _say_and_close(self, writer: asyncio.StreamWriter, reason: str, reader=None) -> None:
+        """Send a last ERR line and close. With `reader`, first discard what the client still sends (at most
+        1 MiB or 1 s): closing a socket with unread input makes the kernel send a reset that can destroy the
+        ERR line before the client reads it."""
+        try:
+            writer.write(f"ERR {reason}\n".encode())
+            await asyncio.wait_for(writer.drain(), 1.0)
+            if reader is not None:
+                writer.write_eof()
+                async with asyncio.timeout(1.0):
+                    discarded = 0
+                    while discarded < 1 << 20 and (chunk := await reader.read(65536)):
+                        discarded += len(chunk)
+        except (OSError, asyncio.TimeoutError):
+            pass
+        writer.close()
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        self._clients[task] = writer
+        peername = writer.get_extra_info("peername")
+        peer = "%s:%d" % peername[:2] if peername else "?"
+        log.info("%s connected", peer)
+        how = "client closed"
+        try:
+            while True:
+                try:
+                    async with asyncio.timeout(self.idle_timeout):
+                        line = await reader.readuntil(b"\n")
+                except TimeoutError:
+                    how = "idle timeout"
+                    await self._say_and_close(writer, ERR_IDLE)
+                    break
+                except asyncio.LimitOverrunError:
+                    how = "line too long"
+                    log.info("%s request of more than %d bytes -> ERR %s", peer, MAX_LINE, ERR_TOO_LONG)
+                    await self._say_and_close(writer, ERR_TOO_LONG, reader)
+                    break
+                except asyncio.IncompleteReadError as exc:
+                    line = exc.partial  # the client ended its stream; answer a last unterminated line
+                    if not line:
+                        break
+                request = line.rstrip(b"\n")
+                if len(request.removesuffix(b"\r")) > MAX_LINE:
+                    how = "line too long"
+                    log.info("%s request of more than %d bytes -> ERR %s", peer, MAX_LINE, ERR_TOO_LONG)
+                    await self._say_and_close(writer, ERR_TOO_LONG, reader)
+                    break
+                reply = answer(request)
+                log.info("%s %r -> %s", peer, request, reply)
+                writer.write(reply.encode() + b"\n")
+                try:
+                    async with asyncio.timeout(self.idle_timeout):
+                        await writer.drain()  # a client that sends but never reads is dropped too
+                except TimeoutError:
+                    how = "client does not read its replies"
+                    break
+                if not line.endswith(b"\n"):
+                    break
+        except (ConnectionError, OSError) as exc:
+            how = f"connection lost ({exc.__class__.__name__})"
+        except asyncio.CancelledError:
+            how = "server shutting down"
+        finally:
+            writer.close()
+            self._clients.pop(task, None)
+            log.info("%s closed: %s", peer, how)
+
+
+def _pair_text(pair) -> str:
+    text = pair if isinstance(pair, str) else f"{pair[0]},{pair[1]}"
+    if "\n" in text or "\r" in text:
+        raise LabnodesError(f"a pair cannot contain a line break: {text!r}")
+    return text
+
+
+def ask(host: str, port: int, pairs, timeout: float = 5.0) -> list[dict]:
+    """Send every pair over one connection, one request at a time; return one dict per pair.
+
+    Each dict has 'pair' and 'server' ("host:port"), then 'gcd' and 'lcm', or 'error' (the ERR reason).
+    A pair is a string sent as written ("48,18", so the server judges it) or a tuple (48, 18).
+    Raises LabnodesError if the server cannot be reached, times out or closes the connection early.
+    """
+    lines = [_pair_text(pair) for pair in pairs]
+    server = f"{host}:{port}"
+    try:
+        sock = socket.create_connection((host, port), timeout=timeout)
+    except TimeoutError:
+        raise LabnodesError(f"math server {server}: no answer within {timeout:g} s") from None
+    except OSError as exc:
+        raise LabnodesError(f"math server {server}: cannot connect: {exc.strerror or exc}") from None
+    results = []
+    with sock, sock.makefile("rb") as replies:
+        for text in lines:
+            try:
+                sock.sendall(text.encode("utf-8", "surrogateescape") + b"\n")
+                raw = replies.readline(MAX_REPLY)
+            except TimeoutError:
+                raise LabnodesError(f"math server {server}: no reply within {timeout:g} s") from None
+            except OSError as exc:
+                raise LabnodesError(f"math server {server}: connection lost: {exc.strerror or exc}") from None
+            if not raw.endswith(b"\n"):
+                raise LabnodesError(f"math server {server}: connection closed before replying to {text!r}")
+            try:
+                result = parse_reply(raw.decode("utf-8", "replace"))
+            except ValueError as exc:
+                raise LabnodesError(f"math server {server}: {exc}") from None
+            results.append({"pair": text, "server": server, **result})
+    return results
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser("math", help="GCD/LCM line protocol over TCP (server and client)")
+    sub = parser.add_subparsers(dest="math_command", required=True, metavar="ACTION")
+
+    serve = sub.add_parser("serve", help="run the math server until SIGTERM/SIGINT")
+    serve.add_argument("--host", dest="math_host", help="address to bind (setting math_host)")
+    serve.add_argument(
+        "--port", dest="math_port", type=int, help="port to bind, 0 for any (setting math_port)"
+    )
+    serve.set_defaults(func=_cmd_serve)
+
+    ask_ = sub.add_parser("ask", help="send pairs like 48,18 over one connection and print gcd and lcm")
+    ask_.add_argument("--host", dest="math_host", help="server address (setting math_host)")
+    ask_.add_argument("--port", dest="math_port", type=int, help="server port (setting math_port)")
+    ask_.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for each reply (default 5)")
+    ask_.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    ask_.add_argument(
+        "pairs",
+        nargs="+",
+        metavar="A,B",
+        help="two non-negative integers, e.g. 48,18 (put -- before a pair that starts with -)",
+    )
+    ask_.set_defaults(func=_cmd_ask)
+
+
+def _cmd_serve(args, settings) -> int:
+    server = MathServer(settings.math_host, settings.math_port, settings.math_idle_timeout)
+    try:
+        return server.run()
+    except OSError as exc:
+        raise LabnodesError(
+            f"cannot serve on {settings.math_host}:{settings.math_port}: {exc.strerror or exc}"
+        ) from None
+
+
+def _cmd_ask(args, settings) -> int:
+    from labnodes import output
+
+    results = ask(settings.math_host, settings.math_port, args.pairs, args.timeout)
+    if args.json:
+        output.as_json(results)
+    else:
+        rows = [
+            [r["pair"], r["gcd"], r["lcm"], r["server"]]
+            if "error" not in r
+            else [r["pair"], f"ERR {r['error']}", "", r["server"]]
+            for r in results
+        ]
+        output.table(rows, ["pair", "gcd", "lcm", "server"])
+    return 1 if any("error" in r for r in results) else 0

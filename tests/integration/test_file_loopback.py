@@ -1,0 +1,209 @@
+"""File transfer on loopback: real `labnodes file serve|send|get` processes, 100 MB+ files, kills, SIGTERM."""
+
+import hashlib
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from labnodes.filexfer import encode_frame, read_frame
+
+REPO = Path(__file__).resolve().parents[2]
+HOST = "127.0.0.3"  # the server's own loopback address; clients connect from 127.0.0.1
+HANG_GUARD = 60.0  # seconds; only so that a broken transfer fails a test instead of hanging it
+MAX_SIZE = 150_000_000  # the shared server's file_max_size, set through LABNODES_FILE_MAX_SIZE
+MB = 1_000_000
+
+
+def cli(tmp_path, *args) -> list[str]:
+    conf = tmp_path / "empty.toml"  # no host config file leaks into the test
+    conf.touch()
+    return [sys.executable, "-m", "labnodes", "--config", str(conf), *args]
+
+
+def labnodes(tmp_path, *args) -> subprocess.CompletedProcess:
+    return subprocess.run(cli(tmp_path, *args), cwd=REPO, capture_output=True, text=True, timeout=HANG_GUARD)
+
+
+def sha256_of(path: Path) -> str:
+    hasher = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            hasher.update(chunk)
+    return hasher.hexdigest()
+
+
+def wait_until(condition, what: str):
+    deadline = time.monotonic() + HANG_GUARD
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting until {what}")
+        time.sleep(0.01)
+
+
+class ServerProcess:
+    """`labnodes file serve --port 0 --root ROOT` as a subprocess; its address is read back from its log."""
+
+    def __init__(self, tmp_path, env=None):
+        self.root = tmp_path / "root"
+        self.log = tmp_path / "file-server.log"
+        with open(self.log, "w") as log:
+            self.proc = subprocess.Popen(
+                cli(tmp_path, "file", "serve", "--host", HOST, "--port", "0", "--root", str(self.root)),
+                cwd=REPO,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=dict(os.environ, **(env or {})),
+            )
+        wait_until(
+            lambda: "listening on" in self.log.read_text() or self.proc.poll() is not None, "it listens"
+        )
+        match = re.search(r"listening on ([\d.]+):(\d+)", self.log.read_text())
+        if match is None:
+            self.stop()
+            raise AssertionError(f"file server did not start:\n{self.log.read_text()}")
+        self.host, self.port = match.group(1), int(match.group(2))
+        self.flags = ["--host", self.host, "--port", str(self.port)]
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+
+@pytest.fixture(scope="module")
+def shared_server(tmp_path_factory):
+    srv = ServerProcess(tmp_path_factory.mktemp("files"), env={"LABNODES_FILE_MAX_SIZE": str(MAX_SIZE)})
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture
+def server(tmp_path):
+    """A server of the test's own (default limits), for tests that kill or stop things."""
+    srv = ServerProcess(tmp_path)
+    yield srv
+    srv.stop()
+
+
+def test_large_random_file_matches_after_put_and_after_get(shared_server, tmp_path):
+    src = tmp_path / "random.bin"
+    hasher = hashlib.sha256()
+    with open(src, "wb") as f:  # 110 MB, written and hashed 1 MiB at a time
+        for _ in range(110 * MB // (1 << 20) + 1):
+            block = os.urandom(1 << 20)
+            hasher.update(block)
+            f.write(block)
+    digest = hasher.hexdigest()
+
+    sent = labnodes(tmp_path, "file", "send", *shared_server.flags, "--json", str(src))
+    assert sent.returncode == 0, sent.stderr
+    assert json.loads(sent.stdout)["sha256"] == digest
+    assert sha256_of(shared_server.root / "random.bin") == digest
+    src.unlink()
+
+    out = tmp_path / "out"
+    out.mkdir()
+    fetched = labnodes(
+        tmp_path, "file", "get", *shared_server.flags, "--json", "random.bin", "--out", str(out)
+    )
+    assert fetched.returncode == 0, fetched.stderr
+    assert json.loads(fetched.stdout)["sha256"] == digest
+    assert sha256_of(out / "random.bin") == digest
+    assert sorted(os.listdir(out)) == ["random.bin"]
+    assert re.search(r"PUT 'random.bin' size=\d+ sha256=\w{12} [\d.]+ MB/s ok", shared_server.log.read_text())
+    (out / "random.bin").unlink()
+    (shared_server.root / "random.bin").unlink()
+
+
+def test_send_command_prints_a_table(shared_server, tmp_path):
+    (tmp_path / "hello.txt").write_text("hello\n")
+    done = labnodes(
+        tmp_path, "file", "send", *shared_server.flags, str(tmp_path / "hello.txt"), "--name", "hi"
+    )
+    assert done.returncode == 0, done.stderr
+    header, _, row = done.stdout.splitlines()
+    assert header.split()[:4] == ["op", "name", "bytes", "sha256"]
+    assert row.split()[:4] == ["PUT", "hi", "6", hashlib.sha256(b"hello\n").hexdigest()]
+
+
+@pytest.fixture
+def sparse(tmp_path):
+    """A file of `size` bytes that takes no disk space (zeros), for transfers that are refused or cut off."""
+
+    def make(size):
+        path = tmp_path / "sparse.bin"
+        with open(path, "wb") as f:
+            f.truncate(size)
+        return path
+
+    return make
+
+
+@pytest.mark.parametrize(
+    "case, message",
+    [
+        ("bad-name", "bad name '../x'"),
+        ("too-large", f"too-large: {MAX_SIZE + 1} bytes is over the limit of {MAX_SIZE} bytes"),
+        ("not-found", "refused GET missing: not-found"),
+        ("no-out-dir", "cannot use output directory"),
+    ],
+)
+def test_refusal_is_one_line_on_stderr_and_exit_1(shared_server, tmp_path, sparse, case, message):
+    args = {
+        "bad-name": ["send", *shared_server.flags, str(sparse(10)), "--name", "../x"],
+        "too-large": ["send", *shared_server.flags, str(sparse(MAX_SIZE + 1))],
+        "not-found": ["get", *shared_server.flags, "missing", "--out", str(tmp_path)],
+        "no-out-dir": ["get", *shared_server.flags, "x", "--out", str(tmp_path / "nowhere")],
+    }[case]
+    done = labnodes(tmp_path, "file", *args)
+    assert done.returncode == 1
+    assert done.stderr.startswith("labnodes: error:") and done.stderr.count("\n") == 1
+    assert message in done.stderr
+    assert not any(
+        name.startswith(".") or name in ("x", "sparse.bin") for name in os.listdir(shared_server.root)
+    )
+
+
+def test_sender_killed_mid_transfer_leaves_no_file_and_no_temp_file(server, tmp_path, sparse):
+    big = sparse(512 << 20)  # long enough to be caught half-way: the kill comes at its first bytes
+    sender = subprocess.Popen(
+        cli(tmp_path, "file", "send", *server.flags, str(big), "--name", "killed.bin"),
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+
+        def upload_under_way():
+            return any(e.name.endswith(".part") and e.stat().st_size > 0 for e in os.scandir(server.root))
+
+        wait_until(upload_under_way, "the upload is under way")
+        sender.send_signal(signal.SIGKILL)
+    finally:
+        sender.kill()
+        sender.wait()
+    wait_until(lambda: os.listdir(server.root) == [], "the server removed the temporary file")
+    wait_until(lambda: "PUT 'killed.bin'" in server.log.read_text(), "the server logged the transfer")
+    assert re.search(r"PUT 'killed.bin' .* (short-stream|connection-lost)", server.log.read_text())
+    assert server.proc.poll() is None
+
+
+def test_sigterm_during_an_upload_removes_the_temp_file_and_exits_0(server):
+    with socket.create_connection((server.host, server.port), timeout=HANG_GUARD) as sock:
+        sock.sendall(encode_frame({"op": "PUT", "name": "a", "size": 10 * MB, "sha256": "0" * 64}))
+        assert read_frame(sock) == {"status": "ready"}
+        sock.sendall(b"x" * MB)
+        wait_until(lambda: os.listdir(server.root), "the temporary file exists")
+        server.proc.send_signal(signal.SIGTERM)
+        assert server.proc.wait(HANG_GUARD) == 0
+    assert os.listdir(server.root) == []
+    assert "file server stopped" in server.log.read_text()

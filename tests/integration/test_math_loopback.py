@@ -1,0 +1,154 @@
+"""Math server on loopback: the real `labnodes math serve` process, real clients, SIGTERM/SIGINT shutdown."""
+
+import math
+import os
+import random
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from labnodes.mathserver import ask
+
+REPO = Path(__file__).resolve().parents[2]
+HOST = "127.0.0.2"  # the server's own loopback address; clients connect from 127.0.0.1
+HANG_GUARD = 15.0  # seconds; only so that a broken server fails a test instead of hanging it
+
+
+def labnodes(tmp_path, *args, **kwargs) -> subprocess.CompletedProcess:
+    """Run the real CLI once, with an empty config file so that no host config leaks in."""
+    conf = tmp_path / "empty.toml"
+    conf.touch()
+    return subprocess.run(
+        [sys.executable, "-m", "labnodes", "--config", str(conf), *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=HANG_GUARD,
+        **kwargs,
+    )
+
+
+class ServerProcess:
+    """`labnodes math serve --port 0` as a subprocess; its address is read back from its log."""
+
+    def __init__(self, tmp_path):
+        conf = tmp_path / "empty.toml"
+        conf.touch()
+        self.log = tmp_path / "math-server.log"
+        with open(self.log, "w") as log:
+            self.proc = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "labnodes",
+                    "--config",
+                    str(conf),
+                    "math",
+                    "serve",
+                    "--host",
+                    HOST,
+                    "--port",
+                    "0",
+                ],
+                cwd=REPO,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        deadline = time.monotonic() + HANG_GUARD
+        while not (match := re.search(r"listening on ([\d.]+):(\d+)", self.log.read_text())):
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                raise AssertionError(f"math server did not start:\n{self.log.read_text()}")
+            time.sleep(0.05)
+        self.address = (match.group(1), int(match.group(2)))
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+
+@pytest.fixture(scope="module")
+def shared_server(tmp_path_factory):
+    srv = ServerProcess(tmp_path_factory.mktemp("math"))
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture
+def server(tmp_path):
+    """A server of the test's own, for tests that stop it."""
+    srv = ServerProcess(tmp_path)
+    yield srv
+    srv.stop()
+
+
+def test_fifty_concurrent_clients_all_get_right_answers(shared_server):
+    clients = 50
+    start = threading.Barrier(clients, timeout=HANG_GUARD)
+
+    def client(seed):
+        rng = random.Random(seed)
+        pairs = [(rng.randrange(10**12), rng.randrange(10**12)) for _ in range(20)]
+        start.wait()  # all connect at once
+        results = ask(*shared_server.address, pairs, timeout=HANG_GUARD)
+        return [(r["gcd"], r["lcm"]) for r in results], [(math.gcd(a, b), math.lcm(a, b)) for a, b in pairs]
+
+    with ThreadPoolExecutor(clients) as pool:
+        for got, expected in pool.map(client, range(clients)):
+            assert got == expected
+    assert shared_server.log.read_text().count("-> OK gcd=") >= clients * 20  # one log line per request
+
+
+def test_ask_command_prints_a_table_with_the_server(shared_server, tmp_path):
+    host, port = shared_server.address
+    done = labnodes(tmp_path, "math", "ask", "--host", host, "--port", str(port), "48,18", "7,5")
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[0].split() == ["pair", "gcd", "lcm", "server"]
+    assert lines[2].split() == ["48,18", "6", "144", f"{host}:{port}"]
+    assert lines[3].split() == ["7,5", "1", "35", f"{host}:{port}"]
+
+
+def test_ask_command_takes_the_address_from_the_environment(shared_server, tmp_path):
+    host, port = shared_server.address
+    env = dict(os.environ, LABNODES_MATH_HOST=host, LABNODES_MATH_PORT=str(port))
+    done = labnodes(tmp_path, "math", "ask", "--json", "48,18", env=env)
+    assert done.returncode == 0, done.stderr
+    assert '"lcm": 144' in done.stdout
+
+
+def test_ask_command_prints_err_reply_and_exits_1(shared_server, tmp_path):
+    host, port = shared_server.address
+    done = labnodes(tmp_path, "math", "ask", "--host", host, "--port", str(port), "48,18", "x,1")
+    assert done.returncode == 1
+    assert "ERR numbers must be decimal digits 0-9" in done.stdout and "144" in done.stdout
+
+
+def test_ask_command_reports_a_refused_connection_in_one_line(tmp_path):
+    with socket.create_server((HOST, 0)) as probe:
+        port = probe.getsockname()[1]
+    done = labnodes(tmp_path, "math", "ask", "--host", HOST, "--port", str(port), "48,18")
+    assert done.returncode == 1
+    assert done.stderr.count("\n") == 1 and "cannot connect" in done.stderr
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_signal_tells_clients_closes_them_and_exits_0(server, signum):
+    with socket.create_connection(server.address, timeout=HANG_GUARD) as sock, sock.makefile("rb") as replies:
+        sock.sendall(b"48,18\n")
+        assert replies.readline() == b"OK gcd=6 lcm=144\n"
+        server.proc.send_signal(signum)
+        assert replies.readline() == b"ERR server shutting down\n"
+        assert replies.readline() == b""
+    assert server.proc.wait(HANG_GUARD) == 0
+    assert "math server stopped" in server.log.read_text()
