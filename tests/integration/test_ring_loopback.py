@@ -1,0 +1,429 @@
+"""Loopback integration: a real Pyro4 name server and ring nodes as `labnodes` subprocesses on 127.0.0.x.
+
+Name server on 127.0.0.10, ring nodes pyro1/pyro2/pyro3 on 127.0.0.11/.12/.13, every process stopped by its
+fixture. The client is the `labnodes ring send` CLI (a subprocess too). Waits poll for readiness, bounded.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+
+from labnodes import LabnodesError, ring
+
+KEY = "loopback-test-key"
+NS_HOST = "127.0.0.10"
+READY_WAIT = 20.0  # seconds a process may take to come up (hang guard, not a timing assertion)
+
+
+def free_port(host: str) -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def wait_until(condition, what: str, timeout: float = READY_WAIT, procs=()):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        for p in procs:
+            if p.poll() is not None:
+                raise AssertionError(f"{what}: process exited with {p.returncode}:\n{p.log_text()}")
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+class Proc(subprocess.Popen):
+    def log_text(self) -> str:
+        self.logfile.flush()
+        with open(self.logfile.name) as fh:
+            return fh.read()
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    """Environment for every labnodes process: the key, and no settings leaking in from this machine."""
+    cfg = tmp_path_factory.mktemp("cfg") / "labnodes.toml"
+    cfg.write_text("")
+    e = {k: v for k, v in os.environ.items() if not k.startswith("LABNODES_")}
+    e.update(LABNODES_CONFIG=str(cfg), LABNODES_HMAC_KEY=KEY, LABNODES_LOG_LEVEL="INFO")
+    return e
+
+
+@pytest.fixture(scope="module")
+def launch(tmp_path_factory, env):
+    """launch(args, **env_overrides) -> Proc running `labnodes ARGS`; all stopped at the end of the module."""
+    procs: list[Proc] = []
+    logdir = tmp_path_factory.mktemp("logs")
+
+    def start(args, **extra):
+        logfile = open(logdir / f"{len(procs)}-{args[0]}-{args[-1]}.log", "w")
+        p = Proc(
+            [sys.executable, "-m", "labnodes", *args],
+            env={**env, **extra},
+            stdin=subprocess.DEVNULL,
+            stdout=logfile,
+            stderr=subprocess.STDOUT,
+        )
+        p.logfile = logfile
+        procs.append(p)
+        return p
+
+    yield start
+    for p in procs:  # signal all first, then wait: they stop in parallel
+        if p.poll() is None:
+            p.send_signal(signal.SIGCONT)  # in case a test left it stopped
+            p.terminate()
+    for p in procs:
+        try:
+            p.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+        p.logfile.close()
+
+
+def registered(ns_port: int) -> dict:
+    """Ring names registered in the name server at NS_HOST:ns_port ({} while it is unreachable)."""
+    try:
+        with ring.ns_proxy(NS_HOST, ns_port, KEY, 2.0) as ns:
+            return ns.list(prefix=ring.NAME_PREFIX)
+    except Exception:
+        return {}
+
+
+@pytest.fixture(scope="module")
+def ns_port(launch):
+    port = free_port(NS_HOST)
+    p = launch(["nameserver", "--host", NS_HOST, "--port", str(port)])
+
+    def up():
+        try:
+            with ring.ns_proxy(NS_HOST, port, KEY, 2.0) as ns:
+                ns.ping()
+            return True
+        except Exception:
+            return False
+
+    wait_until(up, "name server", procs=[p])
+    return port
+
+
+@pytest.fixture(scope="module")
+def start_ring(launch, ns_port):
+    """start_ring({name: (host, next)}, **env) -> {name: Proc}, waiting until every node is registered."""
+
+    def start(nodes: dict, **extra):
+        procs = {
+            name: launch(
+                [
+                    "ring",
+                    "serve",
+                    "--name",
+                    name,
+                    "--next",
+                    nxt,
+                    "--host",
+                    host,
+                    "--ns-host",
+                    NS_HOST,
+                    "--ns-port",
+                    str(ns_port),
+                ],
+                **extra,
+            )
+            for name, (host, nxt) in nodes.items()
+        }
+        wait_until(
+            lambda: all(ring.registration_name(n) in registered(ns_port) for n in nodes),
+            f"ring nodes {sorted(nodes)} registered",
+            procs=procs.values(),
+        )
+        return procs
+
+    return start
+
+
+@pytest.fixture(scope="module")
+def ring3(start_ring):
+    return start_ring(
+        {"pyro1": ("127.0.0.11", "pyro2"), "pyro2": ("127.0.0.12", "pyro3"), "pyro3": ("127.0.0.13", "pyro1")}
+    )
+
+
+def send(env, ns_port, start, numbers="48,18", *more, key=KEY, json_out=True, **extra):
+    args = [
+        sys.executable,
+        "-m",
+        "labnodes",
+        "ring",
+        "send",
+        "--start",
+        start,
+        "--message",
+        "hello ring",
+        f"--numbers={numbers}",
+        "--ns-host",
+        NS_HOST,
+        "--ns-port",
+        str(ns_port),
+        *more,
+    ]
+    if json_out:
+        args.append("--json")
+    return subprocess.run(
+        args, env={**env, "LABNODES_HMAC_KEY": key, **extra}, capture_output=True, text=True, timeout=60
+    )
+
+
+def test_message_visits_pyro1_pyro2_pyro3_and_returns_to_pyro1(env, ns_port, ring3):
+    out = send(env, ns_port, "pyro1")
+    assert out.returncode == 0, out.stderr
+    res = json.loads(out.stdout)
+    trace = res["trace"]
+    assert [r["node"] for r in trace] == ["pyro1", "pyro2", "pyro3", "pyro1"]
+    hosts = [r["address"].rsplit(":", 1)[0] for r in trace]
+    assert hosts == ["127.0.0.11", "127.0.0.12", "127.0.0.13", "127.0.0.11"]
+    assert trace[0]["address"] == trace[3]["address"]
+    assert all(r["host"] == socket.gethostname() for r in trace)
+    assert [r["received"] for r in trace] == sorted(r["received"] for r in trace)
+    assert [r["numbers"] for r in trace] == [[18, 12], [12, 6], [6, 0], [6, 0]]
+    assert (res["gcd"], res["lcm"], res["laps"], res["message"], res["input"]) == (
+        6,
+        144,
+        1,
+        "hello ring",
+        [48, 18],
+    )
+
+
+def test_fibonacci_neighbours_take_several_laps_and_give_gcd_1(env, ns_port, ring3):
+    out = send(env, ns_port, "pyro2", "832040,514229")
+    assert out.returncode == 0, out.stderr
+    res = json.loads(out.stdout)
+    assert (res["gcd"], res["lcm"]) == (1, 832040 * 514229)
+    assert res["laps"] > 1
+    assert [r["node"] for r in res["trace"][:4]] == ["pyro2", "pyro3", "pyro1", "pyro2"]
+    assert res["trace"][-1]["node"] == "pyro2" and res["trace"][-1]["lap"] == res["laps"]
+
+
+def test_table_output_lists_every_hop_and_a_summary(env, ns_port, ring3):
+    out = send(env, ns_port, "pyro3", "48, 18", json_out=False)
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert lines[0].split()[:4] == ["hop", "node", "host", "address"]
+    assert [line.split()[1] for line in lines[2:6]] == ["pyro3", "pyro1", "pyro2", "pyro3"]
+    assert "gcd(48,18) = 6, lcm = 144, 1 laps" in lines[-1]
+
+
+@pytest.mark.parametrize(
+    "numbers, reason",
+    [("-4,2", "negative"), ("1,2,3", "two integers"), (f"{10**31},1", "10**30"), ("x,1", "non-negative")],
+)
+def test_bad_numbers_are_refused_with_one_line(env, ns_port, ring3, numbers, reason):
+    out = send(env, ns_port, "pyro1", numbers)
+    assert out.returncode == 1
+    assert reason in out.stderr and len(out.stderr.strip().splitlines()) == 1
+
+
+def test_client_with_a_wrong_hmac_key_is_refused(env, ns_port, ring3):
+    out = send(env, ns_port, "pyro1", key="not-the-key")
+    assert out.returncode == 1
+    assert "HMAC" in out.stderr and out.stdout == ""
+
+
+def test_ring_node_with_a_wrong_hmac_key_is_refused_by_the_name_server(launch, ns_port):
+    p = launch(
+        [
+            "ring",
+            "serve",
+            "--name",
+            "intruder",
+            "--next",
+            "pyro1",
+            "--host",
+            "127.0.0.14",
+            "--ns-host",
+            NS_HOST,
+            "--ns-port",
+            str(ns_port),
+        ],
+        LABNODES_HMAC_KEY="not-the-key",
+    )
+    assert p.wait(timeout=30) == 1
+    assert "cannot register" in p.log_text() and "hmac" in p.log_text()
+    assert ring.registration_name("intruder") not in registered(ns_port)
+
+
+def test_name_server_refuses_to_start_without_a_key(launch, env):
+    p = launch(["nameserver", "--host", NS_HOST, "--port", str(free_port(NS_HOST))], LABNODES_HMAC_KEY="")
+    assert p.wait(timeout=30) == 1
+    assert "hmac_key is not set" in p.log_text()
+
+
+def test_missing_hop_is_named_in_the_error(env, ns_port, start_ring):
+    start_ring({"miss1": ("127.0.0.11", "miss2"), "miss2": ("127.0.0.12", "miss3")})  # miss3 never starts
+    out = send(env, ns_port, "miss1")
+    assert out.returncode == 1
+    assert "ring hop miss2 -> miss3 failed: miss3 is not registered in the name server" in out.stderr
+
+
+def test_unknown_start_node_is_named_in_the_error(env, ns_port):
+    out = send(env, ns_port, "nobody")
+    assert out.returncode == 1
+    assert "start node nobody is not registered" in out.stderr
+
+
+def test_killed_hop_is_named_in_the_error(env, ns_port, start_ring):
+    procs = start_ring(
+        {"kill1": ("127.0.0.11", "kill2"), "kill2": ("127.0.0.12", "kill3"), "kill3": ("127.0.0.13", "kill1")}
+    )
+    assert send(env, ns_port, "kill1").returncode == 0  # links between the nodes are now open
+    procs["kill3"].kill()
+    procs["kill3"].wait()
+    out = send(env, ns_port, "kill1")
+    assert out.returncode == 1
+    assert "ring hop kill2 -> kill3 failed: kill3 is registered at 127.0.0.13:" in out.stderr
+    assert "does not answer" in out.stderr
+
+
+def test_hung_hop_is_named_before_the_client_gives_up(env, ns_port, start_ring):
+    nodes = {
+        "hang1": ("127.0.0.11", "hang2"),
+        "hang2": ("127.0.0.12", "hang3"),
+        "hang3": ("127.0.0.13", "hang1"),
+    }
+    procs = start_ring(nodes, LABNODES_RING_TIMEOUT="1")
+    procs["hang3"].send_signal(signal.SIGSTOP)
+    try:
+        out = send(env, ns_port, "hang1", LABNODES_RING_TIMEOUT="1")
+    finally:
+        procs["hang3"].send_signal(signal.SIGCONT)
+    assert out.returncode == 1
+    assert "ring hop hang2 -> hang3 failed: hang3 did not answer within" in out.stderr
+
+
+def test_link_closed_by_an_idle_timeout_is_reconnected(env, ns_port, start_ring):
+    procs = start_ring(
+        {"idle1": ("127.0.0.11", "idle2"), "idle2": ("127.0.0.12", "idle1")}, LABNODES_RING_IDLE_TIMEOUT="0.3"
+    )
+    assert send(env, ns_port, "idle1").returncode == 0
+    time.sleep(1.0)  # deliberately idle for longer than the daemons' idle timeout: they close the links
+    out = send(env, ns_port, "idle1")
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["gcd"] == 6
+    assert "link to idle2 was closed, reconnecting" in procs["idle1"].log_text()
+
+
+def test_sigterm_stops_a_node_cleanly_and_unregisters_it(ns_port, start_ring):
+    procs = start_ring({"term1": ("127.0.0.11", "pyro1")})
+    procs["term1"].terminate()
+    assert procs["term1"].wait(timeout=30) == 0
+    assert ring.registration_name("term1") not in registered(ns_port)
+    assert "unregistered labkit.ring.term1" in procs["term1"].log_text()
+
+
+def test_library_send_returns_the_same_result_as_the_cli(ns_port, ring3):
+    res = ring.send(NS_HOST, ns_port, KEY, "pyro1", "lib", [48, 18], 10.0)
+    assert [r["node"] for r in res["trace"]] == ["pyro1", "pyro2", "pyro3", "pyro1"]
+    assert (res["gcd"], res["lcm"]) == (6, 144)
+
+
+def test_node_registers_again_after_the_name_server_restarts(launch):
+    port = free_port(NS_HOST)
+    ns_args = ["nameserver", "--host", NS_HOST, "--port", str(port)]
+    ns = launch(ns_args)
+    node = launch(
+        [
+            "ring",
+            "serve",
+            "--name",
+            "phoenix",
+            "--next",
+            "phoenix",
+            "--host",
+            "127.0.0.11",
+            "--ns-host",
+            NS_HOST,
+            "--ns-port",
+            str(port),
+            "--check-interval",
+            "0.2",
+        ]
+    )
+    wait_until(
+        lambda: ring.registration_name("phoenix") in registered(port), "first registration", procs=[ns, node]
+    )
+    ns.terminate()
+    assert ns.wait(timeout=30) == 0
+    ns = launch(ns_args)  # a new, empty name server on the same address
+    wait_until(
+        lambda: ring.registration_name("phoenix") in registered(port), "registration again", procs=[ns, node]
+    )
+    assert "registered it again" in node.log_text()
+
+
+def test_node_started_before_the_name_server_registers_once_it_is_up(launch):
+    port = free_port(NS_HOST)
+    node = launch(
+        [
+            "ring",
+            "serve",
+            "--name",
+            "early",
+            "--next",
+            "early",
+            "--host",
+            "127.0.0.11",
+            "--ns-host",
+            NS_HOST,
+            "--ns-port",
+            str(port),
+        ]
+    )
+    wait_until(
+        lambda: "not reachable yet" in node.log_text(), "node waiting for the name server", procs=[node]
+    )
+    ns = launch(["nameserver", "--host", NS_HOST, "--port", str(port)])
+    wait_until(lambda: ring.registration_name("early") in registered(port), "registration", procs=[ns, node])
+
+
+def test_sigterm_while_waiting_for_the_name_server_exits_cleanly(launch):
+    node = launch(
+        [
+            "ring",
+            "serve",
+            "--name",
+            "waiting",
+            "--next",
+            "waiting",
+            "--host",
+            "127.0.0.11",
+            "--ns-host",
+            NS_HOST,
+            "--ns-port",
+            str(free_port(NS_HOST)),
+        ]
+    )
+    wait_until(
+        lambda: "not reachable yet" in node.log_text(), "node waiting for the name server", procs=[node]
+    )
+    node.terminate()
+    assert node.wait(timeout=30) == 0
+    assert "stopped before it was registered" in node.log_text()
+
+
+@pytest.mark.parametrize("numbers", ["-4,2", [4, -2], [1, 2, 3]])
+def test_library_send_refuses_bad_numbers_with_a_labnodes_error(ns_port, numbers):
+    with pytest.raises(LabnodesError):
+        ring.send(NS_HOST, ns_port, KEY, "pyro1", "lib", numbers, 10.0)
