@@ -39,6 +39,7 @@ class Settings:
     redis_password: str = ""  # no default secret; Redis on a cluster always has one
     celery_concurrency: int = 2  # worker processes per worker host
     celery_timeout: float = 30.0  # seconds a client waits for one result
+    celery_visibility_timeout: float = 300.0  # seconds before a task held by a lost worker is re-delivered
 
     # Pyro4: name server and ring nodes.
     ns_host: str = "127.0.0.1"
@@ -48,6 +49,7 @@ class Settings:
     ring_port: int = 0  # 0: any free port (the name server records the real one)
     ring_timeout: float = 5.0  # seconds per hop before a hop is declared dead
     ring_max_laps: int = 100  # bound on laps round the ring for one message
+    ring_idle_timeout: float = 60.0  # a Pyro daemon closes links idle this long; ring nodes reconnect
 
     # Socket math server.
     math_host: str = "127.0.0.1"

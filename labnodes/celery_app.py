@@ -1,0 +1,142 @@
+"""The labnodes Celery app: Redis is both the broker (the task queue) and the result backend.
+
+Where the settings come from
+    Nothing here is hard-coded: every connection setting comes from labnodes settings (see `labnodes.config`:
+    defaults < config file < LABNODES_* environment < flags). Two ways to get an app:
+
+    * `make_app(settings)` builds an app for the given settings (`client=True` for senders). `labnodes celery
+      worker|submit|batch` and the library functions in `labnodes.celery_cli` use it, so `--config` and flags
+      apply.
+    * `labnodes.celery_app.app` is built on first use from `config.load()` (config file and environment), for
+      Celery's own tools: `celery -A labnodes.celery_app worker -n worker@%h`, `celery -A labnodes.celery_app
+      inspect active`, flower.
+
+Broker and result backend URL
+    `redis://:PASSWORD@HOST:PORT/DB` from redis_password, redis_host, redis_port, redis_db. The password is
+    URL-quoted (a password with `@`, `/`, `:` or `%` would otherwise break the URL). An empty password gives a URL
+    without credentials (a local Redis in protected mode); Redis on a cluster always has `requirepass` set.
+
+Configuration choices, and why
+    task_serializer = result_serializer = "json", accept_content = ["json"]
+        A worker must never unpickle a message: anyone who can write to the queue could run code on every
+        worker. JSON carries ints of any size, lists and dicts: all these tasks need.
+    task_acks_late = True
+        A worker acknowledges a task after it has run, not when it receives it. A task whose worker dies
+        half-way stays in Redis ("unacked") instead of being lost.
+    task_reject_on_worker_lost = True
+        If the process running a task dies (killed, out of memory), the worker puts the task back in the queue
+        at once instead of recording a WorkerLostError failure. Our tasks are pure, so running one twice is
+        harmless (acks late means "at least once").
+    worker_prefetch_multiplier = 1
+        Each worker process reserves one task at a time, so tasks spread over all worker hosts and a dead
+        worker holds back at most one task per process.
+    visibility_timeout = celery_visibility_timeout (default 300 s), restore sweep every 1..10 s
+        Redis has no connection-bound acknowledgements: a task taken by a worker that then vanished (host
+        down, SIGKILL) goes back to the queue once it has been unacknowledged for this long. It must be longer
+        than the longest task (lab.sleep is capped at 60 s), or a slow task would be run twice. A warm
+        shutdown (SIGTERM) finishes the running tasks and hands back at once those it had reserved.
+    result_expires = 1 hour, result_extended = True
+        Results are kept for an hour, then Redis drops them. The extended result records the worker that ran
+        the task, so a client can say where a failure happened.
+    Clients (make_app(settings, client=True)): broker_transport_options max_retries 3 with short intervals,
+    result_backend_transport_options retry_policy max_retries 2; everyone: socket_connect_timeout 5 s
+        A client gives up within seconds when Redis is unreachable or refuses the password, instead of
+        retrying for ever; `labnodes celery submit` then prints one line and exits 1. A worker keeps Celery's
+        patient defaults (broker_connection_max_retries = None: reconnect for ever; ~20 retries to store a
+        result): under a supervisor it rides out a Redis restart instead of dropping results.
+    broker_connection_retry_on_startup = True
+        A worker started before Redis waits for it (and Celery 5 warns when this is left unset).
+"""
+
+from __future__ import annotations
+
+from urllib.parse import quote
+
+from celery import Celery
+
+from labnodes import config
+
+RESULT_EXPIRES = 3600  # seconds a result stays in Redis
+CONNECT_TIMEOUT = 5.0  # seconds to open a TCP connection to Redis
+TASK_MODULES = ["labnodes.tasks"]
+
+
+def redis_url(settings: config.Settings) -> str:
+    """The Redis URL for the broker and the result backend, with the password URL-quoted."""
+    host = settings.redis_host
+    if ":" in host and not host.startswith("["):
+        host = f"[{host}]"  # an IPv6 address
+    auth = f":{quote(settings.redis_password, safe='')}@" if settings.redis_password else ""
+    return f"redis://{auth}{host}:{settings.redis_port}/{settings.redis_db}"
+
+
+def celery_config(settings: config.Settings) -> dict:
+    """Celery configuration (lowercase setting names) for these labnodes settings."""
+    url = redis_url(settings)
+    visibility = float(settings.celery_visibility_timeout)
+    return {
+        "broker_url": url,
+        "result_backend": url,
+        "task_serializer": "json",
+        "result_serializer": "json",
+        "accept_content": ["json"],
+        "result_accept_content": ["json"],
+        "task_acks_late": True,
+        "task_reject_on_worker_lost": True,
+        "worker_prefetch_multiplier": 1,
+        "result_expires": RESULT_EXPIRES,
+        "result_extended": True,
+        "broker_connection_retry_on_startup": True,
+        "broker_connection_max_retries": None,  # the worker: keep trying, a supervisor runs it
+        "broker_transport_options": {
+            "visibility_timeout": visibility,
+            "unacked_restore_interval": max(1.0, min(10.0, visibility / 10)),
+            "unacked_restore_throttle": 1,  # scan on every sweep: the interval above is the period
+            "socket_connect_timeout": CONNECT_TIMEOUT,
+        },
+        "redis_socket_connect_timeout": CONNECT_TIMEOUT,
+        "worker_hijack_root_logger": True,
+        "timezone": "UTC",
+    }
+
+
+def client_config(settings: config.Settings) -> dict:
+    """What a client changes: bounded retries, so a dead broker or a wrong password fails in seconds."""
+    return {
+        "broker_transport_options": {
+            **celery_config(settings)["broker_transport_options"],
+            "max_retries": 3,  # publishing to a dead broker fails after ~1 s
+            "interval_start": 0,
+            "interval_step": 0.2,
+            "interval_max": 0.5,
+        },
+        "result_backend_transport_options": {
+            "retry_policy": {"max_retries": 2, "interval_start": 0, "interval_step": 0.5, "interval_max": 1},
+        },
+    }
+
+
+def make_app(settings: config.Settings, client: bool = False) -> Celery:
+    """A Celery app for these settings, with the lab's tasks (lab.gcd, lab.lcm, lab.sleep) registered.
+
+    client=True: for programs that send tasks and wait for results (bounded retries, see client_config)."""
+    app = Celery("labnodes", include=TASK_MODULES)
+    app.conf.update(celery_config(settings))
+    if client:
+        app.conf.update(client_config(settings))
+    import labnodes.tasks  # noqa: F401  (shared tasks: registers them with every app)
+
+    return app
+
+
+_app: Celery | None = None
+
+
+def __getattr__(name: str):
+    # `app` is built on first use, so importing make_app does not read the config file twice.
+    global _app
+    if name == "app":
+        if _app is None:
+            _app = make_app(config.load())
+        return _app
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,0 +1,426 @@
+"""`labnodes celery ...`: a Celery worker for the lab's tasks, and clients that submit them and measure batches.
+
+Commands
+    labnodes celery worker [--concurrency N] [--name NAME]
+        Runs a worker in the foreground (a supervisor runs it) with node name NAME@HOSTNAME (default
+        worker@<this host's hostname>, like Celery's `-n worker@%h`): the node name always carries the host.
+        --name lets two workers share one box (tests); on a cluster there is one worker per host. It logs every
+        task (received, what it computed, succeeded/failed). SIGTERM or Ctrl-C: warm shutdown (running tasks
+        finish, unstarted ones go back to the queue); a second signal stops at once.
+    labnodes celery submit gcd|lcm A B [--json] [--timeout S]
+    labnodes celery submit sleep SECONDS [--json] [--timeout S]
+        Sends one task, waits for its result, prints the result and the host/worker that ran it. The
+        arguments are checked here first, with the rules of `labnodes.tasks`.
+    labnodes celery batch [--count N] [--mode one|group|chunks|all] [--chunk-size 100] [--seed S] [--json]
+                          [--timeout S]
+        Sends N random gcd pairs (the same pairs for a given seed) in each chosen mode and checks every result
+        against math.gcd:
+          one     one task at a time: send, wait for its result, then the next (a round trip per task);
+          group   all N tasks as one Celery group, results collected together;
+          chunks  the N pairs cut into chunks of --chunk-size, one task per chunk (celery.starmap).
+        Per mode it prints tasks, seconds, tasks/s, how many results each worker host and each worker node
+        produced, and the errors (wrong results, failed tasks, timeouts).
+
+Connection: redis_host, redis_port, redis_db, redis_password from the config file / LABNODES_* environment
+(--redis-host, --redis-port, --redis-db override the first three; the password has no flag, so it never shows up
+in `ps`).
+
+Errors (one line on stderr, exit status 1; never a hang)
+    a bad argument                        "gcd: a must be an integer, got '4.5'" (nothing is sent)
+    Redis unreachable                     "cannot reach Redis at redis://HOST:PORT/DB: ..."
+    Redis refuses the password            "Redis at redis://HOST:PORT/DB refused the password: check redis_password"
+    no result within celery_timeout s     "no worker answered lab.gcd within 30 s: is a worker running against ...?"
+                                          (the task expires then, so a worker that comes up later skips it)
+    the task failed on the worker         "lab.gcd failed on worker@w1: TypeError: ..."
+    batch: any wrong or missing result    the table is printed, then each error line; exit status 1.
+    A batch waits at most celery_timeout seconds for one task (mode one), or celery_timeout + 1 s per 100 tasks
+    for a whole group or chunks run.
+
+Library API (Fabric tasks, tests): `submit(settings, op, *args) -> dict`, `batch(settings, count, modes,
+chunk_size, seed) -> dict`, `run_worker(settings, name, concurrency) -> int`. Celery is imported only when a
+command runs: the CLI stays quick to start.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+import random
+import re
+import socket
+import time
+from collections import Counter
+
+from labnodes import LabnodesError, output
+from labnodes.config import Settings
+
+log = logging.getLogger(__name__)
+
+MODES = ("one", "group", "chunks")
+NODE_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+INTEGER = re.compile(r"-?[0-9]{1,64}")
+MAX_LISTED_ERRORS = 20  # a batch lists at most this many error lines per mode (it counts them all)
+
+
+# --- arguments ------------------------------------------------------------------------------------------
+
+def parse_args_for(op: str, texts: list[str]) -> tuple:
+    """Turn command-line strings into checked task arguments, or raise LabnodesError (one line)."""
+    from labnodes import tasks
+
+    try:
+        if op in tasks.OPERATIONS:
+            if len(texts) != 2:
+                raise ValueError(f"{op} takes two integers A B, got {len(texts)} argument(s)")
+            values = []
+            for name, text in zip("ab", texts, strict=True):
+                text = text.strip()
+                if not INTEGER.fullmatch(text):
+                    raise ValueError(f"{op}: {name} must be an integer, got {text!r:.40}")
+                values.append(int(text))
+            return tasks.check_operands(op, *values)
+        if op == "sleep":
+            if len(texts) != 1:
+                raise ValueError(f"sleep takes one number SECONDS, got {len(texts)} argument(s)")
+            try:
+                seconds = float(texts[0])
+            except ValueError:
+                raise ValueError(f"sleep: seconds must be a number, got {texts[0]!r:.40}") from None
+            return (tasks.check_seconds(seconds),)
+        raise ValueError(f"unknown task {op!r}: choose gcd, lcm or sleep")
+    except (TypeError, ValueError) as exc:
+        raise LabnodesError(str(exc)) from None
+
+
+def check_task_args(op: str, args: tuple) -> tuple:
+    """Check already-typed arguments (library callers) with the tasks' own rules."""
+    from labnodes import tasks
+
+    try:
+        if op == "sleep":
+            if len(args) != 1:
+                raise ValueError(f"sleep takes one argument, got {len(args)}")
+            return (tasks.check_seconds(args[0]),)
+        if len(args) != 2:
+            raise ValueError(f"{op} takes two arguments, got {len(args)}")
+        return tasks.check_operands(op, *args)
+    except (TypeError, ValueError) as exc:
+        raise LabnodesError(str(exc)) from None
+
+
+# --- errors from Redis ------------------------------------------------------------------------------------
+
+def where(settings: Settings) -> str:
+    """The broker address for messages (never the password)."""
+    return f"redis://{settings.redis_host}:{settings.redis_port}/{settings.redis_db}"
+
+
+def _chain(exc: BaseException) -> list[BaseException]:
+    seen, cause = [], exc
+    while cause is not None and len(seen) < 10:
+        seen.append(cause)
+        cause = cause.__cause__ or cause.__context__
+    return seen
+
+
+def _is_broker_failure(exc: BaseException) -> bool:
+    """True if `exc` (or what caused it) is a failure to talk to Redis, not an error raised by a task."""
+    import kombu.exceptions
+    import redis.exceptions
+
+    return any(isinstance(e, kombu.exceptions.OperationalError | redis.exceptions.RedisError) for e in _chain(exc))
+
+
+def _broker_failure(settings: Settings, exc: BaseException) -> LabnodesError:
+    import redis.exceptions
+
+    seen = _chain(exc)
+    text = " ".join(str(e) for e in seen)
+    if any(isinstance(e, redis.exceptions.AuthenticationError) for e in seen) or re.search(
+        r"WRONGPASS|NOAUTH|invalid password|invalid username-password|Authentication required", text
+    ):
+        return LabnodesError(f"Redis at {where(settings)} refused the password: check redis_password")
+    redis_errors = [e for e in seen if isinstance(e, redis.exceptions.RedisError)]
+    last = redis_errors[0] if redis_errors else seen[-1]
+    return LabnodesError(f"cannot reach Redis at {where(settings)}: {str(last) or type(last).__name__}")
+
+
+def check_redis(settings: Settings) -> None:
+    """Connect, authenticate and PING once, so an unreachable Redis or a wrong password gives one clear line."""
+    import redis
+
+    from labnodes.celery_app import CONNECT_TIMEOUT, redis_url
+
+    client = redis.Redis.from_url(
+        redis_url(settings), socket_connect_timeout=CONNECT_TIMEOUT, socket_timeout=CONNECT_TIMEOUT
+    )
+    try:
+        client.ping()
+    except redis.exceptions.RedisError as exc:
+        raise _broker_failure(settings, exc) from None
+    finally:
+        client.close()
+
+
+# --- library API -----------------------------------------------------------------------------------------
+
+def run_worker(settings: Settings, name: str = "worker", concurrency: int | None = None) -> int:
+    """Run a Celery worker named NAME@HOSTNAME in the foreground until it is stopped; return its exit code."""
+    from labnodes.celery_app import make_app
+
+    if not NODE_NAME.fullmatch(name):
+        raise LabnodesError(f"worker name must be 1-64 letters, digits, '.', '_' or '-', got {name!r:.70}")
+    concurrency = settings.celery_concurrency if concurrency is None else concurrency
+    if concurrency < 1:
+        raise LabnodesError(f"concurrency must be >= 1, got {concurrency}")
+    node = f"{name}@{socket.gethostname()}"
+    app = make_app(settings)
+    log.info("starting worker %s (concurrency %d) against %s", node, concurrency, where(settings))
+    # without_mingle: at start-up Celery would spend a second asking other workers for revoked task ids; the
+    # lab revokes nothing (expired tasks are dropped by each worker), so the worker is ready that much sooner.
+    worker = app.Worker(hostname=node, concurrency=concurrency, loglevel=settings.log_level, without_mingle=True)
+    worker.start()
+    return worker.exitcode or 0
+
+
+def submit(settings: Settings, op: str, *args) -> dict:
+    """Run lab.<op>(*args) on some worker and return its result dict; raise LabnodesError on any failure."""
+    from celery.exceptions import TimeoutError as CeleryTimeout
+
+    from labnodes.celery_app import make_app
+
+    args = check_task_args(op, args)
+    timeout = _check_timeout(settings)
+    check_redis(settings)
+    app = make_app(settings, client=True)
+    result = None
+    try:
+        try:
+            result = app.signature(f"lab.{op}", args=args).apply_async(expires=timeout)
+        except Exception as exc:
+            if _is_broker_failure(exc):
+                raise _broker_failure(settings, exc) from None
+            raise
+        log.info("sent lab.%s(%s) as task %s", op, ", ".join(map(str, args)), result.id)
+        try:
+            value = result.get(timeout=timeout)
+        except CeleryTimeout:
+            raise LabnodesError(
+                f"no worker answered lab.{op} within {timeout:g} s: is a worker running against {where(settings)}?"
+            ) from None
+        except Exception as exc:  # a task error re-raised here by Celery, or a lost connection to Redis
+            if _is_broker_failure(exc):
+                raise _broker_failure(settings, exc) from None
+            ran_on = getattr(result, "worker", None) or "a worker"
+            raise LabnodesError(f"lab.{op} failed on {ran_on}: {type(exc).__name__}: {exc}") from None
+    finally:
+        _release(result)
+        app.close()
+    log.info("task %s: %s", result.id, value)
+    return value
+
+
+def _check_timeout(settings: Settings) -> float:
+    if not settings.celery_timeout > 0:
+        raise LabnodesError(f"celery_timeout must be > 0 seconds, got {settings.celery_timeout:g}")
+    return settings.celery_timeout
+
+
+def _release(result) -> None:
+    """Stop listening for results that never came (else Celery unsubscribes noisily at interpreter exit)."""
+    if result is None:
+        return
+    for child in getattr(result, "results", None) or [result]:
+        try:
+            child.backend.remove_pending_result(child)
+        except Exception:  # the connection is gone already: nothing left to release
+            log.debug("could not release result %s", child.id, exc_info=True)
+
+
+def random_pairs(count: int, seed: int) -> list[tuple[int, int]]:
+    """`count` (a, b) pairs, the same for the same seed; a common factor makes the gcds interesting."""
+    rng = random.Random(seed)
+    pairs = []
+    for _ in range(count):
+        g = rng.randrange(1, 1000)
+        pairs.append((g * rng.randrange(0, 10**6), g * rng.randrange(0, 10**6)))
+    return pairs
+
+
+def batch(
+    settings: Settings,
+    count: int = 1000,
+    modes: tuple[str, ...] | list[str] = MODES,
+    chunk_size: int = 100,
+    seed: int = 1,
+) -> dict:
+    """Run `count` gcd tasks in each mode, check them, and report speed, spread over workers and errors."""
+    if count < 1:
+        raise LabnodesError(f"count must be >= 1, got {count}")
+    if chunk_size < 1:
+        raise LabnodesError(f"chunk size must be >= 1, got {chunk_size}")
+    _check_timeout(settings)
+    unknown = [m for m in modes if m not in MODES]
+    if unknown:
+        raise LabnodesError(f"unknown mode {unknown[0]!r}: choose one of {', '.join(MODES)} or all")
+
+    from labnodes.celery_app import make_app
+
+    pairs = random_pairs(count, seed)
+    check_redis(settings)
+    app = make_app(settings, client=True)
+    report = {"count": count, "seed": seed, "chunk_size": chunk_size, "broker": where(settings), "modes": {}}
+    try:
+        for mode in modes:
+            report["modes"][mode] = _run_mode(app, settings, mode, pairs, chunk_size)
+    except Exception as exc:
+        if _is_broker_failure(exc):
+            raise _broker_failure(settings, exc) from None
+        raise
+    finally:
+        app.close()
+    return report
+
+
+def _run_mode(app, settings: Settings, mode: str, pairs: list, chunk_size: int) -> dict:
+    from celery import group
+    from celery.exceptions import TimeoutError as CeleryTimeout
+
+    task = app.tasks["lab.gcd"]
+    timeout = settings.celery_timeout
+    whole_timeout = timeout + len(pairs) / 100
+    values: list = []
+    errors: list[str] = []
+    result = None
+    log.info("batch: %d gcd tasks, mode %s", len(pairs), mode)
+    start = time.perf_counter()
+    try:
+        if mode == "one":
+            for a, b in pairs:
+                result = task.apply_async((a, b), expires=timeout)
+                values.append(result.get(timeout=timeout, propagate=False))
+        elif mode == "group":
+            result = group(task.s(a, b) for a, b in pairs).apply_async(expires=whole_timeout)
+            values = result.get(timeout=whole_timeout, propagate=False)
+        else:
+            result = task.chunks(pairs, chunk_size).group().apply_async(expires=whole_timeout)
+            for chunk in result.get(timeout=whole_timeout, propagate=False):
+                if isinstance(chunk, list):
+                    values.extend(chunk)
+                else:  # the whole chunk task failed
+                    n = min(chunk_size, len(pairs) - len(values))
+                    values.extend([chunk] * n)
+    except CeleryTimeout:
+        waited = timeout if mode == "one" else whole_timeout
+        errors.append(f"{mode}: no result within {waited:g} s after {len(values)} of {len(pairs)} tasks")
+    finally:
+        seconds = time.perf_counter() - start
+        _release(result)
+
+    hosts: Counter = Counter()
+    workers: Counter = Counter()
+    wrong = 0
+    for (a, b), value in zip(pairs, values, strict=False):
+        expected = math.gcd(a, b)
+        if isinstance(value, dict) and value.get("result") == expected and value.get("args") == [a, b]:
+            hosts[str(value.get("host"))] += 1
+            workers[str(value.get("worker"))] += 1
+            continue
+        wrong += 1
+        if len(errors) < MAX_LISTED_ERRORS:
+            if isinstance(value, BaseException):
+                errors.append(f"{mode}: gcd({a}, {b}) failed: {type(value).__name__}: {value}")
+            else:
+                errors.append(f"{mode}: gcd({a}, {b}) expected {expected}, got {value!r:.100}")
+    missing = len(pairs) - len(values)
+    done = len(pairs) - wrong - missing
+    log.info("batch: mode %s: %d ok, %d wrong, %d missing in %.3f s", mode, done, wrong, missing, seconds)
+    return {
+        "tasks": len(pairs),
+        "ok": done,
+        "seconds": round(seconds, 4),
+        "tasks_per_s": round(len(pairs) / seconds, 1) if seconds > 0 else None,
+        "hosts": dict(sorted(hosts.items())),
+        "workers": dict(sorted(workers.items())),
+        "error_count": wrong + missing,
+        "errors": errors,
+    }
+
+
+# --- CLI --------------------------------------------------------------------------------------------------
+
+def register(subparsers) -> None:
+    conn = argparse.ArgumentParser(add_help=False)
+    conn.add_argument("--redis-host", dest="redis_host", metavar="HOST", help="Redis address (broker and results)")
+    conn.add_argument("--redis-port", dest="redis_port", type=int, metavar="PORT")
+    conn.add_argument("--redis-db", dest="redis_db", type=int, metavar="DB")
+
+    parser = subparsers.add_parser("celery", help="Celery GCD/LCM worker and clients (Redis broker)",
+                                   description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="celery_command", required=True, metavar="ACTION")
+
+    p = sub.add_parser("worker", parents=[conn], help="run a worker in the foreground")
+    p.add_argument("--concurrency", "-c", dest="celery_concurrency", type=int, metavar="N",
+                   help="worker processes (default: setting celery_concurrency)")
+    p.add_argument("--name", default="worker",
+                   help="node name before '@' (default: worker); the part after '@' is always this host's name")
+    p.set_defaults(func=_cmd_worker)
+
+    p = sub.add_parser("submit", parents=[conn], help="run one task and print its result and who ran it")
+    p.add_argument("op", choices=["gcd", "lcm", "sleep"])
+    p.add_argument("numbers", nargs="+", metavar="N", help="A B for gcd and lcm, SECONDS for sleep")
+    p.add_argument("--timeout", dest="celery_timeout", type=float, metavar="S",
+                   help="seconds to wait for the result (default: setting celery_timeout)")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=_cmd_submit)
+
+    p = sub.add_parser("batch", parents=[conn], help="run many gcd tasks per mode, check them, measure tasks/s")
+    p.add_argument("--count", type=int, default=1000, metavar="N", help="tasks per mode (default 1000)")
+    p.add_argument("--mode", choices=[*MODES, "all"], default="all", help="default: all")
+    p.add_argument("--chunk-size", type=int, default=100, metavar="N", help="pairs per chunk task (default 100)")
+    p.add_argument("--seed", type=int, default=1, help="random seed for the pairs (default 1)")
+    p.add_argument("--timeout", dest="celery_timeout", type=float, metavar="S",
+                   help="seconds to wait for one result (default: setting celery_timeout)")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=_cmd_batch)
+
+
+def _cmd_worker(args, settings: Settings) -> int:
+    return run_worker(settings, name=args.name)
+
+
+def _cmd_submit(args, settings: Settings) -> int:
+    task_args = parse_args_for(args.op, args.numbers)
+    value = submit(settings, args.op, *task_args)
+    if args.json:
+        output.as_json(value)
+    else:
+        output.table(
+            [[value["task"], ", ".join(str(x) for x in value["args"]), value["result"], value["host"],
+              value["worker"]]],
+            ["task", "args", "result", "host", "worker"],
+        )
+    return 0
+
+
+def _counts(counter: dict) -> str:
+    return ", ".join(f"{k}: {v}" for k, v in counter.items()) or "-"
+
+
+def _cmd_batch(args, settings: Settings) -> int:
+    modes = list(MODES) if args.mode == "all" else [args.mode]
+    report = batch(settings, count=args.count, modes=modes, chunk_size=args.chunk_size, seed=args.seed)
+    if args.json:
+        output.as_json(report)
+    else:
+        rows = [
+            [mode, r["tasks"], f"{r['seconds']:.3f}", r["tasks_per_s"], _counts(r["hosts"]),
+             _counts(r["workers"]), r["error_count"]]
+            for mode, r in report["modes"].items()
+        ]
+        output.table(rows, ["mode", "tasks", "seconds", "tasks/s", "hosts", "workers", "errors"])
+        for r in report["modes"].values():
+            for line in r["errors"]:
+                print(f"error: {line}")
+    return 1 if any(r["error_count"] for r in report["modes"].values()) else 0

@@ -1,0 +1,289 @@
+"""Celery on loopback with the real parts: redis-server with a password, two `labnodes celery worker` processes
+(w1@HOST and w2@HOST: on one box both run on the same host, so they get distinct names with --name), and the
+`labnodes celery submit|batch` clients as subprocesses."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from labnodes import config
+from labnodes.celery_app import make_app
+
+LABNODES = [sys.executable, "-m", "labnodes"]
+VISIBILITY_TIMEOUT = 3  # s: a task held by a killed worker comes back this soon (the lab default is 300)
+READY_TIMEOUT = 60.0  # s: hang guard for a worker to answer a ping
+RUN_TIMEOUT = 60.0  # s: hang guard for one client command
+HOST = socket.gethostname()
+
+
+class Worker:
+    """One `labnodes celery worker --name NAME` process, in its own session so a kill takes its pool too."""
+
+    def __init__(self, name: str, env: dict[str, str], log_path: Path):
+        self.name, self.env, self.log_path = name, env, log_path
+        self.node = f"{name}@{HOST}"
+        self.process: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        with open(self.log_path, "ab") as log:
+            self.process = subprocess.Popen(
+                [*LABNODES, "celery", "worker", "--name", self.name, "--concurrency", "1"],
+                env=self.env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+
+    def running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def wait_ready(self, app) -> None:
+        """Poll with Celery's ping until this node answers (bounded), failing early if the process died."""
+        deadline = time.monotonic() + READY_TIMEOUT
+        while not app.control.ping(destination=[self.node], timeout=0.5):
+            if not self.running():
+                pytest.fail(f"worker {self.node} exited with {self.process.returncode}:\n{self.log()}")
+            if time.monotonic() > deadline:
+                pytest.fail(f"worker {self.node} did not answer a ping within {READY_TIMEOUT} s:\n{self.log()}")
+
+    def ensure_running(self, app) -> None:
+        if not self.running():
+            self.start()
+            self.wait_ready(app)
+
+    def kill(self) -> None:
+        """SIGKILL the whole worker (main process and pool), like a host losing power."""
+        os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait(timeout=10)
+
+    def stop(self) -> int | None:
+        """SIGTERM (warm shutdown); SIGKILL the whole group if it does not exit in time."""
+        if self.process is None:
+            return None
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                pass
+        try:
+            os.killpg(self.process.pid, signal.SIGKILL)  # leftover pool processes, if any
+        except ProcessLookupError:
+            pass
+        return self.process.wait(timeout=10)
+
+    def pool_pids(self) -> list[int]:
+        path = Path(f"/proc/{self.process.pid}/task/{self.process.pid}/children")
+        return [int(p) for p in path.read_text().split()]
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+
+@pytest.fixture(scope="module")
+def lab_env(redis_server, tmp_path_factory) -> dict[str, str]:
+    """Environment for every labnodes process here: this Redis, no config file from the box, short timeouts."""
+    empty = tmp_path_factory.mktemp("celery") / "labnodes.toml"
+    empty.write_text("")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LABNODES_")}
+    env.update(redis_server.env())
+    env.update({
+        "LABNODES_CONFIG": str(empty),
+        "LABNODES_LOG_LEVEL": "INFO",
+        "LABNODES_CELERY_TIMEOUT": "20",
+        "LABNODES_CELERY_VISIBILITY_TIMEOUT": str(VISIBILITY_TIMEOUT),
+    })
+    return env
+
+
+@pytest.fixture(scope="module")
+def app(lab_env):
+    """A client app for this Redis (readiness pings, and tasks sent past the client-side checks)."""
+    app = make_app(config.load(env=lab_env), client=True)
+    yield app
+    app.close()
+
+
+@pytest.fixture(scope="module")
+def worker_pool(lab_env, app, tmp_path_factory):
+    logs = tmp_path_factory.mktemp("celery-logs")
+    pool = [Worker(name, lab_env, logs / f"{name}.log") for name in ("w1", "w2")]
+    try:
+        for w in pool:
+            w.start()
+        for w in pool:
+            w.wait_ready(app)
+        yield pool
+    finally:
+        for w in pool:
+            w.stop()
+
+
+@pytest.fixture
+def workers(worker_pool, app) -> list[Worker]:
+    """Both workers, running: one killed by an earlier test is started again."""
+    for w in worker_pool:
+        w.ensure_running(app)
+    return worker_pool
+
+
+def labnodes(*args: str, env: dict[str, str], **changes: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [*LABNODES, *args], env={**env, **changes}, stdin=subprocess.DEVNULL, capture_output=True, text=True,
+        timeout=RUN_TIMEOUT,
+    )
+
+
+@pytest.mark.parametrize(("op", "expected"), [("gcd", 6), ("lcm", 144)])
+def test_submit_prints_result_and_the_worker_that_ran_it(workers, lab_env, op, expected):
+    run = labnodes("celery", "submit", op, "48", "18", "--json", env=lab_env)
+    assert run.returncode == 0, run.stderr
+    value = json.loads(run.stdout)
+    assert value["result"] == expected
+    assert value["args"] == [48, 18]
+    assert value["host"] == HOST
+    assert value["worker"] in {w.node for w in workers}
+    ran_it = next(w for w in workers if w.node == value["worker"])
+    assert f"{op}(48, 18) = {expected}" in ran_it.log()
+
+
+def test_submit_prints_a_table_by_default(workers, lab_env):
+    run = labnodes("celery", "submit", "gcd", "48", "18", env=lab_env)
+    assert run.returncode == 0, run.stderr
+    header, _rule, row = run.stdout.splitlines()
+    assert header.split() == ["task", "args", "result", "host", "worker"]
+    assert row.split()[:4] == ["gcd", "48,", "18", "6"]
+
+
+def test_batch_checks_every_result_and_uses_both_workers(workers, lab_env):
+    run = labnodes("celery", "batch", "--count", "60", "--chunk-size", "6", "--json", env=lab_env)
+    assert run.returncode == 0, run.stdout + run.stderr
+    report = json.loads(run.stdout)
+    assert set(report["modes"]) == {"one", "group", "chunks"}
+    for mode in report["modes"].values():
+        assert (mode["tasks"], mode["ok"], mode["error_count"], mode["errors"]) == (60, 60, 0, [])
+        assert mode["hosts"] == {HOST: 60}
+        assert sum(mode["workers"].values()) == 60
+    assert set(report["modes"]["group"]["workers"]) == {w.node for w in workers}
+    assert set(report["modes"]["one"]["workers"]) == {w.node for w in workers}
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["gcd", "4.5", "3"], "gcd: a must be an integer, got '4.5'"),
+        (["lcm", "48", "-18"], "lcm: b must be >= 0, got -18"),
+        (["gcd", "1" + "0" * 30, "3"], "gcd: a must be < 10**30, got a 31-digit number"),
+        (["gcd", "48"], "gcd takes two integers A B, got 1 argument(s)"),
+    ],
+)
+def test_submit_bad_argument_exits_1_with_one_clear_line(lab_env, args, message):
+    run = labnodes("celery", "submit", *args, env=lab_env)
+    assert (run.returncode, run.stdout, run.stderr.strip()) == (1, "", f"labnodes: error: {message}")
+
+
+def test_worker_fails_a_bad_task_at_once_with_a_clear_error(workers, app):
+    # Past the client-side checks, straight to a worker: it must fail the task, not retry or hang.
+    result = app.signature("lab.gcd", args=(4.5, 3)).apply_async()
+    with pytest.raises(TypeError, match=r"^gcd: a must be an integer, got float 4\.5$"):
+        result.get(timeout=20)
+    assert result.state == "FAILURE"
+    assert result.worker in {w.node for w in workers}
+
+
+def test_wrong_redis_password_exits_1_with_one_clear_line(lab_env, redis_server):
+    run = labnodes("celery", "submit", "gcd", "48", "18", env=lab_env, LABNODES_REDIS_PASSWORD="wrong")
+    expected = f"Redis at redis://127.0.0.1:{redis_server.port}/0 refused the password: check redis_password"
+    assert (run.returncode, run.stdout, run.stderr.strip().splitlines()) == (1, "", [f"labnodes: error: {expected}"])
+
+
+def test_unreachable_redis_exits_1_with_one_clear_line(lab_env):
+    with socket.socket() as s:  # a port with nothing listening
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    run = labnodes("celery", "batch", "--count", "5", env=lab_env, LABNODES_REDIS_PORT=str(port))
+    assert run.returncode == 1
+    assert run.stderr.strip().splitlines() == [
+        f"labnodes: error: cannot reach Redis at redis://127.0.0.1:{port}/0: "
+        f"Error 111 connecting to 127.0.0.1:{port}. Connection refused."
+    ]
+
+
+def test_no_worker_within_timeout_exits_1_with_one_clear_line(lab_env, redis_server):
+    # Database 5 has no worker listening (the workers use database 0).
+    run = labnodes("celery", "submit", "gcd", "48", "18", "--timeout", "1", env=lab_env, LABNODES_REDIS_DB="5")
+    assert run.returncode == 1
+    assert run.stderr.strip().splitlines()[-1] == (
+        f"labnodes: error: no worker answered lab.gcd within 1 s: "
+        f"is a worker running against redis://127.0.0.1:{redis_server.port}/5?"
+    )
+
+
+def test_sigterm_lets_the_running_task_finish_then_the_worker_exits_0(lab_env, tmp_path):
+    env = {**lab_env, "LABNODES_REDIS_DB": "6"}  # a queue of its own: only this worker can take the task
+    worker = Worker("w3", env, tmp_path / "w3.log")
+    client = make_app(config.load(env=env), client=True)
+    try:
+        worker.start()
+        worker.wait_ready(client)
+        result = client.signature("lab.sleep", args=(0.75,)).apply_async()
+        deadline = time.monotonic() + RUN_TIMEOUT
+        while "sleep(0.75) started" not in worker.log():
+            assert time.monotonic() < deadline, worker.log()
+            time.sleep(0.02)
+        worker.process.terminate()
+        assert result.get(timeout=20)["worker"] == worker.node
+        assert worker.process.wait(timeout=20) == 0
+    finally:
+        worker.stop()
+        client.close()
+
+
+def _wait_for_line(workers: list[Worker], text: str) -> Worker:
+    deadline = time.monotonic() + RUN_TIMEOUT
+    while True:
+        for w in workers:
+            if text in w.log():
+                return w
+        assert time.monotonic() < deadline, f"no worker logged {text!r}"
+        time.sleep(0.02)
+
+
+def test_task_of_a_killed_pool_process_is_requeued_not_failed(workers, app):
+    # task_reject_on_worker_lost: the worker whose pool process died puts the task back in the queue.
+    result = app.signature("lab.sleep", args=(1.25,)).apply_async()
+    running = _wait_for_line(workers, "sleep(1.25) started")
+    for pid in running.pool_pids():
+        os.kill(pid, signal.SIGKILL)
+    value = result.get(timeout=30)
+    assert (value["result"], value["redelivered"]) == (1.25, True)
+    assert running.running()  # only the pool process died; the worker started a new one
+
+
+def test_task_of_a_killed_worker_is_redelivered_to_the_other_worker(workers, lab_env):
+    # task_acks_late: the killed worker never acknowledged the task, so Redis hands it out again after the
+    # visibility timeout, to the worker still alive. Without acks late the task would be lost (a timeout here).
+    client = subprocess.Popen(
+        [*LABNODES, "celery", "submit", "sleep", "1.5", "--json", "--timeout", "50"],
+        env=lab_env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        victim = _wait_for_line(workers, "sleep(1.5) started")
+        survivor = next(w for w in workers if w is not victim)
+        victim.kill()
+        out, err = client.communicate(timeout=RUN_TIMEOUT)
+    finally:
+        if client.poll() is None:
+            client.kill()
+            client.wait()
+    assert client.returncode == 0, err
+    value = json.loads(out)
+    assert (value["result"], value["worker"], value["redelivered"]) == (1.5, survivor.node, True)
+    assert "sleep(1.5) started" in survivor.log()

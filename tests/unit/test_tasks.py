@@ -1,0 +1,193 @@
+"""Unit tests of the lab's Celery tasks (called directly and eagerly) and of the Celery app configuration."""
+
+from __future__ import annotations
+
+import math
+import socket
+from urllib.parse import unquote, urlsplit
+
+import pytest
+
+from labnodes import LabnodesError, celery_app, celery_cli, config, tasks
+
+BIG = 10**30 - 1
+
+
+@pytest.mark.parametrize(
+    ("a", "b", "expected"),
+    [(48, 18, 6), (18, 48, 6), (0, 0, 0), (0, 7, 7), (7, 0, 7), (1, 1, 1), (17, 13, 1),
+     (BIG, BIG, BIG), (2**99, 2**60, 2**60), (BIG, 3, math.gcd(BIG, 3))],
+)
+def test_gcd_returns_greatest_common_divisor(a, b, expected):
+    assert tasks.gcd(a, b)["result"] == expected
+
+
+@pytest.mark.parametrize(
+    ("a", "b", "expected"),
+    [(48, 18, 144), (0, 0, 0), (0, 5, 0), (5, 0, 0), (1, 1, 1), (4, 6, 12),
+     (BIG, BIG - 1, BIG * (BIG - 1)), (2**99, 3, 3 * 2**99)],
+)
+def test_lcm_returns_least_common_multiple_and_zero_with_zero(a, b, expected):
+    assert tasks.lcm(a, b)["result"] == expected
+
+
+@pytest.mark.parametrize(
+    ("a", "b", "error", "message"),
+    [
+        (True, 3, TypeError, "gcd: a must be an integer, got bool True"),
+        (3, False, TypeError, "gcd: b must be an integer, got bool False"),
+        (4.0, 2, TypeError, "gcd: a must be an integer, got float 4.0"),
+        ("48", 18, TypeError, "gcd: a must be an integer, got str '48'"),
+        (None, 18, TypeError, "gcd: a must be an integer, got NoneType None"),
+        ([48], 18, TypeError, "gcd: a must be an integer, got list [48]"),
+        (-1, 18, ValueError, "gcd: a must be >= 0, got -1"),
+        (48, -18, ValueError, "gcd: b must be >= 0, got -18"),
+        (10**30, 1, ValueError, "gcd: a must be < 10**30, got a 31-digit number"),
+        pytest.param(1, 10**5000, ValueError, "gcd: b must be < 10**30, got a more than 4000-digit number",
+                     id="b-has-5001-digits"),
+    ],
+)
+def test_gcd_refuses_bad_operand_with_message_naming_it(a, b, error, message):
+    with pytest.raises(error) as excinfo:
+        tasks.gcd(a, b)
+    assert str(excinfo.value) == message
+
+
+def test_lcm_error_names_lcm():
+    with pytest.raises(ValueError, match=r"^lcm: b must be >= 0, got -3$"):
+        tasks.lcm(4, -3)
+
+
+def test_result_says_task_args_host_and_worker_when_called_directly():
+    assert tasks.gcd(48, 18) == {
+        "task": "gcd", "args": [48, 18], "result": 6, "host": socket.gethostname(), "worker": None,
+        "redelivered": False,
+    }
+
+
+def test_result_names_the_worker_node_when_run_as_a_task():
+    app = celery_app.make_app(config.Settings())
+    value = app.tasks["lab.lcm"].apply((48, 18)).get()  # eager: runs here, through Celery's task machinery
+    assert value["result"] == 144
+    assert value["host"] == socket.gethostname()
+    assert value["worker"]  # the node name Celery gives this process
+
+
+@pytest.mark.parametrize("seconds", [0, 0.01, 0.5])
+def test_sleep_returns_seconds_slept(seconds):
+    assert tasks.sleep(seconds)["result"] == seconds
+
+
+@pytest.mark.parametrize(
+    ("seconds", "error"),
+    [(-1, ValueError), (61, ValueError), (float("nan"), ValueError), (float("inf"), ValueError),
+     (True, TypeError), ("1", TypeError), (None, TypeError)],
+)
+def test_sleep_refuses_bad_seconds(seconds, error):
+    with pytest.raises(error, match="^sleep: seconds must be"):
+        tasks.sleep(seconds)
+
+
+# --- the app's configuration ---------------------------------------------------------------------------
+
+@pytest.fixture
+def conf():
+    return celery_app.make_app(config.Settings(redis_password="s3cret")).conf
+
+
+def test_app_accepts_and_sends_json_only(conf):
+    assert conf.task_serializer == "json"
+    assert conf.result_serializer == "json"
+    assert list(conf.accept_content) == ["json"]
+    assert list(conf.result_accept_content) == ["json"]
+
+
+def test_app_acks_late_and_requeues_on_worker_loss_with_prefetch_one(conf):
+    assert conf.task_acks_late is True
+    assert conf.task_reject_on_worker_lost is True
+    assert conf.worker_prefetch_multiplier == 1
+
+
+def test_app_expires_results_and_records_the_worker(conf):
+    assert conf.result_expires > 0
+    assert conf.result_extended is True
+
+
+def test_client_app_bounds_retries_but_worker_app_keeps_reconnecting():
+    client = celery_app.make_app(config.Settings(), client=True).conf
+    worker = celery_app.make_app(config.Settings()).conf
+    assert client.broker_transport_options["max_retries"] == 3
+    assert client.result_backend_transport_options["retry_policy"]["max_retries"] == 2
+    assert "max_retries" not in worker.broker_transport_options
+    assert worker.broker_connection_max_retries is None
+    for conf in (client, worker):
+        assert conf.broker_transport_options["socket_connect_timeout"] > 0
+        assert conf.broker_transport_options["visibility_timeout"] == 300.0
+
+
+def test_visibility_timeout_comes_from_settings():
+    app = celery_app.make_app(config.Settings(celery_visibility_timeout=42.0))
+    assert app.conf.broker_transport_options["visibility_timeout"] == 42.0
+
+
+def test_app_registers_the_lab_tasks(conf):
+    app = celery_app.make_app(config.Settings())
+    assert {"lab.gcd", "lab.lcm", "lab.sleep"} <= set(app.tasks)
+
+
+def test_broker_and_backend_url_come_from_settings_with_password_quoted():
+    password = "p@ss/w:rd%#?x"
+    settings = config.Settings(redis_host="10.77.1.10", redis_port=6380, redis_db=2, redis_password=password)
+    app = celery_app.make_app(settings)
+    url = app.conf.broker_url
+    assert app.conf.result_backend == url
+    parts = urlsplit(url)
+    assert (parts.scheme, parts.hostname, parts.port, parts.path) == ("redis", "10.77.1.10", 6380, "/2")
+    assert unquote(parts.password) == password
+    assert "@" not in parts.password and "/" not in parts.password
+
+
+def test_url_without_password_has_no_credentials():
+    assert celery_app.redis_url(config.Settings()) == "redis://127.0.0.1:6379/0"
+
+
+def test_module_app_reads_settings_from_config_file_and_environment(monkeypatch, tmp_path):
+    (tmp_path / "labnodes.toml").write_text('redis_host = "10.0.0.5"\nredis_port = 6390\n')
+    monkeypatch.setenv("LABNODES_CONFIG", str(tmp_path / "labnodes.toml"))
+    monkeypatch.setenv("LABNODES_REDIS_PASSWORD", "pw")
+    monkeypatch.setattr(celery_app, "_app", None)  # built again on next use
+    assert celery_app.app.conf.broker_url == "redis://:pw@10.0.0.5:6390/0"
+
+
+# --- client-side argument checks ------------------------------------------------------------------------
+
+@pytest.mark.parametrize(
+    ("op", "texts", "expected"),
+    [("gcd", ["48", "18"], (48, 18)), ("lcm", [" 0", "5 "], (0, 5)), ("sleep", ["1.5"], (1.5,)),
+     ("gcd", [str(BIG), "1"], (BIG, 1))],
+)
+def test_client_parses_good_arguments(op, texts, expected):
+    assert celery_cli.parse_args_for(op, texts) == expected
+
+
+@pytest.mark.parametrize(
+    ("op", "texts", "message"),
+    [
+        ("gcd", ["4.5", "3"], "gcd: a must be an integer, got '4.5'"),
+        ("gcd", ["48", "x"], "gcd: b must be an integer, got 'x'"),
+        ("gcd", ["-3", "3"], "gcd: a must be >= 0, got -3"),
+        ("lcm", ["1" + "0" * 30, "3"], "lcm: a must be < 10**30, got a 31-digit number"),
+        ("gcd", ["48"], "gcd takes two integers A B, got 1 argument(s)"),
+        ("sleep", ["soon"], "sleep: seconds must be a number, got 'soon'"),
+        ("sleep", ["nan"], "sleep: seconds must be between 0 and 60, got nan"),
+    ],
+)
+def test_client_refuses_bad_arguments_with_one_line(op, texts, message):
+    with pytest.raises(LabnodesError) as excinfo:
+        celery_cli.parse_args_for(op, texts)
+    assert str(excinfo.value) == message
+
+
+def test_random_pairs_are_reproducible_for_a_seed():
+    assert celery_cli.random_pairs(5, seed=7) == celery_cli.random_pairs(5, seed=7)
+    assert celery_cli.random_pairs(5, seed=7) != celery_cli.random_pairs(5, seed=8)
