@@ -6,10 +6,10 @@ import json
 import sys
 from collections.abc import Iterable, Sequence
 
-from tabulate import tabulate
-
 
 def table(rows: Iterable[Sequence], headers: Sequence[str], file=None) -> None:
+    from tabulate import tabulate  # imported on use: every labnodes command starts faster
+
     print(tabulate(list(rows), headers=list(headers), tablefmt="simple", disable_numparse=True), file=file or sys.stdout)
 
 

@@ -1,0 +1,72 @@
+"""Settings precedence and validation: defaults < file < LABNODES_* environment < flags."""
+
+import pytest
+
+from labnodes import config
+
+
+@pytest.fixture
+def conf(tmp_path):
+    path = tmp_path / "labnodes.toml"
+    path.write_text('math_port = 6000\nredis_host = "10.0.0.5"\nring_timeout = 2\n')
+    return path
+
+
+def test_defaults_bind_loopback_and_hold_no_secret():
+    s = config.load(env={})
+    assert {s.redis_host, s.ns_host, s.ring_host, s.math_host, s.file_host} == {"127.0.0.1"}
+    assert s.redis_password == "" and s.hmac_key == ""
+
+
+def test_file_overrides_defaults(conf):
+    s = config.load(conf, env={})
+    assert (s.math_port, s.redis_host, s.ring_timeout) == (6000, "10.0.0.5", 2.0)
+
+
+def test_environment_overrides_file_and_flags_override_environment(conf):
+    env = {"LABNODES_MATH_PORT": "7000", "LABNODES_REDIS_HOST": "10.0.0.6"}
+    s = config.load(conf, env=env, overrides={"math_port": 8000, "redis_host": None})
+    assert s.math_port == 8000  # flag wins
+    assert s.redis_host == "10.0.0.6"  # unset flag (None) leaves the environment's value
+
+
+def test_config_path_from_environment(conf):
+    assert config.load(env={"LABNODES_CONFIG": str(conf)}).math_port == 6000
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("nonsense = 1\n", "unknown setting 'nonsense'"),
+        ('math_port = "many"\n', "math_port must be int"),
+        ("math_port = 1.5\n", "math_port must be int"),
+        ("math_port = true\n", "math_port must be int"),
+        ("redis_host = 5\n", "redis_host must be str"),
+        ("math_port = \n", "not valid TOML"),
+    ],
+)
+def test_bad_config_file_names_the_problem(tmp_path, text, message):
+    path = tmp_path / "bad.toml"
+    path.write_text(text)
+    with pytest.raises(config.ConfigError, match=message):
+        config.load(path, env={})
+
+
+def test_missing_config_file_is_an_error_not_a_silent_default(tmp_path):
+    with pytest.raises(config.ConfigError, match="cannot read config file"):
+        config.load(tmp_path / "absent.toml", env={})
+
+
+@pytest.mark.parametrize(
+    "env, message",
+    [({"LABNODES_MATH_PORT": "x"}, "LABNODES_MATH_PORT: math_port must be int"),
+     ({"LABNODES_NO_SUCH": "1"}, "unknown setting LABNODES_NO_SUCH")],
+)
+def test_bad_environment_names_the_variable(env, message):
+    with pytest.raises(config.ConfigError, match=message):
+        config.load(env=env)
+
+
+def test_required_secret_says_how_to_provide_it():
+    with pytest.raises(config.ConfigError, match="LABNODES_HMAC_KEY"):
+        config.require(config.load(env={}), "hmac_key")
