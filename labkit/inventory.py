@@ -1,0 +1,227 @@
+"""The one host list: load an Ansible inventory into a small object, and find the active one.
+
+`load(path)` runs `ansible-inventory -i PATH --list` (the same parser Ansible uses, so group_vars, ranges and
+every inventory format work) and returns an `Inventory`:
+
+- `cluster`  (`labkit_cluster`): names the bridge, namespaces and `.labkit/<cluster>/`; 1-6 characters of
+  [a-z0-9], because Linux interface names are at most 15 characters.
+- `subnet`   (`labkit_subnet`, e.g. `10.77.1.0/24`): every `ansible_host` lies inside it, is unique, and is neither
+  the network address, the broadcast address nor the first address (the control box takes that one).
+- `backend`  (`labkit_backend`, from the backend's group_vars): `netns`, `vagrant`, `lab`, ...
+- `hosts`    in file order, each with its name, address (`ansible_host`) and all its variables.
+- `groups`   group name -> host names in file order (`ungrouped` and `all` left out).
+
+A bad inventory raises `InventoryError` with one line saying what to fix.
+
+`active_inventory()` is the inventory Fabric and pytest act on: `$LABKIT_INVENTORY` if set, else the path that
+the last `up` recorded in `.labkit/active`, else `inventory/netns`.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+import re
+import shutil
+import subprocess
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from labkit import REPO, STATE, LabkitError
+
+DEFAULT_INVENTORY = REPO / "inventory" / "netns"
+ACTIVE_FILE = STATE / "active"
+CLUSTER_RE = re.compile(r"[a-z0-9]{1,6}")
+HOST_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,62}")  # also a valid hostname and namespace name part
+
+
+class InventoryError(LabkitError):
+    """The inventory cannot be read or breaks a rule above."""
+
+
+@dataclass(frozen=True)
+class Host:
+    name: str
+    address: str  # ansible_host
+    vars: dict = field(default_factory=dict, compare=False, repr=False)
+
+    @property
+    def user(self) -> str | None:
+        return self.vars.get("ansible_user")
+
+
+@dataclass(frozen=True)
+class Inventory:
+    path: Path
+    cluster: str
+    subnet: ipaddress.IPv4Network | None
+    backend: str
+    hosts: tuple[Host, ...]
+    groups: dict[str, tuple[str, ...]]
+
+    @property
+    def gateway(self) -> str:
+        """The subnet's first address: the control box's address on the cluster network."""
+        if self.subnet is None:
+            raise InventoryError(f"{self.path}: labkit_subnet is not set")
+        return str(self.subnet.network_address + 1)
+
+    def host(self, name: str) -> Host:
+        for h in self.hosts:
+            if h.name == name:
+                return h
+        raise InventoryError(f"{self.path}: no host named {name!r}")
+
+    def group(self, name: str) -> list[Host]:
+        if name == "all":
+            return list(self.hosts)
+        if name not in self.groups:
+            raise InventoryError(f"{self.path}: no group named {name!r}")
+        return [self.host(h) for h in self.groups[name]]
+
+
+def _ansible_inventory() -> str:
+    local = REPO / ".venv" / "bin" / "ansible-inventory"
+    if local.exists():
+        return str(local)
+    found = shutil.which("ansible-inventory")
+    if not found:
+        raise InventoryError("ansible-inventory not found: run `make setup` (it installs ansible-core in .venv)")
+    return found
+
+
+def _host_order(data: dict) -> tuple[list[str], dict[str, tuple[str, ...]]]:
+    """Host names in file order and the groups, from `--list` JSON (groups keep file order in `children`)."""
+    order: list[str] = []
+    groups: dict[str, tuple[str, ...]] = {}
+    seen_groups: set[str] = set()
+
+    def walk(group: str) -> None:
+        if group in seen_groups:
+            return
+        seen_groups.add(group)
+        entry = data.get(group, {})
+        hosts = tuple(entry.get("hosts", ()))
+        if group not in ("all", "ungrouped"):
+            groups[group] = hosts
+        for h in hosts:
+            if h not in order:
+                order.append(h)
+        for child in entry.get("children", ()):
+            walk(child)
+
+    walk("all")
+    for h in data.get("_meta", {}).get("hostvars", {}):  # hosts no group reached (should not happen)
+        if h not in order:
+            order.append(h)
+    return order, groups
+
+
+def parse(path: Path, data: dict) -> Inventory:
+    """Build and validate an Inventory from `ansible-inventory --list` JSON."""
+    order, groups = _host_order(data)
+    hostvars = data.get("_meta", {}).get("hostvars", {})
+    if not order:
+        raise InventoryError(f"{path}: the inventory lists no hosts")
+
+    def common(var: str) -> object:
+        values = {json.dumps(hostvars.get(h, {}).get(var)) for h in order}
+        if len(values) > 1:
+            raise InventoryError(f"{path}: {var} differs between hosts; set it once, under all: vars")
+        return hostvars.get(order[0], {}).get(var)
+
+    cluster = common("labkit_cluster")
+    if cluster is None:
+        raise InventoryError(f"{path}: labkit_cluster is not set (put it under all: vars)")
+    if not isinstance(cluster, str) or not CLUSTER_RE.fullmatch(cluster):
+        raise InventoryError(
+            f"{path}: labkit_cluster {cluster!r} must be 1-6 characters of [a-z0-9] "
+            "(it becomes part of interface names, which Linux limits to 15 characters)"
+        )
+    backend = common("labkit_backend")
+    if not backend:
+        raise InventoryError(f"{path}: labkit_backend is not set (put it in the inventory's group_vars/all.yml)")
+    raw_subnet = common("labkit_subnet")
+    subnet = None
+    if raw_subnet is not None:
+        try:
+            subnet = ipaddress.IPv4Network(str(raw_subnet))
+        except ValueError as exc:
+            raise InventoryError(f"{path}: labkit_subnet {raw_subnet!r} is not an IPv4 network ({exc})") from None
+        if subnet.prefixlen > 30:
+            raise InventoryError(f"{path}: labkit_subnet {subnet} is too small (at most /30)")
+
+    hosts = []
+    owner: dict[str, str] = {}
+    for name in order:
+        hv = hostvars.get(name, {})
+        if not HOST_RE.fullmatch(name):
+            raise InventoryError(
+                f"{path}: host name {name!r} must be letters, digits, '-' or '_' (it becomes the hostname)"
+            )
+        address = str(hv.get("ansible_host", name))
+        if subnet is not None:
+            try:
+                ip = ipaddress.IPv4Address(address)
+            except ValueError:
+                raise InventoryError(f"{path}: host {name}: ansible_host {address!r} is not an IPv4 address") from None
+            if ip not in subnet:
+                raise InventoryError(f"{path}: host {name}: address {ip} is outside labkit_subnet {subnet}")
+            if ip == subnet.network_address + 1:
+                raise InventoryError(
+                    f"{path}: host {name}: address {ip} is the subnet's first address, which the control box takes"
+                )
+            if ip in (subnet.network_address, subnet.broadcast_address):
+                raise InventoryError(f"{path}: host {name}: address {ip} is the network or broadcast address")
+        if address in owner:
+            raise InventoryError(f"{path}: hosts {owner[address]} and {name} have the same address {address}")
+        owner[address] = name
+        hosts.append(Host(name=name, address=address, vars=dict(hv)))
+    return Inventory(
+        path=path, cluster=cluster, subnet=subnet, backend=str(backend), hosts=tuple(hosts), groups=groups
+    )
+
+
+def load(path: str | os.PathLike | None = None) -> Inventory:
+    """Load and validate the inventory at `path` (a file or a directory); default: the active inventory."""
+    path = Path(path) if path is not None else active_inventory()
+    path = path.absolute()
+    if not path.exists():
+        raise InventoryError(f"inventory {path} does not exist")
+    proc = subprocess.run(
+        [_ansible_inventory(), "-i", str(path), "--list"],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env={**os.environ, "ANSIBLE_INVENTORY_UNPARSED_FAILED": "true", "ANSIBLE_NOCOLOR": "1"},
+    )
+    if proc.returncode != 0:
+        lines = [ln.strip() for ln in proc.stderr.splitlines() if ln.strip()]
+        detail = next((ln for ln in lines if "ERROR" in ln), lines[-1] if lines else "no output")
+        raise InventoryError(f"{path}: ansible-inventory failed: {detail}")
+    try:
+        data = json.loads(proc.stdout)
+    except json.JSONDecodeError as exc:
+        raise InventoryError(f"{path}: ansible-inventory printed no JSON ({exc})") from None
+    return parse(path, data)
+
+
+def active_inventory() -> Path:
+    """$LABKIT_INVENTORY, else the path recorded by the last `up`, else inventory/netns."""
+    env = os.environ.get("LABKIT_INVENTORY")
+    if env:
+        return Path(env).absolute()
+    try:
+        recorded = ACTIVE_FILE.read_text().strip()
+    except FileNotFoundError:
+        recorded = ""
+    return Path(recorded) if recorded else DEFAULT_INVENTORY
+
+
+def record_active(path: str | os.PathLike) -> None:
+    """Remember `path` as the active inventory (called by whatever brought a cluster up)."""
+    STATE.mkdir(exist_ok=True)
+    tmp = ACTIVE_FILE.with_suffix(".tmp")
+    tmp.write_text(f"{Path(path).absolute()}\n")
+    tmp.replace(ACTIVE_FILE)

@@ -1,0 +1,917 @@
+"""The netns backend: every inventory host becomes a set of Linux namespaces on this box, reached over real SSH.
+
+    python -m labkit.netns up     [-i INVENTORY]   create exactly the inventory's hosts (idempotent)
+    python -m labkit.netns status [-i INVENTORY] [--json]
+    python -m labkit.netns down   [-i INVENTORY | --cluster NAME]
+
+Run as root. Without -i the active inventory is used ($LABKIT_INVENTORY, else the last `up`, else inventory/netns).
+
+What one host is (cluster `c`, host `h`, address `a/p` from the inventory):
+- network namespace `lk-c-h`: `lo` up, `eth0` holding `a/p`, the peer of veth `lkv-c-<offset in subnet, hex>`
+  on the cluster bridge `lk-c`, which holds the subnet's first address: the box is `control` on that network.
+  MACs are derived from addresses (02:4c:<a in hex>), so a rebuilt host never meets a stale neighbour cache.
+  When br_netfilter sends bridged frames through iptables, `up` inserts one rule,
+  `FORWARD -i lk-c -o lk-c -j ACCEPT` (comment `labkit lk-c`), so hosts of the cluster reach each other even under
+  a FORWARD policy of DROP; nothing else about the box's firewall changes.
+- UTS namespace: hostname `h`.
+- mount namespace (propagation private): directories of `.labkit/c/hosts/h/` bind-mounted over the same absolute
+  paths a VM uses (see MOUNT_DIRS, MOUNT_FILES), so hosts share nothing and the box can read every host's files.
+  The box gets empty directories for mount points that it lacks (/etc/labnodes, /opt/labnodes, ...).
+- PID namespace whose PID 1 is `hosts/h/init.sh` (the mounts, the hostname) and then, by exec,
+  `supervisord -n -c /etc/supervisor/supervisord.conf` (Debian's supervisor): it
+  reaps orphans, `ps` in the host shows only that host, and it runs `sshd` (a `[program:sshd]` in the main file;
+  Ansible roles only add `conf.d/*.conf`, as on VMs where systemd starts the same supervisord).
+- sshd: ed25519 host key made on the box, `ListenAddress a`, keys only, root allowed with a key, `UsePAM no`;
+  it logs to the host's /var/log/supervisor/sshd.log. The init's stdio goes to `.labkit/c/log/h.log` (kept by
+  `down`), its PID as seen on the box to `.labkit/c/hosts/h.pid`.
+
+Client side, written by `up`: `.labkit/c/ssh/id_ed25519` (made once, kept), `.labkit/c/known_hosts`,
+`.labkit/c/ssh_config` (User root, the key, StrictHostKeyChecking yes, ControlMaster in /run/labkit/c/) and
+`.labkit/ssh_config`, which includes every cluster's file and then ~/.ssh/config: `ssh -F .labkit/ssh_config a`.
+
+`up`: a healthy host (namespace, supervisord as PID 1, veth on the bridge, address set, root present) is kept as it
+is; anything else of the inventory's hosts is torn down and rebuilt (its root and host key are kept, /run is
+emptied as on a reboot); namespaces of the cluster that the inventory no longer lists are removed. `up` ends when
+every host's sshd accepts the cluster key, and records the inventory as the active one.
+
+`down`: finds the cluster's things by name (`lk-c-*` namespaces, `lkv-c-*` veths, bridge `lk-c`) and by process
+(everything in those namespaces, and any process whose mount namespace holds a `.labkit/c/hosts/` bind mount),
+so it also cleans up after a crash or a half-finished `up`; it closes every ssh connection from the box to the
+cluster's addresses (ControlPersist masters included) and removes stale control sockets, then the host roots, the
+cluster's known_hosts and ssh_config. It keeps `.labkit/c/ssh/` and `.labkit/c/secrets/`. A second `down` is a
+no-op; other clusters are untouched.
+
+Every failure is a NetnsError (a LabkitError) with one line saying what went wrong and where to look.
+"""
+
+from __future__ import annotations
+
+import argparse
+import fcntl
+import ipaddress
+import json
+import logging
+import os
+import re
+import shlex
+import shutil
+import signal
+import socket
+import stat
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from labkit import REPO, STATE, LabkitError
+from labkit import inventory as inventory_mod
+from labkit.inventory import Inventory
+
+log = logging.getLogger("labkit.netns")
+
+# Private directories of each host, relative to / (a VM has them at the same absolute paths).
+MOUNT_DIRS = (
+    "etc/labnodes", "etc/supervisor", "etc/ssh", "opt/labnodes", "var/lib/labnodes", "var/log/labnodes",
+    "var/log/supervisor", "run", "var/tmp", "tmp", "root",
+)
+MOUNT_FILES = ("etc/hosts", "etc/hostname")
+MOUNT_LAST = ("var/tmp", "tmp", "root")  # mounted last: the repository (the bind sources) may live under one
+CONTROL_ROOT = Path("/run/labkit")  # ssh ControlPath directories, one per cluster (short: unix sockets <= 104 bytes)
+INIT = "/usr/bin/supervisord"
+SSHD = "/usr/sbin/sshd"
+SFTP = "/usr/lib/openssh/sftp-server"
+TOOLS = ("ip", "ss", "unshare", "ssh", "ssh-keygen", INIT, SSHD)
+HOST_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+INIT_ENV = {"PATH": HOST_PATH, "HOME": "/root", "LANG": "C.UTF-8"}
+BRIDGE_NF = Path("/proc/sys/net/bridge/bridge-nf-call-iptables")
+KILL_TIMEOUT = 10.0  # s, hang guard while a namespace's processes die
+START_TIMEOUT = 10.0  # s, for every init to become supervisord
+SSH_TIMEOUT = 60.0  # s, for every sshd to accept the cluster key
+
+
+_LAUNCHERS: list[subprocess.Popen] = []  # our `unshare` children, polled (reaped) on every up/down
+
+
+def _reap_launchers() -> None:
+    _LAUNCHERS[:] = [p for p in _LAUNCHERS if p.poll() is None]
+
+
+class NetnsError(LabkitError):
+    """The netns backend could not do what was asked; the message says why."""
+
+
+# --- the cluster as data --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Node:
+    """One host: its names on the box and its private root."""
+
+    name: str
+    address: str
+    prefixlen: int
+    ns: str  # network namespace
+    veth: str  # box side of the veth pair; the host side is eth0
+    root: Path  # .labkit/<cluster>/hosts/<name>
+
+
+@dataclass(frozen=True)
+class Cluster:
+    name: str
+    subnet: ipaddress.IPv4Network | None
+    nodes: tuple[Node, ...]
+
+    @classmethod
+    def named(cls, name: str) -> Cluster:
+        """A cluster known only by name (enough for `down`)."""
+        return cls(name=name, subnet=None, nodes=())
+
+    @classmethod
+    def from_inventory(cls, inv: Inventory) -> Cluster:
+        if inv.backend != "netns":
+            raise NetnsError(f"{inv.path}: labkit_backend is {inv.backend!r}, not 'netns'")
+        if inv.subnet is None:
+            raise NetnsError(f"{inv.path}: the netns backend needs labkit_subnet")
+        if inv.subnet.prefixlen < 16:
+            raise NetnsError(f"{inv.path}: labkit_subnet {inv.subnet} is too large for the netns backend (/16 at most)")
+        hosts_dir = STATE / inv.cluster / "hosts"
+        nodes = []
+        for h in inv.hosts:
+            offset = int(ipaddress.IPv4Address(h.address)) - int(inv.subnet.network_address)
+            nodes.append(Node(
+                name=h.name, address=h.address, prefixlen=inv.subnet.prefixlen, ns=f"lk-{inv.cluster}-{h.name}",
+                veth=f"lkv-{inv.cluster}-{offset:x}", root=hosts_dir / h.name,
+            ))
+        return cls(name=inv.cluster, subnet=inv.subnet, nodes=tuple(nodes))
+
+    @property
+    def bridge(self) -> str:
+        return f"lk-{self.name}"
+
+    @property
+    def gateway(self) -> str:
+        return str(self.subnet.network_address + 1)
+
+    @property
+    def ns_prefix(self) -> str:
+        return f"lk-{self.name}-"
+
+    @property
+    def veth_prefix(self) -> str:
+        return f"lkv-{self.name}-"
+
+    @property
+    def state(self) -> Path:
+        return STATE / self.name
+
+    @property
+    def hosts_dir(self) -> Path:
+        return self.state / "hosts"
+
+    @property
+    def log_dir(self) -> Path:
+        return self.state / "log"
+
+    @property
+    def key(self) -> Path:
+        return self.state / "ssh" / "id_ed25519"
+
+    @property
+    def known_hosts(self) -> Path:
+        return self.state / "known_hosts"
+
+    @property
+    def ssh_config(self) -> Path:
+        return self.state / "ssh_config"
+
+    @property
+    def control_dir(self) -> Path:
+        return CONTROL_ROOT / self.name
+
+    @property
+    def mount_marker(self) -> str:
+        """Found in /proc/PID/mountinfo of every process inside one of this cluster's hosts."""
+        return f"/.labkit/{self.name}/hosts/"
+
+
+# --- small helpers ---------------------------------------------------------------------------------------------
+
+
+def _run(args: list[str], input: str | None = None, check: bool = True) -> subprocess.CompletedProcess:
+    proc = subprocess.run(args, input=input, capture_output=True, text=True)
+    if check and proc.returncode != 0:
+        detail = (proc.stderr.strip().splitlines() or ["exit status %d" % proc.returncode])[-1]
+        raise NetnsError(f"`{shlex.join(args[:6])}{' ...' if len(args) > 6 else ''}` failed: {detail}")
+    return proc
+
+
+def _ip_batch(lines: list[str], netns: str | None = None, force: bool = False) -> None:
+    if not lines:
+        return
+    log.debug("ip%s -batch:\n%s", f" -n {netns}" if netns else "", "\n".join(lines))
+    args = ["ip"] + (["-n", netns] if netns else []) + (["-force"] if force else []) + ["-batch", "-"]
+    _run(args, input="\n".join(lines) + "\n", check=not force)
+
+
+def _namespaces(prefix: str) -> list[str]:
+    try:
+        return sorted(n for n in os.listdir("/run/netns") if n.startswith(prefix))
+    except FileNotFoundError:
+        return []
+
+
+def _links() -> dict[str, dict]:
+    return {link["ifname"]: link for link in json.loads(_run(["ip", "-j", "link", "show"]).stdout or "[]")}
+
+
+def _addresses(netns: str | None = None, dev: str | None = None) -> list[tuple[str, str, int]]:
+    """(interface, address, prefixlen) of every IPv4 address, on the box or in a namespace."""
+    args = ["ip"] + (["-n", netns] if netns else []) + ["-j", "-4", "addr", "show"] + (["dev", dev] if dev else [])
+    proc = _run(args, check=False)
+    if proc.returncode != 0:
+        return []
+    return [(i["ifname"], a["local"], a["prefixlen"]) for i in json.loads(proc.stdout or "[]")
+            for a in i.get("addr_info", [])]
+
+
+def _ns_pids(ns: str) -> set[int]:
+    out = _run(["ip", "netns", "pids", ns], check=False).stdout
+    return {int(p) for p in out.split() if p.isdigit()}
+
+
+def _alive(pid: int) -> bool:
+    """True while the process exists and is not a zombie."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
+def _init_pid(ns: str) -> int | None:
+    """The box PID of the host's PID 1, if that is supervisord."""
+    for pid in _ns_pids(ns):
+        try:
+            status = Path(f"/proc/{pid}/status").read_text()
+            comm = Path(f"/proc/{pid}/comm").read_text().strip()
+        except OSError:
+            continue
+        nspid = next((ln.split()[1:] for ln in status.splitlines() if ln.startswith("NSpid:")), [])
+        if len(nspid) >= 2 and nspid[-1] == "1" and comm == "supervisord":
+            return pid
+    return None
+
+
+def _marked_processes(marker: str, cmd_marker: str) -> set[int]:
+    """Processes inside a host's mount namespace (their mountinfo holds `marker`) and our `unshare` launchers."""
+    found, seen_ns = set(), {}
+    me = os.getpid()
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit() or int(entry.name) == me:
+            continue
+        pid = int(entry.name)
+        try:
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+            if argv and argv[0].endswith(b"unshare") and cmd_marker.encode() in b" ".join(argv):
+                found.add(pid)
+                continue
+            mnt = os.readlink(f"/proc/{pid}/ns/mnt")
+            if mnt not in seen_ns:
+                seen_ns[mnt] = marker in Path(f"/proc/{pid}/mountinfo").read_text()
+            if seen_ns[mnt]:
+                found.add(pid)
+        except OSError:
+            continue
+    return found
+
+
+def _kill_all(collect, what: str) -> None:
+    """SIGKILL what `collect()` returns until it returns nothing alive (bounded by KILL_TIMEOUT)."""
+    deadline = time.monotonic() + KILL_TIMEOUT
+    while True:
+        pids = {p for p in collect() if _alive(p)}
+        if not pids:
+            return
+        if time.monotonic() > deadline:
+            raise NetnsError(f"{what}: processes {sorted(pids)} did not die within {KILL_TIMEOUT:.0f}s")
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        log.info("%s: killed %s", what, sorted(pids))
+        time.sleep(0.02)
+
+
+def _ssh_clients(networks: list[ipaddress.IPv4Network]) -> set[int]:
+    """PIDs of ssh processes on the box with a TCP connection to an address in `networks` (masters included)."""
+    found = set()
+    for line in _run(["ss", "-tanpH"], check=False).stdout.splitlines():
+        fields = line.split()
+        if len(fields) < 6:
+            continue
+        peer = fields[4].rsplit(":", 1)[0].strip("[]")
+        try:
+            ip = ipaddress.ip_address(peer)
+        except ValueError:
+            continue
+        if any(ip in net for net in networks):
+            found.update(int(p) for name, p in re.findall(r'\("([^"]+)",pid=(\d+)', line) if name == "ssh")
+    return found
+
+
+def _close_ssh(networks: list[ipaddress.IPv4Network], control_dirs: list[Path]) -> None:
+    """End ssh connections from the box to `networks`, then remove control sockets nobody listens on."""
+    pids = _ssh_clients(networks) if networks else set()
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+    deadline = time.monotonic() + 2
+    while any(_alive(p) for p in pids) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    for pid in pids:
+        if _alive(pid):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+    if pids:
+        log.info("closed ssh connections %s", sorted(pids))
+    for d in control_dirs:
+        try:
+            entries = list(os.scandir(d))
+        except OSError:
+            continue
+        for e in entries:
+            try:
+                st = e.stat(follow_symlinks=False)
+                if not stat.S_ISSOCK(st.st_mode) or time.time() - st.st_mtime < 5:  # a master may be starting
+                    continue
+                with socket.socket(socket.AF_UNIX) as s:
+                    s.settimeout(0.5)
+                    s.connect(e.path)
+            except ConnectionRefusedError:
+                os.unlink(e.path)
+                log.info("removed stale ssh control socket %s", e.path)
+            except OSError:
+                continue
+
+
+def _ansible_control_dirs() -> list[Path]:
+    dirs = [Path.home() / ".ansible" / "cp"]
+    if os.environ.get("ANSIBLE_SSH_CONTROL_PATH_DIR"):
+        dirs.append(Path(os.environ["ANSIBLE_SSH_CONTROL_PATH_DIR"]).expanduser())
+    return dirs
+
+
+def _write(path: Path, text: str, mode: int = 0o644) -> None:
+    """Write in place (same inode): the file may be bind-mounted into a running host."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as f:
+        f.write(text)
+    os.chmod(path, mode)
+
+
+@contextmanager
+def _locked(cl: Cluster):
+    cl.state.mkdir(parents=True, exist_ok=True)
+    with open(cl.state / "lock", "w") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise NetnsError(f"another up/down of cluster {cl.name} is running ({cl.state / 'lock'})") from None
+        yield
+
+
+def _check_box() -> None:
+    if os.geteuid() != 0:
+        raise NetnsError("the netns backend must run as root (it creates namespaces, veths and a bridge)")
+    missing = [t for t in TOOLS if not shutil.which(t)]
+    if missing:
+        raise NetnsError(f"missing on this box: {', '.join(missing)} (run `make setup`)")
+    try:
+        root_pw = next(ln.split(":")[1] for ln in Path("/etc/shadow").read_text().splitlines()
+                       if ln.startswith("root:"))
+    except (OSError, StopIteration, IndexError):
+        root_pw = ""
+    if root_pw.startswith("!"):
+        raise NetnsError("root's account is locked in /etc/shadow ('!'), so sshd (UsePAM no) refuses even key "
+                         "logins; unlock it without a password: usermod -p '*' root")
+
+
+def _as_inventory(inv: Inventory | str | os.PathLike | None) -> Inventory:
+    return inv if isinstance(inv, Inventory) else inventory_mod.load(inv)
+
+
+# --- one host: files on the box --------------------------------------------------------------------------------
+
+
+def _sshd_config(n: Node) -> str:
+    return f"""\
+# labkit netns host {n.name}: written by labkit/netns.py when the host is (re)built.
+ListenAddress {n.address}
+Port 22
+HostKey /etc/ssh/ssh_host_ed25519_key
+PermitRootLogin prohibit-password
+PubkeyAuthentication yes
+AuthorizedKeysFile .ssh/authorized_keys
+PasswordAuthentication no
+KbdInteractiveAuthentication no
+UsePAM no
+UseDNS no
+PrintMotd no
+PidFile /run/sshd.pid
+# Ansible runs 16 forks, each with a ControlMaster carrying several sessions.
+MaxStartups 200:30:400
+MaxSessions 100
+AcceptEnv LANG LC_*
+Subsystem sftp {SFTP}
+"""
+
+
+def _supervisord_conf(n: Node) -> str:
+    return f"""\
+; labkit netns host {n.name}: written by labkit/netns.py; shaped like Debian's /etc/supervisor/supervisord.conf.
+; This supervisord is the host's PID 1. Roles add programs in conf.d/ and run `supervisorctl update`.
+
+[unix_http_server]
+file=/var/run/supervisor.sock
+chmod=0700
+
+[supervisord]
+logfile=/var/log/supervisor/supervisord.log
+pidfile=/var/run/supervisord.pid
+childlogdir=/var/log/supervisor
+user=root
+
+[rpcinterface:supervisor]
+supervisor.rpcinterface_factory = supervisor.rpcinterface:make_main_rpcinterface
+
+[supervisorctl]
+serverurl=unix:///var/run/supervisor.sock
+
+; netns hosts only: the host's sshd (systemd runs sshd on VMs and lab machines).
+[program:sshd]
+command={SSHD} -D -e -f /etc/ssh/sshd_config
+priority=10
+autorestart=true
+redirect_stderr=true
+stdout_logfile=/var/log/supervisor/sshd.log
+
+[include]
+files = /etc/supervisor/conf.d/*.conf
+"""
+
+
+def _etc_hosts(cl: Cluster) -> str:
+    lines = [f"# labkit cluster {cl.name}: written by labkit/netns.py on every up.",
+             "127.0.0.1\tlocalhost", "::1\tlocalhost ip6-localhost ip6-loopback",
+             f"{cl.gateway}\tcontrol"]
+    lines += [f"{n.address}\t{n.name}" for n in cl.nodes]
+    return "\n".join(lines) + "\n"
+
+
+def _prepare_root(n: Node) -> subprocess.Popen | None:
+    """Lay out the host's private directories; returns the ssh-keygen making its host key, if it has none."""
+    for rel in MOUNT_DIRS:
+        (n.root / rel).mkdir(parents=True, exist_ok=True)
+    for rel, mode in (("root", 0o700), ("tmp", 0o1777), ("var/tmp", 0o1777), ("run", 0o755)):
+        os.chmod(n.root / rel, mode)
+    for entry in os.scandir(n.root / "run"):  # a rebuilt host starts with an empty /run, as after a reboot
+        if entry.is_dir(follow_symlinks=False):
+            shutil.rmtree(entry.path)
+        else:
+            os.unlink(entry.path)
+    (n.root / "run" / "sshd").mkdir(mode=0o755)
+    (n.root / "root" / ".ssh").mkdir(mode=0o700, exist_ok=True)
+    (n.root / "etc" / "supervisor" / "conf.d").mkdir(exist_ok=True)
+    for name in ("moduli", "ssh_config"):  # what a host's /etc/ssh would hold besides its own files
+        src, dst = Path("/etc/ssh") / name, n.root / "etc" / "ssh" / name
+        if src.exists() and not dst.exists():
+            shutil.copyfile(src, dst)
+    _write(n.root / "etc" / "ssh" / "sshd_config", _sshd_config(n))
+    _write(n.root / "etc" / "supervisor" / "supervisord.conf", _supervisord_conf(n))
+    _write(n.root / "etc" / "hostname", n.name + "\n")
+    key = n.root / "etc" / "ssh" / "ssh_host_ed25519_key"
+    if key.exists() and key.with_suffix(".pub").exists():
+        return None
+    key.unlink(missing_ok=True)
+    return subprocess.Popen(
+        ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", f"root@{n.name}", "-f", str(key)],
+        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )
+
+
+def _init_script(n: Node) -> str:
+    """What runs as PID 1 of the new namespaces (saved as <root>/init.sh) before it becomes supervisord."""
+    first = [rel for rel in MOUNT_DIRS if rel not in MOUNT_LAST]
+    targets = first + list(MOUNT_FILES) + list(MOUNT_LAST)
+    # A target that contains the repository hides the bind sources: mount it last.
+    targets.sort(key=lambda rel: REPO.is_relative_to(Path("/") / rel))
+    lines = [f"# labkit netns host {n.name}: PID 1 of its namespaces until it execs supervisord.", "set -e",
+             "umount -R -l /run/netns 2>/dev/null || true  # drop the copies of the box's netns handles"]
+    lines += [f"mount --bind {shlex.quote(str(n.root / rel))} {shlex.quote('/' + rel)}" for rel in targets]
+    lines += [f"echo {shlex.quote(n.name)} > /proc/sys/kernel/hostname",
+              f"exec {INIT} -n -c /etc/supervisor/supervisord.conf"]
+    return "\n".join(lines) + "\n"
+
+
+def _start_init(cl: Cluster, n: Node) -> subprocess.Popen:
+    cl.log_dir.mkdir(parents=True, exist_ok=True)
+    script = n.root / "init.sh"
+    _write(script, _init_script(n))
+    with open(cl.log_dir / f"{n.name}.log", "ab") as logf:
+        logf.write(f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} starting host {n.name}\n".encode())
+        logf.flush()
+        return subprocess.Popen(
+            ["ip", "netns", "exec", n.ns, "unshare", "--mount", "--uts", "--pid", "--fork", "--mount-proc",
+             "--propagation", "private", "--", "/bin/sh", str(script)],
+            stdin=subprocess.DEVNULL, stdout=logf, stderr=subprocess.STDOUT,
+            start_new_session=True, close_fds=True, cwd="/", env=INIT_ENV,
+        )
+
+
+# --- the cluster's network -------------------------------------------------------------------------------------
+
+
+def _mac(address: str) -> str:
+    """A fixed MAC for an address: a rebuilt host keeps it, so neighbour caches never point at a dead one."""
+    return "02:4c:" + ":".join(f"{b:02x}" for b in ipaddress.IPv4Address(address).packed)
+
+
+def _check_subnet_free(cl: Cluster) -> None:
+    for ifname, addr, prefixlen in _addresses():
+        if ifname == cl.bridge:
+            continue
+        other = ipaddress.IPv4Network(f"{addr}/{prefixlen}", strict=False)
+        if other.overlaps(cl.subnet):
+            raise NetnsError(f"labkit_subnet {cl.subnet} overlaps {addr}/{prefixlen} on {ifname}"
+                             " (another cluster or a real network): pick another subnet")
+
+
+def _ensure_bridge(cl: Cluster, links: dict[str, dict]) -> None:
+    want = (cl.bridge, cl.gateway, cl.subnet.prefixlen)
+    lines = []
+    if cl.bridge not in links:
+        lines += [f"link add {cl.bridge} type bridge", f"link set {cl.bridge} address {_mac(cl.gateway)}"]
+        have = []
+    else:
+        have = _addresses(dev=cl.bridge)
+        if have and have != [want]:
+            lines.append(f"addr flush dev {cl.bridge}")
+            have = []
+    if not have:
+        lines.append(f"addr add {cl.gateway}/{cl.subnet.prefixlen} dev {cl.bridge}")
+    if cl.bridge not in links or "UP" not in links[cl.bridge].get("flags", []):
+        lines.append(f"link set {cl.bridge} up")
+    _ip_batch(lines)
+
+
+def _forward_rule(cl: Cluster) -> list[str]:
+    return ["FORWARD", "-i", cl.bridge, "-o", cl.bridge, "-m", "comment", "--comment", f"labkit {cl.bridge}",
+            "-j", "ACCEPT"]
+
+
+def _allow_bridge_forwarding(cl: Cluster, echo) -> None:
+    """Bridged frames go through iptables' FORWARD chain when br_netfilter says so: accept this bridge's own."""
+    try:
+        if BRIDGE_NF.read_text().strip() != "1":
+            return
+    except OSError:
+        return
+    if not shutil.which("iptables"):
+        echo(f"netns {cl.name}: warning: bridged traffic passes iptables but iptables is missing; "
+             "hosts may not reach each other if the FORWARD policy drops")
+        return
+    rule = _forward_rule(cl)
+    check = _run(["iptables", "-w", "-C", *rule], check=False)
+    if check.returncode == 0:
+        return
+    add = _run(["iptables", "-w", "-I", rule[0], "1", *rule[1:]], check=False)
+    if add.returncode != 0:
+        echo(f"netns {cl.name}: warning: could not add the iptables rule for {cl.bridge}: {add.stderr.strip()}")
+    else:
+        log.info("iptables: accepted forwarding within %s", cl.bridge)
+
+
+def _remove_bridge_forwarding(cl: Cluster) -> None:
+    if not shutil.which("iptables"):
+        return
+    rule = _forward_rule(cl)
+    for _ in range(10):
+        if _run(["iptables", "-w", "-C", *rule], check=False).returncode != 0:
+            return
+        _run(["iptables", "-w", "-D", *rule], check=False)
+
+
+# --- host health ---------------------------------------------------------------------------------------------
+
+
+def _problem(cl: Cluster, n: Node, namespaces: set[str], links: dict[str, dict]) -> str | None:
+    """Why the host is not healthy, or None."""
+    if n.ns not in namespaces:
+        return "absent"
+    if _init_pid(n.ns) is None:
+        return "its init (supervisord) is not running"
+    veth = links.get(n.veth)
+    if veth is None:
+        return f"veth {n.veth} is missing"
+    if veth.get("master") != cl.bridge or "UP" not in veth.get("flags", []):
+        return f"veth {n.veth} is not up on bridge {cl.bridge}"
+    if ("eth0", n.address, n.prefixlen) not in _addresses(netns=n.ns, dev="eth0"):
+        return f"eth0 does not hold {n.address}/{n.prefixlen}"
+    if not (n.root / "etc" / "ssh" / "ssh_host_ed25519_key.pub").exists():
+        return f"its root {n.root} is missing"
+    return None
+
+
+def _sshd_open(address: str, timeout: float = 0.5) -> bool:
+    try:
+        with socket.create_connection((address, 22), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+# --- teardown ---------------------------------------------------------------------------------------------------
+
+
+def _teardown(cl: Cluster, namespaces: list[str], veths: list[str], markers: list[str],
+              networks: list[ipaddress.IPv4Network], extra_links: list[str] = ()) -> None:
+    """End every process of the given hosts, close ssh to them, then delete their veths and namespaces."""
+    _close_ssh(networks, [cl.control_dir, *_ansible_control_dirs()])
+
+    def collect() -> set[int]:
+        pids = set()
+        for ns in namespaces:
+            pids |= _ns_pids(ns)
+        for m in markers:
+            pids |= _marked_processes(m, m)
+        return pids
+
+    _kill_all(collect, f"cluster {cl.name}")
+    links = _links()
+    lines = [f"link del {v}" for v in [*veths, *extra_links] if v in links]
+    lines += [f"netns del {ns}" for ns in namespaces]
+    _ip_batch(lines, force=True)
+    left = [ns for ns in namespaces if os.path.exists(f"/run/netns/{ns}")]
+    left += [v for v in [*veths, *extra_links] if v in _links()]
+    if left:
+        raise NetnsError(f"cluster {cl.name}: could not remove {', '.join(left)}")
+
+
+# --- client side ------------------------------------------------------------------------------------------------
+
+
+def _ensure_client_key(cl: Cluster) -> str:
+    cl.key.parent.mkdir(parents=True, exist_ok=True)
+    os.chmod(cl.key.parent, 0o700)
+    if not (cl.key.exists() and cl.key.with_suffix(".pub").exists()):
+        cl.key.unlink(missing_ok=True)
+        _run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", f"labkit-{cl.name}", "-f", str(cl.key)])
+    return cl.key.with_suffix(".pub").read_text().strip()
+
+
+def _write_client_files(cl: Cluster) -> None:
+    known = []
+    for n in cl.nodes:
+        keytype, key = (n.root / "etc/ssh/ssh_host_ed25519_key.pub").read_text().split()[:2]
+        known.append(f"{n.address},{n.name} {keytype} {key}")
+    _write(cl.known_hosts, "\n".join(known) + "\n")
+    blocks = [f"# labkit cluster {cl.name}: written by labkit/netns.py on every up; removed by down.\n"]
+    for n in cl.nodes:
+        blocks.append(f"""\
+Host {n.address} {n.name}
+  HostName {n.address}
+  User root
+  IdentityFile {cl.key}
+  IdentitiesOnly yes
+  UserKnownHostsFile {cl.known_hosts}
+  StrictHostKeyChecking yes
+  ControlMaster auto
+  ControlPath {cl.control_dir}/%C
+  ControlPersist 120s
+  ServerAliveInterval 10
+  ServerAliveCountMax 3
+""")
+    _write(cl.ssh_config, "\n".join(blocks))
+    cl.control_dir.mkdir(parents=True, exist_ok=True)
+    os.chmod(cl.control_dir, 0o700)
+    _write(STATE / "ssh_config", f"""\
+# Written by labkit/netns.py: every cluster's generated ssh settings, then the user's own.
+Include {STATE}/*/ssh_config
+Include ~/.ssh/config
+""")
+
+
+def _wait_ssh(cl: Cluster) -> None:
+    """Return when every host's sshd accepts the cluster key over the generated ssh config."""
+    def probe(n: Node) -> str | None:
+        deadline = time.monotonic() + SSH_TIMEOUT
+        err = "sshd never listened"
+        while time.monotonic() < deadline:
+            if not _sshd_open(n.address):
+                time.sleep(0.02)
+                continue
+            proc = subprocess.run(
+                ["ssh", "-F", str(STATE / "ssh_config"), "-o", "BatchMode=yes", "-o", "ControlMaster=no",
+                 "-o", "ControlPath=none", "-o", "ConnectTimeout=5", n.address, "true"],
+                stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=30,
+            )
+            if proc.returncode == 0:
+                return None
+            err = (proc.stderr.strip().splitlines() or ["ssh failed"])[-1]
+            time.sleep(0.2)
+        return f"{n.name} ({n.address}): {err}; see {cl.log_dir / (n.name + '.log')}"
+
+    with ThreadPoolExecutor(max_workers=min(32, len(cl.nodes) or 1)) as pool:
+        failures = [f for f in pool.map(probe, cl.nodes) if f]
+    if failures:
+        raise NetnsError(f"cluster {cl.name}: sshd did not accept the cluster key: {'; '.join(failures)}")
+
+
+# --- the three verbs -----------------------------------------------------------------------------------------
+
+
+def up(inv: Inventory | str | os.PathLike | None = None, echo=print) -> None:
+    """Create exactly the inventory's hosts (keeping healthy ones) and return when all accept SSH."""
+    inv = _as_inventory(inv)
+    cl = Cluster.from_inventory(inv)
+    _check_box()
+    _reap_launchers()
+    t0 = time.monotonic()
+    with _locked(cl):
+        _check_subnet_free(cl)
+        pubkey = _ensure_client_key(cl)
+        for rel in MOUNT_DIRS:  # mount points on the box
+            Path("/", rel).mkdir(parents=True, exist_ok=True)
+        links = _links()
+        _ensure_bridge(cl, links)
+        namespaces = set(_namespaces(cl.ns_prefix))
+        wanted = {n.ns for n in cl.nodes}
+        stale_ns = sorted(namespaces - wanted)
+        stale_veths = [v for v in links if v.startswith(cl.veth_prefix) and v not in {n.veth for n in cl.nodes}]
+        if stale_ns or stale_veths:
+            echo(f"netns {cl.name}: removing what the inventory no longer lists: {', '.join(stale_ns + stale_veths)}")
+            gone = [ns[len(cl.ns_prefix):] for ns in stale_ns]
+            _teardown(cl, stale_ns, stale_veths, [f"{cl.mount_marker}{h}/" for h in gone], [])
+            for h in gone:
+                shutil.rmtree(cl.hosts_dir / h, ignore_errors=True)
+                (cl.hosts_dir / f"{h}.pid").unlink(missing_ok=True)
+            links = _links()
+
+        build = []
+        for n in cl.nodes:
+            problem = _problem(cl, n, namespaces, links)
+            if problem is None:
+                echo(f"netns {cl.name}: {n.name} {n.address}: healthy, kept (init pid {_init_pid(n.ns)})")
+            else:
+                echo(f"netns {cl.name}: {n.name} {n.address}: "
+                     + ("creating" if problem == "absent" else f"rebuilding ({problem})"))
+                build.append(n)
+        if build:
+            _teardown(cl, [n.ns for n in build if n.ns in namespaces], [n.veth for n in build],
+                      [f"{cl.mount_marker}{n.name}/" for n in build],
+                      [ipaddress.IPv4Network(n.address) for n in build])
+        keygens = [(n, _prepare_root(n)) for n in build]
+        for n, p in keygens:
+            if p is None:
+                continue
+            err = p.communicate()[1].decode(errors="replace").strip()
+            if p.returncode != 0:
+                raise NetnsError(f"ssh-keygen for host {n.name} failed: {err}")
+        hosts_text = _etc_hosts(cl)
+        for n in cl.nodes:  # every host: names and the cluster key may have changed since its start
+            _write(n.root / "etc" / "hosts", hosts_text)
+            _write(n.root / "root" / ".ssh" / "authorized_keys", pubkey + "\n", 0o600)
+
+        lines = []
+        for n in build:
+            lines += [f"netns add {n.ns}",
+                      f"link add {n.veth} type veth peer name eth0 address {_mac(n.address)} netns {n.ns}",
+                      f"link set {n.veth} master {cl.bridge} up"]
+        _ip_batch(lines)
+        for n in build:
+            _ip_batch([f"addr add {n.address}/{n.prefixlen} dev eth0", "link set eth0 up", "link set lo up"],
+                      netns=n.ns)
+        launchers = {n.name: _start_init(cl, n) for n in build}
+        _LAUNCHERS.extend(launchers.values())
+        deadline = time.monotonic() + START_TIMEOUT
+        pending = list(build)
+        while pending:
+            for n in list(pending):
+                pid = _init_pid(n.ns)
+                if pid is not None:
+                    (cl.hosts_dir / f"{n.name}.pid").write_text(f"{pid}\n")
+                    log.info("host %s: init pid %d", n.name, pid)
+                    pending.remove(n)
+                elif launchers[n.name].poll() is not None or time.monotonic() > deadline:
+                    tail = (cl.log_dir / f"{n.name}.log").read_text(errors="replace").strip().splitlines()[-1:]
+                    raise NetnsError(f"host {n.name}: init did not start ({' '.join(tail) or 'no output'}); "
+                                     f"see {cl.log_dir / (n.name + '.log')}")
+            time.sleep(0.01)
+
+        _write_client_files(cl)
+        _allow_bridge_forwarding(cl, echo)
+        inventory_mod.record_active(inv.path)
+        echo(f"netns {cl.name}: waiting for sshd on {len(cl.nodes)} hosts")
+        _wait_ssh(cl)
+    echo(f"netns {cl.name}: {len(cl.nodes)} hosts up ({len(build)} started, {len(cl.nodes) - len(build)} kept) "
+         f"in {time.monotonic() - t0:.2f}s; try: ssh -F {STATE / 'ssh_config'} {cl.nodes[0].address}")
+
+
+def down(inv: Inventory | str | os.PathLike | None = None, echo=print, cluster: str | None = None) -> None:
+    """Remove everything of the cluster (by name and by process), keeping its ssh key and secrets."""
+    if cluster is None:
+        cl = Cluster.from_inventory(_as_inventory(inv))
+    else:
+        if not inventory_mod.CLUSTER_RE.fullmatch(cluster):
+            raise NetnsError(f"cluster name {cluster!r} must be 1-6 characters of [a-z0-9]")
+        cl = Cluster.named(cluster)
+    _check_box()
+    t0 = time.monotonic()
+    with _locked(cl):
+        links = _links()
+        namespaces = _namespaces(cl.ns_prefix)
+        veths = [v for v in links if v.startswith(cl.veth_prefix)]
+        networks = [ipaddress.IPv4Network(f"{a}/{p}", strict=False) for _, a, p in _addresses(dev=cl.bridge)]
+        if cl.subnet is not None:
+            networks.append(cl.subnet)
+        _teardown(cl, namespaces, veths, [cl.mount_marker], networks,
+                  extra_links=[cl.bridge] if cl.bridge in links else [])
+        _remove_bridge_forwarding(cl)
+        shutil.rmtree(cl.control_dir, ignore_errors=True)
+        shutil.rmtree(cl.hosts_dir, ignore_errors=True)
+        cl.known_hosts.unlink(missing_ok=True)
+        cl.ssh_config.unlink(missing_ok=True)
+    _reap_launchers()
+    removed = len(namespaces) + len(veths) + (cl.bridge in links)
+    echo(f"netns {cl.name}: down in {time.monotonic() - t0:.2f}s "
+         + (f"({len(namespaces)} namespaces, {len(veths)} veths, bridge {cl.bridge} removed)" if removed
+            else "(nothing was running)"))
+
+
+def status(inv: Inventory | str | os.PathLike | None = None) -> list[dict]:
+    """One dict per inventory host: host, address, namespace, state (up|down|broken), init_pid, sshd, problem."""
+    inv = _as_inventory(inv)
+    cl = Cluster.from_inventory(inv)
+    namespaces = set(_namespaces(cl.ns_prefix))
+    links = _links()
+    rows = []
+    for n in cl.nodes:
+        problem = _problem(cl, n, namespaces, links)
+        sshd = problem is None and _sshd_open(n.address)
+        if problem == "absent":
+            state, problem = "down", ""
+        elif problem is None and not sshd:
+            state, problem = "broken", "sshd is not listening"
+        else:
+            state = "broken" if problem else "up"
+        rows.append({"host": n.name, "address": n.address, "namespace": n.ns, "state": state,
+                     "init_pid": _init_pid(n.ns) if n.ns in namespaces else None, "sshd": sshd,
+                     "problem": problem or ""})
+    return rows
+
+
+# --- command line -------------------------------------------------------------------------------------------------
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m labkit.netns", description=__doc__.split("\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("command", choices=["up", "down", "status"])
+    parser.add_argument("-i", "--inventory", metavar="PATH", help="inventory (default: the active one)")
+    parser.add_argument("--cluster", metavar="NAME", help="down only: the cluster to remove, without an inventory")
+    parser.add_argument("--json", action="store_true", help="status only: print JSON")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log every step")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s", stream=sys.stderr)
+    try:
+        if args.command == "up":
+            up(args.inventory)
+        elif args.command == "down":
+            down(args.inventory, cluster=args.cluster)
+        else:
+            rows = status(args.inventory)
+            if args.json:
+                from labnodes.output import as_json
+                as_json(rows)
+            else:
+                from labnodes.output import table
+                keys = ["host", "address", "state", "init_pid", "sshd", "problem"]
+                table([[r[k] if r[k] is not None else "-" for k in keys] for r in rows], keys)
+    except LabkitError as exc:
+        print(f"netns: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,151 @@
+"""Cluster-test fixtures: throwaway netns clusters from temporary inventories (never the real `lab` one).
+
+`t1` is a session-wide three-host cluster, brought up once and always brought down. Helpers run the real CLI
+(`python -m labkit.netns`) and real ssh with the generated `.labkit/ssh_config`.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from labkit import REPO, STATE, inventory
+
+SSH_CONFIG = STATE / "ssh_config"
+T1 = {"cluster": "t1", "subnet": "10.77.9.0/24",
+      "hosts": {"alpha": "10.77.9.10", "bravo": "10.77.9.11", "charlie": "10.77.9.12"}}
+
+
+def write_inventory(directory: Path, cluster: str, subnet: str, hosts: dict[str, str]) -> Path:
+    """A netns inventory like inventory/netns: hosts.yml (first half of the hosts in group `one`) + group_vars."""
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "group_vars").mkdir(exist_ok=True)
+    (directory / "group_vars" / "all.yml").write_text("labkit_backend: netns\nansible_user: root\n")
+    names = list(hosts)
+    half = max(1, len(names) // 2)
+
+    def block(group: list[str]) -> str:
+        return "".join(f"        {h}: {{ansible_host: '{hosts[h]}'}}\n" for h in group)
+
+    text = (f"all:\n  vars:\n    labkit_cluster: '{cluster}'\n    labkit_subnet: '{subnet}'\n  children:\n"
+            f"    one:\n      hosts:\n{block(names[:half])}")
+    if names[half:]:
+        text += f"    two:\n      hosts:\n{block(names[half:])}"
+    (directory / "hosts.yml").write_text(text)
+    return directory
+
+
+def netns_cli(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+    """Run `python -m labkit.netns ARGS` from the repository, as an instructor would."""
+    proc = subprocess.run([sys.executable, "-m", "labkit.netns", *args], cwd=REPO, capture_output=True, text=True,
+                          timeout=300)
+    if check and proc.returncode != 0:
+        pytest.fail(f"labkit.netns {' '.join(args)} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+def ssh(address: str, command: str, *options: str, check: bool = True) -> subprocess.CompletedProcess:
+    """Run `command` on a cluster host over real SSH with the generated config."""
+    proc = subprocess.run(["ssh", "-F", str(SSH_CONFIG), "-o", "BatchMode=yes", *options, address, command],
+                          stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=60)
+    if check and proc.returncode != 0:
+        pytest.fail(f"ssh {address} {command!r} exited {proc.returncode}: {proc.stderr.strip()}")
+    return proc
+
+
+def leftovers(cluster: str, subnet: str) -> list[str]:
+    """Everything of `cluster` still on the box: namespaces, links, processes, mounts, ssh connections, state."""
+    found = []
+    net = ipaddress.IPv4Network(subnet)
+    names = os.listdir("/run/netns") if os.path.isdir("/run/netns") else []
+    found += [f"netns {n}" for n in names if n.startswith(f"lk-{cluster}-")]
+    for line in subprocess.run(["ip", "-o", "link", "show"], capture_output=True, text=True).stdout.splitlines():
+        name = line.split(":")[1].strip().split("@")[0]
+        if name == f"lk-{cluster}" or name.startswith(f"lkv-{cluster}-"):
+            found.append(f"link {name}")
+    marker = f"/.labkit/{cluster}/"
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            cmdline = Path(entry.path, "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            mounts = Path(entry.path, "mountinfo").read_text()
+        except OSError:
+            continue
+        if marker in cmdline or f"{marker}hosts/" in mounts:
+            found.append(f"process {entry.name}: {cmdline[:80]}")
+    mountinfo = Path("/proc/self/mountinfo").read_text()
+    found += [f"mount {ln.split()[4]}" for ln in mountinfo.splitlines() if f"lk-{cluster}-" in ln or marker in ln]
+    for line in subprocess.run(["ss", "-tanpH"], capture_output=True, text=True).stdout.splitlines():
+        fields = line.split()
+        peer = fields[4].rsplit(":", 1)[0].strip("[]") if len(fields) > 4 else ""
+        try:
+            inside = ipaddress.ip_address(peer) in net
+        except ValueError:
+            inside = False
+        if inside and re.search(r'\("ssh",', line):
+            found.append(f"ssh connection {line}")
+    if Path("/run/labkit", cluster).exists():
+        found.append(f"control directory /run/labkit/{cluster}")
+    if (STATE / cluster / "hosts").exists():
+        found.append(f"host roots {STATE / cluster / 'hosts'}")
+    if shutil.which("iptables"):
+        rules = subprocess.run(["iptables", "-w", "-S", "FORWARD"], capture_output=True, text=True).stdout
+        found += [f"iptables {ln}" for ln in rules.splitlines() if f"labkit lk-{cluster}" in ln]
+    return found
+
+
+def _require_root() -> None:
+    if os.geteuid() != 0:
+        pytest.skip("cluster tests need root (they create network namespaces)")
+
+
+@pytest.fixture(scope="session")
+def keep_active_inventory():
+    """Test clusters record themselves as active: put back what the instructor had."""
+    active = STATE / "active"
+    before = active.read_text() if active.exists() else None
+    yield
+    if before is None:
+        active.unlink(missing_ok=True)
+    else:
+        active.write_text(before)
+
+
+@pytest.fixture(scope="session")
+def t1(tmp_path_factory, keep_active_inventory) -> inventory.Inventory:
+    """The three-host test cluster t1, up for the whole session and always brought down."""
+    _require_root()
+    path = write_inventory(tmp_path_factory.mktemp("inv") / "t1", T1["cluster"], T1["subnet"], T1["hosts"])
+    try:
+        netns_cli("up", "-i", str(path))
+        yield inventory.load(path)
+    finally:
+        netns_cli("down", "-i", str(path), check=False)
+    left = leftovers(T1["cluster"], T1["subnet"])
+    shutil.rmtree(STATE / T1["cluster"], ignore_errors=True)  # the test cluster's key and logs
+    assert not left, f"down left behind: {left}"
+
+
+@pytest.fixture
+def cluster_factory(tmp_path, keep_active_inventory):
+    """Make extra clusters from (cluster, subnet, hosts); each is brought down at the end of the test."""
+    _require_root()
+    made = []
+
+    def make(cluster: str, subnet: str, hosts: dict[str, str]) -> Path:
+        path = write_inventory(tmp_path / cluster, cluster, subnet, hosts)
+        made.append(path)
+        return path
+
+    yield make
+    for path in made:
+        netns_cli("down", "-i", str(path), check=False)
+        shutil.rmtree(STATE / path.name, ignore_errors=True)  # the test cluster's key, secrets and logs

@@ -1,0 +1,263 @@
+"""The netns backend, checked over real SSH: each host is its own machine, and up/down keep their promises."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from labkit import inventory, netns
+from tests.cluster.conftest import SSH_CONFIG, STATE, T1, leftovers, netns_cli, ssh, write_inventory
+
+pytestmark = pytest.mark.cluster
+
+NAMES = list(T1["hosts"])
+PAIRS = [(NAMES[i], NAMES[(i + 1) % len(NAMES)]) for i in range(len(NAMES))]
+
+
+def addr(name: str) -> str:
+    return T1["hosts"][name]
+
+
+def poll(predicate, timeout: float = 10.0, interval: float = 0.05) -> bool:
+    """True as soon as predicate() is; False after timeout (a hang guard, not a speed requirement)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(interval)
+    return predicate()
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_hostname_is_the_inventory_name(t1, name):
+    assert ssh(addr(name), "hostname").stdout.strip() == name
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_host_holds_its_inventory_address(t1, name):
+    out = ssh(addr(name), "ip -4 -o addr show dev eth0").stdout
+    assert f"inet {addr(name)}/24 " in out
+
+
+@pytest.mark.parametrize(("src", "dst"), PAIRS, ids=[f"{s}-to-{d}" for s, d in PAIRS])
+def test_hosts_reach_each_other_over_tcp(t1, src, dst):
+    banner = ssh(addr(src), f"timeout 5 bash -c 'exec 3<>/dev/tcp/{addr(dst)}/22; head -c 4 <&3'").stdout
+    assert banner == "SSH-"
+
+
+def test_host_reaches_the_box_over_the_bridge(t1):
+    with socket.create_server((t1.gateway, 0)) as server:
+        port = server.getsockname()[1]
+        server.settimeout(30)
+
+        def answer():
+            conn, _ = server.accept()
+            with conn:
+                conn.sendall(b"hello from control\n")
+
+        thread = threading.Thread(target=answer, daemon=True)
+        thread.start()
+        out = ssh(addr(NAMES[0]), f"timeout 5 bash -c 'exec 3<>/dev/tcp/control/{port}; head -n 1 <&3'").stdout
+        thread.join(10)
+    assert out == "hello from control\n"
+
+
+@pytest.mark.parametrize("directory", ["/tmp", "/var/lib/labnodes", "/opt/labnodes", "/root"])
+def test_files_are_private_to_each_host_and_visible_on_the_box(t1, directory):
+    name = f"probe-{uuid.uuid4().hex[:8]}"
+    writer, other = NAMES[0], NAMES[1]
+    ssh(addr(writer), f"echo {writer} > {directory}/{name}")
+    try:
+        assert ssh(addr(other), f"test -e {directory}/{name}", check=False).returncode == 1
+        assert not os.path.exists(f"{directory}/{name}")
+        on_box = STATE / t1.cluster / "hosts" / writer / directory.lstrip("/") / name
+        assert on_box.read_text() == f"{writer}\n"
+    finally:
+        ssh(addr(writer), f"rm -f {directory}/{name}", check=False)
+
+
+def test_pid1_is_supervisord_and_ps_shows_only_the_host(t1):
+    host = addr(NAMES[0])
+    assert "/usr/bin/supervisord" in ssh(host, "tr '\\0' ' ' < /proc/1/cmdline").stdout
+    commands = set(ssh(host, "ps -e -o comm=").stdout.split())
+    assert "supervisord" in commands and "sshd" in commands
+    assert commands <= {"supervisord", "sshd", "bash", "sh", "ps"}, commands
+
+
+def test_orphan_is_reaped_by_the_hosts_pid1(t1):
+    host = addr(NAMES[1])
+    pid = ssh(host, "sh -c 'sleep 1 >/dev/null 2>&1 </dev/null & echo $!'").stdout.strip()
+    assert pid.isdigit()
+    parent = ssh(host, f"ps -o ppid= -p {pid} || true").stdout.strip()
+    assert parent in ("1", ""), f"orphan {pid} was adopted by {parent}, not PID 1"
+    # Gone from /proc (not a zombie) once it exits: PID 1 waited for it.
+    assert poll(lambda: ssh(host, f"test -e /proc/{pid}", check=False).returncode == 1, timeout=15)
+
+
+def test_password_login_is_refused(t1):
+    proc = ssh(addr(NAMES[0]), "true", "-o", "ControlPath=none", "-o", "PubkeyAuthentication=no",
+               "-o", "PreferredAuthentications=password,keyboard-interactive", check=False)
+    assert proc.returncode == 255
+    assert "Permission denied (publickey)" in proc.stderr
+
+
+def test_etc_hosts_names_every_host_and_the_box(t1):
+    lines = {tuple(ln.split()) for ln in ssh(addr(NAMES[2]), "cat /etc/hosts").stdout.splitlines()}
+    for name, ip in T1["hosts"].items():
+        assert (ip, name) in lines
+    assert (t1.gateway, "control") in lines
+
+
+def test_ssh_by_inventory_name_checks_the_host_key(t1):
+    # StrictHostKeyChecking yes: this only works because known_hosts lists the host under its name too.
+    assert ssh(NAMES[2], "hostname").stdout.strip() == NAMES[2]
+
+
+def test_bridge_traffic_passes_the_clusters_forward_rule_when_br_netfilter_filters(t1):
+    try:
+        filtered = Path("/proc/sys/net/bridge/bridge-nf-call-iptables").read_text().strip() == "1"
+    except OSError:
+        filtered = False
+    if not filtered:
+        pytest.skip("bridged traffic does not pass iptables on this box")
+
+    def packets() -> int:
+        out = subprocess.run(["iptables", "-w", "-L", "FORWARD", "-v", "-n", "-x"], capture_output=True,
+                             text=True, check=True).stdout
+        return sum(int(ln.split()[0]) for ln in out.splitlines() if f"labkit lk-{t1.cluster}" in ln)
+
+    before = packets()
+    ssh(addr(NAMES[0]), f"timeout 5 bash -c 'exec 3<>/dev/tcp/{addr(NAMES[1])}/22; head -c 4 <&3'")
+    assert packets() > before
+
+
+def test_up_again_keeps_every_host_and_its_init(t1):
+    before = {row["host"]: row["init_pid"] for row in netns.status(t1)}
+    lines = []
+    netns.up(t1, echo=lines.append)  # the API Fabric calls
+    after = {row["host"]: row["init_pid"] for row in netns.status(t1)}
+    assert after == before and all(before.values())
+    assert "0 started, 3 kept" in lines[-1]
+
+
+def test_killed_init_is_rebuilt_by_the_next_up_and_keeps_its_files(t1):
+    victim = NAMES[1]
+    ssh(addr(victim), "echo kept > /var/lib/labnodes/survivor")
+    rows = {row["host"]: row for row in netns.status(t1)}
+    os.kill(rows[victim]["init_pid"], signal.SIGKILL)
+    assert poll(lambda: {r["host"]: r for r in netns.status(t1)}[victim]["state"] == "broken")
+    lines = []
+    netns.up(t1, echo=lines.append)
+    assert any(f"{victim} {addr(victim)}: rebuilding" in line for line in lines), lines
+    rows_after = {row["host"]: row for row in netns.status(t1)}
+    assert all(r["state"] == "up" for r in rows_after.values()), rows_after
+    assert rows_after[victim]["init_pid"] != rows[victim]["init_pid"]
+    for name in NAMES:
+        if name != victim:
+            assert rows_after[name]["init_pid"] == rows[name]["init_pid"]
+    assert ssh(addr(victim), "cat /var/lib/labnodes/survivor").stdout == "kept\n"
+
+
+def test_host_missing_its_veth_is_rebuilt_by_the_next_up(t1):
+    victim = NAMES[2]
+    subprocess.run(["ip", "link", "del", netns.Cluster.from_inventory(t1).nodes[2].veth], check=True)
+    assert {r["host"]: r for r in netns.status(t1)}[victim]["state"] == "broken"
+    lines = []
+    netns.up(t1, echo=lines.append)
+    assert any(f"{victim} {addr(victim)}: rebuilding (veth" in line for line in lines), lines
+    assert ssh(addr(victim), "hostname").stdout.strip() == victim
+
+
+def test_up_removes_hosts_the_inventory_no_longer_lists(t1):
+    dropped = NAMES[2]
+    try:
+        netns.up(dataclasses.replace(t1, hosts=t1.hosts[:2]), echo=lambda line: None)
+        assert f"lk-{t1.cluster}-{dropped}" not in os.listdir("/run/netns")
+        assert not (STATE / t1.cluster / "hosts" / dropped).exists()
+        assert [r["state"] for r in netns.status(t1)] == ["up", "up", "down"]
+    finally:
+        netns.up(t1, echo=lambda line: None)
+    assert ssh(addr(dropped), "hostname").stdout.strip() == dropped
+
+
+def test_second_cluster_coexists_and_its_down_leaves_the_first_intact(t1, cluster_factory, monkeypatch):
+    hosts = {"delta": "10.77.10.20", "echo": "10.77.10.21"}
+    path = cluster_factory("t2", "10.77.10.0/24", hosts)
+    netns_cli("up", "-i", str(path))
+    monkeypatch.delenv("LABKIT_INVENTORY", raising=False)
+    assert inventory.active_inventory() == path.absolute()
+    assert ssh(hosts["delta"], f"timeout 5 bash -c 'exec 3<>/dev/tcp/{hosts['echo']}/22; head -c 4 <&3'"
+               ).stdout == "SSH-"
+    assert ssh(hosts["echo"], "hostname").stdout.strip() == "echo"
+    # A ControlPersist master is now open to delta; down must close it.
+    assert subprocess.run(["ssh", "-F", str(SSH_CONFIG), "-O", "check", hosts["delta"]],
+                          capture_output=True).returncode == 0
+    (STATE / "t2" / "secrets").mkdir(exist_ok=True)
+    (STATE / "t2" / "secrets" / "probe").write_text("s3cret\n")
+
+    t1_before = {row["host"]: row["init_pid"] for row in netns.status(t1)}
+    out = netns_cli("down", "-i", str(path)).stdout
+    assert "2 namespaces" in out
+    assert leftovers("t2", "10.77.10.0/24") == []
+    assert (STATE / "t2" / "secrets" / "probe").read_text() == "s3cret\n"
+    assert (STATE / "t2" / "ssh" / "id_ed25519").exists()
+    again = netns_cli("down", "-i", str(path))
+    assert "nothing was running" in again.stdout
+
+    assert {row["host"]: row["init_pid"] for row in netns.status(t1)} == t1_before
+    assert ssh(addr(NAMES[0]), "hostname").stdout.strip() == NAMES[0]
+
+
+def test_down_removes_a_half_made_cluster_found_only_by_names_and_processes():
+    if os.geteuid() != 0:
+        pytest.skip("needs root")
+    run = lambda *a: subprocess.run(a, check=True, capture_output=True)  # noqa: E731
+    try:
+        run("ip", "link", "add", "lk-t3", "type", "bridge")
+        run("ip", "addr", "add", "10.77.11.1/24", "dev", "lk-t3")
+        run("ip", "netns", "add", "lk-t3-ghost")
+        run("ip", "link", "add", "lkv-t3-5", "type", "veth", "peer", "name", "eth0", "netns", "lk-t3-ghost")
+        run("ip", "link", "set", "lkv-t3-5", "master", "lk-t3", "up")
+        sleeper = subprocess.Popen(["ip", "netns", "exec", "lk-t3-ghost", "sleep", "300"], start_new_session=True)
+        assert poll(lambda: str(sleeper.pid) in run("ip", "netns", "pids", "lk-t3-ghost").stdout.decode().split())
+        out = netns_cli("down", "--cluster", "t3").stdout
+        assert "1 namespaces, 1 veths, bridge lk-t3 removed" in out
+        assert sleeper.wait(timeout=10) == -signal.SIGKILL
+        assert leftovers("t3", "10.77.11.0/24") == []
+    finally:
+        netns_cli("down", "--cluster", "t3", check=False)
+        shutil.rmtree(STATE / "t3", ignore_errors=True)
+
+
+BAD = [
+    ("toolong7", "10.77.12.0/24", {"a1": "10.77.12.10"}, "must be 1-6 characters"),
+    ("t4", "10.77.12.0/24", {"a1": "10.77.13.10"}, "outside labkit_subnet"),
+    ("t4", "10.77.12.0/24", {"a1": "10.77.12.10", "a2": "10.77.12.10"}, "have the same address"),
+    ("t4", "10.77.12.0/24", {"a1": "10.77.12.1"}, "the subnet's first address"),
+]
+
+
+@pytest.mark.parametrize(("cluster", "subnet", "hosts", "message"), BAD,
+                         ids=["name-too-long", "outside-subnet", "duplicate-address", "first-address"])
+def test_bad_inventory_is_refused_with_a_clear_error(tmp_path, cluster, subnet, hosts, message):
+    path = write_inventory(tmp_path / "bad", cluster, subnet, hosts)
+    with pytest.raises(inventory.InventoryError, match=message):
+        inventory.load(path)
+
+
+def test_up_with_a_bad_inventory_prints_one_error_line_and_changes_nothing(tmp_path):
+    path = write_inventory(tmp_path / "bad", "toolong7", "10.77.12.0/24", {"a1": "10.77.12.10"})
+    proc = netns_cli("up", "-i", str(path), check=False)
+    assert proc.returncode == 1
+    assert proc.stderr.startswith("netns: error: ") and proc.stderr.count("\n") == 1
+    assert not [n for n in (os.listdir("/run/netns") if os.path.isdir("/run/netns") else []) if "toolong" in n]
