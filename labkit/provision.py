@@ -1,0 +1,70 @@
+"""Provisioning: run playbooks/site.yml against an inventory and report what changed and where the time went."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from labkit import REPO, STATE, LabkitError
+
+VENV_BIN = Path(sys.executable).parent
+RECAP = re.compile(
+    r"^(?P<host>\S+)\s*:\s*ok=(?P<ok>\d+)\s+changed=(?P<changed>\d+)\s+unreachable=(?P<unreachable>\d+)"
+    r"\s+failed=(?P<failed>\d+)"
+)
+
+
+class ProvisionError(LabkitError):
+    """ansible-playbook failed; the message names the hosts that failed."""
+
+
+def ansible_env(timing_file: Path | None = None) -> dict[str, str]:
+    env = dict(os.environ, ANSIBLE_CONFIG=str(REPO / "ansible.cfg"), PYTHONUNBUFFERED="1")
+    env["PATH"] = f"{VENV_BIN}{os.pathsep}{env.get('PATH', '')}"
+    if timing_file is not None:
+        env["LABKIT_TIMING_FILE"] = str(timing_file)
+    return env
+
+
+def parse_recap(text: str) -> dict[str, dict[str, int]]:
+    hosts = {}
+    for line in text.splitlines():
+        m = RECAP.match(line.strip())
+        if m:
+            hosts[m["host"]] = {k: int(m[k]) for k in ("ok", "changed", "unreachable", "failed")}
+    return hosts
+
+
+def provision(inventory: str | os.PathLike, *, quiet: bool = False, extra: list[str] | None = None) -> dict:
+    """Run site.yml; stream its output unless quiet; return {"seconds", "hosts": recap, "timing": per play/role}."""
+    timing_file = STATE / f"timing-{os.getpid()}.json"
+    timing_file.parent.mkdir(exist_ok=True)
+    cmd = [str(VENV_BIN / "ansible-playbook"), "-i", str(inventory), str(REPO / "playbooks" / "site.yml"),
+           *(extra or [])]
+    start = time.monotonic()
+    proc = subprocess.Popen(cmd, cwd=REPO, env=ansible_env(timing_file), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    lines = []
+    for line in proc.stdout:
+        lines.append(line)
+        if not quiet:
+            sys.stdout.write(line)
+            sys.stdout.flush()
+    rc = proc.wait()
+    seconds = time.monotonic() - start
+    text = "".join(lines)
+    recap = parse_recap(text)
+    timing = {}
+    if timing_file.exists():
+        timing = json.loads(timing_file.read_text())
+        timing_file.unlink()
+    if rc != 0:
+        bad = sorted(h for h, r in recap.items() if r["failed"] or r["unreachable"])
+        tail = "".join(lines[-40:]) if quiet else ""
+        raise ProvisionError(f"ansible-playbook exited {rc}; failed or unreachable hosts: {bad or 'see output'}\n{tail}")
+    return {"seconds": seconds, "hosts": recap, "timing": timing}

@@ -1,0 +1,168 @@
+"""The cross-host runs behind the Fabric tasks: each runs its client side on a cluster host over SSH.
+
+Every run returns a JSON-able dict (what `fab run-... --json` prints) and has a `*_rows` function for the table.
+Hosts are taken from the inventory's groups, never named here: the client side runs on `groups.client[0]`, the
+ring starts at `groups.ring[0]`, servers are found through each host's labnodes config (set by the roles).
+"""
+
+from __future__ import annotations
+
+import shlex
+from pathlib import Path
+
+import yaml
+
+from labkit import REPO, LabkitError
+from labkit.remote import LABNODES, Hosts
+
+PYTHON = str(Path(LABNODES).parent / "python")
+OUTBOX = "/var/lib/labnodes/outbox"  # where send-file makes its file on the client host
+INBOX = "/var/lib/labnodes/inbox"  # where send-file fetches it back to
+
+
+def _first(hosts: Hosts, group: str) -> str:
+    names = hosts.inv.groups.get(group) or ()
+    if not names:
+        raise LabkitError(f"{hosts.inv.path}: group {group!r} has no host")
+    return names[0]
+
+
+def _where(hosts: Hosts, name: str) -> dict:
+    return {"host": name, "address": hosts.address(name)}
+
+
+# --- Pyro4 ring -------------------------------------------------------------------------------------------
+
+def ring(hosts: Hosts, message: str = "hello", numbers: str = "48,18") -> dict:
+    """Send a message and two numbers round the ring, from the client host, starting at the first ring host."""
+    client, start = _first(hosts, "client"), _first(hosts, "ring")
+    result = hosts.labnodes(client, "ring", "send", "--start", start, "--message", message, "--numbers", numbers)
+    return {"client": _where(hosts, client), "ring": list(hosts.inv.groups["ring"]), **result}
+
+
+def ring_rows(result: dict):
+    t0 = result["trace"][0]["received"] if result["trace"] else 0.0
+    for i, hop in enumerate(result["trace"], 1):
+        yield [i, hop["lap"], hop["node"], hop["host"], hop["address"], f'{(hop["received"] - t0) * 1000:.2f}',
+               ",".join(map(str, hop["numbers"]))]
+
+
+RING_HEADERS = ["hop", "lap", "node", "host", "address", "+ms", "numbers after step"]
+
+
+# --- Celery -----------------------------------------------------------------------------------------------
+
+def celery(hosts: Hosts, count: int = 200, mode: str = "all") -> dict:
+    """Submit `count` GCD jobs from the client host in each mode; report results and who ran them."""
+    client = _first(hosts, "client")
+    single = hosts.labnodes(client, "celery", "submit", "lcm", "48", "18")
+    report = hosts.labnodes(client, "celery", "batch", "--count", str(count), "--mode", mode)
+    return {"client": _where(hosts, client), "workers": list(hosts.inv.groups.get("workers", ())),
+            "submit": single, **report}
+
+
+def celery_rows(result: dict):
+    order = ["one", "group", "chunks"]
+    for mode, r in sorted(result["modes"].items(), key=lambda kv: order.index(kv[0]) if kv[0] in order else 9):
+        spread = ", ".join(f"{h}: {n}" for h, n in r["hosts"].items()) or "-"
+        yield [mode, r["tasks"], r["ok"], f'{r["tasks_per_s"]}', spread, r["error_count"]]
+
+
+CELERY_HEADERS = ["mode", "tasks", "correct", "tasks/s", "ran on (host: tasks)", "errors"]
+
+
+# --- Socket math server -----------------------------------------------------------------------------------
+
+def math(hosts: Hosts, pairs: tuple[str, ...] = ("48,18",)) -> dict:
+    """Ask the math server on the sockserver host, from the client host."""
+    client = _first(hosts, "client")
+    answers = hosts.labnodes(client, "math", "ask", *pairs)
+    return {"client": _where(hosts, client), "server": _where(hosts, _first(hosts, "sockserver")),
+            "answers": answers}
+
+
+def math_rows(result: dict):
+    for a in result["answers"]:
+        yield [a["pair"], a.get("gcd", ""), a.get("lcm", ""), a.get("error", ""), a["server"]]
+
+
+MATH_HEADERS = ["request", "gcd", "lcm", "error", "answered by"]
+
+
+# --- File transfer ----------------------------------------------------------------------------------------
+
+def _sha256(hosts: Hosts, name: str, path: str) -> str:
+    return hosts.run(name, f"sha256sum {shlex.quote(path)}").stdout.split()[0]
+
+
+def send_file(hosts: Hosts, size_mb: int = 32) -> dict:
+    """Make a random file on the client host, send it to the sockserver host, fetch it back; sha256 everywhere."""
+    if not 1 <= size_mb <= 4096:
+        raise LabkitError(f"size must be 1..4096 MB, got {size_mb}")
+    client, server = _first(hosts, "client"), _first(hosts, "sockserver")
+    name = f"labkit-demo-{size_mb}M.bin"
+    src, back = f"{OUTBOX}/{name}", f"{INBOX}/{name}"
+    hosts.run(client, f"mkdir -p {OUTBOX} {INBOX} && rm -f {back} && "
+                      f"head -c {size_mb * 1024 * 1024} /dev/urandom > {src}.tmp && mv {src}.tmp {src}")
+    root = hosts.run(server, f"{PYTHON} -c 'from labnodes import config; print(config.load().file_root)'")
+    stored = f"{root.stdout.strip()}/{name}"
+    sent = hosts.labnodes(client, "file", "send", src)
+    fetched = hosts.labnodes(client, "file", "get", name, "--out", INBOX)
+    sums = {"client (original)": _sha256(hosts, client, src), "sockserver (stored)": _sha256(hosts, server, stored),
+            "client (fetched back)": _sha256(hosts, client, back)}
+    return {
+        "client": _where(hosts, client), "server": _where(hosts, server), "name": name,
+        "size": sent["size"], "send": sent, "get": fetched,
+        "files": [{"where": w, "path": p, "sha256": s}
+                  for (w, s), p in zip(sums.items(), [src, stored, back], strict=True)],
+        "match": len(set(sums.values())) == 1,
+    }
+
+
+def send_file_rows(result: dict):
+    yield ["client -> sockserver", result["size"], result["send"]["mb_per_s"], result["send"]["sha256"][:16]]
+    yield ["sockserver -> client", result["size"], result["get"].get("mb_per_s", ""), result["get"]["sha256"][:16]]
+
+
+SEND_FILE_HEADERS = ["direction", "bytes", "MB/s", "sha256 (sent)"]
+
+
+# --- Status -----------------------------------------------------------------------------------------------
+
+def flower_port() -> int:
+    defaults = yaml.safe_load((REPO / "roles" / "flower" / "defaults" / "main.yml").read_text())
+    return int(defaults["flower_port"])
+
+
+def status(hosts: Hosts) -> dict:
+    """Every host: groups, address, whether SSH answers, and its supervised programs with their state."""
+    inv = hosts.inv
+
+    def programs(name):
+        out = hosts.run(name, "supervisorctl status", check=False).stdout
+        return {line.split()[0]: line.split()[1] for line in out.splitlines() if len(line.split()) >= 2}
+
+    states = hosts.on_all([h.name for h in inv.hosts], programs)
+    rows = []
+    for h in inv.hosts:
+        got = states[h.name]
+        rows.append({
+            "host": h.name, "address": h.address,
+            "groups": [g for g, members in inv.groups.items() if h.name in members],
+            "ssh": not isinstance(got, Exception),
+            "programs": {} if isinstance(got, Exception) else got,
+            "error": str(got) if isinstance(got, Exception) else None,
+        })
+    broker = (inv.groups.get("broker") or [None])[0]
+    flower = f"http://{hosts.address(broker)}:{flower_port()}/" if broker else None
+    return {"cluster": inv.cluster, "inventory": str(inv.path), "backend": inv.backend, "hosts": rows,
+            "flower": flower}
+
+
+def status_rows(result: dict):
+    for h in result["hosts"]:
+        progs = ", ".join(f"{p} {s}" for p, s in sorted(h["programs"].items())) if h["ssh"] else h["error"]
+        yield [h["host"], h["address"], ",".join(h["groups"]), "up" if h["ssh"] else "DOWN", progs or "-"]
+
+
+STATUS_HEADERS = ["host", "address", "groups", "ssh", "programs (supervisord)"]

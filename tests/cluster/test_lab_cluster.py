@@ -1,0 +1,159 @@
+"""The whole product on the embedded cluster: `fab up` from the netns host list, every fab task, then `fab down`.
+
+The cluster is a copy of inventory/netns (same hosts and groups) under its own name and subnet, so an
+instructor's running `lab` cluster is never touched. Everything goes through the real `fab` command: real
+namespaces, real sshd, the real playbooks, real Redis, Celery, Pyro4 and sockets between hosts.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from labkit import REPO, STATE, inventory, provision
+from tests.cluster.conftest import leftovers, ssh
+
+FAB = str(Path(sys.executable).parent / "fab")
+NETNS = REPO / "inventory" / "netns"
+
+
+def copy_inventory(dest: Path, cluster: str, third_octet: int) -> Path:
+    """inventory/netns with another cluster name and subnet: the same host list, moved."""
+    shutil.copytree(NETNS, dest)
+    hosts = dest / "hosts.yml"
+    text = hosts.read_text()
+    text = re.sub(r"labkit_cluster: \w+", f"labkit_cluster: {cluster}", text)
+    hosts.write_text(text.replace("10.77.1.", f"10.77.{third_octet}."))
+    return dest
+
+
+def fab(*args: str, inv: Path, check: bool = True) -> subprocess.CompletedProcess:
+    env = dict(os.environ, LABKIT_INVENTORY=str(inv))
+    proc = subprocess.run([FAB, *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=900,
+                          stdin=subprocess.DEVNULL)
+    if check and proc.returncode != 0:
+        pytest.fail(f"fab {' '.join(args)} exited {proc.returncode}:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    return proc
+
+
+def fab_json(*args: str, inv: Path):
+    return json.loads(fab(*args, "--json", inv=inv).stdout)
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory, keep_active_inventory):
+    if os.geteuid() != 0:
+        pytest.skip("cluster tests need root (they create network namespaces)")
+    path = copy_inventory(tmp_path_factory.mktemp("inv") / "netns", "labci", 201)
+    try:
+        up = fab("up", "-i", str(path), "--quiet", inv=path)
+        print(up.stdout[-2000:])
+        yield inventory.load(path)
+    finally:
+        fab("down", "-i", str(path), inv=path, check=False)
+        shutil.rmtree(STATE / "labci", ignore_errors=True)
+
+
+EXPECTED_PROGRAMS = {
+    "broker": {"labnodes-redis", "labnodes-flower", "labnodes-nameserver"},
+    "workers": {"labnodes-celery-worker"},
+    "ring": {"labnodes-ring"},
+    "sockserver": {"labnodes-math", "labnodes-file"},
+}
+
+
+def test_status_shows_every_host_up_with_its_programs_running(lab):
+    status = fab_json("status", inv=lab.path)
+    assert [h["host"] for h in status["hosts"]] == [h.name for h in lab.hosts]
+    for row in status["hosts"]:
+        assert row["ssh"], row
+        expected = {"sshd"}.union(*(EXPECTED_PROGRAMS.get(g, set()) for g in row["groups"]))
+        assert set(row["programs"]) == expected, row["host"]
+        assert set(row["programs"].values()) == {"RUNNING"}, row
+    assert status["flower"] == f"http://{lab.host('broker').address}:5555/"
+
+
+def test_message_visits_every_ring_host_in_order_and_returns(lab):
+    result = fab_json("run-ring", "--message", "hi there", "--numbers", "48,18", inv=lab.path)
+    ring = list(lab.groups["ring"])
+    nodes = [hop["node"] for hop in result["trace"]]
+    assert nodes == ring + ring[:1]  # pyro1 -> pyro2 -> pyro3 -> back at pyro1
+    assert [hop["host"] for hop in result["trace"]] == nodes  # each hop ran on its own host (hostname)
+    ips = [hop["address"].rsplit(":", 1)[0] for hop in result["trace"][:3]]
+    assert ips == [lab.host(n).address for n in ring] and len(set(ips)) == 3
+    assert (result["gcd"], result["lcm"], result["message"]) == (6, 144, "hi there")
+    assert result["client"]["host"] == "client"
+
+
+def test_ring_runs_several_laps_for_numbers_that_need_them(lab):
+    result = fab_json("run-ring", "--numbers", "832040,514229", inv=lab.path)  # Fibonacci neighbours
+    assert result["gcd"] == 1 and result["laps"] > 1
+
+
+def test_celery_jobs_are_right_and_run_on_every_worker_host(lab):
+    result = fab_json("run-celery", "--count", "120", inv=lab.path)
+    assert result["submit"]["result"] == 144 and result["submit"]["host"] in lab.groups["workers"]
+    ran_on = set()
+    for mode, r in result["modes"].items():
+        assert (r["ok"], r["error_count"]) == (120, 0), (mode, r["errors"])
+        ran_on |= set(r["hosts"])
+    assert ran_on == set(lab.groups["workers"])
+
+
+def test_math_server_answers_the_client_host_and_refuses_bad_lines(lab):
+    result = fab_json("run-math", "--pair", "48,18", "--pair", "12,oops", inv=lab.path)
+    good, bad = result["answers"]
+    assert (good["gcd"], good["lcm"]) == (6, 144)
+    assert good["server"].startswith(lab.host("sockserver").address + ":")
+    assert bad["error"] == "numbers must be decimal digits 0-9"
+
+
+def test_file_goes_to_the_server_and_back_with_equal_sha256(lab):
+    result = fab_json("send-file", "--size", "8", inv=lab.path)
+    assert result["match"] and result["size"] == 8 * 1024 * 1024
+    assert len({f["sha256"] for f in result["files"]}) == 1
+    assert result["send"]["server"].startswith(lab.host("sockserver").address + ":")
+    # the stored copy really is on the sockserver host, not on the client
+    stored = result["files"][1]["path"]
+    assert ssh(lab.host("sockserver").address, f"test -f {stored}").returncode == 0
+    assert ssh(lab.host("client").address, f"test -e {stored}", check=False).returncode != 0
+
+
+def test_redis_refuses_clients_without_the_password(lab):
+    broker = lab.host("broker").address
+    out = ssh(lab.host("client").address, f"redis-cli -h {broker} ping").stdout
+    assert "NOAUTH" in out
+
+
+def test_second_provisioning_changes_nothing(lab):
+    report = provision.provision(lab.path, quiet=True)
+    changed = {host: r["changed"] for host, r in report["hosts"].items() if r["changed"]}
+    assert changed == {}, changed
+
+
+def test_second_cluster_runs_beside_the_first(lab, tmp_path):
+    other = copy_inventory(tmp_path / "netns", "labci2", 202)
+    try:
+        fab("up", "-i", str(other), "--quiet", inv=other)
+        result = fab_json("run-ring", inv=other)
+        assert result["trace"][0]["address"].startswith("10.77.202.")
+        assert fab_json("run-math", inv=other)["answers"][0]["gcd"] == 6
+    finally:
+        fab("down", "-i", str(other), inv=other)
+        shutil.rmtree(STATE / "labci2", ignore_errors=True)
+    assert not leftovers("labci2", "10.77.202.0/24")
+    # the first cluster did not notice
+    assert fab_json("run-ring", inv=lab.path)["trace"][0]["address"].startswith("10.77.201.")
+
+
+def test_down_leaves_nothing_and_a_second_down_is_harmless(lab):
+    fab("down", inv=lab.path)
+    assert not leftovers("labci", "10.77.201.0/24")
+    fab("down", inv=lab.path)
