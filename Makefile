@@ -5,7 +5,9 @@ setup:
 	@bash scripts/setup.sh
 
 demo: setup
-	.venv/bin/python -m labkit.demo
+	.venv/bin/fab up --inventory inventory/netns --quiet
+	.venv/bin/fab demo
+	@echo "demo: the cluster is still up: . .venv/bin/activate; fab --list; fab down removes it"
 
 test: setup
 	.venv/bin/python -m pytest

@@ -6,12 +6,13 @@ Run tasks print a table, or JSON with --json. The work is done in labkit.runs / 
 
 from __future__ import annotations
 
+import subprocess
 import sys
 import time
 
 from fabric import task
 
-from labkit import LabkitError, inventory, netns, provision, runs
+from labkit import REPO, LabkitError, inventory, netns, provision, runs
 from labkit.remote import Hosts
 from labnodes import output
 
@@ -127,6 +128,18 @@ def send_file(c, size=32, json_=False):
         print(f"\nsha256 {'matches on both hosts, both ways' if result['match'] else 'DIFFERS'}")
     if not result["match"]:
         sys.exit(1)
+
+
+@task(help={"k": "only checks whose name matches this pytest -k expression"})
+def check(c, k=None):
+    """Remote checks of every host with pytest + testinfra over SSH (tests/infra), against the active inventory."""
+    try:
+        inv = inventory.load()
+    except LabkitError as exc:
+        _fail(exc)
+    cmd = [sys.executable, "-m", "pytest", "tests/infra", f"--ansible-inventory={inv.path}", "-p", "no:cacheprovider",
+           *(["-k", k] if k else [])]
+    sys.exit(subprocess.run(cmd, cwd=REPO, env=provision.ansible_env()).returncode)
 
 
 @task

@@ -52,8 +52,8 @@ def provision(inventory: str | os.PathLike, *, quiet: bool = False, extra: list[
     lines = []
     for line in proc.stdout:
         lines.append(line)
-        if not quiet:
-            sys.stdout.write(line)
+        if not quiet or line.startswith("PLAY ["):  # quiet still shows progress, one line per play
+            sys.stdout.write(line if not quiet else f"provision: {line[6:].split(']')[0]}\n")
             sys.stdout.flush()
     rc = proc.wait()
     seconds = time.monotonic() - start

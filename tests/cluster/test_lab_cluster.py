@@ -132,6 +132,12 @@ def test_redis_refuses_clients_without_the_password(lab):
     assert "NOAUTH" in out
 
 
+def test_remote_checks_of_every_host_pass(lab):
+    proc = fab("check", inv=lab.path, check=False)
+    summary = proc.stdout.strip().splitlines()[-1]
+    assert proc.returncode == 0 and " passed" in summary and "failed" not in summary, proc.stdout[-3000:]
+
+
 def test_second_provisioning_changes_nothing(lab):
     report = provision.provision(lab.path, quiet=True)
     changed = {host: r["changed"] for host, r in report["hosts"].items() if r["changed"]}

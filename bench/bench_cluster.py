@@ -1,0 +1,93 @@
+"""Cluster bring-up: `fab up` from a clean box to a provisioned 8-host cluster, and a re-provision with nothing
+to change, each with its breakdown (hosts, wheelhouse, each role).
+
+Runs on its own copy of inventory/netns (cluster `bench`, 10.77.203.0/24) and removes it afterwards; needs root.
+"Clean" means no hosts and an empty wheelhouse (built into a temporary directory from the control venv, as on a
+fresh clone). Baseline, measured in the same run on the same hosts: `ansible all -m ping`, the least any
+provisioning costs (one SSH round and one Python module per host). Targets (issue 3): up <= 60 s, re-provision
+<= 15 s on this 2-core machine type. quick=True skips this benchmark (it takes minutes, not seconds).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from labkit import REPO, STATE, inventory, netns, provision
+
+CLUSTER, OCTET = "bench", 203
+
+
+def _inventory(dest: Path) -> Path:
+    shutil.copytree(REPO / "inventory" / "netns", dest)
+    hosts = dest / "hosts.yml"
+    text = hosts.read_text().replace("10.77.1.", f"10.77.{OCTET}.")
+    hosts.write_text(text.replace("labkit_cluster: lab ", f"labkit_cluster: {CLUSTER} "))
+    return dest
+
+
+def _ping(inv: Path) -> float:
+    start = time.monotonic()
+    subprocess.run([str(Path(sys.executable).parent / "ansible"), "-i", str(inv), "all", "-m", "ansible.builtin.ping"],
+                   cwd=REPO, env=provision.ansible_env(), check=True, capture_output=True)
+    return time.monotonic() - start
+
+
+def _rows(name: str, report: dict) -> list[dict]:
+    return [{"bench": f"  {name}: {step}", "value": seconds, "unit": "s", "baseline_name": "", "baseline": 0.0,
+             "ratio": 0.0, "target": "", "ok": None}
+            for step, seconds in report["timing"].get("roles", {}).items()]
+
+
+def run(quick: bool = False) -> list[dict]:
+    if quick:
+        return []
+    if os.geteuid() != 0:
+        raise PermissionError("bench_cluster needs root (it creates network namespaces)")
+    active = (STATE / "active").read_text() if (STATE / "active").exists() else None
+    with tempfile.TemporaryDirectory(prefix="labkit-bench-") as tmp:
+        inv_path = _inventory(Path(tmp) / "netns")
+        inv = inventory.load(inv_path)
+        extra = ["-e", f"labkit_wheelhouse={tmp}/wheelhouse"]
+        try:
+            netns.down(inv, echo=lambda *a: None)
+            start = time.monotonic()
+            netns.up(inv, echo=lambda *a: None)
+            hosts_s = time.monotonic() - start
+            first = provision.provision(inv_path, quiet=True, extra=extra)
+            up_s = time.monotonic() - start
+            ping_s = _ping(inv_path)
+            second = provision.provision(inv_path, quiet=True, extra=extra)
+            changed = sum(r["changed"] for r in second["hosts"].values())
+        finally:
+            netns.down(inv, echo=lambda *a: None)
+            shutil.rmtree(STATE / CLUSTER, ignore_errors=True)
+            if active is None:
+                (STATE / "active").unlink(missing_ok=True)
+            else:
+                (STATE / "active").write_text(active)
+    rows = [
+        {"bench": "fab up: clean box to provisioned, 8 hosts (s)", "value": up_s, "unit": "s",
+         "baseline_name": "ansible all -m ping", "baseline": ping_s, "ratio": up_s / ping_s,
+         "target": "value <= 60 s", "ok": up_s <= 60},
+        {"bench": "  up: hosts (namespaces, sshd ready)", "value": hosts_s, "unit": "s", "baseline_name": "",
+         "baseline": 0.0, "ratio": 0.0, "target": "", "ok": None},
+        *_rows("up", first),
+        {"bench": f"re-provision, nothing to change (s; {changed} changed)", "value": second["seconds"], "unit": "s",
+         "baseline_name": "ansible all -m ping", "baseline": ping_s, "ratio": second["seconds"] / ping_s,
+         "target": "value <= 15 s, 0 changed", "ok": second["seconds"] <= 15 and changed == 0},
+        *_rows("re-provision", second),
+    ]
+    return rows
+
+
+if __name__ == "__main__":
+    from labnodes import output
+
+    output.table(([r["bench"], f'{r["value"]:.1f}', r["baseline_name"], f'{r["baseline"]:.1f}', f'{r["ratio"]:.2f}',
+                   r["target"]] for r in run()), ["benchmark", "s", "baseline", "s", "ratio", "target"])

@@ -1,0 +1,15 @@
+"""Remote checks of a running cluster (testinfra over real SSH), grouped by host role.
+
+Run against the active inventory with `fab check`, or by hand from the repository root:
+    .venv/bin/python -m pytest tests/infra --ansible-inventory=inventory/netns
+Each module names its hosts (`testinfra_hosts = ["ansible://ring"]`). Not part of the default test paths: the
+cluster tests run them through `fab check` on their own cluster.
+"""
+
+import pytest
+
+
+@pytest.fixture
+def hostvars(host):
+    """The inventory variables of the host under test (ansible_host, inventory_hostname, group_names...)."""
+    return host.ansible.get_variables()
