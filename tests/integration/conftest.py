@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
+import os
+import re
 import secrets
 import shutil
 import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -104,3 +107,37 @@ def redis_server(tmp_path_factory) -> RedisServer:
                 raise
     yield server
     _stop(server.process)
+
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def labnodes_cmd(tmp_path: Path, *args: str) -> list[str]:
+    """The real `labnodes` CLI with an empty config file, so that no host config leaks into a test."""
+    conf = tmp_path / "empty.toml"
+    conf.touch()
+    return [sys.executable, "-m", "labnodes", "--config", str(conf), *args]
+
+
+class ServerProcess:
+    """`labnodes ... serve --port 0` as a subprocess; its address is read back from the "listening on" log line."""
+
+    def __init__(self, tmp_path: Path, args: list[str], env: dict | None = None, hang_guard: float = 15.0):
+        self.log = tmp_path / f"{args[0]}-server.log"
+        with open(self.log, "w") as log:
+            self.proc = subprocess.Popen(labnodes_cmd(tmp_path, *args), cwd=REPO, stdin=subprocess.DEVNULL,
+                                         stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ, **(env or {})))
+        deadline = time.monotonic() + hang_guard
+        while not (match := re.search(r"listening on ([\d.]+):(\d+)", self.log.read_text())):
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                raise AssertionError(f"{args[0]} server did not start:\n{self.log.read_text()}")
+            time.sleep(0.05)
+        self.host, self.port = match.group(1), int(match.group(2))
+        self.address = (self.host, self.port)
+        self.flags = ["--host", self.host, "--port", str(self.port)]
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()

@@ -7,13 +7,13 @@ import re
 import signal
 import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
 from labnodes.filexfer import encode_frame, read_frame
+from tests.integration.conftest import ServerProcess, labnodes_cmd
 
 REPO = Path(__file__).resolve().parents[2]
 HOST = "127.0.0.3"  # the server's own loopback address; clients connect from 127.0.0.1
@@ -23,9 +23,7 @@ MB = 1_000_000
 
 
 def cli(tmp_path, *args) -> list[str]:
-    conf = tmp_path / "empty.toml"  # no host config file leaks into the test
-    conf.touch()
-    return [sys.executable, "-m", "labnodes", "--config", str(conf), *args]
+    return labnodes_cmd(tmp_path, *args)
 
 
 def labnodes(tmp_path, *args) -> subprocess.CompletedProcess:
@@ -48,40 +46,18 @@ def wait_until(condition, what: str):
         time.sleep(0.01)
 
 
-class ServerProcess:
-    """`labnodes file serve --port 0 --root ROOT` as a subprocess; its address is read back from its log."""
-
-    def __init__(self, tmp_path, env=None):
-        self.root = tmp_path / "root"
-        self.log = tmp_path / "file-server.log"
-        with open(self.log, "w") as log:
-            self.proc = subprocess.Popen(
-                cli(tmp_path, "file", "serve", "--host", HOST, "--port", "0", "--root", str(self.root)),
-                cwd=REPO,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                env=dict(os.environ, **(env or {})),
-            )
-        wait_until(
-            lambda: "listening on" in self.log.read_text() or self.proc.poll() is not None, "it listens"
-        )
-        match = re.search(r"listening on ([\d.]+):(\d+)", self.log.read_text())
-        if match is None:
-            self.stop()
-            raise AssertionError(f"file server did not start:\n{self.log.read_text()}")
-        self.host, self.port = match.group(1), int(match.group(2))
-        self.flags = ["--host", self.host, "--port", str(self.port)]
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
+def file_server(tmp_path, env=None):
+    """`labnodes file serve --port 0 --root ROOT` on HOST; `.root` is its directory."""
+    root = tmp_path / "root"
+    srv = ServerProcess(tmp_path, ["file", "serve", "--host", HOST, "--port", "0", "--root", str(root)], env=env,
+                         hang_guard=HANG_GUARD)
+    srv.root = root
+    return srv
 
 
 @pytest.fixture(scope="module")
 def shared_server(tmp_path_factory):
-    srv = ServerProcess(tmp_path_factory.mktemp("files"), env={"LABNODES_FILE_MAX_SIZE": str(MAX_SIZE)})
+    srv = file_server(tmp_path_factory.mktemp("files"), env={"LABNODES_FILE_MAX_SIZE": str(MAX_SIZE)})
     yield srv
     srv.stop()
 
@@ -89,7 +65,7 @@ def shared_server(tmp_path_factory):
 @pytest.fixture
 def server(tmp_path):
     """A server of the test's own (default limits), for tests that kill or stop things."""
-    srv = ServerProcess(tmp_path)
+    srv = file_server(tmp_path)
     yield srv
     srv.stop()
 

@@ -3,19 +3,17 @@
 import math
 import os
 import random
-import re
 import signal
 import socket
 import subprocess
-import sys
 import threading
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 
 from labnodes.mathserver import ask
+from tests.integration.conftest import ServerProcess, labnodes_cmd
 
 REPO = Path(__file__).resolve().parents[2]
 HOST = "127.0.0.2"  # the server's own loopback address; clients connect from 127.0.0.1
@@ -23,63 +21,19 @@ HANG_GUARD = 15.0  # seconds; only so that a broken server fails a test instead 
 
 
 def labnodes(tmp_path, *args, **kwargs) -> subprocess.CompletedProcess:
-    """Run the real CLI once, with an empty config file so that no host config leaks in."""
-    conf = tmp_path / "empty.toml"
-    conf.touch()
-    return subprocess.run(
-        [sys.executable, "-m", "labnodes", "--config", str(conf), *args],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=HANG_GUARD,
-        **kwargs,
-    )
+    """Run the real CLI once."""
+    return subprocess.run(labnodes_cmd(tmp_path, *args), cwd=REPO, capture_output=True, text=True,
+                          timeout=HANG_GUARD, **kwargs)
 
 
-class ServerProcess:
-    """`labnodes math serve --port 0` as a subprocess; its address is read back from its log."""
-
-    def __init__(self, tmp_path):
-        conf = tmp_path / "empty.toml"
-        conf.touch()
-        self.log = tmp_path / "math-server.log"
-        with open(self.log, "w") as log:
-            self.proc = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "labnodes",
-                    "--config",
-                    str(conf),
-                    "math",
-                    "serve",
-                    "--host",
-                    HOST,
-                    "--port",
-                    "0",
-                ],
-                cwd=REPO,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
-        deadline = time.monotonic() + HANG_GUARD
-        while not (match := re.search(r"listening on ([\d.]+):(\d+)", self.log.read_text())):
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                self.stop()
-                raise AssertionError(f"math server did not start:\n{self.log.read_text()}")
-            time.sleep(0.05)
-        self.address = (match.group(1), int(match.group(2)))
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
+def math_server(tmp_path):
+    """`labnodes math serve --port 0` on HOST."""
+    return ServerProcess(tmp_path, ["math", "serve", "--host", HOST, "--port", "0"], hang_guard=HANG_GUARD)
 
 
 @pytest.fixture(scope="module")
 def shared_server(tmp_path_factory):
-    srv = ServerProcess(tmp_path_factory.mktemp("math"))
+    srv = math_server(tmp_path_factory.mktemp("math"))
     yield srv
     srv.stop()
 
@@ -87,7 +41,7 @@ def shared_server(tmp_path_factory):
 @pytest.fixture
 def server(tmp_path):
     """A server of the test's own, for tests that stop it."""
-    srv = ServerProcess(tmp_path)
+    srv = math_server(tmp_path)
     yield srv
     srv.stop()
 
