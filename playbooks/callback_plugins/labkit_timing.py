@@ -27,6 +27,21 @@ DOCUMENTATION = """
 """
 
 
+def _role_name(task) -> str | None:
+    """The role a task counts for: a task file that one role includes from another (include_role with
+    tasks_from, e.g. common's supervise.yml) counts for the including role, so each service is timed whole."""
+    parent = getattr(task, "_parent", None)
+    while parent is not None:
+        if type(parent).__name__ == "IncludeRole":
+            including = getattr(parent, "_parent_role", None)
+            if including is not None:
+                return including.get_name()
+            break
+        parent = getattr(parent, "_parent", None)
+    role = getattr(task, "_role", None)
+    return role.get_name() if role else None
+
+
 class CallbackModule(CallbackBase):
     CALLBACK_VERSION = 2.0
     CALLBACK_TYPE = "aggregate"
@@ -52,7 +67,7 @@ class CallbackModule(CallbackBase):
 
     def _open(self, task) -> None:
         self._close()
-        role = task._role.get_name() if getattr(task, "_role", None) else f"{self._play}: tasks"
+        role = _role_name(task) or f"{self._play}: tasks"
         name = task.get_name().strip()
         self._current = (self._play, role, name)
 
