@@ -24,14 +24,6 @@ from labkit import REPO, STATE, inventory, netns, provision
 CLUSTER, OCTET = "bench", 203
 
 
-def _inventory(dest: Path) -> Path:
-    shutil.copytree(REPO / "inventory" / "netns", dest)
-    hosts = dest / "hosts.yml"
-    text = hosts.read_text().replace("10.77.1.", f"10.77.{OCTET}.")
-    hosts.write_text(text.replace("labkit_cluster: lab ", f"labkit_cluster: {CLUSTER} "))
-    return dest
-
-
 def _ping(inv: Path) -> float:
     start = time.monotonic()
     subprocess.run([str(Path(sys.executable).parent / "ansible"), "-i", str(inv), "all", "-m", "ansible.builtin.ping"],
@@ -52,7 +44,7 @@ def run(quick: bool = False) -> list[dict]:
         raise PermissionError("bench_cluster needs root (it creates network namespaces)")
     active = (STATE / "active").read_text() if (STATE / "active").exists() else None
     with tempfile.TemporaryDirectory(prefix="labkit-bench-") as tmp:
-        inv_path = _inventory(Path(tmp) / "netns")
+        inv_path = inventory.relocate(REPO / "inventory" / "netns", Path(tmp) / "netns", CLUSTER, OCTET)
         inv = inventory.load(inv_path)
         extra = ["-e", f"labkit_wheelhouse={tmp}/wheelhouse"]
         try:

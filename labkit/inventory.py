@@ -225,3 +225,15 @@ def record_active(path: str | os.PathLike) -> None:
     tmp = ACTIVE_FILE.with_suffix(".tmp")
     tmp.write_text(f"{Path(path).absolute()}\n")
     tmp.replace(ACTIVE_FILE)
+
+
+def relocate(src: str | os.PathLike, dest: str | os.PathLike, cluster: str, third_octet: int) -> Path:
+    """Copy a netns inventory (hosts.yml + group_vars) to `dest` as another cluster: same hosts and groups, the
+    cluster renamed and every 10.77.N. address moved to 10.77.<third_octet>. (tests and benchmarks use this
+    so they never touch an instructor's own cluster)."""
+    dest = Path(dest)
+    shutil.copytree(src, dest)
+    hosts = dest / "hosts.yml"
+    text = re.sub(r"labkit_cluster: \w+", f"labkit_cluster: {cluster}", hosts.read_text())
+    hosts.write_text(re.sub(r"\b10\.77\.\d+\.", f"10.77.{third_octet}.", text))
+    return dest
