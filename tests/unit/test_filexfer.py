@@ -187,7 +187,7 @@ def root(tmp_path):
 
 @pytest.fixture
 def server(root):
-    srv = FileServer(root, "127.0.0.1", 0, max_size=8 << 20, idle_timeout=HANG_GUARD)
+    srv = FileServer(root, "127.0.0.1", 0, max_size=32 << 20, idle_timeout=HANG_GUARD)
     address = srv.start_in_thread()
     yield address
     srv.close()
@@ -288,7 +288,7 @@ def test_get_of_a_missing_file_is_not_found(server):
 
 
 def test_size_over_the_limit_is_refused_from_the_header_before_any_byte(server, root):
-    header = {"op": "PUT", "name": "big", "size": (8 << 20) + 1, "sha256": SHA_OF_EMPTY}
+    header = {"op": "PUT", "name": "big", "size": (32 << 20) + 1, "sha256": SHA_OF_EMPTY}
     reply = raw_request(server, header, wait_ready=False)  # the refusal comes instead of "ready"
     assert reply["error"] == "too-large"
     assert leftovers(root) == []
