@@ -29,7 +29,8 @@ Error codes
                        "sha256" 64 hex digits)
     bad-name           the name is not a plain file name: empty, ".", "..", contains "/" or NUL or a control
                        character, starts with "." (reserved for temporary files), over 255 bytes in UTF-8
-    too-large          "size" is over file_max_size; refused before any byte is written
+    too-large          "size" is over file_max_size; refused before any byte is written (the client of a GET
+                       refuses a reply over its own file_max_size the same way, then closes)
     not-found          GET of a name that does not exist
     not-a-file         GET of a directory, a symbolic link (never followed), a device or a FIFO; PUT onto a
                        directory
@@ -610,8 +611,12 @@ def send(
     }
 
 
-def get(host: str, port: int, name: str, out_dir, timeout: float = 60.0) -> dict:
-    """GET name from the server into out_dir/name (verified, then renamed into place). Returns a dict."""
+def get(host: str, port: int, name: str, out_dir, timeout: float = 60.0, max_size: int | None = None) -> dict:
+    """GET name from the server into out_dir/name (verified, then renamed into place). Returns a dict.
+
+    A reply announcing more than max_size bytes is refused (too-large) before any byte is written, so a server
+    cannot fill the client's disk.
+    """
     where = f"file server {host}:{port}"
     try:
         check_name(name)
@@ -633,7 +638,7 @@ def get(host: str, port: int, name: str, out_dir, timeout: float = 60.0) -> dict
             try:
                 if header.get("name") != name:
                     raise ProtocolError("bad-request", f"reply names {header.get('name')!r}, not {name!r}")
-                size, digest = _check_size(header.get("size")), _check_sha256(header.get("sha256"))
+                size, digest = _check_size(header.get("size"), max_size), _check_sha256(header.get("sha256"))
                 with _Receiver(dir_fd, CLIENT_TEMP) as receiver:
                     receiver.receive(sock, size, digest)
                     receiver.commit(name)
@@ -733,7 +738,14 @@ def _cmd_send(args, settings) -> int:
 
 def _cmd_get(args, settings) -> int:
     _print(
-        get(settings.file_host, settings.file_port, args.name, args.out, settings.file_idle_timeout),
+        get(
+            settings.file_host,
+            settings.file_port,
+            args.name,
+            args.out,
+            settings.file_idle_timeout,
+            settings.file_max_size,
+        ),
         args.json,
     )
     return 0

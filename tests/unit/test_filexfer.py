@@ -409,6 +409,19 @@ def test_get_from_a_misbehaving_server_fails_and_leaves_nothing(tmp_path, reply,
     assert leftovers(tmp_path) == []
 
 
+def test_get_refuses_a_reply_over_its_size_limit_and_writes_nothing(server, tmp_path):
+    src = tmp_path / "src.bin"
+    write_random(src, 1000)
+    send(*server, src, name="big")
+    out = tmp_path / "out"
+    out.mkdir()
+    with pytest.raises(TransferError) as info:
+        get(*server, "big", out, max_size=999)
+    assert info.value.code == "too-large" and "1000 bytes is over the limit of 999" in str(info.value)
+    assert leftovers(out) == []
+    assert get(*server, "big", out, max_size=1000)["size"] == 1000  # the limit itself is allowed
+
+
 def test_send_and_get_report_a_refused_connection(tmp_path):
     with socket.create_server(("127.0.0.1", 0)) as probe:
         address = probe.getsockname()[:2]
