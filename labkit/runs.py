@@ -1,7 +1,7 @@
 """The cross-host runs behind the Fabric tasks: each runs its client side on a cluster host over SSH.
 
 Every run returns a JSON-able dict (what `fab run-... --json` prints) and has a `*_rows` function for the table.
-Hosts are taken from the inventory's groups, never named here: the client side runs on `groups.client[0]`, the
+Hosts are taken from the inventory's groups, never named here: the client side runs on `groups.clients[0]`, the
 ring starts at `groups.ring[0]`, servers are found through each host's labnodes config (set by the roles).
 """
 
@@ -35,7 +35,7 @@ def _where(hosts: Hosts, name: str) -> dict:
 
 def ring(hosts: Hosts, message: str = "hello", numbers: str = "48,18") -> dict:
     """Send a message and two numbers round the ring, from the client host, starting at the first ring host."""
-    client, start = _first(hosts, "client"), _first(hosts, "ring")
+    client, start = _first(hosts, "clients"), _first(hosts, "ring")
     result = hosts.labnodes(client, "ring", "send", "--start", start, "--message", message, "--numbers", numbers)
     return {"client": _where(hosts, client), "ring": list(hosts.inv.groups["ring"]), **result}
 
@@ -54,7 +54,7 @@ RING_HEADERS = ["hop", "lap", "node", "host", "address", "+ms", "numbers after s
 
 def celery(hosts: Hosts, count: int = 200, mode: str = "all") -> dict:
     """Submit `count` GCD jobs from the client host in each mode; report results and who ran them."""
-    client = _first(hosts, "client")
+    client = _first(hosts, "clients")
     single = hosts.labnodes(client, "celery", "submit", "lcm", "48", "18")
     report = hosts.labnodes(client, "celery", "batch", "--count", str(count), "--mode", mode)
     return {"client": _where(hosts, client), "workers": list(hosts.inv.groups.get("workers", ())),
@@ -75,9 +75,9 @@ CELERY_HEADERS = ["mode", "tasks", "correct", "tasks/s", "ran on (host: tasks)",
 
 def math(hosts: Hosts, pairs: tuple[str, ...] = ("48,18",)) -> dict:
     """Ask the math server on the sockserver host, from the client host."""
-    client = _first(hosts, "client")
+    client = _first(hosts, "clients")
     answers = hosts.labnodes(client, "math", "ask", *pairs)
-    return {"client": _where(hosts, client), "server": _where(hosts, _first(hosts, "sockserver")),
+    return {"client": _where(hosts, client), "server": _where(hosts, _first(hosts, "sockservers")),
             "answers": answers}
 
 
@@ -99,7 +99,7 @@ def send_file(hosts: Hosts, size_mb: int = 32) -> dict:
     """Make a random file on the client host, send it to the sockserver host, fetch it back; sha256 everywhere."""
     if not 1 <= size_mb <= 4096:
         raise LabkitError(f"size must be 1..4096 MB, got {size_mb}")
-    client, server = _first(hosts, "client"), _first(hosts, "sockserver")
+    client, server = _first(hosts, "clients"), _first(hosts, "sockservers")
     name = f"labkit-demo-{size_mb}M.bin"
     src, back = f"{OUTBOX}/{name}", f"{INBOX}/{name}"
     hosts.run(client, f"mkdir -p {OUTBOX} {INBOX} && rm -f {back} && "
@@ -153,7 +153,7 @@ def status(hosts: Hosts) -> dict:
             "programs": {} if isinstance(got, Exception) else got,
             "error": str(got) if isinstance(got, Exception) else None,
         })
-    broker = (inv.groups.get("broker") or [None])[0]
+    broker = (inv.groups.get("brokers") or [None])[0]
     flower = f"http://{hosts.address(broker)}:{flower_port()}/" if broker else None
     return {"cluster": inv.cluster, "inventory": str(inv.path), "backend": inv.backend, "hosts": rows,
             "flower": flower}

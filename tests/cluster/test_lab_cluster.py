@@ -56,10 +56,11 @@ def lab(tmp_path_factory, keep_active_inventory):
 
 
 EXPECTED_PROGRAMS = {
-    "broker": {"labnodes-redis", "labnodes-flower", "labnodes-nameserver"},
+    "brokers": {"labnodes-redis", "labnodes-flower"},
+    "nameservers": {"labnodes-nameserver"},
     "workers": {"labnodes-celery-worker"},
     "ring": {"labnodes-ring"},
-    "sockserver": {"labnodes-math", "labnodes-file"},
+    "sockservers": {"labnodes-math", "labnodes-file"},
 }
 
 

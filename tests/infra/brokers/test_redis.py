@@ -1,4 +1,4 @@
-testinfra_hosts = ["ansible://broker"]
+testinfra_hosts = ["ansible://brokers"]
 
 
 def test_redis_listens_on_the_cluster_address_only(host, hostvars):

@@ -1,6 +1,6 @@
 import pytest
 
-testinfra_hosts = ["ansible://sockserver"]
+testinfra_hosts = ["ansible://sockservers"]
 
 
 @pytest.mark.parametrize("port", [5050, 5051], ids=["math", "file"])
