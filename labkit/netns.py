@@ -436,7 +436,7 @@ Subsystem sftp {SFTP}
 def _supervisord_conf(n: Node) -> str:
     return f"""\
 ; labkit netns host {n.name}: written by labkit/netns.py; shaped like Debian's /etc/supervisor/supervisord.conf.
-; This supervisord is the host's PID 1. Roles add programs in conf.d/ and run `supervisorctl update`.
+; This supervisord is the host's PID 1. Roles add programs in conf.d/; site.yml's last step applies them.
 
 [unix_http_server]
 file=/var/run/supervisor.sock

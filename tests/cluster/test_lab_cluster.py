@@ -133,6 +133,28 @@ def test_second_provisioning_changes_nothing(lab):
     assert changed == {}, changed
 
 
+def _programs(lab, host: str) -> set[str]:
+    rows = fab_json("status", inv=lab.path)["hosts"]
+    return {name for name, state in next(r for r in rows if r["host"] == host)["programs"].items() if state == "RUNNING"}
+
+
+def test_a_host_that_leaves_its_group_loses_its_programs_and_regains_them_when_it_returns(lab):
+    hosts_yml = Path(lab.path) / "hosts.yml"
+    original = hosts_yml.read_text()
+    line = next(x for x in original.splitlines(keepends=True) if x.strip().startswith("worker2:"))
+    client = next(x for x in original.splitlines(keepends=True) if x.strip().startswith("client:"))
+    hosts_yml.write_text(original.replace(line, "").replace(client, client + line))  # worker2: workers -> clients
+    try:
+        provision.provision(lab.path, quiet=True)
+        assert _programs(lab, "worker2") == {"sshd"}
+        result = fab_json("run-celery", "--count", "40", inv=lab.path)
+        assert {h for r in result["modes"].values() for h in r["hosts"]} == {"worker1"}
+    finally:
+        hosts_yml.write_text(original)
+    provision.provision(lab.path, quiet=True)
+    assert _programs(lab, "worker2") == {"sshd", "labnodes-celery-worker"}
+
+
 def test_second_cluster_runs_beside_the_first(lab, tmp_path):
     other = copy_inventory(tmp_path / "netns", "labci2", 202)
     try:

@@ -21,8 +21,9 @@ APPLY = """
 import json, sys
 sys.path.insert(0, sys.argv[1])
 from labkit_supervise import SuperviseError, apply, server_proxy
+prune, keep = (sys.argv[4], sys.argv[5].split(",")) if len(sys.argv) > 4 else ("", [])
 try:
-    print(json.dumps(apply(server_proxy(sys.argv[2]), float(sys.argv[3]))))
+    print(json.dumps(apply(server_proxy(sys.argv[2]), float(sys.argv[3]), prune=prune, keep=keep)))
 except SuperviseError as exc:
     print(exc, file=sys.stderr)
     sys.exit(1)
@@ -75,9 +76,10 @@ class Supervisord:
         text = template.format(name=name, seconds=seconds, log=self.root / f"{name}.log")
         (self.confd / f"{name}.conf").write_text(text)
 
-    def apply(self, timeout: float = 15) -> subprocess.CompletedProcess:
+    def apply(self, timeout: float = 15, prune: str = "", keep: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
+        extra = [prune, ",".join(keep)] if prune else []
         return subprocess.run(
-            [HOST_PYTHON, "-c", APPLY, str(LIBRARY), str(self.conf), str(timeout)],
+            [HOST_PYTHON, "-c", APPLY, str(LIBRARY), str(self.conf), str(timeout), *extra],
             capture_output=True,
             text=True,
             timeout=timeout + 30,
@@ -146,6 +148,20 @@ def test_a_program_whose_file_is_gone_is_removed(supervisord):
     (supervisord.confd / "beta.conf").unlink()
     result = report(supervisord.apply())
     assert result["removed"] == ["beta"] and result["programs"] == {"alpha": "RUNNING"}
+
+
+def test_managed_files_not_kept_are_deleted_and_their_programs_stopped_and_other_files_left_alone(supervisord):
+    supervisord.program("labnodes-ring")
+    supervisord.program("labnodes-worker")
+    supervisord.program("admins-own")  # an administrator's program, outside the managed glob
+    report(supervisord.apply())
+    pattern = str(supervisord.confd / "labnodes-*.conf")
+    result = report(supervisord.apply(prune=pattern, keep=("labnodes-ring.conf",)))  # the host left the workers
+    assert result["changed"] and result["pruned"] == [str(supervisord.confd / "labnodes-worker.conf")]
+    assert result["removed"] == ["labnodes-worker"]
+    assert result["programs"] == {"admins-own": "RUNNING", "labnodes-ring": "RUNNING"}
+    assert sorted(p.name for p in supervisord.confd.iterdir()) == ["admins-own.conf", "labnodes-ring.conf"]
+    assert not report(supervisord.apply(prune=pattern, keep=("labnodes-ring.conf",)))["changed"]
 
 
 def test_a_program_that_cannot_start_fails_naming_it_its_log_and_the_logs_last_lines(supervisord):

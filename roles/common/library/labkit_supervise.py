@@ -4,17 +4,21 @@
 One module run talks XML-RPC to supervisord through supervisor's own client options (so it finds the socket and
 credentials exactly as supervisorctl does), instead of three supervisorctl processes of about 0.25 s of CPU each.
 
+0. delete the program files that match `prune` (a glob) but are not named in `keep`: the service roles each write
+   one file, and site.yml keeps those of the host's groups, so a host that leaves a group loses its programs;
 1. reloadConfig, then remove the groups whose files are gone, re-create the changed ones (which restarts their
    programs) and add the new ones (autostart starts them) -- what `supervisorctl update` does;
 2. start every program that is STOPPED, EXITED or FATAL (it was stopped by hand, or gave up);
 3. wait (at most `timeout` seconds) while any program is STARTING or BACKOFF; fail naming every program that is
    not RUNNING then, with its state, its log file and the log's last lines.
 
-Reports changed when a group was added, changed or removed, or a program was started.
+Reports changed when a file was pruned, a group was added, changed or removed, or a program was started.
 """
 
 from __future__ import annotations
 
+import glob
+import os
 import time
 
 DOCUMENTATION = r"""
@@ -32,9 +36,19 @@ options:
     description: seconds to wait for STARTING or BACKOFF programs to settle.
     type: float
     default: 30
+  prune:
+    description: a glob of program files this play manages; empty prunes nothing.
+    type: str
+    default: ""
+  keep:
+    description: base names of the files matching I(prune) to keep; every other match is deleted first.
+    type: list
+    elements: str
+    default: []
 """
 
 RETURN = r"""
+pruned: {description: program files deleted, type: list, returned: always}
 added: {description: groups added, type: list, returned: always}
 updated: {description: groups re-created because their definition changed, type: list, returned: always}
 removed: {description: groups removed because their file is gone, type: list, returned: always}
@@ -67,10 +81,24 @@ def _full_name(info: dict) -> str:
     return info["name"] if info["group"] == info["name"] else f"{info['group']}:{info['name']}"
 
 
-def apply(server, timeout: float = 30.0, poll: float = 0.25) -> dict:
-    """Update, start and wait as the module docstring says; return the report, or raise SuperviseError."""
+def prune_files(pattern: str, keep: list[str]) -> list[str]:
+    """Delete the files matching pattern whose base name is not in keep; return their paths, sorted."""
+    pruned = []
+    for path in sorted(glob.glob(pattern)) if pattern else []:
+        if os.path.basename(path) not in keep:
+            try:
+                os.unlink(path)
+            except OSError as exc:
+                raise SuperviseError(f"cannot remove {path}: {exc.strerror}") from None
+            pruned.append(path)
+    return pruned
+
+
+def apply(server, timeout: float = 30.0, poll: float = 0.25, prune: str = "", keep: list[str] = ()) -> dict:
+    """Prune, update, start and wait as the module docstring says; return the report, or raise SuperviseError."""
     from xmlrpc.client import Fault
 
+    pruned = prune_files(prune, list(keep))
     rpc = server.supervisor
     try:
         added, updated, removed = rpc.reloadConfig()[0]
@@ -103,7 +131,8 @@ def apply(server, timeout: float = 30.0, poll: float = 0.25) -> dict:
     if details:
         raise SuperviseError("not RUNNING after %gs: %s" % (timeout, "\n".join(details)))
     return {
-        "changed": bool(added or updated or removed or started),
+        "changed": bool(pruned or added or updated or removed or started),
+        "pruned": pruned,
         "added": added,
         "updated": updated,
         "removed": removed,
@@ -118,11 +147,18 @@ def main() -> None:
     from ansible.module_utils.basic import AnsibleModule
 
     module = AnsibleModule(
-        argument_spec={"config": {"type": "str", "default": ""}, "timeout": {"type": "float", "default": 30.0}},
+        argument_spec={
+            "config": {"type": "str", "default": ""},
+            "timeout": {"type": "float", "default": 30.0},
+            "prune": {"type": "str", "default": ""},
+            "keep": {"type": "list", "elements": "str", "default": []},
+        },
         supports_check_mode=False,
     )
+    params = module.params
     try:
-        module.exit_json(**apply(server_proxy(module.params["config"]), module.params["timeout"]))
+        server = server_proxy(params["config"])
+        module.exit_json(**apply(server, params["timeout"], prune=params["prune"], keep=params["keep"]))
     except SuperviseError as exc:
         module.fail_json(msg=str(exc))
 
