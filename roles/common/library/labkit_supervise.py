@@ -129,7 +129,7 @@ def apply(server, timeout: float = 30.0, poll: float = 0.25, prune: str = "", ke
     except OSError as exc:
         raise SuperviseError(f"cannot reach supervisord: {exc}") from None
     if details:
-        raise SuperviseError("not RUNNING after %gs: %s" % (timeout, "\n".join(details)))
+        raise SuperviseError("not RUNNING (waited at most %gs): %s" % (timeout, "\n".join(details)))
     return {
         "changed": bool(pruned or added or updated or removed or started),
         "pruned": pruned,
