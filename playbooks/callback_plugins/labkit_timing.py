@@ -2,8 +2,8 @@
 
 Enabled in ansible.cfg (`callbacks_enabled = labkit_timing`). With the linear strategy every task runs on all its
 hosts before the next starts, so the time from one task's start to the next task's start is that task's wall
-clock; it is added to the task's role (or to "<play name>: tasks" for tasks outside roles). The five slowest
-tasks follow. When the environment variable LABKIT_TIMING_FILE is set, the same numbers are written there as
+clock; it is added to the task's role, or for tasks outside roles to the play's `labkit_timing_label` variable
+(default "<play name>: tasks"). The five slowest tasks follow. When the environment variable LABKIT_TIMING_FILE is set, the same numbers are written there as
 JSON: {"total": s, "plays": {name: s}, "roles": {name: s}, "tasks": {name: s}} (labkit.provision reads it).
 """
 
@@ -52,6 +52,7 @@ class CallbackModule(CallbackBase):
         super().__init__()
         self._start = time.monotonic()
         self._play = None
+        self._label = None  # where the play's tasks outside roles count
         self._current = None  # (play, role, task) of the running task
         self._since = self._start
         self.plays: dict[str, float] = {}
@@ -67,13 +68,14 @@ class CallbackModule(CallbackBase):
 
     def _open(self, task) -> None:
         self._close()
-        role = _role_name(task) or f"{self._play}: tasks"
+        role = _role_name(task) or self._label
         name = task.get_name().strip()
         self._current = (self._play, role, name)
 
     def v2_playbook_on_play_start(self, play):
         self._close()
         self._play = play.get_name().strip() or "play"
+        self._label = str((play.vars or {}).get("labkit_timing_label") or f"{self._play}: tasks")
 
     def v2_playbook_on_task_start(self, task, is_conditional):
         self._open(task)
