@@ -265,8 +265,8 @@ class _Receiver:
         hasher = hashlib.sha256()
         free: queue.SimpleQueue = queue.SimpleQueue()
         full: queue.SimpleQueue = queue.SimpleQueue()
-        for _ in range(min(BUFFERS, size // CHUNK + 1)):
-            free.put(memoryview(bytearray(CHUNK)))
+        for _ in range(min(BUFFERS, size // CHUNK + 1)):  # a small file gets one buffer of its own size
+            free.put(memoryview(bytearray(min(CHUNK, max(size, 1)))))
 
         def hash_chunks():
             while (item := full.get()) is not None:

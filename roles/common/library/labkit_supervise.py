@@ -94,7 +94,7 @@ def prune_files(pattern: str, keep: list[str]) -> list[str]:
     return pruned
 
 
-def apply(server, timeout: float = 30.0, poll: float = 0.25, prune: str = "", keep: list[str] = ()) -> dict:
+def apply(server, timeout: float = 30.0, poll: float = 0.25, prune: str = "", keep=()) -> dict:
     """Prune, update, start and wait as the module docstring says; return the report, or raise SuperviseError."""
     from xmlrpc.client import Fault
 
