@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import ipaddress
 import os
 import re
@@ -100,6 +101,15 @@ def leftovers(cluster: str, subnet: str) -> list[str]:
         rules = subprocess.run(["iptables", "-w", "-S", "FORWARD"], capture_output=True, text=True).stdout
         found += [f"iptables {ln}" for ln in rules.splitlines() if f"labkit lk-{cluster}" in ln]
     return found
+
+
+@pytest.fixture(scope="session", autouse=True)
+def one_cluster_suite_at_a_time():
+    """Cluster names and subnets are global on the box: two checkouts running these tests at once would collide,
+    so a second run waits here for the first (a lock in /run, released when the process ends)."""
+    with open("/run/labkit-cluster-tests.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
 
 
 def _require_root() -> None:
