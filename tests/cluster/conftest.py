@@ -107,6 +107,9 @@ def leftovers(cluster: str, subnet: str) -> list[str]:
 def one_cluster_suite_at_a_time():
     """Cluster names and subnets are global on the box: two checkouts running these tests at once would collide,
     so a second run waits here for the first (a lock in /run, released when the process ends)."""
+    if os.geteuid() != 0:  # the tests skip themselves
+        yield
+        return
     with open("/run/labkit-cluster-tests.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         yield
