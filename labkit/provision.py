@@ -40,11 +40,13 @@ def parse_recap(text: str) -> dict[str, dict[str, int]]:
     return hosts
 
 
-def provision(inventory: str | os.PathLike, *, quiet: bool = False, extra: list[str] | None = None) -> dict:
-    """Run site.yml; stream its output unless quiet; return {"seconds", "hosts": recap, "timing": per play/role}."""
+def provision(inventory: str | os.PathLike, *, quiet: bool = False, extra: list[str] | None = None,
+              playbook: str | os.PathLike | None = None) -> dict:
+    """Run site.yml (or `playbook`); stream its output unless quiet; return {"seconds", "hosts": recap,
+    "timing": per play/role}."""
     timing_file = STATE / f"timing-{os.getpid()}.json"
     timing_file.parent.mkdir(exist_ok=True)
-    cmd = [str(VENV_BIN / "ansible-playbook"), "-i", str(inventory), str(REPO / "playbooks" / "site.yml"),
+    cmd = [str(VENV_BIN / "ansible-playbook"), "-i", str(inventory), str(playbook or REPO / "playbooks" / "site.yml"),
            *(extra or [])]
     start = time.monotonic()
     proc = subprocess.Popen(cmd, cwd=REPO, env=ansible_env(timing_file), stdout=subprocess.PIPE,
