@@ -257,3 +257,56 @@ def test_every_setting_the_roles_choose_reaches_labnodes_toml():
                  "labnodes_file_port", "labnodes_file_root", "labnodes_flower_port"):
         assert "{{ " + name + " }}" in rendered, name
     assert tomllib.loads('venv = "/opt/x"\nflower_port = 1\n')  # the file format the control side parses
+
+
+# --- progress of long work -------------------------------------------------------------------------------------
+
+
+def test_progress_in_a_log_is_a_line_per_tenth_and_a_last_line():
+    import io
+
+    from labkit.progress import Progress
+    out = io.StringIO()
+    with Progress("hosts ready", 100, stream=out, tty=False) as p:
+        for done in range(0, 101):
+            p.update(done)
+    lines = out.getvalue().splitlines()
+    assert lines[0] == "hosts ready: 10/100" and lines[-1] == "hosts ready: 100/100" and len(lines) == 10
+
+
+def test_progress_of_a_quick_step_is_one_line():
+    import io
+
+    from labkit.progress import Progress
+    out = io.StringIO()
+    with Progress("provision: labnodes: install", 8, stream=out, tty=False, patience=60) as p:
+        for done in range(1, 9):
+            p.update(done)
+    assert out.getvalue() == "provision: labnodes: install: 8/8\n"
+
+
+def test_provision_progress_counts_the_hosts_each_task_reported(monkeypatch):
+    from labkit import provision
+    seen = []
+
+    class Recorder:
+        def __init__(self, phase, total, **kw):
+            self.phase = phase
+
+        def update(self, done, detail=""):
+            seen.append((self.phase, done))
+
+        def close(self):
+            pass
+
+    monkeypatch.setattr(provision, "Progress", Recorder)
+    tasks = provision.TaskProgress(3)
+    for line in ["TASK [labnodes : Ensure labnodes is configured] ****", "ok: [a]", "changed: [b] => (item=x)",
+                 "changed: [b] => (item=y)", "skipping: [c]",
+                 "TASK [Run the services of the host's groups] ***", "included: /x/main.yml for a, b, c"]:
+        tasks.line(line)
+    assert seen == [("provision: labnodes: Ensure labnodes is configured", 1),
+                    ("provision: labnodes: Ensure labnodes is configured", 2),
+                    ("provision: labnodes: Ensure labnodes is configured", 2),
+                    ("provision: labnodes: Ensure labnodes is configured", 3),
+                    ("provision: play: Run the services of the host's groups", 3)]
