@@ -26,7 +26,9 @@ Connection: redis_host, redis_port, redis_db, redis_password from the config fil
 in `ps`).
 
 Errors (one line on stderr, exit status 1; never a hang)
-    a bad argument                        "gcd: a must be an integer, got '4.5'" (nothing is sent)
+    a bad argument                        "numbers must be decimal digits 0-9" (nothing is sent; the numbers
+                                          rule and its messages are labnodes.numbers', as on the ring and the
+                                          math server)
     Redis unreachable                     "cannot reach Redis at redis://HOST:PORT/DB: ..."
     Redis refuses the password            "Redis at redis://HOST:PORT/DB refused the password: check redis_password"
     no result within celery_timeout s     "no worker answered lab.gcd within 30 s: is a worker running against ...?"
@@ -52,14 +54,13 @@ import socket
 import time
 from collections import Counter
 
-from labnodes import LabnodesError, output
+from labnodes import LabnodesError, numbers, output
 from labnodes.config import Settings
 
 log = logging.getLogger(__name__)
 
 MODES = ("one", "group", "chunks")
 NODE_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
-INTEGER = re.compile(r"-?[0-9]{1,64}")
 MAX_LISTED_ERRORS = 20  # a batch lists at most this many error lines per mode (it counts them all)
 
 
@@ -73,13 +74,7 @@ def parse_args_for(op: str, texts: list[str]) -> tuple:
         if op in tasks.OPERATIONS:
             if len(texts) != 2:
                 raise ValueError(f"{op} takes two integers A B, got {len(texts)} argument(s)")
-            values = []
-            for name, text in zip("ab", texts, strict=True):
-                text = text.strip()
-                if not INTEGER.fullmatch(text):
-                    raise ValueError(f"{op}: {name} must be an integer, got {text!r:.40}")
-                values.append(int(text))
-            return tasks.check_operands(op, *values)
+            return tuple(numbers.parse_number(text) for text in texts)  # the one rule, its messages
         if op == "sleep":
             if len(texts) != 1:
                 raise ValueError(f"sleep takes one number SECONDS, got {len(texts)} argument(s)")

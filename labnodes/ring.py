@@ -29,9 +29,10 @@ Remote methods of a ring node
                                              receipt = {"id", "lap", "back_at": origin} once the lap is round
     info() -> {"name", "next", "host", "address"}
 
-Numbers: two integers 0 <= n <= 10**30, written `A,B` on the command line (spaces allowed around them).
-Anything else (one or three numbers, negatives, non-integers, empty, larger than 10**30) is refused with a
-one-line error before anything is sent.
+Numbers: two integers 0 <= n < 10**30, written `A,B` on the command line (spaces allowed around them): the
+one rule of `labnodes.numbers`, with its messages, the same as Celery's and the math server's. Anything else
+(one or three numbers, negatives, non-integers, empty, 10**30 or more) is refused with that one-line message
+before anything is sent, and a node refuses such numbers in a message (ValueError with the same message).
 
 Message (a dict, travels by value):
     {"id": hex, "origin": start node name, "text": str (<= 1000 chars), "input": [A, B],
@@ -89,12 +90,11 @@ import threading
 import time
 import uuid
 
-from labnodes import LabnodesError, config
+from labnodes import LabnodesError, config, numbers
 
 log = logging.getLogger(__name__)
 
 NAME_PREFIX = "labkit.ring."
-MAX_NUMBER = 10**30
 MAX_TEXT = 1000
 MAX_TRACE = 1000  # records in one lap's trace, i.e. ring nodes
 MARGIN_FRACTION = 0.1  # m = T * MARGIN_FRACTION
@@ -118,32 +118,15 @@ def check_node_name(name: str) -> str:
 
 
 def check_numbers(value) -> tuple[int, int]:
-    """Validate two numbers as they arrive over the wire (a list or tuple of two ints)."""
+    """Validate two numbers as they arrive over the wire (a list or tuple of two ints); see labnodes.numbers."""
     if not isinstance(value, (list, tuple)) or len(value) != 2:
-        raise ValueError(f"numbers must be two integers, got {value!r}")
-    for n in value:
-        if isinstance(n, bool) or not isinstance(n, int):
-            raise ValueError(f"numbers must be integers, got {n!r}")
-        if n < 0:
-            raise ValueError(f"numbers must not be negative, got {n}")
-        if n > MAX_NUMBER:
-            raise ValueError("numbers must be at most 10**30")
-    return int(value[0]), int(value[1])
+        raise ValueError(f"numbers must be two integers, got {type(value).__name__} {value!r:.40}")
+    return numbers.check_pair(*value)
 
 
 def parse_numbers(text: str) -> tuple[int, int]:
-    """Parse the command-line form `A,B` (spaces allowed) into two checked integers."""
-    parts = [p.strip() for p in text.split(",")]
-    if len(parts) != 2:
-        raise ValueError(f"numbers must be two integers A,B, got {text!r}")
-    for p in parts:
-        if p.startswith("-") and p[1:].isdigit():
-            raise ValueError(f"numbers must not be negative, got {p}")
-        if not (p.isascii() and p.isdigit()):
-            raise ValueError(f"numbers must be non-negative integers A,B, got {text!r}")
-        if len(p) > 31:  # cheap guard before int() on a very long string
-            raise ValueError("numbers must be at most 10**30")
-    return check_numbers([int(p) for p in parts])
+    """Parse the command-line form `A,B` (spaces allowed) with the one rule of labnodes.numbers."""
+    return numbers.parse_pair(text)
 
 
 def check_text(text) -> str:

@@ -178,9 +178,9 @@ def test_batch_checks_every_result_and_uses_both_workers(workers, lab_env):
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["gcd", "4.5", "3"], "gcd: a must be an integer, got '4.5'"),
-        (["lcm", "48", "-18"], "lcm: b must be >= 0, got -18"),
-        (["gcd", "1" + "0" * 30, "3"], "gcd: a must be < 10**30, got a 31-digit number"),
+        (["gcd", "4.5", "3"], "numbers must be decimal digits 0-9"),
+        (["lcm", "48", "-18"], "negative numbers are not allowed"),
+        (["gcd", "1" + "0" * 30, "3"], "numbers must be less than 10**30"),
         (["gcd", "48"], "gcd takes two integers A B, got 1 argument(s)"),
     ],
 )
@@ -192,7 +192,7 @@ def test_submit_bad_argument_exits_1_with_one_clear_line(lab_env, args, message)
 def test_worker_fails_a_bad_task_at_once_with_a_clear_error(workers, app):
     # Past the client-side checks, straight to a worker: it must fail the task, not retry or hang.
     result = app.signature("lab.gcd", args=(4.5, 3)).apply_async()
-    with pytest.raises(TypeError, match=r"^gcd: a must be an integer, got float 4\.5$"):
+    with pytest.raises(ValueError, match=r"^numbers must be integers, got float$"):
         result.get(timeout=20)
     assert result.state == "FAILURE"
     assert result.worker in {w.node for w in workers}

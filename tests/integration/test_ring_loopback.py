@@ -228,7 +228,12 @@ def test_table_output_lists_every_hop_and_a_summary(env, ns_port, ring3):
 
 @pytest.mark.parametrize(
     "numbers, reason",
-    [("-4,2", "negative"), ("1,2,3", "two integers"), (f"{10**31},1", "10**30"), ("x,1", "non-negative")],
+    [
+        ("-4,2", "negative numbers are not allowed"),
+        ("1,2,3", "expected two numbers separated by a comma, like 48,18"),
+        (f"{10**30},1", "numbers must be less than 10**30"),
+        ("x,1", "numbers must be decimal digits 0-9"),
+    ],
 )
 def test_bad_numbers_are_refused_with_one_line(env, ns_port, ring3, numbers, reason):
     out = send(env, ns_port, "pyro1", numbers)
