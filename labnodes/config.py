@@ -62,6 +62,8 @@ class Settings:
     file_root: str = "/var/lib/labnodes/files"  # every name is confined to this directory
     file_max_size: int = 4 * 1024**3  # bytes; larger transfers are refused before any byte is written
     file_idle_timeout: float = 60.0  # seconds without progress before a transfer is abandoned
+    file_max_connections: int = 32  # connections served at once; more get a "busy" ERR frame
+    file_min_rate: float = 16384.0  # bytes/s a transfer must average after file_idle_timeout s, or "too-slow"
 
     def replace(self, **changes) -> Settings:
         return dataclasses.replace(self, **changes)
