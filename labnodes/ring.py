@@ -19,9 +19,11 @@ Commands
 
 Wire: Pyro4 with the serpent serializer only (never pickle), the HMAC key on the name server, on every daemon
 and on every proxy, and a client-side timeout on every proxy. Ring daemons use the thread-pool server type
-(the multiplex type deadlocks on the nested call back into the start node). A daemon closes links that stay
-idle for ring_idle_timeout seconds; a node whose link to its successor was closed that way reconnects and
-retries once.
+(the multiplex type deadlocks on the nested call back into the start node), guarded so that a connection
+gets a worker thread only once its whole HMAC handshake has arrived (labnodes.pyro_server): idle or
+half-open connections from anyone, key or not, wait thread-less for at most 5 s and cannot starve the 40
+threads of the name server or a node. A daemon closes links that stay idle for ring_idle_timeout seconds; a
+node whose link to its successor was closed that way reconnects and retries once.
 
 Remote methods of a ring node
     start(text, numbers, budget) -> result   called by `ring send` on the start node
@@ -90,7 +92,7 @@ import threading
 import time
 import uuid
 
-from labnodes import LabnodesError, config, numbers
+from labnodes import LabnodesError, config, numbers, pyro_server
 
 log = logging.getLogger(__name__)
 
@@ -237,12 +239,8 @@ def _pyro(server: bool = False, idle_timeout: float = 0.0):
     import Pyro4
     import Pyro4.naming  # noqa: F401  (startNS)
 
-    if server:
-        Pyro4.config.SERVERTYPE = "thread"
-        Pyro4.config.SERIALIZER = "serpent"
-        Pyro4.config.SERIALIZERS_ACCEPTED = {"serpent"}
-        Pyro4.config.COMMTIMEOUT = idle_timeout  # server side: idle links close; every proxy sets its own
-        Pyro4.config.SOCK_NODELAY = True
+    if server:  # also: connections get a worker thread only once their handshake is in (pyro_server)
+        pyro_server.configure(idle_timeout)
     return Pyro4
 
 

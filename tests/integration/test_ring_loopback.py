@@ -432,3 +432,51 @@ def test_sigterm_while_waiting_for_the_name_server_exits_cleanly(launch):
 def test_library_send_refuses_bad_numbers_with_a_labnodes_error(ns_port, numbers):
     with pytest.raises(LabnodesError):
         ring.send(NS_HOST, ns_port, KEY, "pyro1", "lib", numbers, 10.0)
+
+
+@pytest.mark.parametrize("sends", [b"", b"PYRO\x00\x30"], ids=["nothing", "half-a-header"])
+def test_idle_connections_without_the_key_do_not_starve_the_ring(env, ns_port, start_ring, sends):
+    # Before: Pyro4's thread pool has 40 threads and a connection that never completes its HMAC handshake held
+    # one for COMMTIMEOUT (60 s); past 40, the accept loop itself blocked for 60 s trying to deny the next one.
+    # 60 such connections to the name server and to each node (whose links are new, so they must be opened)
+    # made every `ring send` fail.
+    suffix = "n" if not sends else "h"
+    names = [f"starve{i}{suffix}" for i in (1, 2, 3)]
+    hosts = ["127.0.0.31", "127.0.0.32", "127.0.0.33"] if not sends else ["127.0.0.34", "127.0.0.35", "127.0.0.36"]
+    start_ring({name: (host, names[(i + 1) % 3]) for i, (name, host) in enumerate(zip(names, hosts, strict=True))})
+    with ring.ns_proxy(NS_HOST, ns_port, KEY, 5.0) as ns:
+        uris = [ns.lookup(ring.registration_name(name)) for name in names]
+    addresses = [(NS_HOST, ns_port)] + [(uri.host, uri.port) for uri in uris]
+    intruders = []
+    try:
+        for address in addresses:
+            for _ in range(60):
+                sock = socket.create_connection(address, timeout=10)
+                intruders.append(sock)
+                if sends:
+                    sock.sendall(sends)
+        time.sleep(1.0)  # every server has accepted them all by now
+        for attempt in range(2):  # a second send goes through the links the first one opened
+            started = time.monotonic()
+            out = send(env, ns_port, names[0])
+            print(f"ring send {attempt + 1} with {len(intruders)} intruders: {time.monotonic() - started:.2f} s")
+            assert out.returncode == 0, f"send {attempt + 1}: {out.stderr}"
+            assert [r["node"] for r in json.loads(out.stdout)["trace"]][:4] == [*names, names[0]]
+    finally:
+        for sock in intruders:
+            sock.close()
+
+
+def test_more_idle_connections_than_the_lobby_holds_do_not_starve_the_name_server(env, ns_port, ring3):
+    from labnodes import pyro_server
+
+    intruders = []
+    try:
+        for _ in range(pyro_server.MAX_LOBBY + 100):  # the oldest are closed to make room
+            intruders.append(socket.create_connection((NS_HOST, ns_port), timeout=10))
+        time.sleep(1.0)
+        out = send(env, ns_port, "pyro1")
+        assert out.returncode == 0, out.stderr
+    finally:
+        for sock in intruders:
+            sock.close()
