@@ -30,11 +30,21 @@ Configuration choices, and why
     worker_prefetch_multiplier = 1
         Each worker process reserves one task at a time, so tasks spread over all worker hosts and a dead
         worker holds back at most one task per process.
-    visibility_timeout = celery_visibility_timeout (default 300 s), restore sweep every 1..10 s
+    visibility_timeout = celery_visibility_timeout (default 90 s), restore sweep every 1..10 s
         Redis has no connection-bound acknowledgements: a task taken by a worker that then vanished (host
-        down, SIGKILL) goes back to the queue once it has been unacknowledged for this long. It must be longer
-        than the longest task (lab.sleep is capped at 60 s), or a slow task would be run twice. A warm
-        shutdown (SIGTERM) finishes the running tasks and hands back at once those it had reserved.
+        down, SIGKILL of the worker's main process) goes back to the queue once it has been unacknowledged
+        for this long, and a live worker's next sweep hands it out again: `redelivery_after()` = visibility
+        timeout + sweep interval (99 s by default; it was 300 s + 10 s). Kombu's Redis transport has no
+        heartbeat that extends the timeout for a task still running, so the bound is: visibility timeout >
+        the longest task (lab.sleep is capped at 60 s) + a margin (30 s), or a slow task would be handed to a
+        second worker while it still runs; `labnodes celery worker` warns when the setting is below that. A
+        warm shutdown (SIGTERM) finishes the running tasks and hands back at once those it had reserved.
+    task_track_started = True
+        A worker records STARTED (with its node name) when it begins a task, so a client that waits in vain
+        can say which worker took the job.
+    Jobs sent by `labnodes celery` clients expire only after celery_timeout + redelivery_after() +
+    celery_timeout seconds (`job_expires()`), never before a lost worker's job could have been handed out
+    again and run: a job is never skipped as expired because its first worker died.
     result_expires = 1 hour, result_extended = True
         Results are kept for an hour, then Redis drops them. The extended result records the worker that ran
         the task, so a client can say where a failure happened.
@@ -70,6 +80,25 @@ def redis_url(settings: config.Settings) -> str:
     return f"redis://{auth}{host}:{settings.redis_port}/{settings.redis_db}"
 
 
+SAFETY_MARGIN = 30.0  # seconds the visibility timeout must exceed the longest task by
+
+
+def restore_interval(visibility: float) -> float:
+    """Seconds between the sweeps (by live workers) that hand out jobs unacknowledged for too long."""
+    return max(1.0, min(10.0, visibility / 10))
+
+
+def redelivery_after(settings: config.Settings) -> float:
+    """At most this many seconds after a worker took a job, Redis hands it out again if that worker is lost."""
+    visibility = float(settings.celery_visibility_timeout)
+    return visibility + restore_interval(visibility)
+
+
+def job_expires(settings: config.Settings) -> float:
+    """Seconds after sending when a client's job expires: after it could have been redelivered and run."""
+    return settings.celery_timeout + redelivery_after(settings) + settings.celery_timeout
+
+
 def celery_config(settings: config.Settings) -> dict:
     """Celery configuration (lowercase setting names) for these labnodes settings."""
     url = redis_url(settings)
@@ -84,13 +113,14 @@ def celery_config(settings: config.Settings) -> dict:
         "task_acks_late": True,
         "task_reject_on_worker_lost": True,
         "worker_prefetch_multiplier": 1,
+        "task_track_started": True,
         "result_expires": RESULT_EXPIRES,
         "result_extended": True,
         "broker_connection_retry_on_startup": True,
         "broker_connection_max_retries": None,  # the worker: keep trying, a supervisor runs it
         "broker_transport_options": {
             "visibility_timeout": visibility,
-            "unacked_restore_interval": max(1.0, min(10.0, visibility / 10)),
+            "unacked_restore_interval": restore_interval(visibility),
             "unacked_restore_throttle": 1,  # scan on every sweep: the interval above is the period
             "socket_connect_timeout": CONNECT_TIMEOUT,
         },

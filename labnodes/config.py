@@ -39,7 +39,7 @@ class Settings:
     redis_password: str = ""  # no default secret; Redis on a cluster always has one
     celery_concurrency: int = 2  # worker processes per worker host
     celery_timeout: float = 30.0  # seconds a client waits for one result
-    celery_visibility_timeout: float = 300.0  # seconds before a task held by a lost worker is re-delivered
+    celery_visibility_timeout: float = 90.0  # seconds before a task held by a lost worker is re-delivered
 
     # Pyro4: name server and ring nodes.
     ns_host: str = "127.0.0.1"

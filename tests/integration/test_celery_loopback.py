@@ -220,10 +220,11 @@ def test_no_worker_within_timeout_exits_1_with_one_clear_line(lab_env, redis_ser
     # Database 5 has no worker listening (the workers use database 0).
     run = labnodes("celery", "submit", "gcd", "48", "18", "--timeout", "1", env=lab_env, LABNODES_REDIS_DB="5")
     assert run.returncode == 1
-    assert run.stderr.strip().splitlines()[-1] == (
+    assert run.stderr.strip().splitlines()[-1].startswith(
         f"labnodes: error: no worker answered lab.gcd within 1 s: "
-        f"is a worker running against redis://127.0.0.1:{redis_server.port}/5?"
+        f"is a worker running against redis://127.0.0.1:{redis_server.port}/5? (job "
     )
+    assert "stays queued until" in run.stderr
 
 
 def test_sigterm_lets_the_running_task_finish_then_the_worker_exits_0(lab_env, tmp_path):
@@ -287,3 +288,42 @@ def test_task_of_a_killed_worker_is_redelivered_to_the_other_worker(workers, lab
     value = json.loads(out)
     assert (value["result"], value["worker"], value["redelivered"]) == (1.5, survivor.node, True)
     assert "sleep(1.5) started" in survivor.log()
+
+
+def test_job_of_a_sigkilled_worker_outlasts_a_client_timeout_shorter_than_redelivery(lab_env, tmp_path):
+    # Before: `celery submit` waited celery_timeout (30 s) and sent the job with expires=30 s, while Redis hands
+    # out the job of a SIGKILLed worker only after the visibility timeout (300 s): the client gave up with "no
+    # worker answered", and the survivor then skipped the job as expired (REVOKED): lost. Scaled down here:
+    # client timeout 3 s, visibility timeout 8 s. Now the client says it is waiting for redelivery and until
+    # when, and gets the result from the survivor.
+    env = {**lab_env, "LABNODES_REDIS_DB": "7", "LABNODES_CELERY_TIMEOUT": "3",
+           "LABNODES_CELERY_VISIBILITY_TIMEOUT": "8"}
+    pool = [Worker(name, env, tmp_path / f"{name}.log") for name in ("k1", "k2")]
+    client_app = make_app(config.load(env=env), client=True)
+    client = None
+    try:
+        for w in pool:
+            w.start()
+        for w in pool:
+            w.wait_ready(client_app)
+        started = time.monotonic()
+        client = subprocess.Popen(
+            [*LABNODES, "celery", "submit", "sleep", "1.5", "--json"],
+            env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )
+        victim = _wait_for_line(pool, "sleep(1.5) started")
+        survivor = next(w for w in pool if w is not victim)
+        victim.kill()
+        out, err = client.communicate(timeout=RUN_TIMEOUT)
+        print(f"result after {time.monotonic() - started:.1f} s; client said: {err.strip()}")
+        assert client.returncode == 0, err
+        value = json.loads(out)
+        assert (value["result"], value["worker"], value["redelivered"]) == (1.5, survivor.node, True)
+        assert "waiting for redelivery" in err and "visibility timeout 8 s" in err
+    finally:
+        if client is not None and client.poll() is None:
+            client.kill()
+            client.wait()
+        for w in pool:
+            w.stop()
+        client_app.close()

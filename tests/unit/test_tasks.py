@@ -121,7 +121,7 @@ def test_client_app_bounds_retries_but_worker_app_keeps_reconnecting():
     assert worker.broker_connection_max_retries is None
     for conf in (client, worker):
         assert conf.broker_transport_options["socket_connect_timeout"] > 0
-        assert conf.broker_transport_options["visibility_timeout"] == 300.0
+        assert conf.broker_transport_options["visibility_timeout"] == 90.0
 
 
 def test_visibility_timeout_comes_from_settings():
@@ -190,3 +190,14 @@ def test_client_refuses_bad_arguments_with_one_line(op, texts, message):
 def test_random_pairs_are_reproducible_for_a_seed():
     assert celery_cli.random_pairs(5, seed=7) == celery_cli.random_pairs(5, seed=7)
     assert celery_cli.random_pairs(5, seed=7) != celery_cli.random_pairs(5, seed=8)
+
+
+def test_jobs_expire_only_after_a_lost_worker_s_job_could_be_redelivered_and_run():
+    # Before: jobs expired at celery_timeout (30 s) while redelivery came after the visibility timeout (300 s).
+    from labnodes.celery_app import job_expires, redelivery_after
+    from labnodes.config import Settings
+
+    s = Settings()
+    assert redelivery_after(s) == 90.0 + 9.0
+    assert job_expires(s) == 30.0 + 99.0 + 30.0
+    assert s.celery_visibility_timeout >= tasks.MAX_SLEEP + 30  # a running task is never handed out twice
