@@ -20,7 +20,7 @@ is served exactly as by Pyro4 (COMMTIMEOUT, the same pool, "no free workers" whe
 
 `configure(idle_timeout)` sets what Pyro4 only offers globally, in a server process: thread-pool server type,
 serpent only, idle-link timeout, TCP_NODELAY, and installs the guarded transport for every daemon made after
-it (the name server's and the ring node's).
+it (the name server's and the ring node's). `Signals` turns SIGTERM/SIGINT into a clean stop of a daemon.
 """
 
 from __future__ import annotations
@@ -28,8 +28,10 @@ from __future__ import annotations
 import collections
 import logging
 import selectors
+import signal
 import socket
 import struct
+import threading
 import time
 
 log = logging.getLogger(__name__)
@@ -178,3 +180,48 @@ def configure(idle_timeout: float):
         # Pyro4.core.Daemon imports SocketServer_Threadpool from this module each time it makes a daemon
         threadpoolserver.SocketServer_Threadpool = transport
     return Pyro4
+
+
+class Signals:
+    """SIGTERM/SIGINT -> a clean stop, whenever they come: also while the server is still starting up.
+
+    Install before anything else; serve(daemon, on_stop) runs the daemon until a signal, then on_stop() and
+    daemon.shutdown() (once). The signal handler only sets a flag and starts a thread: no locks in it.
+    """
+
+    def __init__(self):
+        self.stopping = threading.Event()
+        self._action = None
+        self._old = {s: signal.signal(s, self._handler) for s in (signal.SIGTERM, signal.SIGINT)}
+
+    def _handler(self, signum, frame):
+        if not self.stopping.is_set():
+            self.stopping.set()
+            log.info("%s received, stopping", signal.Signals(signum).name)
+            if self._action is not None:
+                threading.Thread(target=self._action, name="stop", daemon=True).start()
+
+    def restore(self) -> None:
+        for s, h in self._old.items():
+            signal.signal(s, h)
+
+    def serve(self, daemon, on_stop=None) -> None:
+        once = threading.Lock()
+
+        def stop():
+            if not once.acquire(blocking=False):
+                return
+            try:
+                if on_stop is not None:
+                    on_stop()
+            finally:
+                daemon.shutdown()
+
+        self._action = stop
+        if self.stopping.is_set():  # the signal came before _action was set
+            threading.Thread(target=stop, name="stop", daemon=True).start()
+        try:
+            daemon.requestLoop()
+        finally:
+            daemon.close()
+
