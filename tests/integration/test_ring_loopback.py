@@ -480,3 +480,22 @@ def test_more_idle_connections_than_the_lobby_holds_do_not_starve_the_name_serve
     finally:
         for sock in intruders:
             sock.close()
+
+
+def test_a_killed_hop_started_again_elsewhere_is_found_without_restarting_the_others(env, ns_port, start_ring):
+    # The predecessor's pooled link points at the dead address: it must look the node up again and retry
+    # once at its new address (ring_link's retry 2), within the same timeout.
+    nodes = {"back1": ("127.0.0.11", "back2"), "back2": ("127.0.0.12", "back3"), "back3": ("127.0.0.13", "back1")}
+    procs = start_ring(nodes)
+    assert send(env, ns_port, "back1").returncode == 0  # links between the nodes are now open
+    with ring.ns_proxy(NS_HOST, ns_port, KEY, 5.0) as ns:
+        old = str(ns.lookup(ring.registration_name("back3")))
+    procs["back3"].kill()
+    procs["back3"].wait()
+    start_ring({"back3": ("127.0.0.14", "back1")})  # another address, as a node moved to another host
+    wait_until(lambda: str(registered(ns_port).get(ring.registration_name("back3"), old)) != old, "new address")
+    out = send(env, ns_port, "back1")
+    assert out.returncode == 0, out.stderr
+    assert [r["address"].split(":")[0] for r in json.loads(out.stdout)["trace"]][:3] == [
+        "127.0.0.11", "127.0.0.12", "127.0.0.14"]
+    assert "back3 moved to" in procs["back2"].log_text()
