@@ -51,9 +51,11 @@ Configuration choices, and why
     Clients (make_app(settings, client=True)): broker_transport_options max_retries 3 with short intervals,
     result_backend_transport_options retry_policy max_retries 2; everyone: socket_connect_timeout 5 s
         A client gives up within seconds when Redis is unreachable or refuses the password, instead of
-        retrying for ever; `labnodes celery submit` then prints one line and exits 1. A worker keeps Celery's
-        patient defaults (broker_connection_max_retries = None: reconnect for ever; ~20 retries to store a
-        result): under a supervisor it rides out a Redis restart instead of dropping results.
+        retrying for ever; `labnodes celery submit` then prints one line and exits 1. A worker is patient
+        (broker_connection_max_retries = None: reconnect for ever; result_backend_always_retry with up to 60
+        retries, at most 5 s apart, to store a result): under a supervisor it rides out a Redis restart. Without
+        it, a task that finished while Redis was down could not store its result, was acknowledged anyway,
+        and its job was lost (seen in test_jobs_pending_while_the_broker_restarts_all_complete).
     broker_connection_retry_on_startup = True
         A worker started before Redis waits for it (and Celery 5 warns when this is left unset).
 """
@@ -118,6 +120,11 @@ def celery_config(settings: config.Settings) -> dict:
         "result_extended": True,
         "broker_connection_retry_on_startup": True,
         "broker_connection_max_retries": None,  # the worker: keep trying, a supervisor runs it
+        # the worker: a result that cannot be stored while Redis restarts is retried (up to ~5 min), not
+        # dropped: else the task is acknowledged with no result stored, and the job is lost
+        "result_backend_always_retry": True,
+        "result_backend_max_retries": 60,
+        "result_backend_max_sleep_between_retries_ms": 5000,
         "broker_transport_options": {
             "visibility_timeout": visibility,
             "unacked_restore_interval": restore_interval(visibility),
@@ -143,6 +150,7 @@ def client_config(settings: config.Settings) -> dict:
         "result_backend_transport_options": {
             "retry_policy": {"max_retries": 2, "interval_start": 0, "interval_step": 0.5, "interval_max": 1},
         },
+        "result_backend_always_retry": False,  # a client fails in seconds instead
     }
 
 

@@ -327,3 +327,73 @@ def test_job_of_a_sigkilled_worker_outlasts_a_client_timeout_shorter_than_redeli
         for w in pool:
             w.stop()
         client_app.close()
+
+
+def test_jobs_pending_while_the_broker_restarts_all_complete(redis_server, tmp_path):
+    # A Redis of its own, saving its data on shutdown (as the broker role's `save` does): stopped with SIGTERM
+    # while jobs are queued and one is running, then started again on the same port. The worker reconnects
+    # by itself and every job completes; one that was running may run twice (redelivered=true), none is lost.
+    import shutil
+
+    import redis
+
+    from tests.integration.conftest import _free_port, _stop
+
+    directory = tmp_path / "redis"
+    directory.mkdir()
+    port = _free_port("127.0.0.1")
+    command = [shutil.which("redis-server") or "/usr/bin/redis-server", "--bind", "127.0.0.1", "--port", str(port),
+               "--requirepass", redis_server.password, "--save", "3600 1", "--appendonly", "no",
+               "--dir", str(directory), "--logfile", str(directory / "redis.log"), "--daemonize", "no"]
+
+    def start_redis() -> subprocess.Popen:
+        process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                   stderr=subprocess.DEVNULL)
+        client = redis.Redis(host="127.0.0.1", port=port, password=redis_server.password, socket_timeout=1)
+        deadline = time.monotonic() + READY_TIMEOUT
+        while True:
+            try:
+                if client.ping():
+                    client.close()
+                    return process
+            except redis.exceptions.ConnectionError:
+                assert process.poll() is None and time.monotonic() < deadline, "redis-server did not start"
+                time.sleep(0.05)
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LABNODES_")}
+    empty = tmp_path / "labnodes.toml"
+    empty.write_text("")
+    env.update({"LABNODES_CONFIG": str(empty), "LABNODES_LOG_LEVEL": "INFO", "LABNODES_REDIS_HOST": "127.0.0.1",
+                "LABNODES_REDIS_PORT": str(port), "LABNODES_REDIS_PASSWORD": redis_server.password,
+                "LABNODES_CELERY_VISIBILITY_TIMEOUT": "5"})
+    broker = start_redis()
+    worker = Worker("r1", env, tmp_path / "r1.log")
+    app = make_app(config.load(env=env))  # worker-style retries: the test waits through the outage
+    try:
+        worker.start()
+        worker.wait_ready(app)
+        results = [app.signature("lab.sleep", args=(0.5,)).apply_async() for _ in range(8)]
+        _wait_for_line([worker], "sleep(0.5) started")
+        broker.terminate()  # SIGTERM: Redis saves the queue and the unacknowledged jobs, then exits
+        assert broker.wait(timeout=30) == 0
+        time.sleep(1.0)
+        broker = start_redis()
+        started = time.monotonic()
+        values = {}
+        while len(values) < len(results):
+            assert time.monotonic() - started < RUN_TIMEOUT, f"{len(values)} of {len(results)} done:\n{worker.log()}"
+            for r in results:
+                if r.id not in values:
+                    try:
+                        if r.ready():
+                            values[r.id] = r.get(timeout=5)
+                    except (redis.exceptions.ConnectionError, OSError):
+                        pass
+            time.sleep(0.2)
+        print(f"all {len(values)} jobs done {time.monotonic() - started:.1f} s after the broker came back; "
+              f"redelivered: {sum(v['redelivered'] for v in values.values())}")
+        assert all(v["result"] == 0.5 for v in values.values())
+    finally:
+        worker.stop()
+        app.close()
+        _stop(broker)
