@@ -397,3 +397,11 @@ def test_jobs_pending_while_the_broker_restarts_all_complete(redis_server, tmp_p
         worker.stop()
         app.close()
         _stop(broker)
+
+
+def test_workers_refuse_a_pickled_task(workers, app):
+    # accept_content = ["json"]: a pickled message (anyone who can write to the queue could run code with one)
+    # is refused by the worker, never unpickled.
+    result = app.signature("lab.gcd", args=(48, 18)).apply_async(serializer="pickle")
+    _wait_for_line(workers, "Refusing to deserialize untrusted content of type pickle")
+    assert result.state == "PENDING"

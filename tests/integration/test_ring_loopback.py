@@ -499,3 +499,16 @@ def test_a_killed_hop_started_again_elsewhere_is_found_without_restarting_the_ot
     assert [r["address"].split(":")[0] for r in json.loads(out.stdout)["trace"]][:3] == [
         "127.0.0.11", "127.0.0.12", "127.0.0.14"]
     assert "back3 moved to" in procs["back2"].log_text()
+
+
+@pytest.mark.parametrize("target", ["name server", "ring node"])
+def test_pickle_is_refused_even_with_the_right_key(ns_port, ring3, target):
+    import Pyro4
+
+    with ring.ns_proxy(NS_HOST, ns_port, KEY, 5.0) as ns:
+        uri = ns.lookup(ring.registration_name("pyro1"))
+    p = ring.ns_proxy(NS_HOST, ns_port, KEY, 5.0) if target == "name server" else ring._proxy(uri, KEY, 5.0)
+    p._pyroSerializer = "pickle"
+    with p, pytest.raises(Pyro4.errors.PyroError, match="serializer") as refused:
+        p.ping() if target == "name server" else p.info()
+    print(f"{target}: {refused.value!r}")
