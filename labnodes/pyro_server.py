@@ -155,9 +155,12 @@ def _make_transport():
             except NoFreeWorkersError:  # the handshake is already in: denying it does not block
                 job.denyConnection("no free workers, increase server threadpool size")
 
-        def close(self):
+        def close(self):  # may run in another thread (shutdown) while the loop still runs: tolerate races
             for csock in list(getattr(self, "_lobby", ())):
-                self._drop(csock)
+                try:
+                    self._drop(csock)
+                except (KeyError, ValueError, OSError):
+                    csock.close()
             super().close()
 
     return GuardedThreadpool
