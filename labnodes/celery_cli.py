@@ -43,8 +43,9 @@ Errors (one line on stderr, exit status 1; never a hang)
     whose worker was killed is handed to another worker, never skipped as expired.
     the task failed on the worker         "lab.gcd failed on worker@w1: TypeError: ..."
     batch: any wrong or missing result    the table is printed, then each error line; exit status 1.
-    A batch waits at most celery_timeout seconds for one task (mode one), or celery_timeout + 1 s per 100 tasks
-    for a whole group or chunks run.
+    A batch waits celery_timeout seconds for one task (mode one), or celery_timeout + 1 s per 100 tasks for a
+    whole group or chunks run; if by then a worker holds jobs it has not answered (it may have been killed), it
+    says so on stderr, like submit, and waits on until they could have been redelivered and run.
 
 Library API (Fabric tasks, tests): `submit(settings, op, *args) -> dict`, `batch(settings, count, modes,
 chunk_size, seed) -> dict`, `run_worker(settings, name, concurrency) -> int`. Celery is imported only when a
@@ -256,13 +257,15 @@ def _clock(epoch: float) -> str:
     return time.strftime("%H:%M:%S", time.localtime(epoch))
 
 
-def taken_at(settings: Settings, task_id: str) -> float | None:
-    """When a worker took job `task_id` and has not acknowledged it yet (epoch seconds), from the Redis
-    transport's "unacked" index; None if no worker holds it (still queued, or done)."""
+def held_jobs(settings: Settings, task_ids) -> dict[str, float]:
+    """Which of these jobs a worker has taken and not acknowledged yet, and when it took them (epoch seconds),
+    from the Redis transport's "unacked" hash and index. A job not in it is still queued, or done."""
     import redis
 
     from labnodes.celery_app import CONNECT_TIMEOUT, redis_url
 
+    wanted = set(task_ids)
+    held: dict[str, float] = {}
     client = redis.Redis.from_url(
         redis_url(settings), socket_connect_timeout=CONNECT_TIMEOUT, socket_timeout=CONNECT_TIMEOUT
     )
@@ -270,15 +273,43 @@ def taken_at(settings: Settings, task_id: str) -> float | None:
         for tag, raw in client.hscan_iter("unacked"):
             try:
                 message = json.loads(raw)[0]
+                task_id = message["headers"]["id"]
             except (ValueError, TypeError, IndexError, KeyError):
                 continue
-            if isinstance(message, dict) and (message.get("headers") or {}).get("id") == task_id:
-                return client.zscore("unacked_index", tag)
+            if task_id in wanted:
+                taken = client.zscore("unacked_index", tag)
+                if taken is not None:
+                    held[task_id] = taken
     except redis.exceptions.RedisError as exc:
         raise _broker_failure(settings, exc) from None
     finally:
         client.close()
-    return None
+    return held
+
+
+def taken_at(settings: Settings, task_id: str) -> float | None:
+    """When a worker took job `task_id` and has not acknowledged it yet; None if no worker holds it."""
+    return held_jobs(settings, [task_id]).get(task_id)
+
+
+def _held_wait(settings: Settings, ids, what: str, notify) -> float | None:
+    """Seconds to wait on for jobs a worker took and did not answer (saying so through notify); None if no
+    job of `ids` is held by a worker."""
+    from labnodes.celery_app import redelivery_after
+
+    held = held_jobs(settings, ids)
+    if not held:
+        return None
+    first, last = min(held.values()), max(held.values())
+    again = last + redelivery_after(settings)
+    now = time.time()
+    until = max(again, now) + settings.celery_timeout
+    notify(
+        f"{len(held)} job(s) of {what} were taken by a worker at {_clock(first)} and have no result; if that "
+        f"worker is gone, Redis hands them to another worker by {_clock(again)} (visibility timeout "
+        f"{settings.celery_visibility_timeout:g} s): waiting for redelivery until {_clock(until)}"
+    )
+    return until - now
 
 
 def _redelivery_wait(settings: Settings, op: str, result, notify) -> float:
@@ -345,8 +376,12 @@ def batch(
     modes: tuple[str, ...] | list[str] = MODES,
     chunk_size: int = 100,
     seed: int = 1,
+    notify=None,
 ) -> dict:
-    """Run `count` gcd tasks in each mode, check them, and report speed, spread over workers and errors."""
+    """Run `count` gcd tasks in each mode, check them, and report speed, spread over workers and errors.
+
+    Jobs a worker took and did not answer within the wait (the worker may have been killed) are waited for
+    until they could have been redelivered and run, saying so through notify(text) (default: stderr)."""
     if count < 1:
         raise LabnodesError(f"count must be >= 1, got {count}")
     if chunk_size < 1:
@@ -364,7 +399,7 @@ def batch(
     report = {"count": count, "seed": seed, "chunk_size": chunk_size, "broker": where(settings), "modes": {}}
     try:
         for mode in modes:
-            report["modes"][mode] = _run_mode(app, settings, mode, pairs, chunk_size)
+            report["modes"][mode] = _run_mode(app, settings, mode, pairs, chunk_size, notify or _notify)
     except Exception as exc:
         if _is_broker_failure(exc):
             raise _broker_failure(settings, exc) from None
@@ -374,7 +409,21 @@ def batch(
     return report
 
 
-def _run_mode(app, settings: Settings, mode: str, pairs: list, chunk_size: int) -> dict:
+def _get_outlasting_redelivery(settings: Settings, result, wait: float, what: str, notify):
+    """result.get(wait); if it times out while a worker holds some of its jobs, wait on for their redelivery."""
+    from celery.exceptions import TimeoutError as CeleryTimeout
+
+    try:
+        return result.get(timeout=wait, propagate=False)
+    except CeleryTimeout:
+        children = getattr(result, "results", None) or [result]
+        more = _held_wait(settings, [r.id for r in children if not r.ready()], what, notify)
+        if more is None:
+            raise
+        return result.get(timeout=more, propagate=False)
+
+
+def _run_mode(app, settings: Settings, mode: str, pairs: list, chunk_size: int, notify=_notify) -> dict:
     from celery import group
     from celery.exceptions import TimeoutError as CeleryTimeout
 
@@ -393,13 +442,13 @@ def _run_mode(app, settings: Settings, mode: str, pairs: list, chunk_size: int) 
         if mode == "one":
             for a, b in pairs:
                 result = task.apply_async((a, b), expires=job_expires(settings))
-                values.append(result.get(timeout=timeout, propagate=False))
+                values.append(_get_outlasting_redelivery(settings, result, timeout, f"gcd({a}, {b})", notify))
         elif mode == "group":
             result = group(task.s(a, b) for a, b in pairs).apply_async(expires=expires)
-            values = result.get(timeout=whole_timeout, propagate=False)
+            values = _get_outlasting_redelivery(settings, result, whole_timeout, "the group", notify)
         else:
             result = task.chunks(pairs, chunk_size).group().apply_async(expires=expires)
-            for chunk in result.get(timeout=whole_timeout, propagate=False):
+            for chunk in _get_outlasting_redelivery(settings, result, whole_timeout, "the chunks", notify):
                 if isinstance(chunk, list):
                     values.extend(chunk)
                 else:  # the whole chunk task failed

@@ -405,3 +405,43 @@ def test_workers_refuse_a_pickled_task(workers, app):
     result = app.signature("lab.gcd", args=(48, 18)).apply_async(serializer="pickle")
     _wait_for_line(workers, "Refusing to deserialize untrusted content of type pickle")
     assert result.state == "PENDING"
+
+
+def test_batch_waits_for_the_redelivery_of_a_job_a_lost_worker_held(redis_server, lab_env, tmp_path):
+    # A worker that takes a job and dies leaves it in the Redis transport's "unacked" hash and index. Here the
+    # test plays that worker (it takes one job off the queue and records it exactly as kombu does), then a real
+    # worker starts. Before: the batch waited celery_timeout, reported the job missing (exit 1), and the job had
+    # expired by the time it was handed out again. Now the batch says it waits for redelivery, and gets it.
+    import redis
+
+    env = {**lab_env, "LABNODES_REDIS_DB": "8", "LABNODES_CELERY_TIMEOUT": "3",
+           "LABNODES_CELERY_VISIBILITY_TIMEOUT": "8"}
+    client = redis.Redis(host=redis_server.host, port=redis_server.port, password=redis_server.password, db=8)
+    client.flushdb()
+    batch = subprocess.Popen([*LABNODES, "celery", "batch", "--count", "5", "--mode", "group", "--json"], env=env,
+                             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    worker = Worker("b1", env, tmp_path / "b1.log")
+    try:
+        deadline = time.monotonic() + RUN_TIMEOUT
+        while client.llen("celery") < 5:
+            assert time.monotonic() < deadline and batch.poll() is None, "the batch never queued its jobs"
+            time.sleep(0.02)
+        raw = client.rpop("celery")  # the "lost worker" takes one job ...
+        message = json.loads(raw)
+        info = message["properties"]["delivery_info"]
+        tag = message["properties"]["delivery_tag"]
+        client.hset("unacked", tag, json.dumps([message, info.get("exchange", ""), info.get("routing_key", "celery")]))
+        client.zadd("unacked_index", {tag: time.time()})  # ... and dies holding it
+        worker.start()
+        out, err = batch.communicate(timeout=RUN_TIMEOUT)
+        print(f"batch said: {err.strip()}")
+        assert batch.returncode == 0, err + worker.log()
+        report = json.loads(out)["modes"]["group"]
+        assert (report["ok"], report["error_count"]) == (5, 0)
+        assert "waiting for redelivery" in err and "1 job(s) of the group" in err
+    finally:
+        if batch.poll() is None:
+            batch.kill()
+            batch.wait()
+        worker.stop()
+        client.close()
