@@ -39,9 +39,9 @@ Configuration choices, and why
         the longest task (lab.sleep is capped at 60 s) + a margin (30 s), or a slow task would be handed to a
         second worker while it still runs; `labnodes celery worker` warns when the setting is below that. A
         warm shutdown (SIGTERM) finishes the running tasks and hands back at once those it had reserved.
-    task_track_started = True
-        A worker records STARTED (with its node name) when it begins a task, so a client that waits in vain
-        can say which worker took the job.
+    task_track_started stays off: it would let a waiting client name the worker that took a job, at the cost
+        of one more Redis write per task (the lab's throughput runs measure exactly that path); the client
+        finds when a job was taken in the transport's unacked index instead (celery_cli.held_jobs).
     Jobs sent by `labnodes celery` clients expire only after celery_timeout + redelivery_after() +
     celery_timeout seconds (`job_expires()`), never before a lost worker's job could have been handed out
     again and run: a job is never skipped as expired because its first worker died.
@@ -115,7 +115,6 @@ def celery_config(settings: config.Settings) -> dict:
         "task_acks_late": True,
         "task_reject_on_worker_lost": True,
         "worker_prefetch_multiplier": 1,
-        "task_track_started": True,
         "result_expires": RESULT_EXPIRES,
         "result_extended": True,
         "broker_connection_retry_on_startup": True,
