@@ -35,7 +35,7 @@ Errors (one line on stderr, exit status 1; never a hang)
     celery_timeout s                      (job ID stays queued until HH:MM:SS: a worker that comes up before then
                                           runs it)"
     a worker took the job but gave no     first a notice on stderr (not an error): "job ID (lab.sleep) was taken by
-    result within celery_timeout s        worker@w1 at 14:03:12 and has no result after 30 s; if that worker is gone,
+    result within celery_timeout s        a worker at 14:03:12 and has no result after 30 s; if that worker is gone,
                                           Redis hands the job to another worker by 14:04:51 (visibility timeout
                                           90 s): waiting for redelivery until 14:05:21"; then the result, or
                                           "no result for job ID ... even after the time for redelivery ..."
