@@ -220,3 +220,31 @@ def test_forty_stalled_uploads_hold_about_what_they_sent_not_16_mib_each(tmp_pat
         for sock in socks:
             sock.close()
         srv.stop()
+
+
+def test_server_killed_mid_upload_shows_no_partial_file_and_a_retry_after_restart_succeeds(tmp_path):
+    srv = file_server(tmp_path)
+    data = os.urandom(3 * MB)
+    src = tmp_path / "retry.bin"
+    src.write_bytes(data)
+    try:
+        with socket.create_connection(srv.address, timeout=HANG_GUARD) as sock:
+            sha = hashlib.sha256(data).hexdigest()
+            sock.sendall(encode_frame({"op": "PUT", "name": "retry.bin", "size": len(data), "sha256": sha}))
+            assert read_frame(sock) == {"status": "ready"}
+            sock.sendall(data[: MB + 17])  # a chunk and a bit: the first 4 MiB chunk is not full yet
+            wait_until(lambda: any(p.name.endswith(".part") for p in srv.root.iterdir()), "the upload is under way")
+            srv.proc.kill()  # SIGKILL: no clean-up at all
+            srv.proc.wait()
+        assert "retry.bin" not in os.listdir(srv.root)  # only the hidden temporary file, never the name
+    finally:
+        srv.stop()
+    again = ServerProcess(tmp_path, ["file", "serve", "--host", HOST, "--port", "0", "--root", str(srv.root)],
+                          hang_guard=HANG_GUARD)
+    try:
+        assert os.listdir(srv.root) == []  # the restarted server removed the stale temporary file
+        result = labnodes(tmp_path, "file", "send", *again.flags, str(src), "--json")
+        assert result.returncode == 0, result.stderr
+        assert sha256_of(srv.root / "retry.bin") == hashlib.sha256(data).hexdigest()
+    finally:
+        again.stop()
