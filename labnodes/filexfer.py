@@ -55,13 +55,14 @@ A server that shuts down closes open connections without an ERR frame: clients s
 connection-lost.
 
 Limits: at most file_max_connections (32) connections are served at once, one thread each; more get "busy"
-at once. Memory per transfer is bounded (below); a refused connection is drained for at most 1 s before it is
-closed, so the kernel does not reset the ERR frame away.
+at once. Memory is bounded per transfer and in all (below); a refused connection is drained for at most 1 s
+before it is closed, so the kernel does not reset the ERR frame away.
 
 Receiving (the server for PUT, the client for GET) streams in constant memory (at most 4 buffers of 4 MiB,
 anonymous mmaps made only when the hasher falls behind, so only the bytes actually received are resident: a
-stalled upload holds what it sent, not 16 MiB; a second thread hashes one chunk while the next is received
-and written): 4 MiB chunks go into a temporary
+stalled upload holds what it sent, not 16 MiB; on the server, buffers beyond each upload's first come from
+12 shared ones, so 32 uploads at full speed hold at most 32 x 4 + 48 MiB = 176 MiB, not 512 MiB; a second
+thread hashes one chunk while the next is received and written): 4 MiB chunks go into a temporary
 file in the destination directory (".upload-<random>.part" on the server, ".download-<random>.part" on the
 client), hashed as they arrive, then fsync; only if the sha256 matches is the file renamed to its name, which
 atomically replaces an existing file of that name (readers of the old file keep the old content). On any
@@ -115,6 +116,7 @@ LINGER = 1.0  # seconds a refused connection stays open to drain its request, so
 _BAD_CATEGORIES = {"Cc", "Cf", "Cs", "Zl", "Zp"}
 CHUNK = 4 << 20  # bytes received, written to disk and hashed at a time
 BUFFERS = 4  # chunks in flight between the receiving (and writing) thread and the hashing thread
+SHARED_BUFFERS = 12  # a server's uploads share this many chunks beyond each one's first (48 MiB)
 SMALL_BODY = 64 * 1024  # a GET body up to this size is sent in one buffer with its header
 PREFIX = struct.Struct(">I")
 SERVER_TEMP, CLIENT_TEMP, TEMP_SUFFIX = ".upload-", ".download-", ".part"
@@ -291,8 +293,9 @@ class _Receiver:
     Use as a context manager: leaving the block without commit() removes the temporary file.
     """
 
-    def __init__(self, dir_fd: int, prefix: str):
+    def __init__(self, dir_fd: int, prefix: str, budget: threading.Semaphore | None = None):
         self.dir_fd = dir_fd
+        self.budget = budget  # shared by a server's transfers: buffers beyond each transfer's first
         self.temp = f"{prefix}{secrets.token_hex(8)}{TEMP_SUFFIX}"
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
         try:
@@ -334,12 +337,19 @@ class _Receiver:
         views: list[memoryview] = []
         limit = min(BUFFERS, size // CHUNK + 1)  # a small file gets one buffer of its own size
 
+        borrowed = 0
+
         def take() -> memoryview:
-            if len(maps) < limit and free.empty():
-                maps.append(mmap.mmap(-1, min(CHUNK, max(size, 1))))
-                views.append(memoryview(maps[-1]))
-                return views[-1]
-            return free.get()
+            nonlocal borrowed
+            if len(maps) >= limit or not free.empty():
+                return free.get()
+            if maps and self.budget is not None:  # the first buffer is the transfer's own; more are shared
+                if not self.budget.acquire(blocking=False):
+                    return free.get()  # the server's budget is spent: go on with the buffers already made
+                borrowed += 1
+            maps.append(mmap.mmap(-1, min(CHUNK, max(size, 1))))
+            views.append(memoryview(maps[-1]))
+            return views[-1]
 
         def hash_chunks():
             while (item := full.get()) is not None:
@@ -375,6 +385,8 @@ class _Receiver:
                     m.close()
                 except BufferError:  # a traceback still holds a slice: unmapped when it goes
                     pass
+            for _ in range(borrowed):
+                self.budget.release()
         actual = hasher.hexdigest()
         if actual != expected_sha256:
             raise ProtocolError(
@@ -443,6 +455,7 @@ class FileServer:
         self._send_deadlines: dict[socket.socket, float] = {}  # GET bodies being sent: cut off after this
         self._cut: set[socket.socket] = set()  # connections cut off by their deadline
         self._lingering: list[tuple[socket.socket, float]] = []  # refused as busy: drained, then closed
+        self._buffer_budget = threading.Semaphore(SHARED_BUFFERS)
         self._thread: threading.Thread | None = None
 
     def connections(self) -> int:
@@ -681,7 +694,7 @@ class FileServer:
             raise ProtocolError("disk-error", f"cannot look at {name}: {exc.strerror}") from None
         if existing is not None and stat.S_ISDIR(existing.st_mode):
             raise ProtocolError("not-a-file", f"{name} is a directory")  # before "ready": no body is taken
-        with _Receiver(self._root_fd, SERVER_TEMP) as receiver:
+        with _Receiver(self._root_fd, SERVER_TEMP, self._buffer_budget) as receiver:
             conn.sendall(encode_frame({"status": "ready"}))
             seconds = self._deadline(size)
             info["deadline"] = deadline = Deadline(

@@ -218,3 +218,33 @@ def test_thread_count_stays_bounded_under_many_idle_connections(root):
         for sock in socks:
             sock.close()
         srv.close()
+
+
+@pytest.mark.parametrize("shared", [0, 2])
+def test_concurrent_uploads_share_a_bounded_set_of_extra_buffers_and_give_them_back(root, tmp_path, monkeypatch,
+                                                                                   shared):
+    # Before: each upload made 4 buffers of 4 MiB whatever the others did: 32 uploads at full speed, 512 MiB.
+    monkeypatch.setattr(filexfer, "SHARED_BUFFERS", shared)
+    srv, address = serve(root, idle_timeout=HANG_GUARD)
+    try:
+        src = tmp_path / "big.bin"
+        src.write_bytes(bytes(range(256)) * (3 * filexfer.CHUNK // 256 + 7))
+        errors = []
+
+        def put(i):
+            try:
+                filexfer.send(*address, src, name=f"c{i}", timeout=HANG_GUARD)
+            except Exception as exc:  # reported below
+                errors.append(exc)
+
+        threads = [threading.Thread(target=put, args=(i,)) for i in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(HANG_GUARD * 2)
+        assert not errors
+        assert sorted(p.name for p in root.iterdir()) == ["c0", "c1", "c2", "c3"]
+        assert all((root / f"c{i}").read_bytes() == src.read_bytes() for i in range(4))
+        assert srv._buffer_budget._value == shared  # every borrowed buffer came back
+    finally:
+        srv.close()
