@@ -155,3 +155,52 @@ def demo(c):
                      ("Socket math server", run_math), ("File transfer", send_file)]:
         print(f"\n=== {title} ===\n")
         t(c)
+
+
+# --- Faults and impairments (labkit.faults, labkit.scenario) ---------------------------------------------------
+
+def _faults_run(fn, *args, json_=False, headers=None, rows=None, **kwargs) -> dict:
+    from labkit import faults
+    return _run(fn, headers or faults.FAULT_HEADERS, rows or faults.result_rows, json_, *args, **kwargs)
+
+
+@task(help={"host": "the host whose cluster link to impair", "loss": "percent of packets dropped, each way",
+            "rate": "rate limit each way, like 500kbit or 10mbit", "delay": "ms added to what the host sends (netem)",
+            "jitter": "ms of random variation of the delay (netem)", "for": "undo by itself after SECONDS",
+            "json": "print JSON instead of a table"})
+def impair(c, host, loss=None, rate=None, delay=None, jitter=None, for_=None, json_=False):
+    """Impair a host's cluster link both ways: packet loss, a rate limit, delay; refused where the kernel can't."""
+    from labkit import faults
+    _faults_run(faults.impair, host, loss=loss, rate=rate, delay=delay, jitter=jitter, for_=for_, json_=json_)
+
+
+@task(positional=["host"], help={"host": "only this host (default: every host of the cluster)",
+                                  "json": "print JSON instead"})
+def heal(c, host=None, json_=False):
+    """Undo every fault labkit set: on one host (and its partition peers), or on every host."""
+    from labkit import faults
+    result = _faults_run(faults.heal, host, json_=json_, headers=faults.HEAL_HEADERS, rows=faults.heal_rows)
+    if result["failed"]:
+        _fail(LabkitError("could not heal " + "; ".join(result["failed"])))
+
+
+@task(help={"host_a": "one host", "host_b": "the other host", "for": "undo by itself after SECONDS",
+            "json": "print JSON instead"})
+def partition(c, host_a, host_b, for_=None, json_=False):
+    """Cut the link between two hosts, both ways, on both hosts (`fab heal` restores it)."""
+    from labkit import faults
+    _faults_run(faults.partition, host_a, host_b, for_=for_, json_=json_)
+
+
+@task(help={"action": "stop, start or kill", "target": "HOST:PROGRAM, or HOST for all its labnodes programs",
+            "for": "undo (start again) by itself after SECONDS", "json": "print JSON instead"})
+def fault(c, action, target, for_=None, json_=False):
+    """Stop, start or SIGKILL a supervised program (HOST:PROGRAM) or every labnodes program of a host (HOST)."""
+    from labkit import faults
+    result = _faults_run(faults.fault, action, target, for_=for_, json_=json_)
+    if not json_:
+        for key in ("killed", "started", "healed"):
+            if result.get(key):
+                print(f"{result['host']}: {key} {result[key]}")
+        if result.get("note"):
+            print(result["note"])
