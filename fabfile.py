@@ -90,6 +90,10 @@ def status(c, json_=False):
         if not result["up"]:
             print(f"the cluster is not {'fully ' if any(h['state'] == 'up' for h in result['hosts']) else ''}up: "
                   f"bring it up with `{result['up_hint']}`")
+        if result.get("faults"):
+            from labkit import faults
+            print("\nfaults in force (`fab heal` undoes them all):\n")
+            output.table(faults.fault_rows(result["faults"]), faults.FAULT_HEADERS)
         if result["flower"]:
             print(f"Flower (Celery monitor): {result['flower']}  user 'admin', password in "
                   f".labkit/{result['cluster']}/secrets/flower_password")
@@ -174,10 +178,10 @@ def impair(c, host, loss=None, rate=None, delay=None, jitter=None, for_=None, js
     _faults_run(faults.impair, host, loss=loss, rate=rate, delay=delay, jitter=jitter, for_=for_, json_=json_)
 
 
-@task(positional=["host"], help={"host": "only this host (default: every host of the cluster)",
-                                  "json": "print JSON instead"})
+@task(help={"host": "only this host and its partition peers (default: every host of the cluster)",
+            "json": "print JSON instead"})
 def heal(c, host=None, json_=False):
-    """Undo every fault labkit set: on one host (and its partition peers), or on every host."""
+    """Undo every fault labkit set, on every host (or on one: --host HOST)."""
     from labkit import faults
     result = _faults_run(faults.heal, host, json_=json_, headers=faults.HEAL_HEADERS, rows=faults.heal_rows)
     if result["failed"]:
@@ -197,10 +201,4 @@ def partition(c, host_a, host_b, for_=None, json_=False):
 def fault(c, action, target, for_=None, json_=False):
     """Stop, start or SIGKILL a supervised program (HOST:PROGRAM) or every labnodes program of a host (HOST)."""
     from labkit import faults
-    result = _faults_run(faults.fault, action, target, for_=for_, json_=json_)
-    if not json_:
-        for key in ("killed", "started", "healed"):
-            if result.get(key):
-                print(f"{result['host']}: {key} {result[key]}")
-        if result.get("note"):
-            print(result["note"])
+    _faults_run(faults.fault, action, target, for_=for_, json_=json_)

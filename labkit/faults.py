@@ -433,8 +433,10 @@ def fault(hosts: Hosts, action: str, target: str, for_=None) -> dict:
         if healed:
             hosts.run(name, heal_script(healed))
         hosts.run(name, f"supervisorctl start {names}", check=False)
-        return {"faults": [], "started": progs, "healed": healed, "host": name,
-                "programs": {p: programs(hosts, name).get(p) for p in progs}}
+        now = programs(hosts, name)
+        what = ", ".join(f"{p} {now.get(p, '?')}" for p in progs) + (f" (healed {', '.join(healed)})" if healed else "")
+        return {"faults": [], "events": [{"host": name, "kind": "start", "what": what, "since": time.time()}],
+                "started": progs, "healed": healed}
     fid = new_id(action, name)
     if action == "stop":
         apply = [f"supervisorctl stop {names}"]
@@ -455,9 +457,11 @@ def fault(hosts: Hosts, action: str, target: str, for_=None) -> dict:
             hosts.run(name, "\n".join(apply))
         except RemoteError as exc:
             raise FaultError(f"{name}: could not kill {names}: {exc}") from None
-        return {"faults": [], "killed": dict(zip(progs, pids, strict=False)), "host": name,
-                "note": "supervisord restarts a killed program (autorestart), as after a crash; "
-                        "give --for S to keep it down"}
+        killed = ", ".join(f"{p} (pid {pid})" for p, pid in zip(progs, pids, strict=False))
+        return {"faults": [], "killed": dict(zip(progs, pids, strict=False)),
+                "events": [{"host": name, "kind": "kill", "since": time.time(),
+                            "what": f"SIGKILLed {killed}; supervisord restarts it as after a crash "
+                                    "(--for S keeps it down)"}]}
     try:
         hosts.run(name, apply_script(rec, apply, undo, for_s))
     except RemoteError as exc:
@@ -541,6 +545,8 @@ FAULT_HEADERS = ["host", "fault", "what", "since", "until", "id"]
 
 def result_rows(result: dict):
     yield from fault_rows(result.get("faults", []))
+    for e in result.get("events", []):
+        yield [e["host"], e["kind"], e["what"], _when(e["since"]), "-", "-"]
 
 
 def heal_rows(result: dict):
