@@ -556,3 +556,125 @@ def heal_rows(result: dict):
 
 HEAL_HEADERS = ["host", "undone"]
 
+
+
+# --- measuring what a fault does (tests, bench, an instructor's demo) ---------------------------------------
+# Bounded in count and time, between two cluster hosts, with the hosts' own python3 (Ansible needs it there).
+
+_UDP_ECHO = r"""
+import socket, sys, time
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind((sys.argv[1], int(sys.argv[2]))); s.settimeout(1)
+n, last = 0, time.monotonic(); end = last + float(sys.argv[3])
+while time.monotonic() < end and time.monotonic() - last < 10:
+    try:
+        data, peer = s.recvfrom(2048)
+    except socket.timeout:
+        continue
+    last = time.monotonic()
+    if data == b"bye":
+        break
+    n += data != b"stat"
+    try:  # a reply dropped by an OUTPUT rule fails with EPERM: that is the loss being measured
+        s.sendto(b"stat %d" % n if data == b"stat" else data, peer)
+    except OSError:
+        pass
+"""
+
+_UDP_CLIENT = r"""
+import json, socket, sys, time
+host, port, count = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.settimeout(0.2)
+def send(data):
+    try:  # dropped by a local OUTPUT rule: EPERM
+        s.sendto(data, (host, port))
+    except OSError:
+        pass
+def ask():
+    for _ in range(50):
+        send(b"stat")
+        try:
+            data = s.recv(2048)
+        except (socket.timeout, ConnectionRefusedError):
+            continue
+        if data.startswith(b"stat"):
+            return int(data.split()[1])
+    return None
+before = ask()
+s.setblocking(False)
+got = set()
+for i in range(count):
+    send(b"%d" % i)
+    time.sleep(0.001)
+    try:
+        while True:
+            got.add(s.recv(2048))
+    except (BlockingIOError, ConnectionRefusedError):
+        pass
+end = time.monotonic() + 2
+while time.monotonic() < end:
+    try:
+        got.add(s.recv(2048))
+    except (BlockingIOError, ConnectionRefusedError):
+        time.sleep(0.01)
+s.setblocking(True); s.settimeout(0.2)
+after = ask()
+for _ in range(3):
+    send(b"bye")
+arrived = None if before is None or after is None else after - before
+print(json.dumps({"sent": count, "arrived": arrived, "echoed": len(got)}))
+"""
+
+_TCP_SINK = r"""
+import socket, sys, time
+srv = socket.create_server((sys.argv[1], int(sys.argv[2]))); srv.settimeout(float(sys.argv[3]))
+conn, _ = srv.accept(); conn.settimeout(30)
+n, t0 = 0, time.monotonic()
+while True:
+    b = conn.recv(1 << 16)
+    if not b:
+        break
+    n += len(b)
+conn.sendall(b"%d %.6f" % (n, time.monotonic() - t0)); conn.close()
+"""
+
+_TCP_SOURCE = r"""
+import json, socket, sys, time
+host, port, seconds = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
+for _ in range(50):
+    try:
+        c = socket.create_connection((host, port), timeout=5); break
+    except OSError:
+        time.sleep(0.1)
+c.settimeout(30)
+buf, end = b"x" * 65536, time.monotonic() + seconds
+while time.monotonic() < end:
+    c.sendall(buf)
+c.shutdown(socket.SHUT_WR)
+n, secs = c.recv(100).split()
+print(json.dumps({"bytes": int(n), "seconds": float(secs), "mbit_s": int(n) * 8 / float(secs) / 1e6}))
+"""
+
+MEASURE_PORT = 47111
+
+
+def _py(script: str, *args) -> str:
+    return f"python3 -c {shlex.quote(script)} {' '.join(shlex.quote(str(a)) for a in args)}"
+
+
+def measure_loss(hosts: Hosts, src: str, dst: str, count: int = 2000) -> dict:
+    """Send `count` UDP datagrams (1 ms apart) from src to an echo on dst: how many arrived, how many came back."""
+    address = hosts.address(dst)
+    hosts.run(dst, f"setsid {_py(_UDP_ECHO, address, MEASURE_PORT, 120)} </dev/null >/dev/null 2>&1 &")
+    out = hosts.run(src, f"timeout 120 {_py(_UDP_CLIENT, address, MEASURE_PORT, count)}").stdout
+    result = json.loads(out)
+    result["echo_loss_pct"] = 100 * (1 - result["echoed"] / count)
+    if result["arrived"] is not None:
+        result["one_way_loss_pct"] = 100 * (1 - result["arrived"] / count)
+    return result
+
+
+def measure_rate(hosts: Hosts, src: str, dst: str, seconds: float = 3) -> dict:
+    """Send as fast as TCP allows from src to dst for `seconds`; bytes the receiver got and its Mbit/s."""
+    address = hosts.address(dst)
+    hosts.run(dst, f"setsid timeout 120 {_py(_TCP_SINK, address, MEASURE_PORT, 60)} </dev/null >/dev/null 2>&1 &")
+    return json.loads(hosts.run(src, f"timeout 120 {_py(_TCP_SOURCE, address, MEASURE_PORT, seconds)}").stdout)
