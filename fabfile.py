@@ -202,3 +202,27 @@ def fault(c, action, target, for_=None, json_=False):
     """Stop, start or SIGKILL a supervised program (HOST:PROGRAM) or every labnodes program of a host (HOST)."""
     from labkit import faults
     _faults_run(faults.fault, action, target, for_=for_, json_=json_)
+
+
+@task(positional=["file"], help={"file": "the scenario (YAML timeline; see scenarios/)",
+                                 "run": "ring, celery, math or file (default: the file's `run:`, else ring)",
+                                 "json": "print JSON at the end instead of the summary line"})
+def scenario(c, file, run=None, json_=False):
+    """Play a scenario's faults on time while a run repeats; everything is healed at the end, also on Ctrl-C."""
+    from labkit import scenario as scenarios
+    try:
+        inv = inventory.load()
+        plan = scenarios.load(file)
+        result = scenarios.play(inv, plan, run or plan.run or "ring", echo=(lambda s: None) if json_ else print)
+    except KeyboardInterrupt:
+        print("\nscenario: interrupted; every fault was healed", file=sys.stderr)
+        sys.exit(130)
+    except LabkitError as exc:
+        _fail(exc)
+    if json_:
+        output.as_json(result)
+    else:
+        print(f"\n{result['attempts']} {result['run']} run(s), {result['failed_attempts']} failed during the faults; "
+              f"after healing: {'works' if result['ok_after_heal'] else 'STILL FAILING'}")
+    if not result["ok_after_heal"]:
+        sys.exit(1)

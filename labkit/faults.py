@@ -442,9 +442,8 @@ def fault(hosts: Hosts, action: str, target: str, for_=None) -> dict:
         apply = [f"supervisorctl stop {names}"]
         what = f"stopped {names} (supervisorctl stop)"
     else:
-        kill = " ".join(f"$(supervisorctl pid {p})" for p in progs)
-        apply = [f"for pid in {kill}; do [ \"$pid\" -gt 0 ] 2>/dev/null || "
-                 f"{{ echo 'not running' >&2; exit 1; }}; kill -KILL $pid; done"]
+        apply = [f"for p in {names}; do pid=$(supervisorctl pid $p); [ \"$pid\" -gt 0 ] 2>/dev/null || "
+                 f"{{ echo \"$p is not running\" >&2; exit 1; }}; kill -KILL $pid; echo \"$p $pid\"; done"]
         what = f"SIGKILLed {names}"
         if for_s:  # held down until the time is up; without --for supervisord restarts it as after a crash
             apply.append(f"sleep 0.2; supervisorctl stop {names} >/dev/null 2>&1 || true")
@@ -452,13 +451,13 @@ def fault(hosts: Hosts, action: str, target: str, for_=None) -> dict:
     undo = [f"supervisorctl start {names} >/dev/null"]
     rec = record(fid, name, action, what, for_s, programs=progs)
     if action == "kill" and not for_s:
-        pids = hosts.run(name, " ; ".join(f"supervisorctl pid {p}" for p in progs)).stdout.split()
         try:
-            hosts.run(name, "\n".join(apply))
+            out = hosts.run(name, "\n".join(apply)).stdout
         except RemoteError as exc:
             raise FaultError(f"{name}: could not kill {names}: {exc}") from None
-        killed = ", ".join(f"{p} (pid {pid})" for p, pid in zip(progs, pids, strict=False))
-        return {"faults": [], "killed": dict(zip(progs, pids, strict=False)),
+        pids = dict(ln.split() for ln in out.splitlines() if len(ln.split()) == 2)
+        killed = ", ".join(f"{p} (pid {pid})" for p, pid in pids.items())
+        return {"faults": [], "killed": pids,
                 "events": [{"host": name, "kind": "kill", "since": time.time(),
                             "what": f"SIGKILLed {killed}; supervisord restarts it as after a crash "
                                     "(--for S keeps it down)"}]}
