@@ -215,7 +215,8 @@ def scenario(c, file, run=None, json_=False):
         plan = scenarios.load(file)
         result = scenarios.play(inv, plan, run or plan.run or "ring", echo=(lambda s: None) if json_ else print)
     except KeyboardInterrupt:
-        print("\nscenario: interrupted; every fault was healed", file=sys.stderr)
+        print("\nscenario: interrupted; healed every host it could reach (the heal line above says what)",
+              file=sys.stderr)
         sys.exit(130)
     except LabkitError as exc:
         _fail(exc)

@@ -245,7 +245,8 @@ def play(inv, scenario: Scenario, run: str, echo=print) -> dict:
         finally:
             stop.set()
             start = time.monotonic()
-            res = faults.heal(hosts)
+            with Hosts(inv) as fresh:  # a step cut short by Ctrl-C may have left its connection mid-command
+                res = faults.heal(fresh)
             healed = {h["host"]: h["undone"] for h in res["hosts"] if h["undone"]}
             note("heal", "everything undone: " + (", ".join(f"{h}: {len(u)}" for h, u in healed.items())
                                                   or "nothing was left in force")

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -136,6 +137,15 @@ def test_the_ring_completes_with_loss_on_a_ring_host(lab, hosts, loss):
     print(f"\nring with {loss}% loss on pyro2: 5 of 5 completed, ms {', '.join(f'{x:.1f}' for x in laps)}")
 
 
+@pytest.mark.parametrize("loss", ["1", "5"])
+def test_a_100_mb_file_crosses_a_lossy_file_server_intact(lab, hosts, loss):
+    fab("impair", "sockserver", "--loss", loss, inv=lab.path)
+    result = json.loads(fab("send-file", "--size", "100", "--json", inv=lab.path, timeout=1200).stdout)
+    print(f"\n100 MB with {loss}% loss on sockserver: there {result['send']['mb_per_s']} MB/s, back "
+          f"{result['get'].get('mb_per_s')} MB/s, sha256 equal on both hosts: {result['match']}")
+    assert result["match"] and result["size"] == 100 * 1024 * 1024
+
+
 # --- partitions -----------------------------------------------------------------------------------------------
 
 def test_partition_cuts_both_ways_and_heal_restores(lab, hosts):
@@ -157,6 +167,17 @@ def test_partition_cuts_both_ways_and_heal_restores(lab, hosts):
     assert reaches(hosts, "client", "sockserver", math_port) and reaches(hosts, "sockserver", "client", ssh_port)
     answers = json.loads(fab("run-math", "--json", inv=lab.path).stdout)["answers"]
     assert answers[0]["gcd"] == 6
+
+
+def test_send_file_across_a_partition_fails_clearly_and_works_when_healed(lab, hosts):
+    fab("partition", "client", "sockserver", "--for", "600", inv=lab.path)
+    start = time.monotonic()
+    proc = fab("send-file", "--size", "1", inv=lab.path, check=False, timeout=600)
+    print(f"\npartition client|sockserver: send-file failed in {time.monotonic() - start:.1f} s: "
+          f"{proc.stderr.strip()}")
+    assert proc.returncode == 1 and "10.77.81.30" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+    fab("heal", "--host", "sockserver", inv=lab.path)
+    assert json.loads(fab("send-file", "--size", "1", "--json", inv=lab.path).stdout)["match"]
 
 
 # --- --for ------------------------------------------------------------------------------------------------------
@@ -255,6 +276,15 @@ def test_heal_with_no_host_leaves_no_rule_qdisc_or_record_anywhere(lab, hosts):
     assert timers == "0"  # the --for timers were ended, not left to fire later
 
 
+def test_heal_sweeps_tagged_rules_that_lost_their_record(lab, hosts):
+    fab("impair", "pyro1", "--loss", "2", "--rate", "5mbit", inv=lab.path)
+    hosts.run("pyro1", f"rm -f {faults.STATE_DIR}/*")  # as if the record were lost (a fab killed half-way)
+    assert json.loads(fab("status", "--json", inv=lab.path).stdout)["faults"] == []
+    out = fab("heal", "--host", "pyro1", inv=lab.path).stdout
+    print(f"\n{out}")
+    assert "swept" in out and faults.leftovers(hosts, ["pyro1"]) == {"pyro1": []}
+
+
 def test_a_scenario_runs_alongside_a_run_and_leaves_nothing_behind(lab, hosts, tmp_path):
     plan = tmp_path / "short.yml"
     plan.write_text("name: short\nend: 6\nsteps:\n"
@@ -268,3 +298,28 @@ def test_a_scenario_runs_alongside_a_run_and_leaves_nothing_behind(lab, hosts, t
     assert all(e["ok"] for e in result["events"] if e["kind"] in ("fault", "heal"))
     assert result["failed_attempts"] >= 1 and result["ok_after_heal"]
     assert any("pyro3" in e["what"] for e in result["events"] if e["kind"] == "ring" and not e["ok"])
+
+
+def test_ctrl_c_during_a_scenario_heals_everything(lab, hosts, tmp_path):
+    plan = tmp_path / "long.yml"
+    plan.write_text("steps:\n  - {at: 0, partition: [client, sockserver]}\n  - {at: 0.5, stop: pyro2}\n"
+                    "  - {at: 1, impair: pyro1, loss: 5}\n  - {at: 300, heal: all}\n")
+    env = dict(os.environ, LABKIT_INVENTORY=str(lab.path), PYTHONUNBUFFERED="1")
+    proc = subprocess.Popen([FAB, "scenario", str(plan), "--run", "math"], cwd=REPO, env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
+    try:
+        seen = []
+        for line in proc.stdout:
+            seen.append(line)
+            if "impair pyro1" in line:
+                break
+        assert len(faults.in_force(hosts)) == 4  # two halves of the partition, the stop, the impairment
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=300)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    print("\n" + "".join(seen) + out + err)
+    assert proc.returncode == 130 and "interrupted; healed" in err
+    assert faults.in_force(hosts) == [] and not any(faults.leftovers(hosts).values())
+    assert programs(hosts, "pyro2")["labnodes-ring"][0] == "RUNNING"
