@@ -11,8 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from labkit import faults, scenario
+from labkit import faults, inventory, scenario
 from labkit.faults import FaultError, Impairment
+from labkit.remote import Hosts, RemoteError
 from labkit.scenario import ScenarioError
 
 REPO = Path(__file__).resolve().parents[2]
@@ -233,3 +234,112 @@ def test_unknown_hosts_are_refused_before_anything_runs():
 def test_a_missing_file_is_one_line():
     with pytest.raises(ScenarioError, match="No such file"):
         scenario.load("/nonexistent/scenario.yml")
+
+
+# --- the control side's decisions, against hosts that only record what they are asked ------------------------
+
+class FakeResult:
+    def __init__(self, stdout="", exited=0):
+        self.stdout, self.stderr, self.exited = stdout, "", exited
+
+
+class FakeHosts(Hosts):
+    """Hosts whose commands are answered by `answer(name, command) -> (stdout, exit code)` and recorded."""
+
+    def __init__(self, answer):
+        hosts = tuple(inventory.Host(n, a, {}) for n, a in [("client", "10.77.1.40"), ("sockserver", "10.77.1.30"),
+                                                             ("pyro2", "10.77.1.22")])
+        super().__init__(inventory.Inventory(Path("inv"), "t", None, "netns", hosts, {}))
+        self.answer, self.commands = answer, []
+
+    def run(self, name, command, *, check=True):
+        self.commands.append((name, command))
+        out, code = self.answer(name, command)
+        if check and code:
+            raise RemoteError(f"{name}: exited {code}")
+        return FakeResult(out, code)
+
+
+def test_a_partition_whose_second_half_fails_undoes_the_first():
+    def answer(name, command):
+        return ("", 1) if name == "sockserver" and "set -e" in command else ("", 0)
+    hosts = FakeHosts(answer)
+    with pytest.raises(FaultError, match="nothing is left applied"):
+        faults.partition(hosts, "client", "sockserver")
+    applied_first = [c for n, c in hosts.commands if n == "client" and "set -e" in c]
+    assert len(applied_first) == 1 and "-s 10.77.1.30" in applied_first[0]
+    fid = applied_first[0].split("labkit-fault ")[1].split("'")[0]
+    assert ("client", faults.heal_script([fid])) in hosts.commands
+
+
+def test_delay_refused_runs_nothing_but_the_probes():
+    def answer(name, command):
+        if command == faults.NETEM_PROBE:
+            return "netem=no Error: Specified qdisc kind is unknown.", 0
+        return ("6.1.0-test\n" if command == "uname -r" else ""), 0
+    hosts = FakeHosts(answer)
+    with pytest.raises(FaultError, match="cannot add delay.*6.1.0-test.*Nothing was changed"):
+        faults.impair(hosts, "pyro2", delay=20, loss=5)
+    assert [c for _, c in hosts.commands] == [faults.TOOLS_PROBE, faults.NETEM_PROBE, "uname -r"]
+
+
+def test_a_missing_tool_is_named_before_anything_changes():
+    hosts = FakeHosts(lambda n, c: ("missing iptables\n" if c == faults.TOOLS_PROBE else "", 0))
+    with pytest.raises(FaultError, match="iptables missing on the host"):
+        faults.impair(hosts, "pyro2", loss=5)
+    assert len(hosts.commands) == 1
+
+
+STATUS = "labnodes-math RUNNING pid 5, uptime 0:01:00\nlabnodes-file STOPPED\nsshd RUNNING pid 3, uptime 1:00\n"
+
+
+def _records(*recs):
+    return "\n".join(json.dumps(r) for r in recs) + "\n"
+
+
+def test_start_heals_only_the_stops_it_fully_undoes():
+    recs = _records({"id": "stop-a", "host": "sockserver", "kind": "stop", "programs": ["labnodes-math"],
+                     "since": 1, "until": None, "what": "x"},
+                    {"id": "stop-b", "host": "sockserver", "kind": "stop",
+                     "programs": ["labnodes-math", "labnodes-file"], "since": 2, "until": None, "what": "y"})
+
+    def answer(name, command):
+        if command == "supervisorctl status":
+            return STATUS, 0
+        return (recs if command.startswith("cat ") else ""), 0
+    hosts = FakeHosts(answer)
+    result = faults.fault(hosts, "start", "sockserver:labnodes-math")
+    assert result["healed"] == ["stop-a"]
+    assert ("sockserver", "supervisorctl start labnodes-math") in hosts.commands
+
+
+@pytest.mark.parametrize("target, says", [("sockserver:sshd", "not a labnodes program"),
+                                          ("sockserver:labnodes-nope", "no supervised program 'labnodes-nope'"),
+                                          ("nosuch", "not a host of cluster t")])
+def test_programs_outside_labnodes_are_left_alone(target, says):
+    hosts = FakeHosts(lambda n, c: (STATUS if c == "supervisorctl status" else "", 0))
+    with pytest.raises(FaultError, match=says):
+        faults.fault(hosts, "stop", target)
+
+
+def test_a_host_means_its_labnodes_programs():
+    hosts = FakeHosts(lambda n, c: (STATUS if c == "supervisorctl status" else "", 0))
+    result = faults.fault(hosts, "stop", "sockserver", for_=30)
+    assert result["faults"][0]["programs"] == ["labnodes-file", "labnodes-math"]
+    script = hosts.commands[-1][1]
+    assert "supervisorctl stop labnodes-file labnodes-math" in script and "sleep 30" in script and "sshd" not in script
+
+
+def test_heal_of_one_host_also_heals_the_other_half_of_its_partitions():
+    rec = {"id": "part-x", "host": "client", "kind": "partition", "peer": "sockserver", "since": 1, "until": None,
+           "what": "cut"}
+    hosts = FakeHosts(lambda n, c: (_records(rec) if c.startswith("cat ") and n == "client" else "", 0))
+    faults.heal(hosts, "client")
+    assert ("sockserver", faults.heal_script(["part-x"])) in hosts.commands
+    assert not any(n == "pyro2" for n, _ in hosts.commands)
+
+
+def test_no_interface_holding_the_address_is_an_error_naming_it():
+    hosts = FakeHosts(lambda n, c: (IP_ADDR, 0))
+    with pytest.raises(FaultError, match="no interface holds its inventory address 10.77.1.22"):
+        faults.cluster_interface(hosts, "pyro2")
