@@ -188,6 +188,12 @@ def test_the_shipped_example_parses():
     assert sc.steps[4].target is None
 
 
+@pytest.mark.parametrize("path", sorted((REPO / "scenarios").glob("*.yml")), ids=lambda p: p.name)
+def test_every_shipped_scenario_parses_and_heals_at_the_end(path):
+    sc = scenario.load(path)
+    assert sc.run in scenario.RUNS and sc.steps[-1].action == "heal"
+
+
 def test_steps_are_sorted_by_time_and_end_defaults_to_after_the_last():
     sc = scenario.parse("steps:\n  - {at: 5, heal: all}\n  - {at: 1, stop: pyro1}\n")
     assert [s.at for s in sc.steps] == [1, 5] and sc.end == 5 + scenario.TAIL
