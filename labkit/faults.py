@@ -328,6 +328,8 @@ NETEM_PROBE = ("if ip link add lkf-probe type ifb 2>/dev/null; then d=lkf-probe;
                "if out=$(tc qdisc add dev $d root handle 1ad: netem delay 1ms 2>&1); then "
                "tc qdisc del dev $d root handle 1ad:; echo netem=yes; else echo \"netem=no $out\"; fi; "
                "ip link del lkf-probe 2>/dev/null; true")
+IFB_PROBE = ("if out=$(ip link add lkf-probe type ifb 2>&1); then ip link del lkf-probe; echo ifb=yes; "
+             "else echo \"ifb=no $out\"; fi")
 TOOLS_PROBE = "for t in iptables tc setsid; do command -v $t >/dev/null || echo \"missing $t\"; done; true"
 
 
@@ -339,6 +341,10 @@ def probe(hosts: Hosts, name: str, imp: Impairment | None = None) -> dict:
         out = hosts.run(name, NETEM_PROBE).stdout.strip()
         caps["netem"] = out.startswith("netem=yes")
         caps["netem_error"] = out.partition(" ")[2].strip()
+    if imp is not None and imp.rate is not None:
+        out = hosts.run(name, IFB_PROBE).stdout.strip()
+        caps["ifb"] = out.startswith("ifb=yes")
+        caps["ifb_error"] = out.partition(" ")[2].strip()
     return caps
 
 
@@ -357,6 +363,11 @@ def impair(hosts: Hosts, name: str, loss=None, rate=None, delay=None, jitter=Non
             f"it has no netem queueing discipline (sch_netem; tc says "
             f"{caps.get('netem_error') or 'netem is unknown'!r}). Loss (iptables statistic) and rate (tbf) work "
             "here; delay needs a kernel with sch_netem. Nothing was changed.")
+    if imp.rate is not None and not caps["ifb"]:
+        raise FaultError(
+            f"{name}: cannot limit the rate of incoming traffic on this kernel: it has no ifb device (ip says "
+            f"{caps.get('ifb_error') or 'ifb is unknown'!r}), through which labkit shapes what the host receives. "
+            "Nothing was changed.")
     for rec in in_force(hosts, [name]):
         if rec["kind"] == "impair":
             raise FaultError(f"{name} is already impaired ({rec['what']}, fault {rec['id']}): `fab heal {name}` first")

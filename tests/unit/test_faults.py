@@ -164,8 +164,8 @@ def test_for_undoes_the_fault_by_itself_after_the_script_has_exited(tmp_path):
     assert rec["until"] - rec["since"] == 1
     assert _sh(faults.apply_script(rec, [f"touch {mark}"], [f"rm -f {mark}"], 1), tmp_path).returncode == 0
     assert mark.exists()
-    deadline = time.monotonic() + 30
-    while mark.exists() and time.monotonic() < deadline:
+    deadline = time.monotonic() + 30  # the undo removes the mark, then the record: wait for both
+    while (mark.exists() or any((tmp_path / "faults").iterdir())) and time.monotonic() < deadline:
         time.sleep(0.2)
     assert not mark.exists()
     assert list((tmp_path / "faults").iterdir()) == []
@@ -349,3 +349,12 @@ def test_no_interface_holding_the_address_is_an_error_naming_it():
     hosts = FakeHosts(lambda n, c: (IP_ADDR, 0))
     with pytest.raises(FaultError, match="no interface holds its inventory address 10.77.1.22"):
         faults.cluster_interface(hosts, "pyro2")
+
+
+def test_rate_without_ifb_is_refused_before_anything_changes():
+    def answer(name, command):
+        return ("ifb=no Error: Unknown device type." if command == faults.IFB_PROBE else ""), 0
+    hosts = FakeHosts(answer)
+    with pytest.raises(FaultError, match="no ifb device.*Unknown device type.*Nothing was changed"):
+        faults.impair(hosts, "pyro2", rate="1mbit")
+    assert [c for _, c in hosts.commands] == [faults.TOOLS_PROBE, faults.IFB_PROBE]
