@@ -90,6 +90,10 @@ def status(c, json_=False):
         if not result["up"]:
             print(f"the cluster is not {'fully ' if any(h['state'] == 'up' for h in result['hosts']) else ''}up: "
                   f"bring it up with `{result['up_hint']}`")
+        if result.get("faults"):
+            from labkit import faults
+            print("\nfaults in force (`fab heal` undoes them all):\n")
+            output.table(faults.fault_rows(result["faults"]), faults.FAULT_HEADERS)
         if result["flower"]:
             print(f"Flower (Celery monitor): {result['flower']}  user 'admin', password in "
                   f".labkit/{result['cluster']}/secrets/flower_password")
@@ -155,3 +159,71 @@ def demo(c):
                      ("Socket math server", run_math), ("File transfer", send_file)]:
         print(f"\n=== {title} ===\n")
         t(c)
+
+
+# --- Faults and impairments (labkit.faults, labkit.scenario) ---------------------------------------------------
+
+def _faults_run(fn, *args, json_=False, headers=None, rows=None, **kwargs) -> dict:
+    from labkit import faults
+    return _run(fn, headers or faults.FAULT_HEADERS, rows or faults.result_rows, json_, *args, **kwargs)
+
+
+@task(help={"host": "the host whose cluster link to impair", "loss": "percent of packets dropped, each way",
+            "rate": "rate limit each way, like 500kbit or 10mbit", "delay": "ms added to what the host sends (netem)",
+            "jitter": "ms of random variation of the delay (netem)", "for": "undo by itself after SECONDS",
+            "json": "print JSON instead of a table"})
+def impair(c, host, loss=None, rate=None, delay=None, jitter=None, for_=None, json_=False):
+    """Impair a host's cluster link both ways: packet loss, a rate limit, delay; refused where the kernel can't."""
+    from labkit import faults
+    _faults_run(faults.impair, host, loss=loss, rate=rate, delay=delay, jitter=jitter, for_=for_, json_=json_)
+
+
+@task(help={"host": "only this host and its partition peers (default: every host of the cluster)",
+            "json": "print JSON instead"})
+def heal(c, host=None, json_=False):
+    """Undo every fault labkit set, on every host (or on one: --host HOST)."""
+    from labkit import faults
+    result = _faults_run(faults.heal, host, json_=json_, headers=faults.HEAL_HEADERS, rows=faults.heal_rows)
+    if result["failed"]:
+        _fail(LabkitError("could not heal " + "; ".join(result["failed"])))
+
+
+@task(help={"host_a": "one host", "host_b": "the other host", "for": "undo by itself after SECONDS",
+            "json": "print JSON instead"})
+def partition(c, host_a, host_b, for_=None, json_=False):
+    """Cut the link between two hosts, both ways, on both hosts (`fab heal` restores it)."""
+    from labkit import faults
+    _faults_run(faults.partition, host_a, host_b, for_=for_, json_=json_)
+
+
+@task(help={"action": "stop, start or kill", "target": "HOST:PROGRAM, or HOST for all its labnodes programs",
+            "for": "undo (start again) by itself after SECONDS", "json": "print JSON instead"})
+def fault(c, action, target, for_=None, json_=False):
+    """Stop, start or SIGKILL a supervised program (HOST:PROGRAM) or every labnodes program of a host (HOST)."""
+    from labkit import faults
+    _faults_run(faults.fault, action, target, for_=for_, json_=json_)
+
+
+@task(positional=["file"], help={"file": "the scenario (YAML timeline; see scenarios/)",
+                                 "run": "ring, celery, math or file (default: the file's `run:`, else ring)",
+                                 "json": "print JSON at the end instead of the summary line"})
+def scenario(c, file, run=None, json_=False):
+    """Play a scenario's faults on time while a run repeats; everything is healed at the end, also on Ctrl-C."""
+    from labkit import scenario as scenarios
+    try:
+        inv = inventory.load()
+        plan = scenarios.load(file)
+        result = scenarios.play(inv, plan, run or plan.run or "ring", echo=(lambda s: None) if json_ else print)
+    except KeyboardInterrupt:
+        print("\nscenario: interrupted; healed every host it could reach (the heal line above says what)",
+              file=sys.stderr)
+        sys.exit(130)
+    except LabkitError as exc:
+        _fail(exc)
+    if json_:
+        output.as_json(result)
+    else:
+        print(f"\n{result['attempts']} {result['run']} run(s), {result['failed_attempts']} failed during the faults; "
+              f"after healing: {'works' if result['ok_after_heal'] else 'STILL FAILING'}")
+    if not result["ok_after_heal"]:
+        sys.exit(1)
