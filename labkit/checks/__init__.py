@@ -379,7 +379,7 @@ class Run:
         status = ("unreachable" if hosts and all(h["ssh"] != "pass" for h in hosts) else
                   "ok" if n["fail"] == 0 and n["blocked"] == 0 else "failing")
         return {"cluster": self.inv.cluster, "inventory": str(self.inv.path), "backend": self.inv.backend,
-                "status": status, "seconds": round(seconds, 2), "counts": n, "hosts": hosts,
+                "subnet": str(self.inv.subnet or ""), "status": status, "seconds": round(seconds, 2), "counts": n, "hosts": hosts,
                 "groups": {g: list(m) for g, m in self.inv.groups.items()},
                 "ring": list(self.inv.groups.get("ring", ())), "checks": self.checks,
                 "ring_trace": self.extra["ring"], "celery": self.extra["celery"],
