@@ -81,7 +81,8 @@ def plan(ctx: dict) -> list[dict]:
         whats += ["next"] if svc == "ring" and ctx.get("ring_next") else []
         whats += ["auth"] if svc in ("redis", "flower") else []
         for w in whats:
-            dep = {"running": "host.supervisord", "listens": f"{b}.running", "auth": f"{b}.listens"}.get(w, f"{b}.running")
+            dep = {"running": "host.supervisord", "listens": f"{b}.running", "auth": f"{b}.listens",
+                   "broker": "host.settings"}.get(w, f"{b}.running")
             out.append(dict(id=f"{b}.{w}", title=title_of(f"{b}.{w}"), layer="service", deps=[dep]))
     return out
 
@@ -395,7 +396,7 @@ class Probe:
         self.add(f"{base}.broker", "the broker accepts this host's Redis password", "service",
                  "pass" if ok else "fail", f"AUTH with redis_password from {SETTINGS} at {host}:{port} -> +OK",
                  got, "redis_password in this host's settings must equal the broker's requirepass: re-provision",
-                 deps=[f"{base}.running"])
+                 deps=["host.settings"])  # true or not whether the worker runs: a wrong password also stops it
 
     # reach layer
     def reach(self):

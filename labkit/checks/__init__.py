@@ -340,7 +340,9 @@ class Run:
         for cid, (_fn, _args, deps) in plans.items():
             # not run: its prerequisites did not pass, so resolve() reports it blocked by them
             out, host, expected, found, hint = results.get(cid, ("fail", blame[cid][0], "", "", ""))
-            self.add(cid, host, out, expected=expected, found=found, hint=hint, deps=deps)
+            if host != blame[cid][0] and out == "fail":  # the key stays stable (class columns); the text names it
+                found = f"{host}: {found}"
+            self.add(cid, blame[cid][0], out, expected=expected, found=found, hint=hint, deps=deps)
 
     # --- all
     def resolve(self):

@@ -216,7 +216,7 @@ pass, red = one fails, grey = blocked.</p>{% endif %}
 {% endfor %}</table></details>
 <h2>Last ring trace</h2>
 {% if r.ring_trace %}<p>'{{ r.ring_trace.message }}' went round {{ r.ring_trace.laps }} lap(s) in
-{{ "%.1f"|format(r.ring_trace.total_ms) }} ms: gcd{{ r.ring_trace.input|join(",") }} = {{ r.ring_trace.gcd }},
+{{ "%.1f"|format(r.ring_trace.total_ms) }} ms: gcd({{ r.ring_trace.input|join(", ") }}) = {{ r.ring_trace.gcd }},
 lcm = {{ r.ring_trace.lcm }}</p>
 <table><tr><th>hop</th><th>lap</th><th>node</th><th>host</th><th>address</th><th>+ms</th><th>numbers after step</th></tr>
 {% set t0 = r.ring_trace.trace[0].received %}
