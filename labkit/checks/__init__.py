@@ -318,7 +318,7 @@ class Run:
                                  + [(f"service.ring.{w}", r) for r in ring for w in ("listens", "next")])
         if workers and broker:
             plans["app.celery"] = (self.app_celery, (client, workers), base + [("service.redis.auth", broker)]
-                                   + [("service.celery.broker", w) for w in workers])
+                                   + [(f"service.celery.{x}", w) for w in workers for x in ("running", "broker")])
         if sock:
             plans["app.math"] = (self.app_math, (client, sock), base + [("service.math.listens", sock)])
             plans["app.file"] = (self.app_file, (client, sock), base + [("service.file.listens", sock),
