@@ -461,7 +461,12 @@ def main_standalone(json_out=False, ctx=None) -> int:
 def register(subparsers) -> None:
     p = subparsers.add_parser("selftest", help="check this host's settings, services and reach (no control machine)")
     p.add_argument("--json", action="store_true", help="print JSON")
-    p.set_defaults(func=lambda args, settings: main_standalone(args.json))
+    p.set_defaults(func=_cmd_selftest)
+
+
+def _cmd_selftest(args, settings) -> int:
+    import dataclasses  # the effective settings (file, environment, labnodes' defaults) fill what the file omits
+    return main_standalone(args.json, {"vars": dataclasses.asdict(settings)})
 
 
 if __name__ == "__main__":  # run by the control side as `python3 - --context JSON` (see labkit/checks)
