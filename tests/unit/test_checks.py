@@ -133,3 +133,21 @@ def test_selftest_cli_is_registered():
     from labnodes import cli
     args = cli.build_parser().parse_args(["selftest", "--json"])
     assert args.json is True and json.dumps(selftest.plan({}))
+
+
+def test_an_interrupted_class_run_still_writes_the_class_files(tmp_path, monkeypatch):
+    pytest.importorskip("openpyxl")
+    for name in ("ana", "bob", "cem"):
+        (tmp_path / "class" / name).mkdir(parents=True)
+
+    def fake(path, timeout):
+        if path.name == "bob":
+            raise KeyboardInterrupt
+        return sample(broken=False)
+
+    monkeypatch.setattr(classmode, "check_student", fake)
+    with pytest.raises(KeyboardInterrupt):
+        classmode.run_class(tmp_path / "class", tmp_path / "out", parallel=1, echo=lambda *a: None)
+    rows = {r["student"]: r["status"] for r in csv.DictReader((tmp_path / "out" / "class.csv").open())}
+    assert rows == {"ana": "ok", "bob": "not checked (run interrupted)", "cem": "not checked (run interrupted)"}
+    assert (tmp_path / "out" / "class.xlsx").exists() and (tmp_path / "out" / "ana.html").exists()
