@@ -195,12 +195,6 @@ tr.fail td.m { background: #fdecea; } .hint { color: #8a4b00; }
 <div class="svg">{{ svg|safe }}</div>
 <p class="sub">Border: blue = SSH answers, dashed grey/red = no SSH. Pills: each service, green = all its checks
 pass, red = one fails, grey = blocked.</p>{% endif %}
-<h2>Checks by host</h2>
-<table><tr><th>layer</th><th>check</th>{% for h in hostnames %}<th>{{ h }}</th>{% endfor %}</tr>
-{% for row in matrix %}<tr><td>{{ row.layer }}</td><td><code>{{ row.id }}</code><br>{{ row.title }}</td>
-{% for h in hostnames %}{% set c = row.cells.get(h) %}{% if c %}<td class="cell {{ c.outcome }}"
- title="{{ message(c) }}">{{ c.outcome }}</td>{% else %}<td class="none"></td>{% endif %}{% endfor %}</tr>
-{% endfor %}</table>
 <h2>Failed and blocked</h2>
 {% set bad = r.checks|rejectattr("outcome", "equalto", "pass")|list %}
 {% if bad %}<table><tr><th>layer</th><th>host</th><th>check</th><th>outcome</th><th>message</th></tr>
@@ -209,6 +203,12 @@ pass, red = one fails, grey = blocked.</p>{% endif %}
 <td class="m">{% if c.outcome == 'fail' %}expected: {{ c.expected }}<br>found: {{ c.found }}<br>
 <span class="hint">hint: {{ c.hint }}</span>{% else %}blocked by <code>{{ c.blocked_by }}</code>{% endif %}</td></tr>
 {% endfor %}</table>{% else %}<p>None: every check passed.</p>{% endif %}
+<h2>Checks by host</h2>
+<table><tr><th>layer</th><th>check</th>{% for h in hostnames %}<th>{{ h }}</th>{% endfor %}</tr>
+{% for row in matrix %}<tr><td>{{ row.layer }}</td><td><code>{{ row.id }}</code><br>{{ row.title }}</td>
+{% for h in hostnames %}{% set c = row.cells.get(h) %}{% if c %}<td class="cell {{ c.outcome }}"
+ title="{{ message(c) }}">{{ c.outcome }}</td>{% else %}<td class="none"></td>{% endif %}{% endfor %}</tr>
+{% endfor %}</table>
 <details><summary>Every check with its message</summary>
 <table><tr><th>layer</th><th>host</th><th>check</th><th>outcome</th><th>message</th></tr>
 {% for c in r.checks %}<tr><td>{{ c.layer }}</td><td>{{ c.host }}</td><td><code>{{ c.id }}</code></td>
