@@ -53,7 +53,7 @@ HOST_TITLES = {
     "host.hostname": "hostname is the inventory name",
     "host.settings": "labnodes settings file is valid and readable by root only",
     "host.supervisord": "supervisord answers",
-    "host.labnodes": "labnodes CLI runs from its venv",
+    "host.labnodes": "labnodes is installed in its venv",
 }
 SERVICE_TITLES = {
     "running": "{t} is supervised and running",
@@ -141,8 +141,48 @@ def sh(args, timeout=10):
         return -1, str(exc)
 
 
+def programs_rpc(conf="/etc/supervisor/supervisord.conf"):
+    """supervisord's programs over its own XML-RPC socket (a third of supervisorctl's cost); None if that fails."""
+    import configparser
+    import http.client
+    import xmlrpc.client
+
+    cp = configparser.RawConfigParser()
+    try:
+        cp.read(conf)
+        path = cp.get("unix_http_server", "file")
+    except (configparser.Error, OSError):
+        return None
+    if cp.has_option("unix_http_server", "username") or "%" in path:
+        return None
+
+    class Unix(http.client.HTTPConnection):
+        def connect(self):
+            self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            self.sock.settimeout(TIMEOUT)
+            self.sock.connect(path)
+
+    class Transport(xmlrpc.client.Transport):
+        def make_connection(self, host):
+            return Unix("localhost")
+
+    try:
+        infos = xmlrpc.client.ServerProxy("http://localhost", transport=Transport()).supervisor.getAllProcessInfo()
+    except (OSError, xmlrpc.client.Error, http.client.HTTPException):
+        return None
+    progs = {}
+    for i in infos:
+        name = i["name"] if i["group"] == i["name"] else f"{i['group']}:{i['name']}"
+        pid = i["pid"] or None
+        progs[name] = {"state": i["statename"], "pid": pid, "cmdline": cmdline(pid) if pid else ""}
+    return progs
+
+
 def programs():
-    """supervisord's programs: {name: {"state", "pid", "cmdline"}}; None if supervisorctl does not answer."""
+    """supervisord's programs: {name: {"state", "pid", "cmdline"}}; None if supervisord does not answer."""
+    fast = programs_rpc()
+    if fast is not None:
+        return fast
     rc, out = sh(["supervisorctl", "status"])
     if rc < 0 or (rc != 0 and not re.search(r"^\S+\s+[A-Z]+", out, re.M)) or "refused" in out or "no such" in out:
         return None
@@ -290,10 +330,14 @@ class Probe:
             self.labnodes_check(venv)
 
     def labnodes_check(self, venv):
-        rc, out = sh([f"{venv}/bin/labnodes", "--version"], timeout=20)
-        ok = rc == 0 and out.startswith("labnodes ")
-        self.add("host.labnodes", "labnodes CLI runs from its venv", "host", "pass" if ok else "fail",
-                 f"{venv}/bin/labnodes --version prints its version", out.strip()[:200] or f"exit {rc}",
+        # the package imports in the venv and the CLI script is there (running `labnodes --version` imports
+        # every program module, Celery included: 3x the cost; the services and app runs run the CLI itself)
+        rc, out = sh([f"{venv}/bin/python", "-c", "import labnodes; print('labnodes', labnodes.__version__)"])
+        ok = rc == 0 and out.startswith("labnodes ") and os.access(f"{venv}/bin/labnodes", os.X_OK)
+        self.add("host.labnodes", "", "host", "pass" if ok else "fail",
+                 f"labnodes importable by {venv}/bin/python and {venv}/bin/labnodes executable",
+                 (out.strip()[:200] or f"exit {rc}") + ("" if os.access(f"{venv}/bin/labnodes", os.X_OK)
+                                                        else f"; no executable {venv}/bin/labnodes"),
                  "re-run provisioning (fab provision) to reinstall the labnodes venv")
 
     # service layer

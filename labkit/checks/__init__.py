@@ -76,6 +76,7 @@ class Run:
         self.checks: list[dict] = []
         self.facts: dict[str, dict] = {}
         self.extra: dict = {"ring": None, "celery": None}
+        self.phases: dict[str, float] = {}
 
     # --- helpers
     def groups_of(self, name: str) -> list[str]:
@@ -180,14 +181,17 @@ class Run:
         def one(name):
             if not venv:
                 return "fail", "no venv named in labnodes.toml, the inventory, or a running labnodes program"
-            r = self.ssh(name, f"{shlex.quote(venv)}/bin/labnodes --version")
+            v = shlex.quote(venv)
+            r = self.ssh(name, f"test -x {v}/bin/labnodes && {v}/bin/python -c "
+                               "'import labnodes; print(\"labnodes\", labnodes.__version__)'")
             ok = r.exited == 0 and r.stdout.startswith("labnodes ")
             return ("pass" if ok else "fail"), _first_line(r.stdout if ok else r.stderr or r.stdout)
 
         with ThreadPoolExecutor(max_workers=max(1, len(todo))) as pool:
             for name, (outcome, found) in zip(todo, pool.map(one, todo)):
                 self.add("host.labnodes", name, outcome, title=selftest.HOST_TITLES["host.labnodes"],
-                         expected=f"{venv}/bin/labnodes --version prints its version", found=found,
+                         expected=f"labnodes importable by {venv}/bin/python and {venv}/bin/labnodes executable",
+                         found=found,
                          hint="re-run provisioning (fab provision) to reinstall the labnodes venv",
                          deps=["host.supervisord", "reach.ssh"])
                 if name in self.facts:
@@ -360,9 +364,11 @@ class Run:
         with Hosts(self.inv) as self.hosts:
             self.host_layers()
             self.resolve()  # the app layer runs only what its prerequisites allow
+            self.phases["hosts"] = round(time.monotonic() - start, 2)
             self.app_layer()
+            self.phases["app"] = round(time.monotonic() - start - self.phases["hosts"], 2)
         self.resolve()
-        return self.report(time.monotonic() - start)
+        return dict(self.report(time.monotonic() - start), phases=self.phases)
 
     def report(self, seconds: float) -> dict:
         hosts = []
