@@ -144,7 +144,11 @@ def check(c, junit=None, html=None, grading=None, class_=None, out=None, timeout
         if class_:
             if not out:
                 _fail(LabkitError("--class needs --out FOLDER"))
-            results = classmode.run_class(class_, out, grading, timeout=float(timeout))
+            try:
+                results = classmode.run_class(class_, out, grading, timeout=float(timeout))
+            except KeyboardInterrupt:
+                print(f"\nclass: interrupted; {out}/class.csv and class.xlsx list who was checked", file=sys.stderr)
+                sys.exit(130)
             print(f"\nclass: {len(results)} students; {out}/class.csv, {out}/class.xlsx, {out}/<student>.html")
             sys.exit(0 if all(r["status"] == "ok" for r in results.values()) else 1)
         g = grading_.load(grading)
