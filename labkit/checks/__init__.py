@@ -219,7 +219,7 @@ class Run:
         self.extra["ring"] = data
         trace = data.get("trace") or []
         for i, hop in enumerate(trace):
-            node = ring[i % len(ring)] if i < len(trace) - 1 or len(trace) <= len(ring) else ring[0]
+            node = ring[i % len(ring)]  # hop i is at the i-th ring host, round and round
             addr = hop.get("address", "").rsplit(":", 1)[0]
             if hop.get("node") != node or hop.get("host") != node or addr != self.inv.host(node).address:
                 return "fail", node, expected, (f"hop {i + 1}: node {hop.get('node')} on host {hop.get('host')} "
