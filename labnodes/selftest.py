@@ -317,6 +317,8 @@ class Probe:
             self.add("host.supervisord", "supervisord answers", "host", "pass", "supervisorctl status answers",
                      f"{len(self.progs)} programs")
         venv = self.s.get("venv") or self.vars.get("labnodes_venv")
+        if not venv and not self.ctx.get("host") and sys.prefix != sys.base_prefix:
+            venv = sys.prefix  # `labnodes selftest` itself runs from the venv
         if not venv:
             for p in (self.progs or {}).values():
                 exe = p["cmdline"].split(" ")[0]
@@ -462,7 +464,8 @@ class Probe:
             if not addr or not port:
                 continue
             err = connect(addr, port)
-            self.add(f"reach.{svc}", f"reaches the {title} at {addr}:{port}", "reach", "fail" if err else "pass",
+            the = "" if title in ("Redis", "Flower") else "the "
+            self.add(f"reach.{svc}", f"reaches {the}{title} at {addr}:{port}", "reach", "fail" if err else "pass",
                      f"a TCP connection to {addr}:{port}", err or "connected",
                      f"is the {title} up, and is this host's network up (ip addr; ping {addr})?")
 
