@@ -1,7 +1,8 @@
 """labkit tasks: bring a cluster up, run each technology across its hosts, show it, take it down.
 
 Every task acts on the active inventory (the last `fab up -i ...`, or $LABKIT_INVENTORY, else inventory/netns).
-Run tasks print a table, or JSON with --json. The work is done in labkit.runs / labkit.netns / labkit.provision.
+Run tasks print a table, or JSON with --json. The work is done in labkit.runs, labkit.provision and the inventory's
+backend (labkit.backends: netns, vagrant or lab), behind the same calls: this file never asks which backend it is.
 """
 
 from __future__ import annotations
@@ -11,8 +12,8 @@ import time
 
 from fabric import task
 
-from labkit import LabkitError, inventory, netns, provision, runs
-from labkit.remote import Hosts
+from labkit import LabkitError, backends, inventory, provision, runs
+from labkit.remote import Hosts, RemoteError
 from labnodes import output
 
 
@@ -24,7 +25,12 @@ def _fail(exc: Exception):
 def _run(fn, headers, rows, json_, *args, **kwargs) -> dict:
     try:
         with Hosts(inventory.load()) as hosts:
-            result = fn(hosts, *args, **kwargs)
+            try:
+                result = fn(hosts, *args, **kwargs)
+            except RemoteError as exc:
+                if exc.unreachable:  # say so in one line if the cluster is not up at all
+                    _fail(LabkitError(runs.not_up(hosts) or str(exc)))
+                raise
     except LabkitError as exc:
         _fail(exc)
     if json_:
@@ -37,16 +43,13 @@ def _run(fn, headers, rows, json_, *args, **kwargs) -> dict:
 @task(help={"inventory": "inventory to bring up and make active (default: the active one)",
             "quiet": "hide Ansible's task output"})
 def up(c, inventory_=None, quiet=False):
-    """Create the inventory's hosts (netns backend) and provision them with playbooks/site.yml."""
+    """Bring the inventory's hosts up (its backend: netns, vagrant or lab) and provision them with site.yml."""
     try:
         inv = inventory.load(inventory_)
         start = time.monotonic()
-        if inv.backend == "netns":
-            netns.up(inv)
-        else:
-            inventory.record_active(inv.path)
+        backends.for_inventory(inv).up(inv)
         hosts_s = time.monotonic() - start
-        report = provision.provision(inv.path, quiet=quiet)
+        report = provision.provision(inv.path, quiet=quiet, hosts=len(inv.hosts))
     except LabkitError as exc:
         _fail(exc)
     timing = ", ".join(f"{k} {v:.1f}s" for k, v in report["timing"].get("roles", {}).items())
@@ -69,12 +72,10 @@ def provision_(c, inventory_=None):
 
 @task(help={"inventory": "inventory whose hosts to remove (default: the active one)"})
 def down(c, inventory_=None):
-    """Remove every host, link, process and mount of the cluster (netns backend); safe to repeat."""
+    """Take the cluster down: netns hosts removed, Vagrant VMs destroyed, labkit removed from lab machines."""
     try:
         inv = inventory.load(inventory_)
-        if inv.backend != "netns":
-            _fail(LabkitError(f"{inv.backend} hosts are not removed by fab: use `vagrant destroy` or your lab's tools"))
-        netns.down(inv)
+        backends.for_inventory(inv).down(inv)
     except LabkitError as exc:
         _fail(exc)
 
@@ -85,9 +86,14 @@ def status(c, json_=False):
     result = _run(runs.status, runs.STATUS_HEADERS, runs.status_rows, json_)
     if not json_:
         print(f"\ncluster {result['cluster']} ({result['backend']}, {result['inventory']})")
+        if not result["up"]:
+            print(f"the cluster is not {'fully ' if any(h['state'] == 'up' for h in result['hosts']) else ''}up: "
+                  f"bring it up with `{result['up_hint']}`")
         if result["flower"]:
             print(f"Flower (Celery monitor): {result['flower']}  user 'admin', password in "
                   f".labkit/{result['cluster']}/secrets/flower_password")
+    if not result["up"]:
+        sys.exit(1)
 
 
 @task(help={"message": "text to send round the ring", "numbers": "two numbers A,B: one Euclid step per hop",

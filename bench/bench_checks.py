@@ -22,7 +22,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from labkit import REPO, STATE, checks, inventory, netns, provision
+from labkit import REPO, STATE, checks, inventory, provision
+from labkit.backends import netns
 from labkit.checks import classmode
 
 CLUSTER, OCTET = "ckbn", 65

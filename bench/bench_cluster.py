@@ -19,7 +19,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from labkit import REPO, STATE, inventory, netns, provision
+from labkit import REPO, STATE, inventory, provision
+from labkit.backends import netns
 
 CLUSTER, OCTET = "bench", 203
 

@@ -1,7 +1,9 @@
-"""labkit: the control side of the teaching cluster (inventory loading, the netns backend; Fabric drives the rest).
+"""labkit: the control side of the teaching cluster; Fabric (fabfile.py) drives it.
 
-`labkit.inventory` reads the one host list (an Ansible inventory); `labkit.netns` turns it into real hosts made of
-Linux namespaces on this box. State lives in `<repo>/.labkit/` (git-ignored).
+`labkit.inventory` reads the one host list (an Ansible inventory); `labkit.backends` brings its hosts up (netns:
+Linux namespaces on this box; vagrant: VMs; lab: real machines); `labkit.ssh` is how the box reaches them;
+`labkit.provision` runs the playbooks; `labkit.runs` runs each technology across the hosts. State lives in
+`<repo>/.labkit/` (git-ignored).
 """
 
 from pathlib import Path

@@ -1,14 +1,20 @@
 """Commands on cluster hosts over real SSH (Fabric), with the cluster's own key and known_hosts.
 
-How to reach a host comes from `.labkit/<cluster>/ssh_config` when the backend wrote one (netns: key, user,
+How to reach a host comes from `.labkit/<cluster>/ssh_config` when the backend wrote one (labkit/ssh.py: key, user,
 UserKnownHostsFile), else from the inventory (`ansible_host`, `ansible_user`) and ~/.ssh/config. Unknown host keys
-are refused, never added silently.
+are refused, never added silently. Where the inventory logs in as a user other than root with `ansible_become`
+(VMs, lab machines), commands run through `sudo -n`, as Ansible's become does.
+
+Where labnodes lives on a host, and every setting its programs run with, is asked of the host: its
+/etc/labnodes/labnodes.toml (written by the labnodes role from the inventory), never a role's files.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import shlex
+import tomllib
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -17,12 +23,20 @@ from labkit import STATE, LabkitError
 import paramiko
 from fabric import Config, Connection
 
-# Where the labnodes role installs the node-side CLI on every backend (roles/labnodes/defaults: labnodes_venv).
-LABNODES = "/opt/labnodes/venv/bin/labnodes"
+SETTINGS_FILE = "/etc/labnodes/labnodes.toml"  # labnodes' own default path (labnodes.config.DEFAULT_CONFIG)
+
+# Without a handler, paramiko's transport thread prints a 20-line traceback for a host that is down; the error
+# still reaches the caller as an exception, which says it in one line.
+logging.getLogger("paramiko").addHandler(logging.NullHandler())
+logging.getLogger("paramiko").propagate = False
 
 
 class RemoteError(LabkitError):
     """A command on a cluster host failed; the message names the host, the command and its stderr."""
+
+    def __init__(self, message: str, *, unreachable: bool = False):
+        super().__init__(message)
+        self.unreachable = unreachable  # SSH itself failed: the host may be down
 
 
 class Hosts:
@@ -31,6 +45,7 @@ class Hosts:
     def __init__(self, inventory):
         self.inv = inventory
         self._conns: dict[str, Connection] = {}
+        self._settings: dict[str, dict] = {}
         ssh_config = STATE / inventory.cluster / "ssh_config"
         self._config = Config(runtime_ssh_path=str(ssh_config)) if ssh_config.exists() else Config()
 
@@ -48,22 +63,50 @@ class Hosts:
             self._conns[name] = conn
         return self._conns[name]
 
+    def sudo(self, name: str) -> bool:
+        """Whether commands on this host go through sudo (a non-root login with ansible_become)."""
+        host = self.inv.host(name)
+        become = str(host.vars.get("ansible_become", False)).lower() in ("1", "true", "yes")
+        return become and (host.user or "root") != "root"
+
     def run(self, name: str, command: str, *, check: bool = True):
+        remote = f"sudo -n sh -c {shlex.quote(command)}" if self.sudo(name) else command
         try:
-            result = self.connection(name).run(command, hide=True, warn=True, in_stream=False)
-        except (OSError, paramiko.SSHException) as exc:
-            raise RemoteError(f"{name}: cannot run {command!r}: {exc}") from None
+            result = self.connection(name).run(remote, hide=True, warn=True, in_stream=False)
+        except (OSError, EOFError, paramiko.SSHException) as exc:
+            raise RemoteError(f"{name} ({self.address(name)}): cannot connect over SSH: {exc or type(exc).__name__}",
+                              unreachable=True) from None
         if check and result.exited != 0:
             err = (result.stderr.strip() or result.stdout.strip()).splitlines()
             raise RemoteError(f"{name}: `{command}` exited {result.exited}: {err[-1] if err else 'no output'}")
         return result
+
+    def settings(self, name: str) -> dict:
+        """The host's labnodes settings (its labnodes.toml), read once per connection."""
+        if name not in self._settings:
+            text = self.run(name, f"cat {SETTINGS_FILE}").stdout
+            try:
+                self._settings[name] = tomllib.loads(text)
+            except tomllib.TOMLDecodeError as exc:
+                raise RemoteError(f"{name}: {SETTINGS_FILE} is not valid TOML ({exc})") from None
+        return self._settings[name]
+
+    def setting(self, name: str, key: str):
+        value = self.settings(name).get(key)
+        if value in (None, ""):
+            raise RemoteError(f"{name}: {SETTINGS_FILE} has no {key!r}: provision the host (fab provision)")
+        return value
+
+    def labnodes_bin(self, name: str, program: str = "labnodes") -> str:
+        """Where a program of the labnodes venv is on this host (the venv its settings name)."""
+        return f"{self.setting(name, 'venv')}/bin/{program}"
 
     def labnodes(self, name: str, *args: str):
         """Run `labnodes ARGS --json` on a host and return its parsed JSON output.
 
         A command that exits non-zero but still printed its JSON (e.g. `math ask` with an ERR reply among the
         answers) returns that JSON: the answer is the result. Without JSON, its error line is raised."""
-        command = " ".join([LABNODES, *map(shlex.quote, args), "--json"])
+        command = " ".join([self.labnodes_bin(name), *map(shlex.quote, args), "--json"])
         result = self.run(name, command, check=False)
         try:
             return json.loads(result.stdout)
@@ -86,6 +129,7 @@ class Hosts:
         for conn in self._conns.values():
             conn.close()
         self._conns.clear()
+        self._settings.clear()
 
     def __enter__(self):
         return self

@@ -2,20 +2,16 @@
 
 Every run returns a JSON-able dict (what `fab run-... --json` prints) and has a `*_rows` function for the table.
 Hosts are taken from the inventory's groups, never named here: the client side runs on `groups.clients[0]`, the
-ring starts at `groups.ring[0]`, servers are found through each host's labnodes config (set by the roles).
+ring starts at `groups.ring[0]`; where labnodes lives and what a server's settings are (its file root, Flower's
+port) is asked of the host (its labnodes.toml), never read from a role's files.
 """
 
 from __future__ import annotations
 
 import shlex
-from pathlib import Path
+from labkit import LabkitError, backends
+from labkit.remote import Hosts
 
-import yaml
-
-from labkit import REPO, LabkitError
-from labkit.remote import LABNODES, Hosts
-
-PYTHON = str(Path(LABNODES).parent / "python")
 OUTBOX = "/var/lib/labnodes/outbox"  # where send-file makes its file on the client host
 INBOX = "/var/lib/labnodes/inbox"  # where send-file fetches it back to
 
@@ -104,8 +100,7 @@ def send_file(hosts: Hosts, size_mb: int = 32) -> dict:
     src, back = f"{OUTBOX}/{name}", f"{INBOX}/{name}"
     hosts.run(client, f"mkdir -p {OUTBOX} {INBOX} && rm -f {back} && "
                       f"head -c {size_mb * 1024 * 1024} /dev/urandom > {src}.tmp && mv {src}.tmp {src}")
-    root = hosts.run(server, f"{PYTHON} -c 'from labnodes import config; print(config.load().file_root)'")
-    stored = f"{root.stdout.strip()}/{name}"
+    stored = f"{hosts.setting(server, 'file_root')}/{name}"
     sent = hosts.labnodes(client, "file", "send", src)
     fetched = hosts.labnodes(client, "file", "get", name, "--out", INBOX)
     sums = {"client (original)": _sha256(hosts, client, src), "sockserver (stored)": _sha256(hosts, server, stored),
@@ -129,40 +124,60 @@ SEND_FILE_HEADERS = ["direction", "bytes", "MB/s", "sha256 (sent)"]
 
 # --- Status -----------------------------------------------------------------------------------------------
 
-def flower_port() -> int:
-    defaults = yaml.safe_load((REPO / "roles" / "flower" / "defaults" / "main.yml").read_text())
-    return int(defaults["flower_port"])
-
-
 def status(hosts: Hosts) -> dict:
-    """Every host: groups, address, whether SSH answers, and its supervised programs with their state."""
+    """Every host: groups, address, its state as the backend sees it (up, down, broken), and, for hosts that are
+    up, whether SSH answers and its supervised programs with their state. `up` is true when every host is up."""
     inv = hosts.inv
+    backend = backends.for_inventory(inv)
+    machines = {row["host"]: row for row in backend.status(inv)}
 
     def programs(name):
         out = hosts.run(name, "supervisorctl status", check=False).stdout
         return {line.split()[0]: line.split()[1] for line in out.splitlines() if len(line.split()) >= 2}
 
-    states = hosts.on_all([h.name for h in inv.hosts], programs)
+    reachable = [h.name for h in inv.hosts if machines.get(h.name, {}).get("state") == "up"]
+    states = hosts.on_all(reachable, programs)
     rows = []
     for h in inv.hosts:
-        got = states[h.name]
+        machine = machines.get(h.name, {"state": "down", "problem": ""})
+        got = states.get(h.name)
+        ssh_ok = got is not None and not isinstance(got, Exception)
         rows.append({
             "host": h.name, "address": h.address,
             "groups": [g for g, members in inv.groups.items() if h.name in members],
-            "ssh": not isinstance(got, Exception),
-            "programs": {} if isinstance(got, Exception) else got,
-            "error": str(got) if isinstance(got, Exception) else None,
+            "state": machine["state"], "ssh": ssh_ok,
+            "programs": got if ssh_ok else {},
+            "error": str(got) if isinstance(got, Exception) else (machine.get("problem") or None),
         })
     broker = (inv.groups.get("brokers") or [None])[0]
-    flower = f"http://{hosts.address(broker)}:{flower_port()}/" if broker else None
+    flower = None
+    if broker and broker in reachable and not isinstance(states.get(broker), Exception):
+        try:
+            flower = f"http://{hosts.address(broker)}:{hosts.setting(broker, 'flower_port')}/"
+        except LabkitError:
+            flower = None
     return {"cluster": inv.cluster, "inventory": str(inv.path), "backend": inv.backend, "hosts": rows,
-            "flower": flower}
+            "flower": flower, "up": all(r["state"] == "up" for r in rows),
+            "up_hint": backends.up_hint(inv)}
 
 
 def status_rows(result: dict):
     for h in result["hosts"]:
         progs = ", ".join(f"{p} {s}" for p, s in sorted(h["programs"].items())) if h["ssh"] else h["error"]
-        yield [h["host"], h["address"], ",".join(h["groups"]), "up" if h["ssh"] else "DOWN", progs or "-"]
+        ssh = "yes" if h["ssh"] else "no"
+        yield [h["host"], h["address"], ",".join(h["groups"]), h["state"], ssh, progs or "-"]
 
 
-STATUS_HEADERS = ["host", "address", "groups", "ssh", "programs (supervisord)"]
+STATUS_HEADERS = ["host", "address", "groups", "state", "ssh", "programs (supervisord)"]
+
+
+def not_up(hosts: Hosts) -> str | None:
+    """If the cluster is not up as its backend sees it, one line saying so and how to bring it up; else None."""
+    inv = hosts.inv
+    rows = backends.for_inventory(inv).status(inv)
+    down = [r["host"] for r in rows if r["state"] != "up"]
+    if not down:
+        return None
+    what = "is not up" if len(down) == len(rows) else f"is not fully up ({', '.join(down)} {'is' if len(down) == 1 else 'are'} not)"
+    return (f"cluster {inv.cluster} ({inv.backend}, {backends.shown(inv.path)}) {what}: "
+            f"bring it up with `{backends.up_hint(inv)}`")

@@ -31,6 +31,7 @@ class ConfigError(LabnodesError):
 @dataclasses.dataclass(frozen=True)
 class Settings:
     log_level: str = "INFO"  # DEBUG, INFO, WARNING, ERROR
+    venv: str = ""  # where this labnodes is installed (the role writes it; the control side runs <venv>/bin/labnodes)
 
     # Celery: Redis is both broker and result backend.
     redis_host: str = "127.0.0.1"
@@ -62,6 +63,10 @@ class Settings:
     file_root: str = "/var/lib/labnodes/files"  # every name is confined to this directory
     file_max_size: int = 4 * 1024**3  # bytes; larger transfers are refused before any byte is written
     file_idle_timeout: float = 60.0  # seconds without progress before a transfer is abandoned
+
+    # Flower, Celery's web monitor on the broker (its program takes the port from the role; recorded here so the
+    # control side can show where it is).
+    flower_port: int = 5555
 
     def replace(self, **changes) -> Settings:
         return dataclasses.replace(self, **changes)

@@ -104,6 +104,9 @@ class Run:
                             "hint": hint if outcome == "fail" else "", "deps": list(deps)})
 
     def ssh(self, host: str, command: str, timeout: float | None = None):
+        sudo = getattr(self.hosts, "sudo", None)  # a non-root login with ansible_become: as root, like Ansible
+        if sudo and sudo(host):
+            command = f"sudo -n sh -c {shlex.quote(command)}"
         conn = self.hosts.connection(host)
         conn.connect_timeout = min(conn.connect_timeout or 15, max(3, int(self.timeout / 2)))
         return conn.run(command, hide=True, warn=True, in_stream=False, timeout=timeout or self.timeout)

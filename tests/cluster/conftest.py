@@ -1,7 +1,7 @@
 """Cluster-test fixtures: throwaway netns clusters from temporary inventories (never the real `lab` one).
 
 `t1` is a session-wide three-host cluster, brought up once and always brought down. Helpers run the real CLI
-(`python -m labkit.netns`) and real ssh with the generated `.labkit/ssh_config`.
+(`python -m labkit.backends.netns`) and real ssh with the generated `.labkit/ssh_config`.
 """
 
 from __future__ import annotations
@@ -44,11 +44,11 @@ def write_inventory(directory: Path, cluster: str, subnet: str, hosts: dict[str,
 
 
 def netns_cli(*args: str, check: bool = True) -> subprocess.CompletedProcess:
-    """Run `python -m labkit.netns ARGS` from the repository, as an instructor would."""
-    proc = subprocess.run([sys.executable, "-m", "labkit.netns", *args], cwd=REPO, capture_output=True, text=True,
+    """Run `python -m labkit.backends.netns ARGS` from the repository, as an instructor would."""
+    proc = subprocess.run([sys.executable, "-m", "labkit.backends.netns", *args], cwd=REPO, capture_output=True, text=True,
                           timeout=300)
     if check and proc.returncode != 0:
-        pytest.fail(f"labkit.netns {' '.join(args)} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}")
+        pytest.fail(f"labkit.backends.netns {' '.join(args)} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}")
     return proc
 
 

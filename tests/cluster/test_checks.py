@@ -17,7 +17,8 @@ import xml.etree.ElementTree as ET
 
 import pytest
 
-from labkit import STATE, inventory, netns
+from labkit import STATE, inventory
+from labkit.backends import netns
 from tests.cluster.conftest import ssh
 from tests.cluster.test_lab_cluster import copy_inventory, fab
 

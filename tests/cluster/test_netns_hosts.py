@@ -15,7 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from labkit import inventory, netns
+from labkit import inventory
+from labkit.backends import netns
 from tests.cluster.conftest import SSH_CONFIG, STATE, T1, leftovers, netns_cli, ssh, write_inventory
 
 pytestmark = pytest.mark.cluster

@@ -1,8 +1,8 @@
 """The netns backend: every inventory host becomes a set of Linux namespaces on this box, reached over real SSH.
 
-    python -m labkit.netns up     [-i INVENTORY]   create exactly the inventory's hosts (idempotent)
-    python -m labkit.netns status [-i INVENTORY] [--json]
-    python -m labkit.netns down   [-i INVENTORY | --cluster NAME]
+    python -m labkit.backends.netns up     [-i INVENTORY]   create exactly the inventory's hosts (idempotent)
+    python -m labkit.backends.netns status [-i INVENTORY] [--json]
+    python -m labkit.backends.netns down   [-i INVENTORY | --cluster NAME]
 
 Run as root. Without -i the active inventory is used ($LABKIT_INVENTORY, else the last `up`, else inventory/netns).
 
@@ -25,8 +25,8 @@ What one host is (cluster `c`, host `h`, address `a/p` from the inventory):
   it logs to the host's /var/log/supervisor/sshd.log. The init's stdio goes to `.labkit/c/log/h.log` (kept by
   `down`), its PID as seen on the box to `.labkit/c/hosts/h.pid`.
 
-Client side, written by `up`: `.labkit/c/ssh/id_ed25519` (made once, kept), `.labkit/c/known_hosts`,
-`.labkit/c/ssh_config` (User root, the key, StrictHostKeyChecking yes, ControlMaster in /run/labkit/c/) and
+Client side, written by `up` through `labkit.ssh` (shared by every backend): the cluster's key, its known_hosts
+(each host's key, read from its root), its ssh_config (User root, StrictHostKeyChecking yes, ControlMaster) and
 `.labkit/ssh_config`, which includes every cluster's file and then ~/.ssh/config: `ssh -F .labkit/ssh_config a`.
 
 `up`: a healthy host (namespace, supervisord as PID 1, veth on the bridge, address set, root present) is kept as it
@@ -52,23 +52,20 @@ import ipaddress
 import json
 import logging
 import os
-import re
 import shlex
 import shutil
 import signal
-import socket
-import stat
 import subprocess
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from labkit import REPO, STATE, LabkitError
+from labkit import REPO, STATE, LabkitError, ssh
 from labkit import inventory as inventory_mod
 from labkit.inventory import Inventory
+from labkit.progress import Progress
 
 log = logging.getLogger("labkit.netns")
 
@@ -79,7 +76,6 @@ MOUNT_DIRS = (
 )
 MOUNT_FILES = ("etc/hosts", "etc/hostname")
 MOUNT_LAST = ("var/tmp", "tmp", "root")  # mounted last: the repository (the bind sources) may live under one
-CONTROL_ROOT = Path("/run/labkit")  # ssh ControlPath directories, one per cluster (short: unix sockets <= 104 bytes)
 INIT = "/usr/bin/supervisord"
 SSHD = "/usr/sbin/sshd"
 SFTP = "/usr/lib/openssh/sftp-server"
@@ -90,6 +86,7 @@ BRIDGE_NF = Path("/proc/sys/net/bridge/bridge-nf-call-iptables")
 KILL_TIMEOUT = 10.0  # s, hang guard while a namespace's processes die
 START_TIMEOUT = 10.0  # s, for every init to become supervisord
 SSH_TIMEOUT = 60.0  # s, for every sshd to accept the cluster key
+UP_HINT = "fab up -i {inventory}"  # labkit.backends: the command that brings a netns cluster up
 
 
 _LAUNCHERS: list[subprocess.Popen] = []  # our `unshare` children, polled (reaped) on every up/down
@@ -180,16 +177,8 @@ class Cluster:
         return self.state / "ssh" / "id_ed25519"
 
     @property
-    def known_hosts(self) -> Path:
-        return self.state / "known_hosts"
-
-    @property
-    def ssh_config(self) -> Path:
-        return self.state / "ssh_config"
-
-    @property
     def control_dir(self) -> Path:
-        return CONTROL_ROOT / self.name
+        return ssh.control_dir(self.name)
 
     @property
     def mount_marker(self) -> str:
@@ -305,69 +294,6 @@ def _kill_all(collect, what: str) -> None:
         time.sleep(0.02)
 
 
-def _ssh_clients(networks: list[ipaddress.IPv4Network]) -> set[int]:
-    """PIDs of ssh processes on the box with a TCP connection to an address in `networks` (masters included)."""
-    found = set()
-    for line in _run(["ss", "-tanpH"], check=False).stdout.splitlines():
-        fields = line.split()
-        if len(fields) < 6:
-            continue
-        peer = fields[4].rsplit(":", 1)[0].strip("[]")
-        try:
-            ip = ipaddress.ip_address(peer)
-        except ValueError:
-            continue
-        if any(ip in net for net in networks):
-            found.update(int(p) for name, p in re.findall(r'\("([^"]+)",pid=(\d+)', line) if name == "ssh")
-    return found
-
-
-def _close_ssh(networks: list[ipaddress.IPv4Network], control_dirs: list[Path]) -> None:
-    """End ssh connections from the box to `networks`, then remove control sockets nobody listens on."""
-    pids = _ssh_clients(networks) if networks else set()
-    for pid in pids:
-        try:
-            os.kill(pid, signal.SIGTERM)
-        except ProcessLookupError:
-            pass
-    deadline = time.monotonic() + 2
-    while any(_alive(p) for p in pids) and time.monotonic() < deadline:
-        time.sleep(0.02)
-    for pid in pids:
-        if _alive(pid):
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-    if pids:
-        log.info("closed ssh connections %s", sorted(pids))
-    for d in control_dirs:
-        try:
-            entries = list(os.scandir(d))
-        except OSError:
-            continue
-        for e in entries:
-            try:
-                st = e.stat(follow_symlinks=False)
-                if not stat.S_ISSOCK(st.st_mode) or time.time() - st.st_mtime < 5:  # a master may be starting
-                    continue
-                with socket.socket(socket.AF_UNIX) as s:
-                    s.settimeout(0.5)
-                    s.connect(e.path)
-            except ConnectionRefusedError:
-                os.unlink(e.path)
-                log.info("removed stale ssh control socket %s", e.path)
-            except OSError:
-                continue
-
-
-def _ansible_control_dirs() -> list[Path]:
-    dirs = [Path.home() / ".ansible" / "cp"]
-    if os.environ.get("ANSIBLE_SSH_CONTROL_PATH_DIR"):
-        dirs.append(Path(os.environ["ANSIBLE_SSH_CONTROL_PATH_DIR"]).expanduser())
-    return dirs
-
-
 def _write(path: Path, text: str, mode: int = 0o644) -> None:
     """Write in place (same inode): the file may be bind-mounted into a running host."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -412,7 +338,7 @@ def _as_inventory(inv: Inventory | str | os.PathLike | None) -> Inventory:
 
 def _sshd_config(n: Node) -> str:
     return f"""\
-# labkit netns host {n.name}: written by labkit/netns.py when the host is (re)built.
+# labkit netns host {n.name}: written by labkit/backends/netns.py when the host is (re)built.
 ListenAddress {n.address}
 Port 22
 HostKey /etc/ssh/ssh_host_ed25519_key
@@ -435,7 +361,7 @@ Subsystem sftp {SFTP}
 
 def _supervisord_conf(n: Node) -> str:
     return f"""\
-; labkit netns host {n.name}: written by labkit/netns.py; shaped like Debian's /etc/supervisor/supervisord.conf.
+; labkit netns host {n.name}: written by labkit/backends/netns.py; shaped like Debian's /etc/supervisor/supervisord.conf.
 ; This supervisord is the host's PID 1. Roles add programs in conf.d/; site.yml's last step applies them.
 
 [unix_http_server]
@@ -468,7 +394,7 @@ files = /etc/supervisor/conf.d/*.conf
 
 
 def _etc_hosts(cl: Cluster) -> str:
-    lines = [f"# labkit cluster {cl.name}: written by labkit/netns.py on every up.",
+    lines = [f"# labkit cluster {cl.name}: written by labkit/backends/netns.py on every up.",
              "127.0.0.1\tlocalhost", "::1\tlocalhost ip6-localhost ip6-loopback",
              f"{cl.gateway}\tcontrol"]
     lines += [f"{n.address}\t{n.name}" for n in cl.nodes]
@@ -629,21 +555,13 @@ def _problem(cl: Cluster, n: Node, namespaces: set[str], links: dict[str, dict])
     return None
 
 
-def _sshd_open(address: str, timeout: float = 0.5) -> bool:
-    try:
-        with socket.create_connection((address, 22), timeout=timeout):
-            return True
-    except OSError:
-        return False
-
-
 # --- teardown ---------------------------------------------------------------------------------------------------
 
 
 def _teardown(cl: Cluster, namespaces: list[str], veths: list[str], markers: list[str],
               networks: list[ipaddress.IPv4Network], extra_links: list[str] = ()) -> None:
     """End every process of the given hosts, close ssh to them, then delete their veths and namespaces."""
-    _close_ssh(networks, [cl.control_dir, *_ansible_control_dirs()])
+    ssh.close_connections(networks, [cl.control_dir, *ssh.ansible_control_dirs()])
 
     def collect() -> set[int]:
         pids = set()
@@ -667,71 +585,19 @@ def _teardown(cl: Cluster, namespaces: list[str], veths: list[str], markers: lis
 # --- client side ------------------------------------------------------------------------------------------------
 
 
-def _ensure_client_key(cl: Cluster) -> str:
-    cl.key.parent.mkdir(parents=True, exist_ok=True)
-    os.chmod(cl.key.parent, 0o700)
-    if not (cl.key.exists() and cl.key.with_suffix(".pub").exists()):
-        cl.key.unlink(missing_ok=True)
-        _run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", f"labkit-{cl.name}", "-f", str(cl.key)])
-    return cl.key.with_suffix(".pub").read_text().strip()
+def _names(names: list[str], most: int = 12) -> str:
+    """A list of host names for one console line: the first few, then how many more."""
+    shown = ", ".join(names[:most])
+    return f"{shown} and {len(names) - most} more" if len(names) > most else shown
 
 
-def _write_client_files(cl: Cluster) -> None:
-    known = []
+def _ssh_hosts(cl: Cluster) -> list[ssh.SshHost]:
+    """How the box reaches each host: as root, checking the host key made in the host's root."""
+    hosts = []
     for n in cl.nodes:
         keytype, key = (n.root / "etc/ssh/ssh_host_ed25519_key.pub").read_text().split()[:2]
-        known.append(f"{n.address},{n.name} {keytype} {key}")
-    _write(cl.known_hosts, "\n".join(known) + "\n")
-    blocks = [f"# labkit cluster {cl.name}: written by labkit/netns.py on every up; removed by down.\n"]
-    for n in cl.nodes:
-        blocks.append(f"""\
-Host {n.address} {n.name}
-  HostName {n.address}
-  User root
-  IdentityFile {cl.key}
-  IdentitiesOnly yes
-  UserKnownHostsFile {cl.known_hosts}
-  StrictHostKeyChecking yes
-  ControlMaster auto
-  ControlPath {cl.control_dir}/%C
-  ControlPersist 120s
-  ServerAliveInterval 10
-  ServerAliveCountMax 3
-""")
-    _write(cl.ssh_config, "\n".join(blocks))
-    cl.control_dir.mkdir(parents=True, exist_ok=True)
-    os.chmod(cl.control_dir, 0o700)
-    _write(STATE / "ssh_config", f"""\
-# Written by labkit/netns.py: every cluster's generated ssh settings, then the user's own.
-Include {STATE}/*/ssh_config
-Include ~/.ssh/config
-""")
-
-
-def _wait_ssh(cl: Cluster) -> None:
-    """Return when every host's sshd accepts the cluster key over the generated ssh config."""
-    def probe(n: Node) -> str | None:
-        deadline = time.monotonic() + SSH_TIMEOUT
-        err = "sshd never listened"
-        while time.monotonic() < deadline:
-            if not _sshd_open(n.address):
-                time.sleep(0.02)
-                continue
-            proc = subprocess.run(
-                ["ssh", "-F", str(STATE / "ssh_config"), "-o", "BatchMode=yes", "-o", "ControlMaster=no",
-                 "-o", "ControlPath=none", "-o", "ConnectTimeout=5", n.address, "true"],
-                stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=30,
-            )
-            if proc.returncode == 0:
-                return None
-            err = (proc.stderr.strip().splitlines() or ["ssh failed"])[-1]
-            time.sleep(0.2)
-        return f"{n.name} ({n.address}): {err}; see {cl.log_dir / (n.name + '.log')}"
-
-    with ThreadPoolExecutor(max_workers=min(32, len(cl.nodes) or 1)) as pool:
-        failures = [f for f in pool.map(probe, cl.nodes) if f]
-    if failures:
-        raise NetnsError(f"cluster {cl.name}: sshd did not accept the cluster key: {'; '.join(failures)}")
+        hosts.append(ssh.SshHost(n.name, n.address, "root", f"{keytype} {key}"))
+    return hosts
 
 
 # --- the three verbs -----------------------------------------------------------------------------------------
@@ -746,7 +612,7 @@ def up(inv: Inventory | str | os.PathLike | None = None, echo=print) -> None:
     t0 = time.monotonic()
     with _locked(cl):
         _check_subnet_free(cl)
-        pubkey = _ensure_client_key(cl)
+        pubkey = ssh.public_key(cl.name)
         for rel in MOUNT_DIRS:  # mount points on the box
             Path("/", rel).mkdir(parents=True, exist_ok=True)
         links = _links()
@@ -764,15 +630,20 @@ def up(inv: Inventory | str | os.PathLike | None = None, echo=print) -> None:
                 (cl.hosts_dir / f"{h}.pid").unlink(missing_ok=True)
             links = _links()
 
-        build = []
+        build, kept, created = [], [], []
         for n in cl.nodes:
             problem = _problem(cl, n, namespaces, links)
             if problem is None:
-                echo(f"netns {cl.name}: {n.name} {n.address}: healthy, kept (init pid {_init_pid(n.ns)})")
+                kept.append(n.name)
             else:
-                echo(f"netns {cl.name}: {n.name} {n.address}: "
-                     + ("creating" if problem == "absent" else f"rebuilding ({problem})"))
+                if problem == "absent":
+                    created.append(n.name)
+                else:
+                    echo(f"netns {cl.name}: {n.name} {n.address}: rebuilding ({problem})")
                 build.append(n)
+        for what, names in (("creating", created), ("healthy, kept", kept)):
+            if names:
+                echo(f"netns {cl.name}: {what}: {_names(names)}")
         if build:
             _teardown(cl, [n.ns for n in build if n.ns in namespaces], [n.veth for n in build],
                       [f"{cl.mount_marker}{n.name}/" for n in build],
@@ -815,11 +686,12 @@ def up(inv: Inventory | str | os.PathLike | None = None, echo=print) -> None:
                                      f"see {cl.log_dir / (n.name + '.log')}")
             time.sleep(0.01)
 
-        _write_client_files(cl)
+        ssh.write_client_config(cl.name, _ssh_hosts(cl), writer="labkit/backends/netns.py")
         _allow_bridge_forwarding(cl, echo)
         inventory_mod.record_active(inv.path)
-        echo(f"netns {cl.name}: waiting for sshd on {len(cl.nodes)} hosts")
-        _wait_ssh(cl)
+        with Progress(f"netns {cl.name}: hosts ready", len(cl.nodes)) as progress:
+            ssh.wait_for_sshd(cl.name, _ssh_hosts(cl), SSH_TIMEOUT, hint=f"host logs: {cl.log_dir}/",
+                              progress=progress)
     echo(f"netns {cl.name}: {len(cl.nodes)} hosts up ({len(build)} started, {len(cl.nodes) - len(build)} kept) "
          f"in {time.monotonic() - t0:.2f}s; try: ssh -F {STATE / 'ssh_config'} {cl.nodes[0].address}")
 
@@ -846,8 +718,7 @@ def down(inv: Inventory | str | os.PathLike | None = None, echo=print, cluster: 
         _remove_bridge_forwarding(cl)
         shutil.rmtree(cl.control_dir, ignore_errors=True)
         shutil.rmtree(cl.hosts_dir, ignore_errors=True)
-        cl.known_hosts.unlink(missing_ok=True)
-        cl.ssh_config.unlink(missing_ok=True)
+        ssh.remove_client_config(cl.name)
     _reap_launchers()
     removed = len(namespaces) + len(veths) + (cl.bridge in links)
     echo(f"netns {cl.name}: down in {time.monotonic() - t0:.2f}s "
@@ -864,7 +735,7 @@ def status(inv: Inventory | str | os.PathLike | None = None) -> list[dict]:
     rows = []
     for n in cl.nodes:
         problem = _problem(cl, n, namespaces, links)
-        sshd = problem is None and _sshd_open(n.address)
+        sshd = problem is None and ssh.sshd_open(n.address)
         if problem == "absent":
             state, problem = "down", ""
         elif problem is None and not sshd:
@@ -881,7 +752,7 @@ def status(inv: Inventory | str | os.PathLike | None = None) -> list[dict]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m labkit.netns", description=__doc__.split("\n")[0],
+    parser = argparse.ArgumentParser(prog="python -m labkit.backends.netns", description=__doc__.split("\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("command", choices=["up", "down", "status"])
     parser.add_argument("-i", "--inventory", metavar="PATH", help="inventory (default: the active one)")
