@@ -212,6 +212,16 @@ def test_math_server_that_answers_wrongly_fails_the_math_run_only(ck):
     wait_healthy(ck)
 
 
+def test_settings_readable_by_everyone_fail_the_settings_check_of_that_host_only(ck):
+    on(ck, "client", "chmod 0644 /etc/labnodes/labnodes.toml")
+    try:
+        report = check(ck)
+    finally:
+        on(ck, "client", "chmod 0600 /etc/labnodes/labnodes.toml")
+    assert_broken(report, {"host.settings@client"}, {})
+    assert "mode 0644" in outcomes(report)["host.settings@client"]["found"]
+
+
 # --- a class: healthy, broken, down, and an inventory that cannot be read --------------------------------------
 
 def test_class_mode_writes_a_row_per_student_healthy_broken_down(ck, tmp_path):
