@@ -7,13 +7,12 @@ backend (labkit.backends: netns, vagrant or lab), behind the same calls: this fi
 
 from __future__ import annotations
 
-import subprocess
 import sys
 import time
 
 from fabric import task
 
-from labkit import REPO, LabkitError, backends, inventory, provision, runs
+from labkit import LabkitError, backends, inventory, provision, runs
 from labkit.remote import Hosts, RemoteError
 from labnodes import output
 
@@ -140,16 +139,42 @@ def send_file(c, size=32, json_=False):
         sys.exit(1)
 
 
-@task(help={"k": "only checks whose name matches this pytest -k expression"})
-def check(c, k=None):
-    """Remote checks of every host with pytest + testinfra over SSH (tests/infra), against the active inventory."""
+@task(help={"junit": "also write JUnit XML here (one test case per check and host)",
+            "html": "also write one self-contained HTML report here",
+            "grading": "YAML grading file: which checks count and their weights (default: every check, 1 each)",
+            "class": "check every student inventory in this folder (one subfolder each), in parallel",
+            "out": "class mode: folder for class.csv, class.xlsx and each student's HTML",
+            "timeout": "seconds per host for SSH and each remote command",
+            "json": "print the report as JSON instead of the summary"})
+def check(c, junit=None, html=None, grading=None, class_=None, out=None, timeout=20, json_=False):
+    """Check the cluster in layers (reach, host, service, app); outcomes pass / fail / blocked-by."""
+    from labkit import checks
+    from labkit.checks import classmode, grading as grading_, report
     try:
-        inv = inventory.load()
+        if class_:
+            if not out:
+                _fail(LabkitError("--class needs --out FOLDER"))
+            try:
+                results = classmode.run_class(class_, out, grading, timeout=float(timeout))
+            except KeyboardInterrupt:
+                print(f"\nclass: interrupted; {out}/class.csv and class.xlsx list who was checked", file=sys.stderr)
+                sys.exit(130)
+            print(f"\nclass: {len(results)} students; {out}/class.csv, {out}/class.xlsx, {out}/<student>.html")
+            sys.exit(0 if all(r["status"] == "ok" for r in results.values()) else 1)
+        g = grading_.load(grading)
+        result = checks.run(inventory.load(), timeout=float(timeout))
     except LabkitError as exc:
         _fail(exc)
-    cmd = [sys.executable, "-m", "pytest", "tests/infra", f"--ansible-inventory={inv.path}", "-p", "no:cacheprovider",
-           *(["-k", k] if k else [])]
-    sys.exit(subprocess.run(cmd, cwd=REPO, env=provision.ansible_env()).returncode)
+    score = grading_.score(result, g) if grading else None
+    if junit:
+        report.junit(result, junit)
+    if html:
+        report.write_html(result, html, score)
+    if json_:
+        output.as_json(dict(result, score=score))
+    else:
+        print(report.console(result, score))
+    sys.exit(0 if result["status"] == "ok" else 1)
 
 
 @task

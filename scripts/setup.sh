@@ -11,7 +11,8 @@ fi
 
 # Everything the control box and the netns hosts need (netns hosts share the box's /usr).
 PACKAGES="python3 python3-venv python3-apt openssh-server openssh-client redis-server supervisor
-  iperf3 iproute2 iptables procps psmisc util-linux rsync"
+  iperf3 iproute2 iptables procps psmisc util-linux rsync
+  chromium"  # chromium: the cluster tests open the `fab check --html` report headless
 missing=$(dpkg-query -W -f '${Package} ${Status}\n' $PACKAGES 2>/dev/null | awk '$4 != "installed" {print $1}' || true)
 for p in $PACKAGES; do dpkg-query -W "$p" >/dev/null 2>&1 || missing="$missing $p"; done
 if [ -n "${missing// /}" ]; then
