@@ -425,11 +425,14 @@ class Probe:
                  deps=[f"{base}.listens"])
 
     def flower_auth(self, base, address, port):
-        got = talk(address, port, f"GET / HTTP/1.0\r\nHost: {address}\r\n\r\n".encode())
-        ok = got.split()[1:2] == ["401"]
-        self.add(f"{base}.auth", "Flower asks for a password", "service", "pass" if ok else "fail",
-                 "HTTP 401 without credentials", got, "run Flower with basic auth (FLOWER_BASIC_AUTH)",
-                 deps=[f"{base}.listens"])
+        answers = {page: talk(address, port, f"GET {page} HTTP/1.0\r\nHost: {address}\r\n\r\n".encode())
+                   for page in ("/", "/metrics")}
+        ok = all(got.split()[1:2] == ["401"] for got in answers.values())
+        self.add(f"{base}.auth", "Flower asks for a password, on its monitor pages too", "service",
+                 "pass" if ok else "fail", "HTTP 401 without credentials for / and /metrics",
+                 "; ".join(f"{page}: {got}" for page, got in answers.items()),
+                 "run Flower with basic auth (FLOWER_BASIC_AUTH) through labnodes.flower_serve, which also guards "
+                 "/metrics", deps=[f"{base}.listens"])
 
     def celery(self, base, p):
         host, port = self.s.get("redis_host"), self.setting("redis_port")
