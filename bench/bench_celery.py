@@ -69,7 +69,8 @@ def _start_redis(directory: Path, password: str) -> tuple[subprocess.Popen, int]
 def _ping_rate(settings: config.Settings, count: int) -> float:
     import redis
 
-    client = redis.Redis(host=settings.redis_host, port=settings.redis_port, password=settings.redis_password)
+    client = redis.Redis(host=settings.redis_host, port=settings.redis_port, password=settings.redis_password,
+                         username=settings.redis_user or None)
     try:
         client.ping()
         start = time.perf_counter()

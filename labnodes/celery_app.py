@@ -12,7 +12,8 @@ Where the settings come from
       inspect active`, flower.
 
 Broker and result backend URL
-    `redis://:PASSWORD@HOST:PORT/DB` from redis_password, redis_host, redis_port, redis_db. The password is
+    `redis://[USER]:PASSWORD@HOST:PORT/DB` from redis_user (a Redis ACL user; empty: Redis's default user),
+    redis_password, redis_host, redis_port, redis_db. The password is
     URL-quoted (a password with `@`, `/`, `:` or `%` would otherwise break the URL). An empty password gives a URL
     without credentials (a local Redis in protected mode); Redis on a cluster always has `requirepass` set.
 
@@ -78,7 +79,8 @@ def redis_url(settings: config.Settings) -> str:
     host = settings.redis_host
     if ":" in host and not host.startswith("["):
         host = f"[{host}]"  # an IPv6 address
-    auth = f":{quote(settings.redis_password, safe='')}@" if settings.redis_password else ""
+    user = quote(settings.redis_user, safe="")
+    auth = f"{user}:{quote(settings.redis_password, safe='')}@" if settings.redis_password else ""
     return f"redis://{auth}{host}:{settings.redis_port}/{settings.redis_db}"
 
 

@@ -37,6 +37,7 @@ class Settings:
     redis_host: str = "127.0.0.1"
     redis_port: int = 6379
     redis_db: int = 0
+    redis_user: str = ""  # Redis ACL user (a cluster's Celery user may run only what Celery needs); "": default
     redis_password: str = ""  # no default secret; Redis on a cluster always has one
     celery_concurrency: int = 2  # worker processes per worker host
     celery_timeout: float = 30.0  # seconds a client waits for one result

@@ -416,7 +416,9 @@ class Probe:
     def redis_auth(self, base, address, port):
         anon = talk(address, port, resp("PING"))
         pw = str(self.s.get("redis_password", ""))
-        authed = talk(address, port, resp("AUTH", pw) + resp("PING")) if pw else "<no redis_password in settings>"
+        auth = [str(self.s["redis_user"])] if self.s.get("redis_user") else []
+        authed = (talk(address, port, resp("AUTH", *auth, pw) + resp("PING")) if pw
+                  else "<no redis_password in settings>")
         ok = anon.startswith("-NOAUTH") and authed.startswith("+OK")
         self.add(f"{base}.auth", "Redis refuses clients without the password and accepts the cluster's",
                  "service", "pass" if ok else "fail", "PING without password -> -NOAUTH; AUTH <password> -> +OK",
@@ -440,7 +442,8 @@ class Probe:
         if not host or not port:
             got = f"redis_host/redis_port missing from {SETTINGS}"
         else:
-            got = talk(host, port, resp("AUTH", pw) + resp("PING"))
+            auth = [str(self.s["redis_user"])] if self.s.get("redis_user") else []
+            got = talk(host, port, resp("AUTH", *auth, pw) + resp("PING"))
         ok = got.startswith("+OK")
         self.add(f"{base}.broker", "the broker accepts this host's Redis password", "service",
                  "pass" if ok else "fail", f"AUTH with redis_password from {SETTINGS} at {host}:{port} -> +OK",

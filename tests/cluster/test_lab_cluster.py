@@ -127,6 +127,34 @@ def test_remote_checks_of_every_host_pass(lab):
     assert proc.returncode == 0 and " passed" in summary and "failed" not in summary, proc.stdout[-3000:]
 
 
+SECRETS = {"redis_password", "hmac_key"}
+NEEDS = {"broker": {"redis_password", "hmac_key"},  # broker: Flower (Celery) and the name server
+         "worker1": {"redis_password"}, "pyro1": {"hmac_key"}, "sockserver": set(), "client": SECRETS}
+
+
+@pytest.mark.parametrize("host", list(NEEDS))
+def test_each_host_holds_only_the_secrets_its_groups_need(lab, host):
+    import tomllib
+    settings = tomllib.loads(ssh(lab.host(host).address, "cat /etc/labnodes/labnodes.toml").stdout)
+    assert {k for k in SECRETS if settings.get(k)} == NEEDS[host]
+    assert settings.get("redis_user", "") == ("celery" if "redis_password" in NEEDS[host] else "")
+
+
+def test_celerys_redis_user_may_not_run_administrative_commands(lab):
+    """The password every Celery host holds opens Redis as user `celery`, which runs Celery's commands but not
+    FLUSHALL, CONFIG or KEYS; the default user's password is on no host's settings."""
+    broker = lab.host("broker").address
+    cli = (f"/opt/labnodes/venv/bin/python -c 'from labnodes import config; s = config.load(); "
+           f"print(s.redis_user, s.redis_password, s.redis_port)' | {{ read u p port; "
+           f"for c in PING 'SET labkit-probe 1' FLUSHALL 'CONFIG GET maxclients' 'KEYS *'; do "
+           f"REDISCLI_AUTH=$p redis-cli --no-auth-warning --user $u -h {broker} -p $port $c 2>&1 | head -1; done; }}")
+    replies = ssh(lab.host("worker1").address, cli).stdout.splitlines()
+    assert replies[:2] == ["PONG", "OK"], replies
+    assert all(r.startswith("NOPERM") for r in replies[2:]), replies
+    default = ssh(lab.host("worker1").address, cli.replace("--user $u", "")).stdout.splitlines()
+    assert all("WRONGPASS" in r or "NOAUTH" in r for r in default), default
+
+
 def test_second_provisioning_changes_nothing(lab):
     report = provision.provision(lab.path, quiet=True)
     changed = {host: r["changed"] for host, r in report["hosts"].items() if r["changed"]}

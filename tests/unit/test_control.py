@@ -249,10 +249,10 @@ def test_every_setting_the_roles_choose_reaches_labnodes_toml():
 
     from labnodes import config
     group_vars = yaml.safe_load((REPO / "playbooks" / "group_vars" / "all.yml").read_text())
-    keys = set(group_vars["labnodes_config"])
+    keys = set(group_vars["labkit_settings"])
     assert keys <= set(config.FIELDS)
     assert {"venv", "redis_port", "ns_port", "math_port", "file_port", "file_root", "flower_port"} <= keys
-    rendered = json.dumps(group_vars["labnodes_config"])
+    rendered = json.dumps(group_vars["labkit_settings"])
     for name in ("labnodes_venv", "labnodes_redis_port", "labnodes_ns_port", "labnodes_math_port",
                  "labnodes_file_port", "labnodes_file_root", "labnodes_flower_port"):
         assert "{{ " + name + " }}" in rendered, name
