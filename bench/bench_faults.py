@@ -1,5 +1,7 @@
 """Runs under packet loss: ring lap time (median, p99) with 0 %, 1 % and 5 % loss on a ring host, and file transfer
-throughput with the same loss on the file server, each beside the healthy figure measured in the same run.
+throughput with the same loss on the file server, each beside the healthy figure measured in the same run; and how
+long a Celery job takes when every worker's main process is SIGKILLed while it runs (the job comes back through
+Redis's redelivery after the visibility timeout, on the restarted worker), beside the same job with no fault.
 
 Brings up its own copy of inventory/netns (cluster `fl3`, 10.77.82.0/24), sets the loss with labkit.faults (the
 same code as `fab impair`), heals after every row and takes the cluster down at the end; needs root. No target:
@@ -16,6 +18,8 @@ import os
 import statistics
 import sys
 import tempfile
+import threading
+import time
 from pathlib import Path
 
 from labkit import REPO, STATE, faults, inventory, provision, runs
@@ -46,6 +50,37 @@ def _file(hosts: Hosts, size_mb: int, times: int) -> float:
             raise RuntimeError("sha256 differs after a transfer under loss")
         rates += [float(r["send"]["mb_per_s"]), float(r["get"]["mb_per_s"])]
     return statistics.median(rates)
+
+
+def _celery_job(hosts: Hosts, seconds: float, kill_after: float | None) -> float:
+    """Seconds from submitting `lab.sleep(seconds)` on the client to its result; with kill_after, every worker's
+    main process is SIGKILLed that long after the submit (supervisord restarts it; the job must still come back)."""
+    client = hosts.inv.groups["clients"][0]
+    done: dict = {}
+
+    def submit():
+        start = time.monotonic()
+        done["result"] = hosts.labnodes(client, "celery", "submit", "sleep", str(seconds))
+        done["seconds"] = time.monotonic() - start
+
+    worker = threading.Thread(target=submit)
+    worker.start()
+    if kill_after is not None:
+        time.sleep(kill_after)
+        for host in hosts.inv.groups["workers"]:
+            faults.fault(hosts, "kill", f"{host}:labnodes-celery-worker")
+    worker.join()
+    if done.get("result", {}).get("result") != seconds:
+        raise RuntimeError(f"the Celery job did not come back: {done.get('result')}")
+    return done["seconds"]
+
+
+def measure_celery(hosts: Hosts, seconds: float = 3.0) -> list[dict]:
+    healthy = _celery_job(hosts, seconds, None)
+    killed = _celery_job(hosts, seconds, kill_after=1.0)
+    return [{"bench": "Celery job, every worker killed mid-job", "value": killed, "unit": "s",
+             "baseline_name": "the same job, no fault", "baseline": healthy, "ratio": killed / healthy,
+             "target": "", "ok": None}]
 
 
 def measure(hosts: Hosts, laps: int = LAPS, size_mb: int = FILE_MB, times: int = FILE_RUNS) -> list[dict]:
@@ -86,7 +121,7 @@ def run(quick: bool = False) -> list[dict]:
             with contextlib.redirect_stdout(sys.stderr):
                 provision.provision(inv_path, quiet=True)
             with Hosts(inv) as hosts:
-                return measure(hosts)
+                return measure(hosts) + measure_celery(hosts)
         finally:
             netns.down(inv, echo=lambda *a: None)
             if active is None:
