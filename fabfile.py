@@ -50,7 +50,7 @@ def up(c, inventory_=None, quiet=False):
         start = time.monotonic()
         backends.for_inventory(inv).up(inv)
         hosts_s = time.monotonic() - start
-        report = provision.provision(inv.path, quiet=quiet)
+        report = provision.provision(inv.path, quiet=quiet, hosts=len(inv.hosts))
     except LabkitError as exc:
         _fail(exc)
     timing = ", ".join(f"{k} {v:.1f}s" for k, v in report["timing"].get("roles", {}).items())

@@ -4,6 +4,7 @@
     python -m bench --quick    # small smoke versions
     python -m bench ring math  # only the modules whose name contains one of these words
     python -m bench --json
+    python -m bench --out DIR  # where bench.json and bench.html go (default: reports/)
 """
 
 from __future__ import annotations
@@ -13,10 +14,14 @@ import importlib
 import pkgutil
 import sys
 import traceback
+from pathlib import Path
 
 from labnodes import output
 
 import bench
+from bench import report
+
+REPORTS = Path(__file__).resolve().parent.parent / "reports"
 
 
 def modules(words: list[str]) -> list[str]:
@@ -29,6 +34,7 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="small smoke versions")
     parser.add_argument("--json", action="store_true")
+    parser.add_argument("--out", type=Path, default=REPORTS, help="directory for bench.json and bench.html")
     parser.add_argument("only", nargs="*", help="run only benchmarks whose module name contains one of these")
     args = parser.parse_args(argv)
 
@@ -49,6 +55,8 @@ def main(argv: list[str] | None = None) -> int:
              for r in rows),
             ["benchmark", "value", "baseline", "baseline value", "ratio", "target", ""],
         )
+    json_path, html_path = report.write(rows, failed, args.out)
+    print(f"bench: wrote {json_path} and {html_path}", file=sys.stderr)
     missed = [r["bench"] for r in rows if r.get("ok") is False]
     if failed or missed:
         print(f"bench: failed {failed}, missed targets {missed}", file=sys.stderr)

@@ -11,8 +11,12 @@ import time
 from pathlib import Path
 
 from labkit import REPO, STATE, LabkitError
+from labkit.progress import Progress
 
 VENV_BIN = Path(sys.executable).parent
+TASK = re.compile(r"^TASK \[(?:(?P<role>[^:\]]+) : )?(?P<task>[^\]]*)\]")
+RESULT = re.compile(r"^(?:ok|changed|skipping|fatal|failed|unreachable): \[(?P<host>[^\]]+)\]")
+INCLUDED = re.compile(r"^included: .* for (?P<hosts>.+)$")
 RECAP = re.compile(
     r"^(?P<host>\S+)\s*:\s*ok=(?P<ok>\d+)\s+changed=(?P<changed>\d+)\s+unreachable=(?P<unreachable>\d+)"
     r"\s+failed=(?P<failed>\d+)"
@@ -40,10 +44,33 @@ def parse_recap(text: str) -> dict[str, dict[str, int]]:
     return hosts
 
 
+class TaskProgress:
+    """Under --quiet, how far each task of the play is: hosts done of total (labkit.progress), one task at a time."""
+
+    def __init__(self, total: int):
+        self.total, self.progress, self.hosts = total, None, set()
+
+    def line(self, line: str) -> None:
+        if m := TASK.match(line):
+            self.close()
+            where = m["role"] or "play"
+            self.progress = Progress(f"provision: {where}: {m['task'].strip()}", self.total, patience=10)
+            self.hosts = set()
+        elif self.progress is not None and ((m := RESULT.match(line)) or (m := INCLUDED.match(line))):
+            names = m.groupdict().get("host") or m["hosts"]
+            self.hosts.update(h.strip() for h in names.split(","))
+            self.progress.update(len(self.hosts))
+
+    def close(self) -> None:
+        if self.progress is not None:
+            self.progress.close()
+            self.progress = None
+
+
 def provision(inventory: str | os.PathLike, *, quiet: bool = False, extra: list[str] | None = None,
-              playbook: str | os.PathLike | None = None) -> dict:
-    """Run site.yml (or `playbook`); stream its output unless quiet; return {"seconds", "hosts": recap,
-    "timing": per play/role}."""
+              playbook: str | os.PathLike | None = None, hosts: int | None = None) -> dict:
+    """Run site.yml (or `playbook`); stream its output unless quiet (then: one line per play, and with `hosts`,
+    the number of hosts, how far each task is); return {"seconds", "hosts": recap, "timing": per play/role}."""
     timing_file = STATE / f"timing-{os.getpid()}.json"
     timing_file.parent.mkdir(exist_ok=True)
     cmd = [str(VENV_BIN / "ansible-playbook"), "-i", str(inventory), str(playbook or REPO / "playbooks" / "site.yml"),
@@ -52,11 +79,20 @@ def provision(inventory: str | os.PathLike, *, quiet: bool = False, extra: list[
     proc = subprocess.Popen(cmd, cwd=REPO, env=ansible_env(timing_file), stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
     lines = []
+    tasks = TaskProgress(hosts) if quiet and hosts else None
     for line in proc.stdout:
         lines.append(line)
         if not quiet or line.startswith("PLAY ["):  # quiet still shows progress, one line per play
             sys.stdout.write(line if not quiet else f"provision: {line[6:].split(']')[0]}\n")
             sys.stdout.flush()
+        if tasks is not None and not line.startswith("PLAY ["):
+            if line.startswith("PLAY RECAP"):
+                tasks.close()
+                tasks = None
+            else:
+                tasks.line(line)
+    if tasks is not None:
+        tasks.close()
     rc = proc.wait()
     seconds = time.monotonic() - start
     text = "".join(lines)

@@ -147,9 +147,20 @@ def login(address: str, *, timeout: float = 10.0) -> subprocess.CompletedProcess
     )
 
 
-def wait_for_sshd(cluster: str, hosts: list[SshHost], timeout: float = 60.0, hint: str = "") -> None:
-    """Return when every host's sshd accepts the cluster's key over its ssh_config; else name those that don't."""
+def wait_for_sshd(cluster: str, hosts: list[SshHost], timeout: float = 60.0, hint: str = "",
+                  progress=None) -> None:
+    """Return when every host's sshd accepts the cluster's key over its ssh_config; else name those that don't.
+    `progress` (a labkit.progress.Progress) is told how many hosts are ready."""
+    ready = []
+
     def probe(h: SshHost) -> str | None:
+        err = _probe(h)
+        if err is None and progress is not None:
+            ready.append(h.name)
+            progress.update(len(ready))
+        return err
+
+    def _probe(h: SshHost) -> str | None:
         deadline = time.monotonic() + timeout
         err = "sshd never listened"
         while time.monotonic() < deadline:

@@ -65,6 +65,7 @@ from pathlib import Path
 from labkit import REPO, STATE, LabkitError, ssh
 from labkit import inventory as inventory_mod
 from labkit.inventory import Inventory
+from labkit.progress import Progress
 
 log = logging.getLogger("labkit.netns")
 
@@ -584,6 +585,12 @@ def _teardown(cl: Cluster, namespaces: list[str], veths: list[str], markers: lis
 # --- client side ------------------------------------------------------------------------------------------------
 
 
+def _names(names: list[str], most: int = 12) -> str:
+    """A list of host names for one console line: the first few, then how many more."""
+    shown = ", ".join(names[:most])
+    return f"{shown} and {len(names) - most} more" if len(names) > most else shown
+
+
 def _ssh_hosts(cl: Cluster) -> list[ssh.SshHost]:
     """How the box reaches each host: as root, checking the host key made in the host's root."""
     hosts = []
@@ -623,15 +630,20 @@ def up(inv: Inventory | str | os.PathLike | None = None, echo=print) -> None:
                 (cl.hosts_dir / f"{h}.pid").unlink(missing_ok=True)
             links = _links()
 
-        build = []
+        build, kept, created = [], [], []
         for n in cl.nodes:
             problem = _problem(cl, n, namespaces, links)
             if problem is None:
-                echo(f"netns {cl.name}: {n.name} {n.address}: healthy, kept (init pid {_init_pid(n.ns)})")
+                kept.append(n.name)
             else:
-                echo(f"netns {cl.name}: {n.name} {n.address}: "
-                     + ("creating" if problem == "absent" else f"rebuilding ({problem})"))
+                if problem == "absent":
+                    created.append(n.name)
+                else:
+                    echo(f"netns {cl.name}: {n.name} {n.address}: rebuilding ({problem})")
                 build.append(n)
+        for what, names in (("creating", created), ("healthy, kept", kept)):
+            if names:
+                echo(f"netns {cl.name}: {what}: {_names(names)}")
         if build:
             _teardown(cl, [n.ns for n in build if n.ns in namespaces], [n.veth for n in build],
                       [f"{cl.mount_marker}{n.name}/" for n in build],
@@ -677,8 +689,9 @@ def up(inv: Inventory | str | os.PathLike | None = None, echo=print) -> None:
         ssh.write_client_config(cl.name, _ssh_hosts(cl), writer="labkit/backends/netns.py")
         _allow_bridge_forwarding(cl, echo)
         inventory_mod.record_active(inv.path)
-        echo(f"netns {cl.name}: waiting for sshd on {len(cl.nodes)} hosts")
-        ssh.wait_for_sshd(cl.name, _ssh_hosts(cl), SSH_TIMEOUT, hint=f"host logs: {cl.log_dir}/")
+        with Progress(f"netns {cl.name}: hosts ready", len(cl.nodes)) as progress:
+            ssh.wait_for_sshd(cl.name, _ssh_hosts(cl), SSH_TIMEOUT, hint=f"host logs: {cl.log_dir}/",
+                              progress=progress)
     echo(f"netns {cl.name}: {len(cl.nodes)} hosts up ({len(build)} started, {len(cl.nodes) - len(build)} kept) "
          f"in {time.monotonic() - t0:.2f}s; try: ssh -F {STATE / 'ssh_config'} {cl.nodes[0].address}")
 

@@ -155,13 +155,38 @@ def test_a_host_that_leaves_its_group_loses_its_programs_and_regains_them_when_i
     assert _programs(lab, "worker2") == {"sshd", "labnodes-celery-worker"}
 
 
-def test_second_cluster_runs_beside_the_first(lab, tmp_path):
+# Every port and path a role chooses, and the venv, moved away from its default: the programs, `fab` and `fab check`
+# must all follow the inventory (through each host's labnodes.toml), never a role's defaults.
+OVERRIDES = {
+    "labnodes_venv": "/opt/labnodes/venv-alt",
+    "labnodes_redis_port": 6390, "labnodes_ns_port": 9390, "labnodes_math_port": 5390, "labnodes_file_port": 5391,
+    "labnodes_flower_port": 5590, "labnodes_file_root": "/var/lib/labnodes/store",
+}
+
+
+def test_second_cluster_with_every_port_path_and_the_venv_overridden_runs_every_task_beside_the_first(lab, tmp_path):
     other = copy_inventory(tmp_path / "netns", "labci2", 202)
+    with open(other / "group_vars" / "all.yml", "a") as f:
+        f.write("".join(f"{k}: {v}\n" for k, v in OVERRIDES.items()))
+    broker, sockserver = "10.77.202.10", "10.77.202.30"
     try:
         fab("up", "-i", str(other), "--quiet", inv=other)
+        status = fab_json("status", inv=other)
+        assert status["flower"] == f"http://{broker}:5590/"
+        listening = ssh(sockserver, "ss -ltnpH").stdout + ssh(broker, "ss -ltnpH").stdout
+        for port in (6390, 9390, 5390, 5391, 5590):
+            assert f":{port} " in listening, (port, listening)
+        assert ssh(sockserver, "test -x /opt/labnodes/venv-alt/bin/labnodes && test ! -e /opt/labnodes/venv"
+                   ).returncode == 0
         result = fab_json("run-ring", inv=other)
-        assert result["trace"][0]["address"].startswith("10.77.202.")
-        assert fab_json("run-math", inv=other)["answers"][0]["gcd"] == 6
+        assert result["trace"][0]["address"].startswith("10.77.202.") and result["gcd"] == 6
+        assert fab_json("run-celery", "--count", "20", inv=other)["submit"]["result"] == 144
+        answer = fab_json("run-math", inv=other)["answers"][0]
+        assert (answer["gcd"], answer["server"]) == (6, f"{sockserver}:5390")
+        sent = fab_json("send-file", "--size", "2", inv=other)
+        assert sent["match"] and sent["files"][1]["path"].startswith("/var/lib/labnodes/store/")
+        check = fab("check", inv=other, check=False)
+        assert check.returncode == 0, check.stdout[-3000:]
     finally:
         fab("down", "-i", str(other), inv=other)
         shutil.rmtree(STATE / "labci2", ignore_errors=True)
@@ -170,7 +195,24 @@ def test_second_cluster_runs_beside_the_first(lab, tmp_path):
     assert fab_json("run-ring", inv=lab.path)["trace"][0]["address"].startswith("10.77.201.")
 
 
+def test_a_run_against_a_cluster_that_is_down_says_so_in_one_line(lab, tmp_path):
+    """A cluster never brought up (and, below, one taken down): one line naming the command that brings it up,
+    no traceback. `fab status` shows every host down and exits 1."""
+    never = copy_inventory(tmp_path / "never", "labci3", 203)
+    for task in ("run-ring", "run-math", "send-file"):
+        proc = fab(task, inv=never, check=False)
+        assert proc.returncode == 1
+        assert proc.stderr.strip().splitlines() == [
+            f"fab: error: cluster labci3 (netns, {never}) is not up: bring it up with `fab up -i {never}`"], task
+    status = fab("status", "--json", inv=never, check=False)
+    assert status.returncode == 1
+    assert {h["state"] for h in json.loads(status.stdout)["hosts"]} == {"down"}
+
+
 def test_down_leaves_nothing_and_a_second_down_is_harmless(lab):
     fab("down", inv=lab.path)
     assert not leftovers("labci", "10.77.201.0/24")
     fab("down", inv=lab.path)
+    proc = fab("run-ring", inv=lab.path, check=False)  # taken down: the same one line as never brought up
+    assert proc.returncode == 1 and proc.stderr.strip().splitlines() == [
+        f"fab: error: cluster labci (netns, {lab.path}) is not up: bring it up with `fab up -i {lab.path}`"]

@@ -6,6 +6,8 @@ Each module names its hosts (`testinfra_hosts = ["ansible://ring"]`). Not part o
 cluster tests run them through `fab check` on their own cluster.
 """
 
+import tomllib
+
 import pytest
 
 
@@ -13,3 +15,9 @@ import pytest
 def hostvars(host):
     """The inventory variables of the host under test (ansible_host, inventory_hostname, group_names...)."""
     return host.ansible.get_variables()
+
+
+@pytest.fixture
+def settings(host):
+    """The host's labnodes settings (/etc/labnodes/labnodes.toml): ports, paths and the venv, as provisioned."""
+    return tomllib.loads(host.check_output("cat /etc/labnodes/labnodes.toml"))

@@ -10,8 +10,8 @@ def test_labnodes_settings_are_readable_by_root_only(host):
     assert config.is_file and config.user == "root" and config.mode == 0o600
 
 
-def test_labnodes_cli_runs_from_its_venv(host):
-    assert host.run("/opt/labnodes/venv/bin/labnodes --version").stdout.startswith("labnodes ")
+def test_labnodes_cli_runs_from_its_venv(host, settings):
+    assert host.run(f"{settings['venv']}/bin/labnodes --version").stdout.startswith("labnodes ")
 
 
 def test_supervisord_runs_every_program(host):

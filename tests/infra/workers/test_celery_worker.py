@@ -1,8 +1,8 @@
 testinfra_hosts = ["ansible://workers"]
 
 
-def test_worker_is_named_after_its_host(host, hostvars):
-    ping = host.run("/opt/labnodes/venv/bin/celery -A labnodes.celery_app inspect ping -t 5")
+def test_worker_is_named_after_its_host(host, hostvars, settings):
+    ping = host.run(f"{settings['venv']}/bin/celery -A labnodes.celery_app inspect ping -t 5")
     assert f"@{hostvars['inventory_hostname']}: OK" in ping.stdout, ping.stdout + ping.stderr
 
 

@@ -1,0 +1,312 @@
+"""The control side without root or a cluster: inventory rules, backend choice, SSH client files, the rows and
+one-line errors the fab tasks print."""
+
+from __future__ import annotations
+
+import json
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from labkit import LabkitError, backends, inventory, runs, ssh
+from labkit.backends import netns
+from labkit.inventory import InventoryError
+from labkit.remote import Hosts, RemoteError
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def listing(hosts: dict[str, dict], groups: dict[str, list[str]], **all_vars) -> dict:
+    """`ansible-inventory --list` JSON for these hosts (hostvars include all_vars) and groups."""
+    data = {"_meta": {"hostvars": {h: {**all_vars, **v} for h, v in hosts.items()}},
+            "all": {"children": ["ungrouped", *groups]}, "ungrouped": {"hosts": []}}
+    for g, members in groups.items():
+        data[g] = {"hosts": members}
+    return data
+
+
+GOOD = dict(labkit_cluster="lab", labkit_subnet="10.77.1.0/24", labkit_backend="netns")
+
+
+def test_parse_keeps_file_order_groups_and_variables():
+    inv = inventory.parse(Path("x"), listing(
+        {"b": {"ansible_host": "10.77.1.11"}, "a": {"ansible_host": "10.77.1.10", "ansible_user": "u"}},
+        {"ring": ["b", "a"], "clients": ["a"]}, **GOOD))
+    assert [h.name for h in inv.hosts] == ["b", "a"]
+    assert inv.groups == {"ring": ("b", "a"), "clients": ("a",)}
+    assert inv.host("a").user == "u" and inv.gateway == "10.77.1.1" and inv.backend == "netns"
+
+
+@pytest.mark.parametrize("hosts, all_vars, message", [
+    ({}, GOOD, "lists no hosts"),
+    ({"a": {"ansible_host": "10.77.1.10"}}, {**GOOD, "labkit_cluster": "toolong7"}, "must be 1-6 characters"),
+    ({"a": {"ansible_host": "10.77.1.10"}}, {k: v for k, v in GOOD.items() if k != "labkit_cluster"},
+     "labkit_cluster is not set"),
+    ({"a": {"ansible_host": "10.77.1.10"}}, {k: v for k, v in GOOD.items() if k != "labkit_backend"},
+     "labkit_backend is not set"),
+    ({"a": {"ansible_host": "10.77.2.10"}}, GOOD, "outside labkit_subnet"),
+    ({"a": {"ansible_host": "10.77.1.1"}}, GOOD, "the subnet's first address"),
+    ({"a": {"ansible_host": "10.77.1.255"}}, GOOD, "network or broadcast"),
+    ({"a": {"ansible_host": "10.77.1.10"}, "b": {"ansible_host": "10.77.1.10"}}, GOOD, "have the same address"),
+    ({"a": {"ansible_host": "nowhere"}}, GOOD, "is not an IPv4 address"),
+    ({"bad.name": {"ansible_host": "10.77.1.10"}}, GOOD, "must be letters, digits"),
+    ({"a": {"ansible_host": "10.77.1.10"}}, {**GOOD, "labkit_subnet": "10.77.1.0/31"}, "too small"),
+])
+def test_bad_inventory_names_what_to_fix(hosts, all_vars, message):
+    with pytest.raises(InventoryError, match=message):
+        inventory.parse(Path("x"), listing(hosts, {"g": list(hosts)} if hosts else {}, **all_vars))
+
+
+def test_a_setting_that_differs_between_hosts_is_refused():
+    data = listing({"a": {"ansible_host": "10.77.1.10"}, "b": {"ansible_host": "10.77.1.11"}}, {"g": ["a", "b"]},
+                   **GOOD)
+    data["_meta"]["hostvars"]["b"]["labkit_cluster"] = "other"
+    with pytest.raises(InventoryError, match="labkit_cluster differs between hosts"):
+        inventory.parse(Path("x"), data)
+
+
+def test_lab_inventories_need_no_subnet():
+    inv = inventory.parse(Path("x"), listing({"pc1": {"ansible_host": "lab-pc1.example.edu"}}, {"g": ["pc1"]},
+                                             labkit_cluster="room1", labkit_backend="lab"))
+    assert inv.subnet is None and inv.host("pc1").address == "lab-pc1.example.edu"
+
+
+def test_the_shipped_netns_inventory_loads_with_every_group():
+    inv = inventory.load(REPO / "inventory" / "netns")
+    assert set(inv.groups) >= {"brokers", "nameservers", "workers", "ring", "sockservers", "clients"}
+    assert backends.for_inventory(inv) is netns
+
+
+def test_a_missing_inventory_is_one_clear_error(tmp_path):
+    with pytest.raises(InventoryError, match="does not exist"):
+        inventory.load(tmp_path / "nope")
+
+
+def test_active_inventory_comes_from_the_environment_then_the_record_then_the_default(tmp_path, monkeypatch):
+    monkeypatch.setattr(inventory, "ACTIVE_FILE", tmp_path / "active")
+    monkeypatch.setattr(inventory, "STATE", tmp_path)
+    monkeypatch.delenv("LABKIT_INVENTORY", raising=False)
+    assert inventory.active_inventory() == inventory.DEFAULT_INVENTORY
+    inventory.record_active(tmp_path / "mine")
+    assert inventory.active_inventory() == tmp_path / "mine"
+    monkeypatch.setenv("LABKIT_INVENTORY", str(tmp_path / "env"))
+    assert inventory.active_inventory() == tmp_path / "env"
+
+
+# --- backends -------------------------------------------------------------------------------------------------
+
+
+def _inv(backend: str, path="inventory/x"):
+    return inventory.Inventory(path=REPO / path, cluster="c1", subnet=None, backend=backend,
+                               hosts=(inventory.Host("h1", "10.0.0.5"),), groups={"g": ("h1",)})
+
+
+def test_an_unknown_backend_is_refused_with_the_known_ones():
+    with pytest.raises(LabkitError, match="'docker' is not one of netns, vagrant, lab"):
+        backends.for_inventory(_inv("docker"))
+
+
+@pytest.mark.parametrize("name", ["netns", "lab"])
+def test_every_backend_answers_the_same_calls(name):
+    module = backends.for_inventory(_inv(name))
+    assert all(callable(getattr(module, verb)) for verb in ("up", "down", "status"))
+    assert "{inventory}" in module.UP_HINT or "vagrant" in module.UP_HINT
+
+
+def test_up_hint_names_the_inventory_relative_to_the_repository():
+    assert backends.up_hint(_inv("netns", "inventory/mylab")) == "fab up -i inventory/mylab"
+
+
+def test_netns_plan_names_fit_linux_limits():
+    inv = inventory.parse(REPO / "inventory" / "netns", listing(
+        {f"host{i:02d}": {"ansible_host": f"10.77.1.{i + 10}"} for i in range(100)},
+        {"g": [f"host{i:02d}" for i in range(100)]}, **{**GOOD, "labkit_cluster": "abcdef"}))
+    cl = netns.Cluster.from_inventory(inv)
+    assert len({n.veth for n in cl.nodes}) == 100
+    assert max(len(n.veth) for n in cl.nodes) <= 15 and len(cl.bridge) <= 15
+    assert cl.nodes[0].root.parts[-3:] == ("abcdef", "hosts", "host00")
+
+
+def test_netns_refuses_another_backends_inventory():
+    with pytest.raises(LabkitError, match="not 'netns'"):
+        netns.Cluster.from_inventory(_inv("lab"))
+
+
+def test_netns_init_mounts_every_private_directory_then_becomes_supervisord():
+    cl = netns.Cluster.from_inventory(inventory.load(REPO / "inventory" / "netns"))
+    script = netns._init_script(cl.nodes[0]).splitlines()
+    mounted = [line.split()[-1] for line in script if line.startswith("mount --bind")]
+    assert sorted(mounted) == sorted("/" + rel for rel in (*netns.MOUNT_DIRS, *netns.MOUNT_FILES))
+    assert script[-1].startswith("exec /usr/bin/supervisord -n")
+
+
+# --- SSH client files -----------------------------------------------------------------------------------------
+
+
+def test_client_config_pins_host_keys_and_multiplexes(tmp_path, monkeypatch):
+    monkeypatch.setattr(ssh, "STATE", tmp_path)
+    monkeypatch.setattr(ssh, "INCLUDE", tmp_path / "ssh_config")
+    monkeypatch.setattr(ssh, "CONTROL_ROOT", tmp_path / "cp")
+    ssh.write_client_config("c1", [ssh.SshHost("a", "10.0.0.5", "root", "ssh-ed25519 AAAAkey"),
+                                   ssh.SshHost("b", "10.0.0.6", "vagrant", None, port=2222)])
+    config = (tmp_path / "c1" / "ssh_config").read_text()
+    assert "Host 10.0.0.5 a\n" in config and "User vagrant" in config and "Port 2222" in config
+    assert config.count("StrictHostKeyChecking yes") == 2 and "ControlPersist" in config
+    assert (tmp_path / "c1" / "known_hosts").read_text() == "10.0.0.5,a ssh-ed25519 AAAAkey\n"
+    key = tmp_path / "c1" / "ssh" / "id_ed25519"
+    assert key.exists() and key.stat().st_mode & 0o077 == 0 and ssh.public_key("c1").startswith("ssh-ed25519 ")
+    assert f"Include {tmp_path}/*/ssh_config" in (tmp_path / "ssh_config").read_text()
+    first = key.read_bytes()
+    ssh.write_client_config("c1", [])
+    assert key.read_bytes() == first  # made once, kept
+    ssh.remove_client_config("c1")
+    assert not (tmp_path / "c1" / "ssh_config").exists() and key.exists()
+
+
+def test_sshd_open_is_false_for_a_closed_port():
+    assert not ssh.sshd_open("127.0.0.1", 1, timeout=0.2)
+
+
+# --- what the fab tasks print ----------------------------------------------------------------------------------
+
+
+def test_commands_go_through_sudo_only_for_a_non_root_login_with_become():
+    hosts = Hosts(inventory.Inventory(path=Path("x"), cluster="c", subnet=None, backend="lab", groups={}, hosts=(
+        inventory.Host("a", "1.1.1.1", {"ansible_user": "root", "ansible_become": True}),
+        inventory.Host("b", "1.1.1.2", {"ansible_user": "student", "ansible_become": "true"}),
+        inventory.Host("c", "1.1.1.3", {"ansible_user": "student"}))))
+    assert [hosts.sudo(n) for n in "abc"] == [False, True, False]
+
+
+class FakeBackend:
+    UP_HINT = "fab up -i {inventory}"
+
+    def __init__(self, states):
+        self.states = states
+
+    def status(self, inv):
+        return [{"host": h, "address": "-", "state": s, "problem": ""} for h, s in self.states.items()]
+
+
+@pytest.mark.parametrize("states, expected", [
+    ({"h1": "up"}, None),
+    ({"h1": "down"}, "cluster c1 (netns, inventory/x) is not up: bring it up with `fab up -i inventory/x`"),
+])
+def test_not_up_is_one_line_with_the_command_that_brings_the_cluster_up(monkeypatch, states, expected):
+    monkeypatch.setattr(backends, "for_inventory", lambda inv: FakeBackend(states))
+    assert runs.not_up(Hosts(_inv("netns"))) == expected
+
+
+def test_a_partly_down_cluster_names_the_hosts_that_are_down(monkeypatch):
+    monkeypatch.setattr(backends, "for_inventory", lambda inv: FakeBackend({"a": "up", "b": "down", "c": "broken"}))
+    inv = inventory.Inventory(path=REPO / "inventory/x", cluster="c1", subnet=None, backend="netns", groups={},
+                              hosts=tuple(inventory.Host(n, f"10.0.0.{i}") for i, n in enumerate("abc", 5)))
+    assert "is not fully up (b, c are not)" in runs.not_up(Hosts(inv))
+
+
+def test_unreachable_is_told_apart_from_a_failed_command():
+    assert RemoteError("x", unreachable=True).unreachable and not RemoteError("x").unreachable
+
+
+def test_ring_rows_show_each_hop_with_time_from_the_first():
+    trace = [{"lap": 1, "node": "pyro1", "host": "pyro1", "address": "10.0.0.1:1", "received": 10.0,
+              "numbers": [18, 12]},
+             {"lap": 1, "node": "pyro2", "host": "pyro2", "address": "10.0.0.2:1", "received": 10.0025,
+              "numbers": [12, 6]}]
+    assert list(runs.ring_rows({"trace": trace})) == [
+        [1, 1, "pyro1", "pyro1", "10.0.0.1:1", "0.00", "18,12"],
+        [2, 1, "pyro2", "pyro2", "10.0.0.2:1", "2.50", "12,6"]]
+
+
+def test_celery_rows_keep_mode_order_and_show_the_spread():
+    modes = {m: {"tasks": 4, "ok": 4, "tasks_per_s": 1.5, "hosts": {"w1": 3, "w2": 1}, "error_count": 0}
+             for m in ("chunks", "one", "group")}
+    rows = list(runs.celery_rows({"modes": modes}))
+    assert [r[0] for r in rows] == ["one", "group", "chunks"] and rows[0][4] == "w1: 3, w2: 1"
+
+
+def test_status_rows_say_why_a_host_is_not_reachable():
+    result = {"hosts": [
+        {"host": "a", "address": "1", "groups": ["g"], "state": "up", "ssh": True,
+         "programs": {"x": "RUNNING", "sshd": "RUNNING"}, "error": None},
+        {"host": "b", "address": "2", "groups": [], "state": "down", "ssh": False, "programs": {},
+         "error": "nothing answers on SSH port 22"}]}
+    assert list(runs.status_rows(result)) == [
+        ["a", "1", "g", "up", "yes", "sshd RUNNING, x RUNNING"],
+        ["b", "2", "", "down", "no", "nothing answers on SSH port 22"]]
+
+
+def test_send_file_refuses_a_size_out_of_range_before_touching_a_host():
+    with pytest.raises(LabkitError, match="size must be 1..4096 MB"):
+        runs.send_file(Hosts(_inv("netns")), size_mb=0)
+
+
+def test_every_setting_the_roles_choose_reaches_labnodes_toml():
+    """The settings template of site.yml names every labnodes_* port and path of the labnodes role, and each key is
+    a field of labnodes.config.Settings (so a host's labnodes.toml is where the control side finds it)."""
+    import yaml
+
+    from labnodes import config
+    group_vars = yaml.safe_load((REPO / "playbooks" / "group_vars" / "all.yml").read_text())
+    keys = set(group_vars["labnodes_config"])
+    assert keys <= set(config.FIELDS)
+    assert {"venv", "redis_port", "ns_port", "math_port", "file_port", "file_root", "flower_port"} <= keys
+    rendered = json.dumps(group_vars["labnodes_config"])
+    for name in ("labnodes_venv", "labnodes_redis_port", "labnodes_ns_port", "labnodes_math_port",
+                 "labnodes_file_port", "labnodes_file_root", "labnodes_flower_port"):
+        assert "{{ " + name + " }}" in rendered, name
+    assert tomllib.loads('venv = "/opt/x"\nflower_port = 1\n')  # the file format the control side parses
+
+
+# --- progress of long work -------------------------------------------------------------------------------------
+
+
+def test_progress_in_a_log_is_a_line_per_tenth_and_a_last_line():
+    import io
+
+    from labkit.progress import Progress
+    out = io.StringIO()
+    with Progress("hosts ready", 100, stream=out, tty=False) as p:
+        for done in range(0, 101):
+            p.update(done)
+    lines = out.getvalue().splitlines()
+    assert lines[0] == "hosts ready: 10/100" and lines[-1] == "hosts ready: 100/100" and len(lines) == 10
+
+
+def test_progress_of_a_quick_step_is_one_line():
+    import io
+
+    from labkit.progress import Progress
+    out = io.StringIO()
+    with Progress("provision: labnodes: install", 8, stream=out, tty=False, patience=60) as p:
+        for done in range(1, 9):
+            p.update(done)
+    assert out.getvalue() == "provision: labnodes: install: 8/8\n"
+
+
+def test_provision_progress_counts_the_hosts_each_task_reported(monkeypatch):
+    from labkit import provision
+    seen = []
+
+    class Recorder:
+        def __init__(self, phase, total, **kw):
+            self.phase = phase
+
+        def update(self, done, detail=""):
+            seen.append((self.phase, done))
+
+        def close(self):
+            pass
+
+    monkeypatch.setattr(provision, "Progress", Recorder)
+    tasks = provision.TaskProgress(3)
+    for line in ["TASK [labnodes : Ensure labnodes is configured] ****", "ok: [a]", "changed: [b] => (item=x)",
+                 "changed: [b] => (item=y)", "skipping: [c]",
+                 "TASK [Run the services of the host's groups] ***", "included: /x/main.yml for a, b, c"]:
+        tasks.line(line)
+    assert seen == [("provision: labnodes: Ensure labnodes is configured", 1),
+                    ("provision: labnodes: Ensure labnodes is configured", 2),
+                    ("provision: labnodes: Ensure labnodes is configured", 2),
+                    ("provision: labnodes: Ensure labnodes is configured", 3),
+                    ("provision: play: Run the services of the host's groups", 3)]
