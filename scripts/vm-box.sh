@@ -33,7 +33,7 @@ fi
 
 start=$(date +%s)
 root="$WORK/root"
-# A root tree whose packages are all installed is kept for the next attempt (the download is the slow part).
+# The root tree with every package installed is kept in $WORK for the next build (the download is the slow part).
 if [ -f "$WORK/packages-done" ]; then
   echo "vm-box: reusing the package tree in $root (rm -rf $WORK to start afresh)"
 else
@@ -71,10 +71,18 @@ iface lo inet loopback
 auto eth0
 iface eth0 inet dhcp
 EOF
-# No timers that reach the network or churn the disk in a lab VM.
-for t in apt-daily.timer apt-daily-upgrade.timer man-db.timer e2scrub_all.timer fstrim.timer; do
+# No timers that reach the network or churn the disk in a lab VM, and no e2scrub_reap at boot (minutes of
+# looking for LVM snapshots under emulation, on a disk that has no LVM).
+for t in apt-daily.timer apt-daily-upgrade.timer man-db.timer e2scrub_all.timer e2scrub_reap.service fstrim.timer; do
   ln -sf /dev/null "$root/etc/systemd/system/$t"
 done
+# The distribution's Redis service stays off: the redis role runs Redis under supervisord (and disables it
+# where it finds it enabled, as on a public box).
+chroot "$root" systemctl disable --quiet redis-server.service
+# A small initrd with what mounts the root disk (virtio, ext4): under emulation every MB of it costs boot time.
+echo MODULES=list > "$root/etc/initramfs-tools/conf.d/labkit-modules"
+printf '%s\n' virtio_pci virtio_blk virtio_net ext4 > "$root/etc/initramfs-tools/modules"
+chroot "$root" update-initramfs -u -k all > "$WORK/initramfs.log" 2>&1 || { tail -n 20 "$WORK/initramfs.log" >&2; exit 1; }
 # SSH host keys: none in the box; each VM makes its own on first boot, before sshd starts.
 rm -f "$root"/etc/ssh/ssh_host_*
 cat > "$root/etc/systemd/system/labkit-ssh-host-keys.service" <<'EOF'
@@ -145,5 +153,5 @@ EOF
 echo "vm-box: packing"
 tar -C "$box" -cf "$WORK/labkit-bookworm64.box" metadata.json Vagrantfile box.img vmlinuz initrd.img
 vagrant box add --force --name "$BOX_NAME" --provider libvirt "$WORK/labkit-bookworm64.box"
-rm -rf "$root" "$WORK/packages-done"
+rm -f "$WORK/labkit-bookworm64.box" "$box/box.img"
 echo "vm-box: $BOX_NAME added in $(( $(date +%s) - start )) s ($(du -h "$WORK/labkit-bookworm64.box" | cut -f1))"
