@@ -153,5 +153,6 @@ EOF
 echo "vm-box: packing"
 tar -C "$box" -cf "$WORK/labkit-bookworm64.box" metadata.json Vagrantfile box.img vmlinuz initrd.img
 vagrant box add --force --name "$BOX_NAME" --provider libvirt "$WORK/labkit-bookworm64.box"
+size=$(du -h "$WORK/labkit-bookworm64.box" | cut -f1)
 rm -f "$WORK/labkit-bookworm64.box" "$box/box.img"
-echo "vm-box: $BOX_NAME added in $(( $(date +%s) - start )) s ($(du -h "$WORK/labkit-bookworm64.box" | cut -f1))"
+echo "vm-box: $BOX_NAME added in $(( $(date +%s) - start )) s ($size)"
