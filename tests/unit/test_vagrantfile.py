@@ -3,7 +3,8 @@
 `vagrant validate` needs a usable provider. libvirt's config validates without a running libvirtd; VirtualBox is
 not installed on the build machines, so its check puts a stub `VBoxManage` (it only answers `--version`) first on
 PATH: Vagrant then validates the VirtualBox settings of every VM, which is what this test is for. The machines'
-list comes from `vagrant status` under that stub, with a throwaway .vagrant directory, so no VM is touched.
+list comes from `vagrant status` under that stub, run on a copy of the Vagrantfile in a throwaway directory (its
+own .vagrant), so no VM of a running cluster is touched or locked.
 """
 
 from __future__ import annotations
@@ -28,15 +29,19 @@ def vagrant_env(tmp_path: Path) -> dict[str, str]:
     stub.parent.mkdir()
     stub.write_text("#!/bin/sh\necho 7.0.14r161095\n")
     stub.chmod(0o755)
+    # A copy of the Vagrantfile in its own directory: nothing here can lock or touch the VMs of a running cluster.
+    project = tmp_path / "project"
+    project.mkdir()
+    shutil.copy(REPO / "Vagrantfile", project / "Vagrantfile")
     env = {k: v for k, v in os.environ.items() if not k.startswith(("VAGRANT_", "LABKIT_VAGRANT_"))}
-    env.update(PATH=f"{stub.parent}{os.pathsep}{env['PATH']}", VAGRANT_CWD=str(REPO),
-               VAGRANT_DOTFILE_PATH=str(tmp_path / "dot-vagrant"), VAGRANT_CHECKPOINT_DISABLE="1")
+    env.update(PATH=f"{stub.parent}{os.pathsep}{env['PATH']}", VAGRANT_CWD=str(project),
+               LABKIT_VAGRANT_INVENTORY=str(VAGRANT_INVENTORY), VAGRANT_CHECKPOINT_DISABLE="1")
     return env
 
 
 def vagrant(env: dict[str, str], *args: str, **extra: str) -> subprocess.CompletedProcess:
-    return subprocess.run(["vagrant", *args], cwd=REPO, env={**env, **extra}, capture_output=True, text=True,
-                          timeout=120)
+    return subprocess.run(["vagrant", *args], cwd=env["VAGRANT_CWD"], env={**env, **extra}, capture_output=True,
+                          text=True, timeout=120)
 
 
 def machines(env: dict[str, str], **extra: str) -> list[str]:
