@@ -7,13 +7,12 @@ backend (labkit.backends: netns, vagrant or lab), behind the same calls: this fi
 
 from __future__ import annotations
 
-import subprocess
 import sys
 import time
 
 from fabric import task
 
-from labkit import REPO, LabkitError, backends, inventory, provision, runs
+from labkit import LabkitError, backends, inventory, provision, runs
 from labkit.remote import Hosts, RemoteError
 from labnodes import output
 
@@ -90,6 +89,10 @@ def status(c, json_=False):
         if not result["up"]:
             print(f"the cluster is not {'fully ' if any(h['state'] == 'up' for h in result['hosts']) else ''}up: "
                   f"bring it up with `{result['up_hint']}`")
+        if result.get("faults"):
+            from labkit import faults
+            print("\nfaults in force (`fab heal` undoes them all):\n")
+            output.table(faults.fault_rows(result["faults"]), faults.FAULT_HEADERS)
         if result["flower"]:
             print(f"Flower (Celery monitor): {result['flower']}  user 'admin', password in "
                   f".labkit/{result['cluster']}/secrets/flower_password")
@@ -136,16 +139,42 @@ def send_file(c, size=32, json_=False):
         sys.exit(1)
 
 
-@task(help={"k": "only checks whose name matches this pytest -k expression"})
-def check(c, k=None):
-    """Remote checks of every host with pytest + testinfra over SSH (tests/infra), against the active inventory."""
+@task(help={"junit": "also write JUnit XML here (one test case per check and host)",
+            "html": "also write one self-contained HTML report here",
+            "grading": "YAML grading file: which checks count and their weights (default: every check, 1 each)",
+            "class": "check every student inventory in this folder (one subfolder each), in parallel",
+            "out": "class mode: folder for class.csv, class.xlsx and each student's HTML",
+            "timeout": "seconds per host for SSH and each remote command",
+            "json": "print the report as JSON instead of the summary"})
+def check(c, junit=None, html=None, grading=None, class_=None, out=None, timeout=20, json_=False):
+    """Check the cluster in layers (reach, host, service, app); outcomes pass / fail / blocked-by."""
+    from labkit import checks
+    from labkit.checks import classmode, grading as grading_, report
     try:
-        inv = inventory.load()
+        if class_:
+            if not out:
+                _fail(LabkitError("--class needs --out FOLDER"))
+            try:
+                results = classmode.run_class(class_, out, grading, timeout=float(timeout))
+            except KeyboardInterrupt:
+                print(f"\nclass: interrupted; {out}/class.csv and class.xlsx list who was checked", file=sys.stderr)
+                sys.exit(130)
+            print(f"\nclass: {len(results)} students; {out}/class.csv, {out}/class.xlsx, {out}/<student>.html")
+            sys.exit(0 if all(r["status"] == "ok" for r in results.values()) else 1)
+        g = grading_.load(grading)
+        result = checks.run(inventory.load(), timeout=float(timeout))
     except LabkitError as exc:
         _fail(exc)
-    cmd = [sys.executable, "-m", "pytest", "tests/infra", f"--ansible-inventory={inv.path}", "-p", "no:cacheprovider",
-           *(["-k", k] if k else [])]
-    sys.exit(subprocess.run(cmd, cwd=REPO, env=provision.ansible_env()).returncode)
+    score = grading_.score(result, g) if grading else None
+    if junit:
+        report.junit(result, junit)
+    if html:
+        report.write_html(result, html, score)
+    if json_:
+        output.as_json(dict(result, score=score))
+    else:
+        print(report.console(result, score))
+    sys.exit(0 if result["status"] == "ok" else 1)
 
 
 @task
@@ -155,3 +184,71 @@ def demo(c):
                      ("Socket math server", run_math), ("File transfer", send_file)]:
         print(f"\n=== {title} ===\n")
         t(c)
+
+
+# --- Faults and impairments (labkit.faults, labkit.scenario) ---------------------------------------------------
+
+def _faults_run(fn, *args, json_=False, headers=None, rows=None, **kwargs) -> dict:
+    from labkit import faults
+    return _run(fn, headers or faults.FAULT_HEADERS, rows or faults.result_rows, json_, *args, **kwargs)
+
+
+@task(help={"host": "the host whose cluster link to impair", "loss": "percent of packets dropped, each way",
+            "rate": "rate limit each way, like 500kbit or 10mbit", "delay": "ms added to what the host sends (netem)",
+            "jitter": "ms of random variation of the delay (netem)", "for": "undo by itself after SECONDS",
+            "json": "print JSON instead of a table"})
+def impair(c, host, loss=None, rate=None, delay=None, jitter=None, for_=None, json_=False):
+    """Impair a host's cluster link both ways: packet loss, a rate limit, delay; refused where the kernel can't."""
+    from labkit import faults
+    _faults_run(faults.impair, host, loss=loss, rate=rate, delay=delay, jitter=jitter, for_=for_, json_=json_)
+
+
+@task(help={"host": "only this host and its partition peers (default: every host of the cluster)",
+            "json": "print JSON instead"})
+def heal(c, host=None, json_=False):
+    """Undo every fault labkit set, on every host (or on one: --host HOST)."""
+    from labkit import faults
+    result = _faults_run(faults.heal, host, json_=json_, headers=faults.HEAL_HEADERS, rows=faults.heal_rows)
+    if result["failed"]:
+        _fail(LabkitError("could not heal " + "; ".join(result["failed"])))
+
+
+@task(help={"host_a": "one host", "host_b": "the other host", "for": "undo by itself after SECONDS",
+            "json": "print JSON instead"})
+def partition(c, host_a, host_b, for_=None, json_=False):
+    """Cut the link between two hosts, both ways, on both hosts (`fab heal` restores it)."""
+    from labkit import faults
+    _faults_run(faults.partition, host_a, host_b, for_=for_, json_=json_)
+
+
+@task(help={"action": "stop, start or kill", "target": "HOST:PROGRAM, or HOST for all its labnodes programs",
+            "for": "undo (start again) by itself after SECONDS", "json": "print JSON instead"})
+def fault(c, action, target, for_=None, json_=False):
+    """Stop, start or SIGKILL a supervised program (HOST:PROGRAM) or every labnodes program of a host (HOST)."""
+    from labkit import faults
+    _faults_run(faults.fault, action, target, for_=for_, json_=json_)
+
+
+@task(positional=["file"], help={"file": "the scenario (YAML timeline; see scenarios/)",
+                                 "run": "ring, celery, math or file (default: the file's `run:`, else ring)",
+                                 "json": "print JSON at the end instead of the summary line"})
+def scenario(c, file, run=None, json_=False):
+    """Play a scenario's faults on time while a run repeats; everything is healed at the end, also on Ctrl-C."""
+    from labkit import scenario as scenarios
+    try:
+        inv = inventory.load()
+        plan = scenarios.load(file)
+        result = scenarios.play(inv, plan, run or plan.run or "ring", echo=(lambda s: None) if json_ else print)
+    except KeyboardInterrupt:
+        print("\nscenario: interrupted; healed every host it could reach (the heal line above says what)",
+              file=sys.stderr)
+        sys.exit(130)
+    except LabkitError as exc:
+        _fail(exc)
+    if json_:
+        output.as_json(result)
+    else:
+        print(f"\n{result['attempts']} {result['run']} run(s), {result['failed_attempts']} failed during the faults; "
+              f"after healing: {'works' if result['ok_after_heal'] else 'STILL FAILING'}")
+    if not result["ok_after_heal"]:
+        sys.exit(1)

@@ -22,7 +22,7 @@ import sys
 import tempfile
 import time
 
-from labnodes import ring
+from labnodes import pyro_client, ring
 
 NS_HOST = "127.0.0.10"
 RING = {"pyro1": ("127.0.0.11", "pyro2"), "pyro2": ("127.0.0.12", "pyro3"), "pyro3": ("127.0.0.13", "pyro1")}
@@ -161,7 +161,7 @@ def run(quick: bool = False) -> list[dict]:
 
         with ring.ns_proxy(NS_HOST, ns_port, key, 5.0) as ns:
             uris = [ns.lookup(ring.registration_name(name)) for name in RING]
-        proxies = [ring._proxy(uri, key, 5.0) for uri in uris]
+        proxies = [pyro_client.proxy(uri, key, 5.0) for uri in uris]
         for p in proxies:
             p.info()
 

@@ -156,8 +156,10 @@ def status(hosts: Hosts) -> dict:
             flower = f"http://{hosts.address(broker)}:{hosts.setting(broker, 'flower_port')}/"
         except LabkitError:
             flower = None
+    from labkit import faults  # every fault labkit set that is still in force, as recorded on each host
+    in_force = faults.in_force(hosts, [r["host"] for r in rows if r["ssh"]])
     return {"cluster": inv.cluster, "inventory": str(inv.path), "backend": inv.backend, "hosts": rows,
-            "flower": flower, "up": all(r["state"] == "up" for r in rows),
+            "flower": flower, "faults": in_force, "up": all(r["state"] == "up" for r in rows),
             "up_hint": backends.up_hint(inv)}
 
 

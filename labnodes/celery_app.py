@@ -30,20 +30,32 @@ Configuration choices, and why
     worker_prefetch_multiplier = 1
         Each worker process reserves one task at a time, so tasks spread over all worker hosts and a dead
         worker holds back at most one task per process.
-    visibility_timeout = celery_visibility_timeout (default 300 s), restore sweep every 1..10 s
+    visibility_timeout = celery_visibility_timeout (default 90 s), restore sweep every 1..10 s
         Redis has no connection-bound acknowledgements: a task taken by a worker that then vanished (host
-        down, SIGKILL) goes back to the queue once it has been unacknowledged for this long. It must be longer
-        than the longest task (lab.sleep is capped at 60 s), or a slow task would be run twice. A warm
-        shutdown (SIGTERM) finishes the running tasks and hands back at once those it had reserved.
+        down, SIGKILL of the worker's main process) goes back to the queue once it has been unacknowledged
+        for this long, and a live worker's next sweep hands it out again: `redelivery_after()` = visibility
+        timeout + sweep interval (99 s by default; it was 300 s + 10 s). Kombu's Redis transport has no
+        heartbeat that extends the timeout for a task still running, so the bound is: visibility timeout >
+        the longest task (lab.sleep is capped at 60 s) + a margin (30 s), or a slow task would be handed to a
+        second worker while it still runs; `labnodes celery worker` warns when the setting is below that. A
+        warm shutdown (SIGTERM) finishes the running tasks and hands back at once those it had reserved.
+    task_track_started stays off: it would let a waiting client name the worker that took a job, at the cost
+        of one more Redis write per task (the lab's throughput runs measure exactly that path); the client
+        finds when a job was taken in the transport's unacked index instead (celery_cli.held_jobs).
+    Jobs sent by `labnodes celery` clients expire only after celery_timeout + redelivery_after() +
+    celery_timeout seconds (`job_expires()`), never before a lost worker's job could have been handed out
+    again and run: a job is never skipped as expired because its first worker died.
     result_expires = 1 hour, result_extended = True
         Results are kept for an hour, then Redis drops them. The extended result records the worker that ran
         the task, so a client can say where a failure happened.
     Clients (make_app(settings, client=True)): broker_transport_options max_retries 3 with short intervals,
     result_backend_transport_options retry_policy max_retries 2; everyone: socket_connect_timeout 5 s
         A client gives up within seconds when Redis is unreachable or refuses the password, instead of
-        retrying for ever; `labnodes celery submit` then prints one line and exits 1. A worker keeps Celery's
-        patient defaults (broker_connection_max_retries = None: reconnect for ever; ~20 retries to store a
-        result): under a supervisor it rides out a Redis restart instead of dropping results.
+        retrying for ever; `labnodes celery submit` then prints one line and exits 1. A worker is patient
+        (broker_connection_max_retries = None: reconnect for ever; result_backend_always_retry with up to 60
+        retries, at most 5 s apart, to store a result): under a supervisor it rides out a Redis restart. Without
+        it, a task that finished while Redis was down could not store its result, was acknowledged anyway,
+        and its job was lost (seen in test_jobs_pending_while_the_broker_restarts_all_complete).
     broker_connection_retry_on_startup = True
         A worker started before Redis waits for it (and Celery 5 warns when this is left unset).
 """
@@ -70,6 +82,25 @@ def redis_url(settings: config.Settings) -> str:
     return f"redis://{auth}{host}:{settings.redis_port}/{settings.redis_db}"
 
 
+SAFETY_MARGIN = 30.0  # seconds the visibility timeout must exceed the longest task by
+
+
+def restore_interval(visibility: float) -> float:
+    """Seconds between the sweeps (by live workers) that hand out jobs unacknowledged for too long."""
+    return max(1.0, min(10.0, visibility / 10))
+
+
+def redelivery_after(settings: config.Settings) -> float:
+    """At most this many seconds after a worker took a job, Redis hands it out again if that worker is lost."""
+    visibility = float(settings.celery_visibility_timeout)
+    return visibility + restore_interval(visibility)
+
+
+def job_expires(settings: config.Settings) -> float:
+    """Seconds after sending when a client's job expires: after it could have been redelivered and run."""
+    return settings.celery_timeout + redelivery_after(settings) + settings.celery_timeout
+
+
 def celery_config(settings: config.Settings) -> dict:
     """Celery configuration (lowercase setting names) for these labnodes settings."""
     url = redis_url(settings)
@@ -88,9 +119,14 @@ def celery_config(settings: config.Settings) -> dict:
         "result_extended": True,
         "broker_connection_retry_on_startup": True,
         "broker_connection_max_retries": None,  # the worker: keep trying, a supervisor runs it
+        # the worker: a result that cannot be stored while Redis restarts is retried (up to ~5 min), not
+        # dropped: else the task is acknowledged with no result stored, and the job is lost
+        "result_backend_always_retry": True,
+        "result_backend_max_retries": 60,
+        "result_backend_max_sleep_between_retries_ms": 5000,
         "broker_transport_options": {
             "visibility_timeout": visibility,
-            "unacked_restore_interval": max(1.0, min(10.0, visibility / 10)),
+            "unacked_restore_interval": restore_interval(visibility),
             "unacked_restore_throttle": 1,  # scan on every sweep: the interval above is the period
             "socket_connect_timeout": CONNECT_TIMEOUT,
         },
@@ -113,6 +149,7 @@ def client_config(settings: config.Settings) -> dict:
         "result_backend_transport_options": {
             "retry_policy": {"max_retries": 2, "interval_start": 0, "interval_step": 0.5, "interval_max": 1},
         },
+        "result_backend_always_retry": False,  # a client fails in seconds instead
     }
 
 

@@ -26,15 +26,26 @@ Connection: redis_host, redis_port, redis_db, redis_password from the config fil
 in `ps`).
 
 Errors (one line on stderr, exit status 1; never a hang)
-    a bad argument                        "gcd: a must be an integer, got '4.5'" (nothing is sent)
+    a bad argument                        "numbers must be decimal digits 0-9" (nothing is sent; the numbers
+                                          rule and its messages are labnodes.numbers', as on the ring and the
+                                          math server)
     Redis unreachable                     "cannot reach Redis at redis://HOST:PORT/DB: ..."
     Redis refuses the password            "Redis at redis://HOST:PORT/DB refused the password: check redis_password"
-    no result within celery_timeout s     "no worker answered lab.gcd within 30 s: is a worker running against ...?"
-                                          (the task expires then, so a worker that comes up later skips it)
+    no worker took the job within         "no worker answered lab.gcd within 30 s: is a worker running against ...?
+    celery_timeout s                      (job ID stays queued until HH:MM:SS: a worker that comes up before then
+                                          runs it)"
+    a worker took the job but gave no     first a notice on stderr (not an error): "job ID (lab.sleep) was taken by
+    result within celery_timeout s        a worker at 14:03:12 and has no result after 30 s; if that worker is gone,
+                                          Redis hands the job to another worker by 14:04:51 (visibility timeout
+                                          90 s): waiting for redelivery until 14:05:21"; then the result, or
+                                          "no result for job ID ... even after the time for redelivery ..."
+    Jobs expire only after celery_timeout + redelivery + celery_timeout (celery_app.job_expires), so a job
+    whose worker was killed is handed to another worker, never skipped as expired.
     the task failed on the worker         "lab.gcd failed on worker@w1: TypeError: ..."
     batch: any wrong or missing result    the table is printed, then each error line; exit status 1.
-    A batch waits at most celery_timeout seconds for one task (mode one), or celery_timeout + 1 s per 100 tasks
-    for a whole group or chunks run.
+    A batch waits celery_timeout seconds for one task (mode one), or celery_timeout + 1 s per 100 tasks for a
+    whole group or chunks run; if by then a worker holds jobs it has not answered (it may have been killed), it
+    says so on stderr, like submit, and waits on until they could have been redelivered and run.
 
 Library API (Fabric tasks, tests): `submit(settings, op, *args) -> dict`, `batch(settings, count, modes,
 chunk_size, seed) -> dict`, `run_worker(settings, name, concurrency) -> int`. Celery is imported only when a
@@ -44,6 +55,7 @@ command runs: the CLI stays quick to start.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import math
 import random
@@ -52,14 +64,13 @@ import socket
 import time
 from collections import Counter
 
-from labnodes import LabnodesError, output
+from labnodes import LabnodesError, numbers, output
 from labnodes.config import Settings
 
 log = logging.getLogger(__name__)
 
 MODES = ("one", "group", "chunks")
 NODE_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
-INTEGER = re.compile(r"-?[0-9]{1,64}")
 MAX_LISTED_ERRORS = 20  # a batch lists at most this many error lines per mode (it counts them all)
 
 
@@ -73,13 +84,7 @@ def parse_args_for(op: str, texts: list[str]) -> tuple:
         if op in tasks.OPERATIONS:
             if len(texts) != 2:
                 raise ValueError(f"{op} takes two integers A B, got {len(texts)} argument(s)")
-            values = []
-            for name, text in zip("ab", texts, strict=True):
-                text = text.strip()
-                if not INTEGER.fullmatch(text):
-                    raise ValueError(f"{op}: {name} must be an integer, got {text!r:.40}")
-                values.append(int(text))
-            return tasks.check_operands(op, *values)
+            return tuple(numbers.parse_number(text) for text in texts)  # the one rule, its messages
         if op == "sleep":
             if len(texts) != 1:
                 raise ValueError(f"sleep takes one number SECONDS, got {len(texts)} argument(s)")
@@ -175,6 +180,14 @@ def run_worker(settings: Settings, name: str = "worker", concurrency: int | None
     if concurrency < 1:
         raise LabnodesError(f"concurrency must be >= 1, got {concurrency}")
     node = f"{name}@{socket.gethostname()}"
+    from labnodes.celery_app import SAFETY_MARGIN
+    from labnodes.tasks import MAX_SLEEP
+
+    if settings.celery_visibility_timeout < MAX_SLEEP + SAFETY_MARGIN:
+        log.warning(
+            "celery_visibility_timeout %g s is below the longest task (%g s) + %g s: a long task may be handed "
+            "to a second worker while it still runs", settings.celery_visibility_timeout, MAX_SLEEP, SAFETY_MARGIN,
+        )
     app = make_app(settings)
     log.info("starting worker %s (concurrency %d) against %s", node, concurrency, where(settings))
     # without_mingle: at start-up Celery would spend a second asking other workers for revoked task ids; the
@@ -184,41 +197,150 @@ def run_worker(settings: Settings, name: str = "worker", concurrency: int | None
     return worker.exitcode or 0
 
 
-def submit(settings: Settings, op: str, *args) -> dict:
-    """Run lab.<op>(*args) on some worker and return its result dict; raise LabnodesError on any failure."""
+def submit(settings: Settings, op: str, *args, notify=None) -> dict:
+    """Run lab.<op>(*args) on some worker and return its result dict; raise LabnodesError on any failure.
+
+    Waits celery_timeout seconds. If by then a worker has taken the job but not answered (it may have been
+    killed), calls notify(text) (default: a line on stderr) saying the job waits for redelivery and until
+    when, then waits on: until redelivery_after() seconds after the job was taken, plus celery_timeout.
+    """
     from celery.exceptions import TimeoutError as CeleryTimeout
 
-    from labnodes.celery_app import make_app
+    from labnodes.celery_app import job_expires, make_app
 
     args = check_task_args(op, args)
     timeout = _check_timeout(settings)
     check_redis(settings)
     app = make_app(settings, client=True)
+    notify = notify or _notify
     result = None
     try:
         try:
-            result = app.signature(f"lab.{op}", args=args).apply_async(expires=timeout)
+            result = app.signature(f"lab.{op}", args=args).apply_async(expires=job_expires(settings))
         except Exception as exc:
             if _is_broker_failure(exc):
                 raise _broker_failure(settings, exc) from None
             raise
         log.info("sent lab.%s(%s) as task %s", op, ", ".join(map(str, args)), result.id)
-        try:
-            value = result.get(timeout=timeout)
-        except CeleryTimeout:
-            raise LabnodesError(
-                f"no worker answered lab.{op} within {timeout:g} s: is a worker running against {where(settings)}?"
-            ) from None
-        except Exception as exc:  # a task error re-raised here by Celery, or a lost connection to Redis
-            if _is_broker_failure(exc):
-                raise _broker_failure(settings, exc) from None
-            ran_on = getattr(result, "worker", None) or "a worker"
-            raise LabnodesError(f"lab.{op} failed on {ran_on}: {type(exc).__name__}: {exc}") from None
+        value = None
+        for first in (True, False):  # the second wait only for a job a worker took and did not answer
+            wait = timeout if first else _redelivery_wait(settings, op, result, notify)
+            try:
+                value = result.get(timeout=wait)
+                break
+            except CeleryTimeout:
+                if not first:
+                    raise LabnodesError(
+                        f"no result for job {result.id} (lab.{op}) even after the time for redelivery: the "
+                        f"worker that took it is gone and no other worker took it over; it stays queued until "
+                        f"it expires, {_clock(time.time() - timeout + job_expires(settings) - 2 * timeout)}"
+                    ) from None
+            except Exception as exc:  # a task error re-raised here by Celery, or a lost connection to Redis
+                if _is_broker_failure(exc):
+                    raise _broker_failure(settings, exc) from None
+                ran_on = getattr(result, "worker", None) or "a worker"
+                raise LabnodesError(f"lab.{op} failed on {ran_on}: {type(exc).__name__}: {exc}") from None
     finally:
         _release(result)
         app.close()
     log.info("task %s: %s", result.id, value)
     return value
+
+
+def _notify(text: str) -> None:
+    import sys
+
+    print(f"labnodes: {text}", file=sys.stderr, flush=True)
+
+
+def _clock(epoch: float) -> str:
+    return time.strftime("%H:%M:%S", time.localtime(epoch))
+
+
+def held_jobs(settings: Settings, task_ids) -> dict[str, float]:
+    """Which of these jobs a worker has taken and not acknowledged yet, and when it took them (epoch seconds),
+    from the Redis transport's "unacked" hash and index. A job not in it is still queued, or done."""
+    import redis
+
+    from labnodes.celery_app import CONNECT_TIMEOUT, redis_url
+
+    wanted = set(task_ids)
+    held: dict[str, float] = {}
+    client = redis.Redis.from_url(
+        redis_url(settings), socket_connect_timeout=CONNECT_TIMEOUT, socket_timeout=CONNECT_TIMEOUT
+    )
+    try:
+        for tag, raw in client.hscan_iter("unacked"):
+            try:
+                message = json.loads(raw)[0]
+                task_id = message["headers"]["id"]
+            except (ValueError, TypeError, IndexError, KeyError):
+                continue
+            if task_id in wanted:
+                taken = client.zscore("unacked_index", tag)
+                if taken is not None:
+                    held[task_id] = taken
+    except redis.exceptions.RedisError as exc:
+        raise _broker_failure(settings, exc) from None
+    finally:
+        client.close()
+    return held
+
+
+def taken_at(settings: Settings, task_id: str) -> float | None:
+    """When a worker took job `task_id` and has not acknowledged it yet; None if no worker holds it."""
+    return held_jobs(settings, [task_id]).get(task_id)
+
+
+def _held_wait(settings: Settings, ids, what: str, notify) -> float | None:
+    """Seconds to wait on for jobs a worker took and did not answer (saying so through notify); None if no
+    job of `ids` is held by a worker."""
+    from labnodes.celery_app import redelivery_after
+
+    held = held_jobs(settings, ids)
+    if not held:
+        return None
+    first, last = min(held.values()), max(held.values())
+    again = last + redelivery_after(settings)
+    now = time.time()
+    until = max(again, now) + settings.celery_timeout
+    notify(
+        f"{len(held)} job(s) of {what} were taken by a worker at {_clock(first)} and have no result; if that "
+        f"worker is gone, Redis hands them to another worker by {_clock(again)} (visibility timeout "
+        f"{settings.celery_visibility_timeout:g} s): waiting for redelivery until {_clock(until)}"
+    )
+    return until - now
+
+
+def _redelivery_wait(settings: Settings, op: str, result, notify) -> float:
+    """After the first wait: seconds to wait on for a job a worker took (saying so), or raise LabnodesError."""
+    from labnodes.celery_app import job_expires, redelivery_after
+
+    timeout = settings.celery_timeout
+    taken = taken_at(settings, result.id)
+    now = time.time()
+    if taken is None:
+        if result.ready():
+            return timeout  # the result came in just now
+        raise LabnodesError(
+            f"no worker answered lab.{op} within {timeout:g} s: is a worker running against {where(settings)}? "
+            f"(job {result.id} stays queued until {_clock(now - timeout + job_expires(settings))}: a worker that "
+            f"comes up before then runs it)"
+        )
+    who = "a worker"
+    try:
+        if result.state == "STARTED" and isinstance(result.info, dict) and result.info.get("hostname"):
+            who = result.info["hostname"]
+    except Exception:  # only for the message
+        log.debug("no STARTED record for %s", result.id, exc_info=True)
+    again = taken + redelivery_after(settings)
+    until = max(again, now) + timeout
+    notify(
+        f"job {result.id} (lab.{op}) was taken by {who} at {_clock(taken)} and has no result after {timeout:g} s; "
+        f"if that worker is gone, Redis hands the job to another worker by {_clock(again)} "
+        f"(visibility timeout {settings.celery_visibility_timeout:g} s): waiting for redelivery until {_clock(until)}"
+    )
+    return until - now
 
 
 def _check_timeout(settings: Settings) -> float:
@@ -254,8 +376,12 @@ def batch(
     modes: tuple[str, ...] | list[str] = MODES,
     chunk_size: int = 100,
     seed: int = 1,
+    notify=None,
 ) -> dict:
-    """Run `count` gcd tasks in each mode, check them, and report speed, spread over workers and errors."""
+    """Run `count` gcd tasks in each mode, check them, and report speed, spread over workers and errors.
+
+    Jobs a worker took and did not answer within the wait (the worker may have been killed) are waited for
+    until they could have been redelivered and run, saying so through notify(text) (default: stderr)."""
     if count < 1:
         raise LabnodesError(f"count must be >= 1, got {count}")
     if chunk_size < 1:
@@ -273,7 +399,7 @@ def batch(
     report = {"count": count, "seed": seed, "chunk_size": chunk_size, "broker": where(settings), "modes": {}}
     try:
         for mode in modes:
-            report["modes"][mode] = _run_mode(app, settings, mode, pairs, chunk_size)
+            report["modes"][mode] = _run_mode(app, settings, mode, pairs, chunk_size, notify or _notify)
     except Exception as exc:
         if _is_broker_failure(exc):
             raise _broker_failure(settings, exc) from None
@@ -283,13 +409,30 @@ def batch(
     return report
 
 
-def _run_mode(app, settings: Settings, mode: str, pairs: list, chunk_size: int) -> dict:
+def _get_outlasting_redelivery(settings: Settings, result, wait: float, what: str, notify):
+    """result.get(wait); if it times out while a worker holds some of its jobs, wait on for their redelivery."""
+    from celery.exceptions import TimeoutError as CeleryTimeout
+
+    try:
+        return result.get(timeout=wait, propagate=False)
+    except CeleryTimeout:
+        children = getattr(result, "results", None) or [result]
+        more = _held_wait(settings, [r.id for r in children if not r.ready()], what, notify)
+        if more is None:
+            raise
+        return result.get(timeout=more, propagate=False)
+
+
+def _run_mode(app, settings: Settings, mode: str, pairs: list, chunk_size: int, notify=_notify) -> dict:
     from celery import group
     from celery.exceptions import TimeoutError as CeleryTimeout
+
+    from labnodes.celery_app import job_expires, redelivery_after
 
     task = app.tasks["lab.gcd"]
     timeout = settings.celery_timeout
     whole_timeout = timeout + len(pairs) / 100
+    expires = whole_timeout + redelivery_after(settings) + timeout  # never before a lost job is handed out again
     values: list = []
     errors: list[str] = []
     result = None
@@ -298,14 +441,14 @@ def _run_mode(app, settings: Settings, mode: str, pairs: list, chunk_size: int) 
     try:
         if mode == "one":
             for a, b in pairs:
-                result = task.apply_async((a, b), expires=timeout)
-                values.append(result.get(timeout=timeout, propagate=False))
+                result = task.apply_async((a, b), expires=job_expires(settings))
+                values.append(_get_outlasting_redelivery(settings, result, timeout, f"gcd({a}, {b})", notify))
         elif mode == "group":
-            result = group(task.s(a, b) for a, b in pairs).apply_async(expires=whole_timeout)
-            values = result.get(timeout=whole_timeout, propagate=False)
+            result = group(task.s(a, b) for a, b in pairs).apply_async(expires=expires)
+            values = _get_outlasting_redelivery(settings, result, whole_timeout, "the group", notify)
         else:
-            result = task.chunks(pairs, chunk_size).group().apply_async(expires=whole_timeout)
-            for chunk in result.get(timeout=whole_timeout, propagate=False):
+            result = task.chunks(pairs, chunk_size).group().apply_async(expires=expires)
+            for chunk in _get_outlasting_redelivery(settings, result, whole_timeout, "the chunks", notify):
                 if isinstance(chunk, list):
                     values.extend(chunk)
                 else:  # the whole chunk task failed

@@ -11,7 +11,7 @@ from labnodes import LabnodesError, __version__, config
 
 # Each module has register(subparsers): it adds its subcommands and sets `func(args, settings) -> int`.
 # Flags whose dest is a Settings field (e.g. dest="math_port") override the config file and environment.
-PROGRAMS = ["labnodes.celery_cli", "labnodes.ring", "labnodes.mathserver", "labnodes.filexfer"]
+PROGRAMS = ["labnodes.celery_cli", "labnodes.ring", "labnodes.mathserver", "labnodes.filexfer", "labnodes.selftest"]
 
 
 def build_parser() -> argparse.ArgumentParser:

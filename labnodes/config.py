@@ -40,7 +40,7 @@ class Settings:
     redis_password: str = ""  # no default secret; Redis on a cluster always has one
     celery_concurrency: int = 2  # worker processes per worker host
     celery_timeout: float = 30.0  # seconds a client waits for one result
-    celery_visibility_timeout: float = 300.0  # seconds before a task held by a lost worker is re-delivered
+    celery_visibility_timeout: float = 90.0  # seconds before a task held by a lost worker is re-delivered
 
     # Pyro4: name server and ring nodes.
     ns_host: str = "127.0.0.1"
@@ -63,6 +63,8 @@ class Settings:
     file_root: str = "/var/lib/labnodes/files"  # every name is confined to this directory
     file_max_size: int = 4 * 1024**3  # bytes; larger transfers are refused before any byte is written
     file_idle_timeout: float = 60.0  # seconds without progress before a transfer is abandoned
+    file_max_connections: int = 32  # connections served at once; more get a "busy" ERR frame
+    file_min_rate: float = 16384.0  # bytes/s a transfer must average after file_idle_timeout s, or "too-slow"
 
     # Flower, Celery's web monitor on the broker (its program takes the port from the role; recorded here so the
     # control side can show where it is).

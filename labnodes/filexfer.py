@@ -17,6 +17,8 @@ One request per connection; the server closes the connection after its last repl
                  or an ERR frame
 
     ERR frame: {"error": CODE, "message": "one line for people"}
+               (a message is cut to 600 characters, so every ERR frame fits the 4096-byte header limit;
+               a message never echoes a number or name the client sent that could be long)
 
 The server answers "ready" before the client sends any byte of a PUT: a refusal (bad name, too large) then
 costs no transfer, and it arrives intact (a server that closed a socket while the client was still sending
@@ -27,23 +29,39 @@ Error codes
     bad-frame          header length outside 1..4096, not UTF-8, not JSON, or not an object
     bad-request        unknown "op", or a field missing or of the wrong type ("size" a non-negative integer,
                        "sha256" 64 hex digits)
-    bad-name           the name is not a plain file name: empty, ".", "..", contains "/" or NUL or a control
-                       character, starts with "." (reserved for temporary files), over 255 bytes in UTF-8
+    bad-name           the name is not a plain file name: empty, ".", "..", contains "/" or "\\" or NUL or a
+                       control character, an invisible character (Unicode format, e.g. the bidi override
+                       U+202E or a zero-width space, or a line/paragraph separator), begins or ends with a
+                       blank (so " " is refused), starts with "." (reserved for temporary files), over 255
+                       bytes in UTF-8
     too-large          "size" is over file_max_size; refused before any byte is written (the client of a GET
                        refuses a reply over its own file_max_size the same way, then closes)
     not-found          GET of a name that does not exist
     not-a-file         GET of a directory, a symbolic link (never followed), a device or a FIFO; PUT onto a
-                       directory
+                       directory (refused from the header, before "ready": no body is taken)
     checksum-mismatch  the sha256 of the received bytes differs from the header's
     disk-error         the server could not write the file (full disk, permissions, ...)
     idle-timeout       no progress for file_idle_timeout seconds
+    too-slow           the overall deadline passed: the header must be complete within file_idle_timeout s,
+                       and a body of S bytes within file_idle_timeout + S / file_min_rate s (a client sending
+                       a byte a second cannot hold a connection for ever). A GET reader that is too slow is
+                       cut off (connection reset: no frame can follow in the middle of a body).
+    busy               file_max_connections connections are being served; sent at once, without a thread,
+                       then the connection is closed (try again later)
     short-stream       the peer closed the connection before all announced bytes arrived (logged; there is
                        nobody left to send the ERR frame to)
     internal-error     a bug in the server (its log has the traceback)
 A server that shuts down closes open connections without an ERR frame: clients see short-stream or
 connection-lost.
 
-Receiving (the server for PUT, the client for GET) streams in constant memory (4 buffers of 4 MiB; a second
+Limits: at most file_max_connections (32) connections are served at once, one thread each; more get "busy"
+at once. Memory is bounded per transfer and in all (below); a refused connection is drained for at most 1 s
+before it is closed, so the kernel does not reset the ERR frame away.
+
+Receiving (the server for PUT, the client for GET) streams in constant memory (at most 4 buffers of 4 MiB,
+anonymous mmaps made only when the hasher falls behind, so only the bytes actually received are resident: a
+stalled upload holds what it sent, not 16 MiB; on the server, buffers beyond each upload's first come from
+12 shared ones, so 32 uploads at full speed hold at most 32 x 4 + 48 MiB = 176 MiB, not 512 MiB; a second
 thread hashes one chunk while the next is received and written): 4 MiB chunks go into a temporary
 file in the destination directory (".upload-<random>.part" on the server, ".download-<random>.part" on the
 client), hashed as they arrive, then fsync; only if the sha256 matches is the file renamed to its name, which
@@ -71,6 +89,7 @@ import errno
 import hashlib
 import json
 import logging
+import mmap
 import os
 import queue
 import re
@@ -81,6 +100,7 @@ import stat
 import struct
 import threading
 import time
+import unicodedata
 
 from labnodes import LabnodesError
 
@@ -88,8 +108,15 @@ log = logging.getLogger(__name__)
 
 MAX_HEADER = 4096  # bytes of JSON header
 MAX_NAME = 255  # bytes of UTF-8 in a file name (NAME_MAX on Linux)
+MAX_MESSAGE = 600  # characters of an ERR message (at most 4 bytes each in UTF-8 JSON: always fits a frame)
+MAX_CONNECTIONS = 32  # connections served at once; more get a "busy" ERR frame
+MIN_RATE = 16 * 1024  # bytes/s a transfer must average (after a grace of idle_timeout) or it ends "too-slow"
+LINGER = 1.0  # seconds a refused connection stays open to drain its request, so the ERR frame is not reset
+# Unicode categories refused in names: control, format (bidi overrides, zero-width), surrogate, line/paragraph
+_BAD_CATEGORIES = {"Cc", "Cf", "Cs", "Zl", "Zp"}
 CHUNK = 4 << 20  # bytes received, written to disk and hashed at a time
 BUFFERS = 4  # chunks in flight between the receiving (and writing) thread and the hashing thread
+SHARED_BUFFERS = 12  # a server's uploads share this many chunks beyond each one's first (48 MiB)
 SMALL_BODY = 64 * 1024  # a GET body up to this size is sent in one buffer with its header
 PREFIX = struct.Struct(">I")
 SERVER_TEMP, CLIENT_TEMP, TEMP_SUFFIX = ".upload-", ".download-", ".part"
@@ -104,7 +131,9 @@ class ProtocolError(Exception):
         self.code, self.message = code, message
 
     def frame(self) -> bytes:
-        return encode_frame({"error": self.code, "message": self.message})
+        """The ERR frame; a message too long for a frame is cut (every refusal must fit a frame)."""
+        message = self.message if len(self.message) <= MAX_MESSAGE else self.message[:MAX_MESSAGE] + "..."
+        return encode_frame({"error": self.code[:64], "message": message})
 
 
 class ShortRead(ProtocolError):
@@ -127,12 +156,36 @@ class TransferError(LabnodesError):
 # --- framing ----------------------------------------------------------------------------------------------
 
 
-def recv_exactly(sock: socket.socket, n: int) -> bytes:
+class Deadline:
+    """An overall deadline for a phase of a connection, on top of the per-read idle timeout.
+
+    Before each read, arm(sock) sets the socket's timeout to what is left (at most idle_timeout); once the
+    deadline has passed it raises ProtocolError("too-slow"). A TimeoutError from a read is then too-slow if
+    expired(), else idle-timeout.
+    """
+
+    def __init__(self, seconds: float, idle_timeout: float, why: str):
+        self.at = time.monotonic() + seconds
+        self.idle_timeout, self.why = idle_timeout, why
+
+    def expired(self) -> bool:
+        return time.monotonic() >= self.at
+
+    def arm(self, sock: socket.socket) -> None:
+        left = self.at - time.monotonic()
+        if left <= 0:
+            raise ProtocolError("too-slow", self.why)
+        sock.settimeout(min(self.idle_timeout, left))
+
+
+def recv_exactly(sock: socket.socket, n: int, deadline: Deadline | None = None) -> bytes:
     """Read exactly n bytes (one recv() may return any part of them); ShortRead if the stream ends first."""
     buf = bytearray(n)
     view = memoryview(buf)
     got = 0
     while got < n:
+        if deadline is not None:
+            deadline.arm(sock)
         k = sock.recv_into(view[got:])
         if k == 0:
             raise ShortRead(got, n)
@@ -159,12 +212,12 @@ def decode_header(data: bytes) -> dict:
     return header
 
 
-def read_frame(sock: socket.socket) -> dict:
+def read_frame(sock: socket.socket, deadline: Deadline | None = None) -> dict:
     """Read one frame's header: the 4-byte length, then that many bytes of JSON object."""
-    (length,) = PREFIX.unpack(recv_exactly(sock, PREFIX.size))
+    (length,) = PREFIX.unpack(recv_exactly(sock, PREFIX.size, deadline))
     if not 1 <= length <= MAX_HEADER:
         raise ProtocolError("bad-frame", f"header length {length} is outside 1..{MAX_HEADER}")
-    return decode_header(recv_exactly(sock, length))
+    return decode_header(recv_exactly(sock, length, deadline))
 
 
 # --- validation -------------------------------------------------------------------------------------------
@@ -184,6 +237,14 @@ def check_name(name) -> str:
         encoded = name.encode("utf-8")
     except UnicodeEncodeError:
         raise ProtocolError("bad-name", "name is not valid Unicode") from None
+    if name != name.strip():
+        raise ProtocolError("bad-name", "name must not begin or end with a blank (or be only blanks)")
+    if "\\" in name:
+        raise ProtocolError("bad-name", "name must not contain '\\' (a path separator on other systems)")
+    if any(unicodedata.category(c) in _BAD_CATEGORIES for c in name):
+        raise ProtocolError(
+            "bad-name", "name must not contain invisible characters (bidi controls, zero-width, line separators)"
+        )
     if len(encoded) > MAX_NAME:
         raise ProtocolError("bad-name", f"name is longer than {MAX_NAME} bytes")
     return name
@@ -193,7 +254,8 @@ def _check_size(size, max_size: int | None = None) -> int:
     if not isinstance(size, int) or isinstance(size, bool) or size < 0:
         raise ProtocolError("bad-request", "size must be a non-negative integer")
     if max_size is not None and size > max_size:
-        raise ProtocolError("too-large", f"{size} bytes is over the limit of {max_size} bytes")
+        said = f"{size} bytes" if size < 10**20 else "the announced size"  # never echo a 4,000-digit size
+        raise ProtocolError("too-large", f"{said} is over the limit of {max_size} bytes")
     return size
 
 
@@ -231,8 +293,9 @@ class _Receiver:
     Use as a context manager: leaving the block without commit() removes the temporary file.
     """
 
-    def __init__(self, dir_fd: int, prefix: str):
+    def __init__(self, dir_fd: int, prefix: str, budget: threading.Semaphore | None = None):
         self.dir_fd = dir_fd
+        self.budget = budget  # shared by a server's transfers: buffers beyond each transfer's first
         self.temp = f"{prefix}{secrets.token_hex(8)}{TEMP_SUFFIX}"
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
         try:
@@ -253,20 +316,40 @@ class _Receiver:
             except FileNotFoundError:
                 pass
 
-    def receive(self, sock: socket.socket, size: int, expected_sha256: str) -> None:
+    def receive(
+        self, sock: socket.socket, size: int, expected_sha256: str, deadline: Deadline | None = None
+    ) -> None:
         """Read exactly size bytes in chunks, write and hash them, check the sha256, fsync.
 
         This thread receives each chunk and writes it out while it is still in this core's cache; a helper
         thread hashes it meanwhile (hashlib, recv and write all release the GIL), so hashing overlaps the
-        transfer. At most BUFFERS chunks are in memory at once. Measured on 2 cores (1 GiB, loopback): this
-        split with 4 MiB chunks reaches about 0.83 of a raw copy (median), where hashing and writing in the
-        helper with 1 MiB chunks reached 0.67.
+        transfer. Measured on 2 cores (1 GiB, loopback): this split with 4 MiB chunks reaches about 0.83 of
+        a raw copy (median), where hashing and writing in the helper with 1 MiB chunks reached 0.67.
+
+        Memory: at most BUFFERS chunks, made only when the hasher is behind (a slow transfer uses one), as
+        anonymous mmaps: only the pages bytes were received into are resident (a stalled upload that sent
+        1 MB holds about 1 MB, not 16 MiB), and they go back to the system when the transfer ends.
         """
         hasher = hashlib.sha256()
         free: queue.SimpleQueue = queue.SimpleQueue()
         full: queue.SimpleQueue = queue.SimpleQueue()
-        for _ in range(min(BUFFERS, size // CHUNK + 1)):  # a small file gets one buffer of its own size
-            free.put(memoryview(bytearray(min(CHUNK, max(size, 1)))))
+        maps: list[mmap.mmap] = []
+        views: list[memoryview] = []
+        limit = min(BUFFERS, size // CHUNK + 1)  # a small file gets one buffer of its own size
+
+        borrowed = 0
+
+        def take() -> memoryview:
+            nonlocal borrowed
+            if len(maps) >= limit or not free.empty():
+                return free.get()
+            if maps and self.budget is not None:  # the first buffer is the transfer's own; more are shared
+                if not self.budget.acquire(blocking=False):
+                    return free.get()  # the server's budget is spent: go on with the buffers already made
+                borrowed += 1
+            maps.append(mmap.mmap(-1, min(CHUNK, max(size, 1))))
+            views.append(memoryview(maps[-1]))
+            return views[-1]
 
         def hash_chunks():
             while (item := full.get()) is not None:
@@ -279,10 +362,12 @@ class _Receiver:
         try:
             remaining = size
             while remaining:
-                view = free.get()
+                view = take()
                 want = min(CHUNK, remaining)
                 got = 0
                 while got < want:  # fill the chunk: fewer, larger disk writes and hash updates
+                    if deadline is not None:
+                        deadline.arm(sock)
                     n = sock.recv_into(view[got:want])
                     if n == 0:
                         raise ShortRead(size - remaining + got, size)
@@ -293,6 +378,15 @@ class _Receiver:
         finally:
             full.put(None)
             worker.join()
+            for view in views:
+                view.release()
+            for m in maps:
+                try:
+                    m.close()
+                except BufferError:  # a traceback still holds a slice: unmapped when it goes
+                    pass
+            for _ in range(borrowed):
+                self.budget.release()
         actual = hasher.hexdigest()
         if actual != expected_sha256:
             raise ProtocolError(
@@ -343,19 +437,84 @@ class FileServer:
         port: int = 0,
         max_size: int = 4 * 1024**3,
         idle_timeout: float = 60.0,
+        max_connections: int = MAX_CONNECTIONS,
+        min_rate: float = MIN_RATE,
     ):
         self.root = os.path.realpath(root)
         os.makedirs(self.root, exist_ok=True)
         self.max_size, self.idle_timeout = max_size, idle_timeout
+        self.max_connections, self.min_rate = max(1, max_connections), min_rate
         self._root_fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         self._remove_stale_temp_files()
         self._sock = socket.create_server((host, port), backlog=128)
-        self._sock.settimeout(1.0)  # the accept loop checks for shutdown at least this often
+        self._sock.settimeout(0.5)  # the accept loop checks for shutdown and deadlines at least this often
         self.address = self._sock.getsockname()[:2]
         self._stopping = threading.Event()
         self._lock = threading.Lock()
         self._conns: dict[socket.socket, threading.Thread] = {}
+        self._send_deadlines: dict[socket.socket, float] = {}  # GET bodies being sent: cut off after this
+        self._cut: set[socket.socket] = set()  # connections cut off by their deadline
+        self._lingering: list[tuple[socket.socket, float]] = []  # refused as busy: drained, then closed
+        self._buffer_budget = threading.Semaphore(SHARED_BUFFERS)
         self._thread: threading.Thread | None = None
+
+    def connections(self) -> int:
+        """Connections being served now (not counting refused ones)."""
+        with self._lock:
+            return len(self._conns)
+
+    def _deadline(self, size: int) -> float:
+        """Seconds a transfer of `size` bytes may take: a grace of idle_timeout, then at least min_rate."""
+        return self.idle_timeout + (size / self.min_rate if self.min_rate > 0 else float("inf"))
+
+    def _tend(self) -> None:
+        """From the accept loop: cut off GET bodies past their deadline; close drained busy refusals."""
+        now = time.monotonic()
+        with self._lock:
+            late = [conn for conn, at in self._send_deadlines.items() if now >= at]
+            for conn in late:
+                del self._send_deadlines[conn]
+                self._cut.add(conn)
+        for conn in late:
+            try:
+                conn.shutdown(socket.SHUT_RDWR)  # wakes the handler blocked in sendfile
+            except OSError:
+                pass
+        keep = []
+        for conn, close_at in self._lingering:
+            try:
+                while conn.recv(65536):
+                    pass
+                conn.close()  # the client closed its side: nothing can be reset any more
+                continue
+            except BlockingIOError:
+                pass
+            except OSError:
+                conn.close()
+                continue
+            if now >= close_at:
+                conn.close()
+            else:
+                keep.append((conn, close_at))
+        self._lingering = keep
+
+    def _refuse_busy(self, conn: socket.socket, peer) -> None:
+        """Over max_connections: a "busy" ERR frame, no thread; the socket lingers a moment, then closes."""
+        log.warning("%s:%d refused: busy (%d connections)", *peer[:2], self.max_connections)
+        if len(self._lingering) >= self.max_connections:
+            conn.close()  # a flood: no frame for these, nothing may grow without bound
+            return
+        frame = ProtocolError(
+            "busy", f"server busy: {self.max_connections} connections open; try again later"
+        ).frame()
+        try:
+            conn.setblocking(False)
+            conn.send(frame)  # a few bytes into a fresh, empty send buffer
+            conn.shutdown(socket.SHUT_WR)
+        except OSError:
+            conn.close()
+            return
+        self._lingering.append((conn, time.monotonic() + LINGER))
 
     def _remove_stale_temp_files(self) -> None:
         for entry in os.scandir(self._root_fd):
@@ -367,6 +526,7 @@ class FileServer:
         log.info("file server listening on %s:%d, root %s", *self.address, self.root)
         try:
             while not self._stopping.is_set():
+                self._tend()
                 try:
                     conn, peer = self._sock.accept()
                 except TimeoutError:
@@ -377,6 +537,11 @@ class FileServer:
                     log.warning("accept failed: %s", exc)
                     time.sleep(0.1)  # e.g. out of file descriptors: do not spin
                     continue
+                with self._lock:
+                    busy = len(self._conns) >= self.max_connections
+                if busy:
+                    self._refuse_busy(conn, peer)
+                    continue
                 thread = threading.Thread(target=self._serve_one, args=(conn, peer), daemon=True)
                 with self._lock:
                     self._conns[conn] = thread
@@ -386,6 +551,9 @@ class FileServer:
 
     def _close_all(self, timeout: float = 10.0) -> None:
         self._sock.close()
+        for conn, _ in self._lingering:
+            conn.close()
+        self._lingering = []
         with self._lock:
             conns = list(self._conns.items())
         for conn, _ in conns:
@@ -434,10 +602,15 @@ class FileServer:
         peer = "%s:%d" % peer[:2]
         conn.settimeout(self.idle_timeout)
         info = {"op": "?", "name": "", "size": 0, "sha256": ""}
+        # the whole header must arrive within idle_timeout, however it trickles in
+        info["deadline"] = Deadline(
+            self.idle_timeout, self.idle_timeout, f"request header not complete within {self.idle_timeout:g} s"
+        )
         started = time.monotonic()
         result = "ok"
+        refusal = None
         try:
-            header = read_frame(conn)
+            header = read_frame(conn, info["deadline"])
             info["op"] = op = header.get("op")
             if op == "PUT":
                 self._put(conn, header, info)
@@ -447,24 +620,41 @@ class FileServer:
                 raise ProtocolError("bad-request", 'op must be "PUT" or "GET"')
         except ProtocolError as exc:
             result = exc.code if not self._stopping.is_set() else "shutting-down"
-            self._try_send(conn, exc.frame())
+            refusal = exc
         except TimeoutError:
-            result = "idle-timeout"
-            self._try_send(
-                conn, ProtocolError("idle-timeout", f"no progress for {self.idle_timeout:g} s").frame()
-            )
+            if info["deadline"].expired():
+                refusal = ProtocolError("too-slow", info["deadline"].why)
+            else:
+                refusal = ProtocolError("idle-timeout", f"no progress for {self.idle_timeout:g} s")
+            result = refusal.code
+            if info.get("sending"):
+                refusal = None  # in the middle of a body: no frame can follow
         except OSError as exc:
-            result = (
-                "shutting-down" if self._stopping.is_set() else f"connection-lost ({exc.strerror or exc})"
-            )
+            if conn in self._cut:
+                result = "too-slow (reader too slow; cut off)"
+            elif self._stopping.is_set():
+                result = "shutting-down"
+            else:
+                result = f"connection-lost ({exc.strerror or exc})"
         except Exception:
             result = "internal-error"
             log.exception("%s: unexpected error", peer)
-            self._try_send(conn, ProtocolError("internal-error", "the server failed; see its log").frame())
+            refusal = ProtocolError("internal-error", "the server failed; see its log")
         finally:
+            if refusal is not None:
+                self._refuse(conn, refusal)
+            if conn in self._cut or (info.get("sending") and result != "ok"):
+                # abort: drop what still waits in the send buffer (megabytes, delivered for ever to a slow
+                # reader after a plain close); there is no ERR frame in the middle of a body anyway
+                try:
+                    conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                except OSError:
+                    pass
             conn.close()
             with self._lock:
                 self._conns.pop(conn, None)
+                self._send_deadlines.pop(conn, None)
+                self._cut.discard(conn)
             seconds = time.monotonic() - started
             rate = f"{_mb_per_s(info['size'], seconds):.1f}" if result == "ok" else "-"
             log.info(
@@ -472,16 +662,23 @@ class FileServer:
                 peer,
                 info["op"],
                 info["name"],
-                info["size"],
+                info["size"] if isinstance(info["size"], int) and info["size"] < 10**30 else "(huge)",
                 info["sha256"][:12] or "-",
                 rate,
                 result,
             )
 
-    @staticmethod
-    def _try_send(conn: socket.socket, data: bytes) -> None:
+    def _refuse(self, conn: socket.socket, refusal: ProtocolError) -> None:
+        """Send the ERR frame, end our side, and drain what the client still sends for a moment (at most
+        LINGER s or 1 MiB): closing with unread input makes the kernel reset the connection, and the reset
+        can destroy the ERR frame before the client reads it."""
         try:
-            conn.sendall(data)
+            conn.settimeout(LINGER)
+            conn.sendall(refusal.frame())
+            conn.shutdown(socket.SHUT_WR)
+            until, drained = time.monotonic() + LINGER, 0
+            while drained < 1 << 20 and time.monotonic() < until and (chunk := conn.recv(65536)):
+                drained += len(chunk)
         except OSError:
             pass
 
@@ -489,9 +686,24 @@ class FileServer:
         info.update(name=header.get("name"), size=header.get("size"))  # for the log line, even if refused
         name, size, digest = check_put(header, self.max_size)
         info.update(name=name, size=size, sha256=digest)
-        with _Receiver(self._root_fd, SERVER_TEMP) as receiver:
+        try:
+            existing = os.stat(name, dir_fd=self._root_fd, follow_symlinks=False)
+        except FileNotFoundError:
+            existing = None
+        except OSError as exc:
+            raise ProtocolError("disk-error", f"cannot look at {name}: {exc.strerror}") from None
+        if existing is not None and stat.S_ISDIR(existing.st_mode):
+            raise ProtocolError("not-a-file", f"{name} is a directory")  # before "ready": no body is taken
+        with _Receiver(self._root_fd, SERVER_TEMP, self._buffer_budget) as receiver:
             conn.sendall(encode_frame({"status": "ready"}))
-            receiver.receive(conn, size, digest)
+            seconds = self._deadline(size)
+            info["deadline"] = deadline = Deadline(
+                seconds,
+                self.idle_timeout,
+                f"upload slower than {self.min_rate:g} bytes/s: {size} bytes not received within {seconds:.0f} s",
+            )
+            receiver.receive(conn, size, digest, deadline)
+            conn.settimeout(self.idle_timeout)
             receiver.commit(name)
         conn.sendall(encode_frame({"status": "stored", "name": name, "size": size, "sha256": digest}))
 
@@ -519,6 +731,11 @@ class FileServer:
                 raise ProtocolError("disk-error", f"cannot read {name}: {exc.strerror}") from None
             info.update(size=size, sha256=digest)
             head = encode_frame({"status": "sending", "name": name, "size": size, "sha256": digest})
+            seconds = self._deadline(size)
+            info["deadline"] = Deadline(seconds, self.idle_timeout, f"download slower than {self.min_rate:g} bytes/s")
+            info["sending"] = True
+            with self._lock:  # the accept loop cuts the connection off if the client reads too slowly
+                self._send_deadlines[conn] = time.monotonic() + seconds
             if size <= SMALL_BODY:
                 conn.sendall(head + os.pread(fd, size, 0))
             else:
@@ -702,6 +919,8 @@ def _cmd_serve(args, settings) -> int:
             settings.file_port,
             settings.file_max_size,
             settings.file_idle_timeout,
+            settings.file_max_connections,
+            settings.file_min_rate,
         )
     except OSError as exc:
         raise LabnodesError(

@@ -2,8 +2,10 @@
 
 Protocol (TCP, line based; what `labnodes math serve` speaks and `labnodes math ask` uses)
 
-    request  = A "," B  [CR] LF      A, B: decimal digits 0-9, at most 100 digits each;
-                                     spaces or tabs around A and B are allowed ("48, 18")
+    request  = A "," B  [CR] LF      A, B: decimal digits 0-9, each number < 10**30 (at most 30
+                                     significant digits); spaces or tabs around A and B are allowed
+                                     ("48, 18"). The rule is labnodes.numbers', shared with the ring and
+                                     Celery: the same pair gets the same verdict and reason everywhere.
     reply    = "OK gcd=" G " lcm=" L LF  |  "ERR " reason LF
 
     48,18       ->  OK gcd=6 lcm=144
@@ -17,13 +19,13 @@ is answered too. Many clients are served at once (one asyncio task per connectio
 
 Every ERR reason (the reply never echoes the request):
 
-    ERR empty line                                      the line is empty or only spaces
     ERR not UTF-8                                       the bytes do not decode as UTF-8
     ERR expected two numbers separated by a comma, like 48,18
+                                                        also for an empty line (or only spaces)
     ERR negative numbers are not allowed                a number starts with "-"
     ERR numbers must be decimal digits 0-9              anything else in place of a number ("4a", "+5", "4.0")
-    ERR number longer than 100 digits                   bounds CPU and the reply size (lcm <= 200 digits),
-                                                        whatever a client sends
+    ERR numbers must be less than 10**30                more than 30 significant digits; bounds CPU and the
+                                                        reply size (lcm < 10**60), whatever a client sends
     ERR line longer than 256 bytes                      then the server closes the connection: it cannot know
                                                         where the next request starts without reading the
                                                         rest of an unbounded line
@@ -55,28 +57,23 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-import re
 import signal
 import socket
 import threading
 
-from labnodes import LabnodesError
+from labnodes import LabnodesError, numbers
 
 log = logging.getLogger(__name__)
 
 MAX_LINE = 256  # bytes per request line, not counting CR LF
-MAX_DIGITS = 100  # digits per number
-MAX_REPLY = 512  # a reply line is at most ~215 bytes; a client reads at most this much per reply
+MAX_DIGITS = numbers.MAX_DIGITS  # significant digits per number (the one rule: labnodes.numbers)
+MAX_REPLY = 512  # a reply line is at most ~110 bytes; a client reads at most this much per reply
 
-_NUMBER = re.compile(r"[ \t]*([0-9]+)[ \t]*")
-_NEGATIVE = re.compile(r"[ \t]*-[ \t]*[0-9]+[ \t]*")
-
-ERR_EMPTY = "empty line"
 ERR_UTF8 = "not UTF-8"
-ERR_SHAPE = "expected two numbers separated by a comma, like 48,18"
-ERR_NEGATIVE = "negative numbers are not allowed"
-ERR_DIGITS = "numbers must be decimal digits 0-9"
-ERR_TOO_BIG = f"number longer than {MAX_DIGITS} digits"
+ERR_SHAPE = numbers.SHAPE
+ERR_NEGATIVE = numbers.NEGATIVE
+ERR_DIGITS = numbers.DIGITS
+ERR_TOO_BIG = numbers.TOO_BIG
 ERR_TOO_LONG = f"line longer than {MAX_LINE} bytes"
 ERR_IDLE = "idle timeout"
 ERR_SHUTDOWN = "server shutting down"
@@ -94,21 +91,10 @@ def parse_request(line: bytes) -> tuple[int, int]:
         text = line.decode("utf-8")
     except UnicodeDecodeError:
         raise RequestError(ERR_UTF8) from None
-    if not text.strip(" \t"):
-        raise RequestError(ERR_EMPTY)
-    fields = text.split(",")
-    if len(fields) != 2:
-        raise RequestError(ERR_SHAPE)
-    numbers = []
-    for field in fields:
-        match = _NUMBER.fullmatch(field)
-        if match is None:
-            raise RequestError(ERR_NEGATIVE if _NEGATIVE.fullmatch(field) else ERR_DIGITS)
-        digits = match.group(1)
-        if len(digits) > MAX_DIGITS:
-            raise RequestError(ERR_TOO_BIG)
-        numbers.append(int(digits))
-    return numbers[0], numbers[1]
+    try:
+        return numbers.parse_pair(text)
+    except numbers.NumbersError as exc:
+        raise RequestError(str(exc)) from None
 
 
 def format_ok(a: int, b: int) -> str:

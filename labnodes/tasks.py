@@ -7,7 +7,8 @@ Tasks (registered under these names with every labnodes Celery app)
                        a task come back after its worker was killed (acks late).
 
 Arguments
-    a, b: JSON integers, 0 <= n < 10**30. Booleans, floats (even 4.0), strings and None are refused: no silent
+    a, b: JSON integers, 0 <= n < 10**30: the one rule of `labnodes.numbers`, with its messages (the ring and the
+    math server use the same). Booleans, floats (even 4.0), strings and None are refused: no silent
     conversions. seconds: a JSON number (int or float, not a boolean), 0 <= seconds <= 60; the cap stays below
     the broker's visibility timeout, so a task still running is never handed to a second worker.
 
@@ -18,9 +19,11 @@ Result (a JSON object)
     after an earlier worker lost it.
 
 Errors
-    Bad arguments fail the task at once (no retry) with TypeError (wrong type) or ValueError (out of range); the
-    message names the task and the argument, e.g. "gcd: a must be an integer, got float 4.5" or
-    "lcm: b must be >= 0, got -3". The client re-raises it and `labnodes celery submit` prints it. Clients check
+    Bad numbers fail the task at once (no retry) with labnodes.numbers.NumbersError (a ValueError) and the rule's
+    message, e.g. "numbers must be integers, got float", "negative numbers are not allowed" or "numbers must
+    be less than 10**30"; a bad sleep time with TypeError (wrong type) or ValueError (out of range), e.g.
+    "sleep: seconds must be between 0 and 60, got 61". The client re-raises it and `labnodes celery submit`
+    prints it. Clients check
     the same rules before sending (`check_operands`, `check_seconds`), so a bad argument normally never leaves
     the client.
 """
@@ -34,31 +37,26 @@ import time
 
 from celery import shared_task
 
+from labnodes import numbers
+
 log = logging.getLogger(__name__)
 
-MAX_OPERAND = 10**30  # operands are < this
+MAX_OPERAND = numbers.LIMIT  # operands are < this (the one rule: labnodes.numbers)
 MAX_SLEEP = 60.0  # seconds; must stay below celery_visibility_timeout
 OPERATIONS = {"gcd": math.gcd, "lcm": math.lcm}
 
 
 def check_operand(op: str, name: str, value) -> int:
-    """Return `value` if it is an int with 0 <= value < 10**30, else raise TypeError/ValueError naming it."""
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{op}: {name} must be an integer, got {type(value).__name__} {value!r:.40}")
-    if value < 0:
-        raise ValueError(f"{op}: {name} must be >= 0, got {value}")
-    if value >= MAX_OPERAND:
-        # (str() of an int with more than 4300 digits raises: Python's guard against slow conversions)
-        size = f"{len(str(value))}-digit" if value.bit_length() <= 14000 else "more than 4000-digit"
-        raise ValueError(f"{op}: {name} must be < 10**30, got a {size} number")
-    return value
+    """Return `value` if it is a valid number (labnodes.numbers: an int, 0 <= value < 10**30), else raise
+    NumbersError (a ValueError) with the rule's message. `op` and `name` are kept for callers' logs."""
+    return numbers.check_number(value)
 
 
 def check_operands(op: str, a, b) -> tuple[int, int]:
     """Check both operands of gcd/lcm (see check_operand); `op` must be one of OPERATIONS."""
     if op not in OPERATIONS:
         raise ValueError(f"unknown operation {op!r}: choose one of {', '.join(OPERATIONS)}")
-    return check_operand(op, "a", a), check_operand(op, "b", b)
+    return numbers.check_pair(a, b)
 
 
 def check_seconds(seconds) -> float:

@@ -11,7 +11,8 @@ fi
 
 # Everything the control box and the netns hosts need (netns hosts share the box's /usr).
 PACKAGES="python3 python3-venv python3-apt openssh-server openssh-client redis-server supervisor
-  iperf3 iproute2 iptables procps psmisc util-linux rsync"
+  iperf3 iproute2 iptables procps psmisc util-linux rsync
+  chromium"  # chromium: the cluster tests open the `fab check --html` report headless
 # The Vagrant backend (the Vagrantfile, `make vm-box`, `make vm-test`; `vagrant validate` runs in `make test`):
 # Vagrant with its libvirt provider, libvirt and QEMU, and what builds the offline box.
 PACKAGES="$PACKAGES vagrant vagrant-libvirt libvirt-daemon-system libvirt-clients qemu-system-x86 qemu-utils

@@ -20,7 +20,7 @@ WORK=${LABKIT_BOX_WORK:-build/vm-box}
 # Distribution packages on every VM: what the roles use (common_packages, Ansible's apt module) and what Vagrant
 # needs from a Debian guest (ifupdown for its private network, sudo, a DHCP client on the first NIC).
 BASE_PACKAGES="linux-image-amd64,systemd-sysv,udev,dbus,ifupdown,isc-dhcp-client,iproute2,netbase,procps,sudo,
-python3,python3-venv,python3-apt,ca-certificates,less"
+python3,python3-venv,python3-apt,ca-certificates,less,iptables"
 # Packages whose install scripts start a daemon: installed in a second step, with services held off (a chroot on
 # the build machine must not start a Redis there).
 SERVICE_PACKAGES="openssh-server supervisor redis-server"
@@ -34,7 +34,8 @@ fi
 start=$(date +%s)
 root="$WORK/root"
 # The root tree with every package installed is kept in $WORK for the next build (the download is the slow part).
-if [ -f "$WORK/packages-done" ]; then
+want_packages="$BASE_PACKAGES $SERVICE_PACKAGES"
+if [ -f "$WORK/packages-done" ] && [ "$(cat "$WORK/packages-done")" = "$want_packages" ]; then
   echo "vm-box: reusing the package tree in $root (rm -rf $WORK to start afresh)"
 else
 rm -rf "$WORK"
@@ -51,7 +52,7 @@ chroot "$root" env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-ins
   $SERVICE_PACKAGES > "$WORK/apt.log" 2>&1 || { tail -n 30 "$WORK/apt.log" >&2; exit 1; }
 rm -f "$root/usr/sbin/policy-rc.d"
 chroot "$root" apt-get clean
-touch "$WORK/packages-done"
+echo "$want_packages" > "$WORK/packages-done"
 fi
 
 echo "vm-box: configuring"

@@ -1,23 +1,35 @@
-"""Remote checks of a running cluster (testinfra over real SSH), grouped by host role.
+"""The instructor checks (labkit.checks) as pytest tests, one per check and host, for those who want pytest's
+output or plugins. `fab check` is the usual way in; this runs the same checks once and reports each:
 
-Run against the active inventory with `fab check`, or by hand from the repository root:
-    .venv/bin/python -m pytest tests/infra --ansible-inventory=inventory/netns
-Each module names its hosts (`testinfra_hosts = ["ansible://ring"]`). Not part of the default test paths: the
-cluster tests run them through `fab check` on their own cluster.
+    .venv/bin/python -m pytest tests/infra --ansible-inventory=inventory/netns [--junitxml=PATH]
+
+A check blocked by another is skipped with "blocked by <check>@<host>". Not part of the default test paths.
 """
 
-import tomllib
+from __future__ import annotations
 
 import pytest
 
+from labkit import checks, inventory
+
+_REPORT: dict = {}
+
+
+def report(config) -> dict:
+    if not _REPORT:
+        path = config.getoption("ansible_inventory", default=None)
+        _REPORT.update(checks.run(inventory.load(path)))
+    return _REPORT
+
+
+def pytest_generate_tests(metafunc):
+    if "labkit_check" in metafunc.fixturenames:
+        found = report(metafunc.config)["checks"]
+        metafunc.parametrize("labkit_check", found, ids=[checks.key(c) for c in found])
+
 
 @pytest.fixture
-def hostvars(host):
-    """The inventory variables of the host under test (ansible_host, inventory_hostname, group_names...)."""
-    return host.ansible.get_variables()
-
-
-@pytest.fixture
-def settings(host):
-    """The host's labnodes settings (/etc/labnodes/labnodes.toml): ports, paths and the venv, as provisioned."""
-    return tomllib.loads(host.check_output("cat /etc/labnodes/labnodes.toml"))
+def check_result(labkit_check):
+    if labkit_check["outcome"] == "blocked":
+        pytest.skip(f"blocked by {labkit_check['blocked_by']}")
+    return labkit_check

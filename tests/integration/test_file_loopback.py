@@ -183,3 +183,68 @@ def test_sigterm_during_an_upload_removes_the_temp_file_and_exits_0(server):
         assert server.proc.wait(HANG_GUARD) == 0
     assert os.listdir(server.root) == []
     assert "file server stopped" in server.log.read_text()
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError("no VmRSS")
+
+
+def test_forty_stalled_uploads_hold_about_what_they_sent_not_16_mib_each(tmp_path):
+    # Before: each PUT allocated (and zeroed) four 4 MiB buffers at "ready": 40 stalled PUTs took the server
+    # from ~46 MB to ~690 MB resident, and ~300 MB stayed after they closed. Each sends 1 MB of 100 MB here.
+    srv = file_server(tmp_path, env={"LABNODES_FILE_MAX_CONNECTIONS": "64"})
+    socks = []
+    try:
+        before = rss_mb(srv.proc.pid)
+        for i in range(40):
+            sock = socket.create_connection(srv.address, timeout=HANG_GUARD)
+            socks.append(sock)
+            sock.sendall(encode_frame({"op": "PUT", "name": f"s{i}", "size": 100 * MB, "sha256": "0" * 64}))
+            assert read_frame(sock) == {"status": "ready"}
+            sock.sendall(b"x" * MB)
+        time.sleep(1.0)  # let the server take in what was sent
+        during = max(rss_mb(srv.proc.pid) for _ in range(5) if time.sleep(0.1) is None)
+        for sock in socks:
+            sock.close()
+        socks.clear()
+        wait_until(lambda: not any(p.name.endswith(".part") for p in srv.root.iterdir()), "temp files are gone")
+        time.sleep(0.5)
+        after = rss_mb(srv.proc.pid)
+        print(f"file server RSS: {before:.0f} MB before, {during:.0f} MB with 40 stalled uploads, {after:.0f} after")
+        assert during - before < 150, f"{during - before:.0f} MB for 40 stalled uploads of 1 MB each"
+        assert after - before < 50, f"{after - before:.0f} MB still held after they closed"
+    finally:
+        for sock in socks:
+            sock.close()
+        srv.stop()
+
+
+def test_server_killed_mid_upload_shows_no_partial_file_and_a_retry_after_restart_succeeds(tmp_path):
+    srv = file_server(tmp_path)
+    data = os.urandom(3 * MB)
+    src = tmp_path / "retry.bin"
+    src.write_bytes(data)
+    try:
+        with socket.create_connection(srv.address, timeout=HANG_GUARD) as sock:
+            sha = hashlib.sha256(data).hexdigest()
+            sock.sendall(encode_frame({"op": "PUT", "name": "retry.bin", "size": len(data), "sha256": sha}))
+            assert read_frame(sock) == {"status": "ready"}
+            sock.sendall(data[: MB + 17])  # a chunk and a bit: the first 4 MiB chunk is not full yet
+            wait_until(lambda: any(p.name.endswith(".part") for p in srv.root.iterdir()), "the upload is under way")
+            srv.proc.kill()  # SIGKILL: no clean-up at all
+            srv.proc.wait()
+        assert "retry.bin" not in os.listdir(srv.root)  # only the hidden temporary file, never the name
+    finally:
+        srv.stop()
+    again = ServerProcess(tmp_path, ["file", "serve", "--host", HOST, "--port", "0", "--root", str(srv.root)],
+                          hang_guard=HANG_GUARD)
+    try:
+        assert os.listdir(srv.root) == []  # the restarted server removed the stale temporary file
+        result = labnodes(tmp_path, "file", "send", *again.flags, str(src), "--json")
+        assert result.returncode == 0, result.stderr
+        assert sha256_of(srv.root / "retry.bin") == hashlib.sha256(data).hexdigest()
+    finally:
+        again.stop()

@@ -228,7 +228,12 @@ def test_table_output_lists_every_hop_and_a_summary(env, ns_port, ring3):
 
 @pytest.mark.parametrize(
     "numbers, reason",
-    [("-4,2", "negative"), ("1,2,3", "two integers"), (f"{10**31},1", "10**30"), ("x,1", "non-negative")],
+    [
+        ("-4,2", "negative numbers are not allowed"),
+        ("1,2,3", "expected two numbers separated by a comma, like 48,18"),
+        (f"{10**30},1", "numbers must be less than 10**30"),
+        ("x,1", "numbers must be decimal digits 0-9"),
+    ],
 )
 def test_bad_numbers_are_refused_with_one_line(env, ns_port, ring3, numbers, reason):
     out = send(env, ns_port, "pyro1", numbers)
@@ -427,3 +432,83 @@ def test_sigterm_while_waiting_for_the_name_server_exits_cleanly(launch):
 def test_library_send_refuses_bad_numbers_with_a_labnodes_error(ns_port, numbers):
     with pytest.raises(LabnodesError):
         ring.send(NS_HOST, ns_port, KEY, "pyro1", "lib", numbers, 10.0)
+
+
+@pytest.mark.parametrize("sends", [b"", b"PYRO\x00\x30"], ids=["nothing", "half-a-header"])
+def test_idle_connections_without_the_key_do_not_starve_the_ring(env, ns_port, start_ring, sends):
+    # Before: Pyro4's thread pool has 40 threads and a connection that never completes its HMAC handshake held
+    # one for COMMTIMEOUT (60 s); past 40, the accept loop itself blocked for 60 s trying to deny the next one.
+    # 60 such connections to the name server and to each node (whose links are new, so they must be opened)
+    # made every `ring send` fail.
+    suffix = "n" if not sends else "h"
+    names = [f"starve{i}{suffix}" for i in (1, 2, 3)]
+    hosts = ["127.0.0.31", "127.0.0.32", "127.0.0.33"] if not sends else ["127.0.0.34", "127.0.0.35", "127.0.0.36"]
+    start_ring({name: (host, names[(i + 1) % 3]) for i, (name, host) in enumerate(zip(names, hosts, strict=True))})
+    with ring.ns_proxy(NS_HOST, ns_port, KEY, 5.0) as ns:
+        uris = [ns.lookup(ring.registration_name(name)) for name in names]
+    addresses = [(NS_HOST, ns_port)] + [(uri.host, uri.port) for uri in uris]
+    intruders = []
+    try:
+        for address in addresses:
+            for _ in range(60):
+                sock = socket.create_connection(address, timeout=10)
+                intruders.append(sock)
+                if sends:
+                    sock.sendall(sends)
+        time.sleep(1.0)  # every server has accepted them all by now
+        for attempt in range(2):  # a second send goes through the links the first one opened
+            started = time.monotonic()
+            out = send(env, ns_port, names[0])
+            print(f"ring send {attempt + 1} with {len(intruders)} intruders: {time.monotonic() - started:.2f} s")
+            assert out.returncode == 0, f"send {attempt + 1}: {out.stderr}"
+            assert [r["node"] for r in json.loads(out.stdout)["trace"]][:4] == [*names, names[0]]
+    finally:
+        for sock in intruders:
+            sock.close()
+
+
+def test_more_idle_connections_than_the_lobby_holds_do_not_starve_the_name_server(env, ns_port, ring3):
+    from labnodes import pyro_server
+
+    intruders = []
+    try:
+        for _ in range(pyro_server.MAX_LOBBY + 100):  # the oldest are closed to make room
+            intruders.append(socket.create_connection((NS_HOST, ns_port), timeout=10))
+        time.sleep(1.0)
+        out = send(env, ns_port, "pyro1")
+        assert out.returncode == 0, out.stderr
+    finally:
+        for sock in intruders:
+            sock.close()
+
+
+def test_a_killed_hop_started_again_elsewhere_is_found_without_restarting_the_others(env, ns_port, start_ring):
+    # The predecessor's pooled link points at the dead address: it must look the node up again and retry
+    # once at its new address (ring_link's retry 2), within the same timeout.
+    nodes = {"back1": ("127.0.0.11", "back2"), "back2": ("127.0.0.12", "back3"), "back3": ("127.0.0.13", "back1")}
+    procs = start_ring(nodes)
+    assert send(env, ns_port, "back1").returncode == 0  # links between the nodes are now open
+    with ring.ns_proxy(NS_HOST, ns_port, KEY, 5.0) as ns:
+        old = str(ns.lookup(ring.registration_name("back3")))
+    procs["back3"].kill()
+    procs["back3"].wait()
+    start_ring({"back3": ("127.0.0.14", "back1")})  # another address, as a node moved to another host
+    wait_until(lambda: str(registered(ns_port).get(ring.registration_name("back3"), old)) != old, "new address")
+    out = send(env, ns_port, "back1")
+    assert out.returncode == 0, out.stderr
+    assert [r["address"].split(":")[0] for r in json.loads(out.stdout)["trace"]][:3] == [
+        "127.0.0.11", "127.0.0.12", "127.0.0.14"]
+    assert "back3 moved to" in procs["back2"].log_text()
+
+
+@pytest.mark.parametrize("target", ["name server", "ring node"])
+def test_pickle_is_refused_even_with_the_right_key(ns_port, ring3, target):
+    import Pyro4
+
+    with ring.ns_proxy(NS_HOST, ns_port, KEY, 5.0) as ns:
+        uri = ns.lookup(ring.registration_name("pyro1"))
+    p = ring.ns_proxy(NS_HOST, ns_port, KEY, 5.0) if target == "name server" else ring._proxy(uri, KEY, 5.0)
+    p._pyroSerializer = "pickle"
+    with p, pytest.raises(Pyro4.errors.PyroError, match="serializer") as refused:
+        p.ping() if target == "name server" else p.info()
+    print(f"{target}: {refused.value!r}")

@@ -50,6 +50,7 @@ def exchange(conn, data: bytes) -> bytes:
         (b"007,5", (7, 5)),
         (b"0,0", (0, 0)),
         (b"9" * MAX_DIGITS + b",1", (10**MAX_DIGITS - 1, 1)),
+        (b"0" * 100 + b"7,3", (7, 3)),  # leading zeros are not significant digits
     ],
 )
 def test_valid_request_parses_to_two_integers(line, pair):
@@ -59,9 +60,9 @@ def test_valid_request_parses_to_two_integers(line, pair):
 @pytest.mark.parametrize(
     "line, reason",
     [
-        (b"", mathserver.ERR_EMPTY),
-        (b"\r", mathserver.ERR_EMPTY),
-        (b"  \t ", mathserver.ERR_EMPTY),
+        (b"", mathserver.ERR_SHAPE),
+        (b"\r", mathserver.ERR_SHAPE),
+        (b"  \t ", mathserver.ERR_SHAPE),
         (b"\xff\xfe,1", mathserver.ERR_UTF8),
         (b"48,\xc3", mathserver.ERR_UTF8),
         (b"48", mathserver.ERR_SHAPE),
@@ -78,7 +79,7 @@ def test_valid_request_parses_to_two_integers(line, pair):
         (b"\x00,1", mathserver.ERR_DIGITS),
         (b"48,18\r\r", mathserver.ERR_DIGITS),
         (b"1" * (MAX_DIGITS + 1) + b",1", mathserver.ERR_TOO_BIG),
-        (b"1," + b"0" * (MAX_DIGITS + 1), mathserver.ERR_TOO_BIG),
+        (b"1,1" + b"0" * MAX_DIGITS, mathserver.ERR_TOO_BIG),  # 10**30
     ],
 )
 def test_malformed_request_gets_err_with_its_reason(line, reason):
@@ -100,7 +101,7 @@ def test_ok_reply_carries_gcd_and_lcm(line, reply):
 
 def test_reply_parser_reads_ok_and_err_lines():
     assert parse_reply("OK gcd=6 lcm=144\n") == {"gcd": 6, "lcm": 144}
-    assert parse_reply("ERR empty line\n") == {"error": "empty line"}
+    assert parse_reply("ERR not UTF-8\n") == {"error": "not UTF-8"}
 
 
 @pytest.mark.parametrize("line", ["", "OK", "OK gcd=6", "OK gcd=x lcm=1", "OK gcd=1 lcm=2 x=3", "HELLO"])
@@ -121,7 +122,7 @@ def test_many_requests_over_one_connection_are_answered_in_order(server):
 def test_malformed_line_gets_err_and_connection_stays_usable(conn):
     assert exchange(conn, b"hello\n") == f"ERR {mathserver.ERR_SHAPE}\n".encode()
     assert exchange(conn, b"\xff\xfe\n") == f"ERR {mathserver.ERR_UTF8}\n".encode()
-    assert exchange(conn, b"\n") == f"ERR {mathserver.ERR_EMPTY}\n".encode()
+    assert exchange(conn, b"\n") == f"ERR {mathserver.ERR_SHAPE}\n".encode()
     assert exchange(conn, b"48,18\n") == b"OK gcd=6 lcm=144\n"
 
 

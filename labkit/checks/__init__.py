@@ -1,0 +1,413 @@
+"""Instructor checks of one cluster, in layers: reach -> host -> service -> app (application results).
+
+`run(inventory)` returns a report dict (JSON-able): the cluster, its hosts (address, groups, each service's
+state), every check with its host, outcome (pass / fail / blocked), expected, found, hint and `blocked_by`, the
+last ring trace and how Celery jobs spread over the workers. `labkit.checks.report` renders it (console, JUnit,
+HTML), `labkit.checks.classmode` runs many clusters at once.
+
+How it runs, and why not pytest: one SSH session per host sends `labnodes/selftest.py` (stdlib only) to the
+host's python3, which gathers every host and service fact in one go and answers JSON; then the application runs
+go from the client host, all at once. A check is planned with its dependencies before anything runs, so a check
+whose host is unreachable or whose prerequisite failed is reported *blocked by* that check, never as one more
+failure; pytest has no such outcome (a skip is not a blocked-by), and one pytest item per host and check costs
+one SSH round trip each (~16 s for a cluster). JUnit XML is written by `report.junit`, one test case per check
+and host, blocked ones as skipped with the check that blocked them.
+
+Nothing here knows a port or path: the hosts' /etc/labnodes/labnodes.toml, then the inventory's variables, then
+the running programs themselves say where things are.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import math as _math
+import re
+import secrets
+import shlex
+import time
+import zlib
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import paramiko
+
+from labkit import LabkitError
+from labkit.remote import Hosts
+from labnodes import selftest
+
+# What each inventory group runs (the course's spec; playbooks/site.yml's labkit_group_roles makes it so).
+GROUP_SERVICES = {"brokers": ["redis", "flower"], "nameservers": ["nameserver"], "workers": ["celery"],
+                  "ring": ["ring"], "sockservers": ["math", "file"]}
+LAYERS = ["reach", "host", "service", "app"]
+APP_TITLES = {
+    "app.ring": "a ring lap from the client visits every ring host in order and returns with gcd/lcm",
+    "app.celery": "Celery jobs from the client are answered right by every worker host",
+    "app.math": "the math server answers 48,18 and refuses a bad line",
+    "app.file": "a file round trip from the client has equal sha256 on both hosts",
+}
+REACH_TITLES = {"reach.ssh": "answers SSH from the control machine",
+                "reach.network": "reachable from the other hosts on the cluster network"}
+SSH_PORT = 22  # ssh's own default, when the inventory sets no ansible_port
+
+
+def key(c: dict) -> str:
+    return f"{c['id']}@{c['host']}"
+
+
+def _probe_command(python: str, ctx: dict) -> str:
+    src = Path(selftest.__file__).read_text()
+    blob = base64.b64encode(zlib.compress(src.encode())).decode()
+    code = f"import base64,zlib;exec(zlib.decompress(base64.b64decode('{blob}')))"
+    return f"{shlex.quote(python)} -c {shlex.quote(code)} --context {shlex.quote(json.dumps(ctx))}"
+
+
+def _first_line(text: str) -> str:
+    lines = [ln for ln in (text or "").strip().splitlines() if ln.strip()]
+    return lines[-1].strip()[:300] if lines else "no output"
+
+
+class Run:
+    """One cluster's check run."""
+
+    def __init__(self, inv, timeout: float = 20.0):
+        self.inv = inv
+        self.timeout = timeout
+        self.checks: list[dict] = []
+        self.facts: dict[str, dict] = {}
+        self.extra: dict = {"ring": None, "celery": None}
+        self.phases: dict[str, float] = {}
+
+    # --- helpers
+    def groups_of(self, name: str) -> list[str]:
+        return [g for g, members in self.inv.groups.items() if name in members]
+
+    def services_of(self, name: str) -> list[str]:
+        return [s for g in self.groups_of(name) for s in GROUP_SERVICES.get(g, [])]
+
+    def first(self, group: str) -> str | None:
+        return (self.inv.groups.get(group) or (None,))[0]
+
+    def ctx(self, h) -> dict:
+        ring = list(self.inv.groups.get("ring", ()))
+        peers = {o.name: [o.address, int(o.vars.get("ansible_port", SSH_PORT))] for o in self.inv.hosts
+                 if o.name != h.name}
+        vars_ = {k: v for k, v in h.vars.items() if k.endswith(("_port", "_venv")) and not isinstance(v, dict)}
+        return {"host": h.name, "address": h.address, "services": self.services_of(h.name), "peers": peers,
+                "ring_next": ring[(ring.index(h.name) + 1) % len(ring)] if h.name in ring else None,
+                "vars": vars_}
+
+    def add(self, cid, host, outcome, title=None, expected="", found="", hint="", deps=(), layer=None):
+        self.checks.append({"id": cid, "host": host, "layer": layer or cid.split(".")[0],
+                            "title": title or APP_TITLES.get(cid) or REACH_TITLES.get(cid, cid),
+                            "outcome": outcome, "expected": str(expected), "found": str(found),
+                            "hint": hint if outcome == "fail" else "", "deps": list(deps)})
+
+    def ssh(self, host: str, command: str, timeout: float | None = None):
+        sudo = getattr(self.hosts, "sudo", None)  # a non-root login with ansible_become: as root, like Ansible
+        if sudo and sudo(host):
+            command = f"sudo -n sh -c {shlex.quote(command)}"
+        conn = self.hosts.connection(host)
+        conn.connect_timeout = min(conn.connect_timeout or 15, max(3, int(self.timeout / 2)))
+        return conn.run(command, hide=True, warn=True, in_stream=False, timeout=timeout or self.timeout)
+
+    # --- layers 1 and 2: one probe per host
+    def probe(self, h):
+        python = h.vars.get("ansible_python_interpreter") or "python3"
+        try:
+            r = self.ssh(h.name, _probe_command(python, self.ctx(h)))
+        except Exception as exc:  # noqa: BLE001 -- any way SSH fails is this check's finding
+            msg = str(exc) or type(exc).__name__
+            if isinstance(exc, paramiko.AuthenticationException):
+                msg = f"authentication refused: {msg}"
+            return {"error": msg.splitlines()[0][:300]}
+        try:
+            return json.loads(r.stdout)
+        except json.JSONDecodeError:
+            return {"ran": True, "error": f"{python} exited {r.exited}: {_first_line(r.stderr or r.stdout)}"}
+
+    def host_layers(self):
+        with ThreadPoolExecutor(max_workers=max(1, len(self.inv.hosts))) as pool:
+            results = dict(zip([h.name for h in self.inv.hosts], pool.map(self.probe, self.inv.hosts)))
+        broker = self.first("brokers")
+        for h in self.inv.hosts:
+            res = results[h.name]
+            ssh_ok = "checks" in res or res.get("ran")
+            self.add("reach.ssh", h.name, "pass" if ssh_ok else "fail",
+                     expected=f"an SSH session to {h.vars.get('ansible_user', 'root')}@{h.address}",
+                     found="connected" if ssh_ok else res["error"],
+                     hint="is the host up and its network up? (fab status; on the host: ip addr, "
+                          "supervisorctl status sshd)")
+            if res.get("ran"):
+                self.add("host.probe", h.name, "fail", title="the host runs the check probe (python3)",
+                         expected="python3 answers the probe with JSON", found=res["error"],
+                         hint="install python3 on the host (Debian: apt-get install python3)",
+                         deps=["reach.ssh"], layer="host")
+            base = ["reach.ssh"] + (["host.probe"] if res.get("ran") else [])
+            if "checks" in res:
+                self.facts[h.name] = res["facts"]
+                got = res["checks"]
+            else:  # planned, so that they show as blocked
+                got = [dict(c, outcome="fail", expected="", found="", hint="") for c in selftest.plan(self.ctx(h))]
+            for c in got:
+                deps = list(c["deps"]) + base
+                if c["id"] == "service.celery.broker" and broker:
+                    deps.append(("service.redis.auth", broker))
+                self.checks.append(dict(c, host=h.name, deps=deps))
+        # reach.network: seen from the other hosts' probes
+        for h in self.inv.hosts:
+            seen = {o: f["reach"].get(h.name) for o, f in self.facts.items() if o != h.name and "reach" in f}
+            bad = {o: err for o, err in seen.items() if err}
+            if not seen:
+                self.add("reach.network", h.name, "fail", found="no other host could be asked",
+                         deps=[("reach.ssh", o.name) for o in self.inv.hosts if o.name != h.name][:1])
+                continue
+            port = int(h.vars.get("ansible_port", SSH_PORT))
+            self.add("reach.network", h.name, "fail" if bad else "pass",
+                     expected=f"every other host connects to {h.address}:{port}",
+                     found=("not from " + ", ".join(f"{o} ({e})" for o, e in bad.items())) if bad
+                     else f"from {len(seen)} hosts",
+                     hint=f"{h.name}'s cluster interface is down or firewalled: ip addr and ip route on {h.name}")
+        self.fill_labnodes_checks()
+
+    def venv(self, host: str | None = None) -> str | None:
+        if host and (self.facts.get(host) or {}).get("venv"):
+            return self.facts[host]["venv"]
+        return next((f["venv"] for f in self.facts.values() if f.get("venv")), None)
+
+    def fill_labnodes_checks(self):
+        """A host with no labnodes program (the client) cannot name its venv: use the cluster's."""
+        have = {c["host"] for c in self.checks if c["id"] == "host.labnodes"}
+        todo = [n for n in self.facts if n not in have]
+        venv = self.venv()
+
+        def one(name):
+            if not venv:
+                return "fail", "no venv named in labnodes.toml, the inventory, or a running labnodes program"
+            v = shlex.quote(venv)
+            r = self.ssh(name, f"test -x {v}/bin/labnodes && {v}/bin/python -c "
+                               "'import labnodes; print(\"labnodes\", labnodes.__version__)'")
+            ok = r.exited == 0 and r.stdout.startswith("labnodes ")
+            return ("pass" if ok else "fail"), _first_line(r.stdout if ok else r.stderr or r.stdout)
+
+        with ThreadPoolExecutor(max_workers=max(1, len(todo))) as pool:
+            for name, (outcome, found) in zip(todo, pool.map(one, todo)):
+                self.add("host.labnodes", name, outcome, title=selftest.HOST_TITLES["host.labnodes"],
+                         expected=f"labnodes importable by {venv}/bin/python and {venv}/bin/labnodes executable",
+                         found=found,
+                         hint="re-run provisioning (fab provision) to reinstall the labnodes venv",
+                         deps=["host.supervisord", "reach.ssh"])
+                if name in self.facts:
+                    self.facts[name]["venv"] = self.facts[name].get("venv") or venv
+
+    # --- layer 3: application results, all from the client host
+    def labnodes(self, host: str, *args: str, timeout: float | None = None):
+        cmd = " ".join([f"{shlex.quote(self.venv(host) or '')}/bin/labnodes", *map(shlex.quote, args), "--json"])
+        r = self.ssh(host, cmd, timeout=timeout)
+        try:
+            return json.loads(r.stdout), ""
+        except json.JSONDecodeError:
+            return None, _first_line(r.stderr or r.stdout)
+
+    def app_ring(self, client, ring):
+        data, err = self.labnodes(client, "ring", "send", "--start", ring[0], "--message", "labkit check",
+                                  "--numbers", "48,18")
+        want = [*ring, ring[0]]
+        expected = (f"hops {' -> '.join(want)} (each at its inventory address), back at {ring[0]}, "
+                    f"gcd=6 lcm=144")
+        if data is None:
+            named = [n for n in re.findall(r"[\w-]+", err) if n in ring]
+            return "fail", named[-1] if named else ring[0], expected, err, \
+                "the ring broke at the hop named: supervisorctl status and /var/log/labnodes/ on that host"
+        self.extra["ring"] = data
+        trace = data.get("trace") or []
+        for i, hop in enumerate(trace):
+            node = ring[i % len(ring)]  # hop i is at the i-th ring host, round and round
+            addr = hop.get("address", "").rsplit(":", 1)[0]
+            if hop.get("node") != node or hop.get("host") != node or addr != self.inv.host(node).address:
+                return "fail", node, expected, (f"hop {i + 1}: node {hop.get('node')} on host {hop.get('host')} "
+                                                f"at {hop.get('address')}"), \
+                    f"{node}'s ring node must run on {node}, bind its cluster address, and pass to its successor"
+        visited = [hop.get("node") for hop in trace]
+        g = _math.gcd(48, 18)
+        if (visited[:len(ring)] != ring or visited[-1] != ring[0] or data.get("gcd") != g
+                or data.get("lcm") != 48 * 18 // g):
+            return "fail", ring[0], expected, (f"hops {' -> '.join(map(str, visited))}, gcd={data.get('gcd')} "
+                                               f"lcm={data.get('lcm')}"), \
+                "each hop does one Euclid step (a, b) -> (b, a mod b); the start node ends the lap at b = 0"
+        return "pass", ring[0], expected, f"{len(trace)} hops, {data.get('total_ms', 0):.1f} ms, gcd=6 lcm=144", ""
+
+    def app_celery(self, client, workers):
+        expected = f"60 gcd jobs, all right, run on every worker host ({', '.join(workers)})"
+        spread = {}
+        for _attempt in range(2):  # a short group can by chance land on one worker: try once more
+            data, err = self.labnodes(client, "celery", "batch", "--count", "60", "--mode", "group",
+                                      "--timeout", str(int(self.timeout)), timeout=self.timeout + 10)
+            if data is None:
+                return "fail", self.first("brokers") or client, expected, err, \
+                    "the client cannot use the broker: redis_host/redis_password in the client's labnodes.toml"
+            r = data["modes"]["group"]
+            for h, n in r["hosts"].items():
+                spread[h] = spread.get(h, 0) + n
+            self.extra["celery"] = {"hosts": spread, "tasks": r["tasks"], "ok": r["ok"],
+                                    "tasks_per_s": r["tasks_per_s"], "workers": r.get("workers", {})}
+            if r["ok"] != r["tasks"] or r["error_count"]:
+                return "fail", client, expected, (f"{r['ok']} of {r['tasks']} right, {r['error_count']} errors: "
+                                                  f"{(r['errors'] or [''])[0]}"), \
+                    "a wrong or missing result: see the workers' logs in /var/log/labnodes/"
+            if all(w in spread for w in workers):
+                break
+        idle = [w for w in workers if w not in spread]
+        found = ", ".join(f"{h}: {n}" for h, n in spread.items()) or "no jobs ran"
+        if idle:
+            return "fail", idle[0], expected, f"ran on {found}; none on {', '.join(idle)}", \
+                f"the worker on {idle[0]} takes no jobs: is it connected to the broker? (its log, its settings)"
+        return "pass", workers[0] if workers else client, expected, f"ran on {found}", ""
+
+    def app_math(self, client, server):
+        data, err = self.labnodes(client, "math", "ask", "48,18", "12,oops")
+        expected = "48,18 -> OK gcd=6 lcm=144; 12,oops -> ERR <reason>"
+        hint = "the math protocol: '48,18' -> 'OK gcd=6 lcm=144', anything else -> 'ERR <reason>'"
+        if data is None:
+            return "fail", server, expected, err, hint
+        first, second = (data + [{}, {}])[:2]
+        one = first.get("error") or f"gcd={first.get('gcd')} lcm={first.get('lcm')}"
+        two = f"ERR {second['error']}" if second.get("error") else json.dumps(second)
+        found = f"48,18 -> {one}; 12,oops -> {two}"
+        ok = first.get("gcd") == 6 and first.get("lcm") == 144 and bool(second.get("error"))
+        return ("pass" if ok else "fail"), server, expected, found, hint
+
+    def app_file(self, client, server):
+        name = f"labkit-check-{secrets.token_hex(4)}.bin"
+        tmp = f"/tmp/{name}.d"
+        expected = "the same sha256 on the client (sent and fetched back) and on the server (stored)"
+        hint = "the file server must store under its file_root and send back the same bytes"
+        try:
+            r = self.ssh(client, f"mkdir -p {tmp}/back && head -c 262144 /dev/urandom > {tmp}/{name} && "
+                                 f"sha256sum {tmp}/{name}")
+            if r.exited:
+                return "fail", client, expected, _first_line(r.stderr), "the client cannot write /tmp"
+            sent_sum = r.stdout.split()[0]
+            sent, err = self.labnodes(client, "file", "send", f"{tmp}/{name}", "--name", name)
+            if sent is None:
+                return "fail", server, expected, f"send: {err}", hint
+            got, err = self.labnodes(client, "file", "get", name, "--out", f"{tmp}/back")
+            if got is None:
+                return "fail", server, expected, f"get: {err}", hint
+            back = self.ssh(client, f"sha256sum {tmp}/back/{name}").stdout.split()[:1]
+            root = (self.facts.get(server) or {}).get("file_root")
+            if not root:
+                py = f"{shlex.quote(self.venv(server) or '')}/bin/python"
+                root = self.ssh(server, f"{py} -c 'from labnodes import config; print(config.load().file_root)'"
+                                ).stdout.strip()
+            stored = self.ssh(server, f"sha256sum {shlex.quote(root)}/{name}; rm -f {shlex.quote(root)}/{name}")
+            stored_sum = stored.stdout.split()[:1]
+            sums = {"client": sent_sum, "server": stored_sum[0] if stored_sum else "missing",
+                    "fetched": back[0] if back else "missing"}
+            found = ", ".join(f"{k} {v[:12]}" for k, v in sums.items())
+            return ("pass" if len(set(sums.values())) == 1 else "fail"), server, expected, found, hint
+        finally:
+            try:
+                self.ssh(client, f"rm -rf {tmp}")
+            except Exception:  # noqa: BLE001 -- cleanup only
+                pass
+
+    def app_layer(self):
+        client = self.first("clients")
+        ring, workers = list(self.inv.groups.get("ring", ())), list(self.inv.groups.get("workers", ()))
+        broker, ns, sock = self.first("brokers"), self.first("nameservers"), self.first("sockservers")
+        if not client:
+            return
+        base = [("reach.ssh", client), ("host.labnodes", client)]
+        plans = {}
+        if ring and ns:
+            plans["app.ring"] = (self.app_ring, (client, ring), base + [("service.nameserver.listens", ns)]
+                                 + [(f"service.ring.{w}", r) for r in ring for w in ("listens", "next")])
+        if workers and broker:
+            plans["app.celery"] = (self.app_celery, (client, workers), base + [("service.redis.auth", broker)]
+                                   + [(f"service.celery.{x}", w) for w in workers for x in ("running", "broker")])
+        if sock:
+            plans["app.math"] = (self.app_math, (client, sock), base + [("service.math.listens", sock)])
+            plans["app.file"] = (self.app_file, (client, sock), base + [("service.file.listens", sock),
+                                                                         ("reach.ssh", sock)])
+        outcome = {key(c): c["outcome"] for c in self.checks}
+        runnable = {cid: p for cid, p in plans.items()
+                    if all(outcome.get(f"{d[0]}@{d[1]}") == "pass" for d in p[2])}
+
+        def go(item):
+            cid, (fn, args, _deps) = item
+            try:
+                return fn(*args)
+            except Exception as exc:  # noqa: BLE001 -- reported as the check's finding
+                return "fail", args[0], "", f"{type(exc).__name__}: {exc}", "the run could not finish"
+
+        with ThreadPoolExecutor(max_workers=max(1, len(runnable))) as pool:
+            results = dict(zip(runnable, pool.map(go, runnable.items())))
+        blame = {"app.ring": ring[:1], "app.celery": [broker], "app.math": [sock], "app.file": [sock]}
+        for cid, (_fn, _args, deps) in plans.items():
+            # not run: its prerequisites did not pass, so resolve() reports it blocked by them
+            out, host, expected, found, hint = results.get(cid, ("fail", blame[cid][0], "", "", ""))
+            if host != blame[cid][0] and out == "fail":  # the key stays stable (class columns); the text names it
+                found = f"{host}: {found}"
+            self.add(cid, blame[cid][0], out, expected=expected, found=found, hint=hint, deps=deps)
+
+    # --- all
+    def resolve(self):
+        for c in self.checks:  # local dep ids -> id@host
+            c["deps"] = [f"{d[0]}@{d[1]}" if isinstance(d, (tuple, list)) else f"{d}@{c['host']}"
+                         for d in c["deps"]]
+        # planned checks of an unreachable host have outcome fail until resolved: they are blocked by reach.ssh
+        selftest.resolve(self.checks, key=key)
+        order = {h.name: i for i, h in enumerate(self.inv.hosts)}
+        self.checks.sort(key=lambda c: (LAYERS.index(c["layer"]) if c["layer"] in LAYERS else 9,
+                                        order.get(c["host"], 99)))
+
+    def run(self) -> dict:
+        start = time.monotonic()
+        with Hosts(self.inv) as self.hosts:
+            self.host_layers()
+            self.resolve()  # the app layer runs only what its prerequisites allow
+            self.phases["hosts"] = round(time.monotonic() - start, 2)
+            self.app_layer()
+            self.phases["app"] = round(time.monotonic() - start - self.phases["hosts"], 2)
+        self.resolve()
+        return dict(self.report(time.monotonic() - start), phases=self.phases)
+
+    def report(self, seconds: float) -> dict:
+        hosts = []
+        for h in self.inv.hosts:
+            progs = (self.facts.get(h.name) or {}).get("programs") or {}
+            svc_state = {}
+            for svc in self.services_of(h.name):
+                mine = [c for c in self.checks if c["host"] == h.name and c["id"].startswith(f"service.{svc}.")]
+                svc_state[svc] = ("pass" if mine and all(c["outcome"] == "pass" for c in mine) else
+                                  "fail" if any(c["outcome"] == "fail" for c in mine) else "blocked")
+            ssh = next((c["outcome"] for c in self.checks if c["id"] == "reach.ssh" and c["host"] == h.name), "")
+            hosts.append({"name": h.name, "address": h.address, "groups": self.groups_of(h.name),
+                          "ssh": ssh, "services": svc_state,
+                          "programs": {n: p["state"] for n, p in progs.items()}})
+        n = {o: sum(c["outcome"] == o for c in self.checks) for o in ("pass", "fail", "blocked")}
+        status = ("unreachable" if hosts and all(h["ssh"] != "pass" for h in hosts) else
+                  "ok" if n["fail"] == 0 and n["blocked"] == 0 else "failing")
+        return {"cluster": self.inv.cluster, "inventory": str(self.inv.path), "backend": self.inv.backend,
+                "subnet": str(self.inv.subnet or ""), "status": status, "seconds": round(seconds, 2), "counts": n, "hosts": hosts,
+                "groups": {g: list(m) for g, m in self.inv.groups.items()},
+                "ring": list(self.inv.groups.get("ring", ())), "checks": self.checks,
+                "ring_trace": self.extra["ring"], "celery": self.extra["celery"],
+                "time": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
+
+
+def run(inv, timeout: float = 20.0) -> dict:
+    """Check one cluster; never raises for a broken cluster (that is what the report says)."""
+    return Run(inv, timeout=timeout).run()
+
+
+def failed_report(path, error: str) -> dict:
+    """The report of a cluster whose inventory cannot be read."""
+    return {"cluster": Path(path).name, "inventory": str(path), "backend": "", "status": "broken inventory",
+            "error": error, "seconds": 0.0, "counts": {"pass": 0, "fail": 0, "blocked": 0}, "hosts": [],
+            "groups": {}, "ring": [], "checks": [], "ring_trace": None, "celery": None,
+            "time": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
+
+
+__all__ = ["run", "failed_report", "key", "LabkitError"]

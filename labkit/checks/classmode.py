@@ -1,0 +1,149 @@
+"""Class mode: check one cluster per student at once, write class.csv, class.xlsx and each student's HTML.
+
+DIR holds one inventory per student, one subfolder each (the subfolder's name is the student's). Clusters are
+checked in parallel, each with per-host SSH timeouts, so a student whose hosts are down costs one timeout, not
+one per check. A student whose inventory cannot be read, or whose cluster does not answer, gets a row saying so.
+The class files are rewritten after every student, so they exist (with the students not yet checked marked so)
+even when the run is interrupted.
+
+class.csv / the Class sheet: one row per student: student, status, score, percent, passed, failed, blocked,
+seconds, then one column per check (`id@host`) with its outcome. class.xlsx adds a Summary sheet (one row per
+student, with the first failure) and a Failures sheet (every failed check: expected, found, hint).
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+from pathlib import Path
+
+from labkit import LabkitError, inventory
+from labkit.checks import failed_report, grading, key, report, run
+
+FIXED = ["student", "status", "score", "percent", "passed", "failed", "blocked", "seconds"]
+FILL = {"pass": "C6EFCE", "fail": "FFC7CE", "blocked": "D9D9D9"}
+
+
+def students(directory: str | Path) -> list[Path]:
+    d = Path(directory)
+    if not d.is_dir():
+        raise LabkitError(f"{d}: not a directory of student inventories")
+    found = sorted(p for p in d.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not found:
+        raise LabkitError(f"{d}: no student inventory (one subfolder per student)")
+    return found
+
+
+def check_student(path: Path, timeout: float) -> dict:
+    try:
+        inv = inventory.load(path)
+    except LabkitError as exc:
+        return failed_report(path, str(exc))
+    try:
+        return run(inv, timeout=timeout)
+    except Exception as exc:  # noqa: BLE001 -- one student's crash must not end the class
+        return failed_report(path, f"check crashed: {type(exc).__name__}: {exc}")
+
+
+def _row(name: str, r: dict | None, g: dict) -> dict:
+    if r is None:
+        return {"student": name, "status": "not checked (run interrupted)"}
+    s = grading.score(r, g)
+    status = r["status"] + (f": {r['error']}" if r.get("error") else "")
+    row = {"student": name, "status": status, "score": round(s["points"], 2), "percent": round(s["percent"], 1),
+           "passed": r["counts"]["pass"], "failed": r["counts"]["fail"], "blocked": r["counts"]["blocked"],
+           "seconds": r["seconds"]}
+    row.update({key(c): c["outcome"] for c in r["checks"]})
+    return row
+
+
+def write_class(out: Path, names: list[str], results: dict[str, dict], g: dict) -> None:
+    rows = [_row(n, results.get(n), g) for n in names]
+    columns: list[str] = []
+    for n in names:
+        for c in (results.get(n) or {}).get("checks", []):
+            if key(c) not in columns:
+                columns.append(key(c))
+    header = FIXED + columns
+    tmp = out / "class.csv.tmp"
+    with open(tmp, "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=header, restval="")
+        w.writeheader()
+        w.writerows(rows)
+    os.replace(tmp, out / "class.csv")
+    _xlsx(out, header, rows, names, results)
+
+
+def _xlsx(out: Path, header: list[str], rows: list[dict], names: list[str], results: dict[str, dict]) -> None:
+    from openpyxl import Workbook
+    from openpyxl.styles import Font, PatternFill
+
+    wb = Workbook()
+    ws = wb.active
+    ws.title = "Class"
+    ws.append(header)
+    for row in rows:
+        ws.append([row.get(h, "") for h in header])
+    for cells in ws.iter_rows(min_row=2, min_col=len(FIXED) + 1):
+        for cell in cells:
+            if cell.value in FILL:
+                cell.fill = PatternFill("solid", fgColor=FILL[cell.value])
+    ws.freeze_panes = ws.cell(row=2, column=2)
+
+    summary = wb.create_sheet("Summary")
+    summary.append([*FIXED, "first failure"])
+    for n, row in zip(names, rows):
+        first = next((c for c in (results.get(n) or {}).get("checks", []) if c["outcome"] == "fail"), None)
+        summary.append([row.get(h, "") for h in FIXED] +
+                       [f"{key(first)}: {first['found']}" if first else (results.get(n) or {}).get("error", "")])
+
+    failures = wb.create_sheet("Failures")
+    failures.append(["student", "check", "host", "layer", "title", "expected", "found", "hint"])
+    for n in names:
+        r = results.get(n)
+        if r is None:
+            failures.append([n, "", "", "", "not checked (run interrupted)", "", "", ""])
+            continue
+        if r.get("error"):
+            failures.append([n, "inventory", "", "", r["status"], "", r["error"], "fix the inventory"])
+        for c in r["checks"]:
+            if c["outcome"] == "fail":
+                failures.append([n, c["id"], c["host"], c["layer"], c["title"], c["expected"], c["found"],
+                                 c["hint"]])
+    for sheet in (ws, summary, failures):
+        for cell in sheet[1]:
+            cell.font = Font(bold=True)
+    tmp = out / "class.xlsx.tmp"
+    wb.save(tmp)
+    os.replace(tmp, out / "class.xlsx")
+
+
+def run_class(directory: str | Path, out: str | Path, grading_file: str | Path | None = None,
+              timeout: float = 20.0, parallel: int = 10, echo=print) -> dict[str, dict]:
+    """Check every student's cluster; write OUT/class.csv, OUT/class.xlsx and OUT/<student>.html."""
+    g = grading.load(grading_file)
+    paths = students(directory)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    names = [p.name for p in paths]
+    results: dict[str, dict] = {}
+    write_class(out, names, results, g)
+    pool = ThreadPoolExecutor(max_workers=max(1, min(parallel, len(paths))))
+    futures = {pool.submit(check_student, p, timeout): p.name for p in paths}
+    try:
+        pending = set(futures)
+        while pending:
+            done, pending = wait(pending, return_when=FIRST_COMPLETED)
+            for f in done:
+                name = futures[f]
+                r = results[name] = f.result()
+                report.write_html(r, out / f"{name}.html", grading.score(r, g))
+                n = r["counts"]
+                echo(f"{name:20} {r['status']:18} {n['pass']} passed, {n['fail']} failed, {n['blocked']} blocked "
+                     f"({r['seconds']:.1f}s)" + (f": {r['error']}" if r.get("error") else ""))
+                write_class(out, names, results, g)
+    finally:
+        pool.shutdown(wait=False, cancel_futures=True)
+        write_class(out, names, results, g)
+    return results

@@ -1,0 +1,58 @@
+"""Scores from an optional grading file (YAML); without one, every check counts one.
+
+    # grading.yml
+    count: [reach.*, service.*, app.*]   # checks that count (fnmatch patterns on `id` or `id@host`); default all
+    weights:                             # first matching pattern gives a check's weight; default 1
+      app.*: 5
+      service.ring.*: 2
+
+A check scores its weight when it passes; a failed or blocked check scores 0.
+"""
+
+from __future__ import annotations
+
+from fnmatch import fnmatchcase
+from pathlib import Path
+
+import yaml
+
+from labkit import LabkitError
+
+
+class GradingError(LabkitError):
+    """The grading file cannot be read or has the wrong shape."""
+
+
+def load(path: str | Path | None) -> dict:
+    if not path:
+        return {"count": ["*"], "weights": {}}
+    try:
+        data = yaml.safe_load(Path(path).read_text()) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise GradingError(f"grading file {path}: {exc}") from None
+    if not isinstance(data, dict) or not set(data) <= {"count", "weights"}:
+        raise GradingError(f"grading file {path}: expected a mapping with `count` and/or `weights`")
+    count, weights = data.get("count") or ["*"], data.get("weights") or {}
+    if not isinstance(count, list) or not isinstance(weights, dict) or \
+            not all(isinstance(w, (int, float)) and w >= 0 for w in weights.values()):
+        raise GradingError(f"grading file {path}: `count` is a list of patterns, `weights` maps patterns to numbers")
+    return {"count": [str(p) for p in count], "weights": {str(k): float(v) for k, v in weights.items()}}
+
+
+def _match(c: dict, pattern: str) -> bool:
+    return fnmatchcase(c["id"], pattern) or fnmatchcase(f"{c['id']}@{c['host']}", pattern)
+
+
+def weight(grading: dict, c: dict) -> float:
+    if not any(_match(c, p) for p in grading["count"]):
+        return 0.0
+    return next((w for p, w in grading["weights"].items() if _match(c, p)), 1.0)
+
+
+def score(report: dict, grading: dict) -> dict:
+    points = maximum = 0.0
+    for c in report["checks"]:
+        w = weight(grading, c)
+        maximum += w
+        points += w if c["outcome"] == "pass" else 0.0
+    return {"points": points, "max": maximum, "percent": 100.0 * points / maximum if maximum else 0.0}

@@ -1,0 +1,40 @@
+"""Pyro4 on the client side, with the ring's settings on every proxy: HMAC key, serpent, a timeout, no
+silent retries. Pyro4 is imported lazily (the CLI imports every program module at start-up)."""
+
+from __future__ import annotations
+
+
+def pyro():
+    """The Pyro4 module (imported on first use)."""
+    import Pyro4
+    import Pyro4.naming  # noqa: F401  (startNS, NamingError)
+
+    return Pyro4
+
+
+def proxy(uri, hmac_key: str, timeout: float):
+    """A proxy with per-object settings: HMAC key, serpent, client-side timeout, no silent retries."""
+    p = pyro().Proxy(uri)
+    p._pyroHmacKey = hmac_key
+    p._pyroSerializer = "serpent"
+    p._pyroTimeout = timeout
+    p._pyroMaxRetries = 0
+    return p
+
+
+def ns_proxy(ns_host: str, ns_port: int, hmac_key: str, timeout: float):
+    """Proxy for the name server at ns_host:ns_port (addressed directly, no broadcast lookup)."""
+    return proxy(f"PYRO:Pyro.NameServer@{ns_host}:{ns_port}", hmac_key, timeout)
+
+
+def is_remote(exc: BaseException) -> bool:
+    """True for an exception raised by the remote method itself (Pyro attaches the remote traceback)."""
+    return getattr(exc, "_pyroTraceback", None) is not None
+
+
+def describe(exc: BaseException) -> str:
+    """One line for a Pyro error, naming a likely key mismatch."""
+    text = str(exc)
+    if "hmac" in text.lower():
+        return f"refused: wrong HMAC key? ({text})"
+    return text or type(exc).__name__

@@ -1,0 +1,170 @@
+"""The ring node: the one class every ring host serves (Pyro-exposed by `ring_serve`), its laps and hops.
+
+`RingNode(name, next_name, forward=...)`: relay() is one hop (record, Euclid step, pass on; at the origin,
+hand the message to the waiting start() and return a receipt); start() runs lap after lap until the numbers
+are done. `forward(msg, timeout) -> receipt` reaches the successor; without Pyro (unit tests) it can be any
+function. The protocol and its timeouts are specified in `labnodes.ring`'s docstring.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import threading
+import time
+
+from labnodes.ring_lap import check_message, check_node_name, new_message, receipt, receive, result_of, timeouts
+from labnodes.ring_lap import done
+
+log = logging.getLogger("labnodes.ring")  # one logger for every part of the ring program
+
+
+class RingNode:
+    """One ring node: receives a message, does its Euclid step, records itself and passes it to `next_name`.
+
+    `forward(msg, timeout) -> receipt` calls the successor's relay; on a ring host it is `ring_link.Link.relay`.
+    The same class runs on every ring host; only name and next_name differ.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        next_name: str,
+        *,
+        ring_timeout: float = 5.0,
+        max_laps: int = 100,
+        address: str = "",
+        host: str | None = None,
+        forward=None,
+    ):
+        self.name = check_node_name(name)
+        self.next_name = check_node_name(next_name)
+        self.ring_timeout = ring_timeout
+        self.max_laps = max_laps
+        self.address = address
+        self.host = host or socket.gethostname()
+        self.forward = forward
+        t = timeouts(ring_timeout)
+        self.margin, self.lap_budget = t["margin"], t["lap"]
+        self._lock = threading.Lock()
+        # message id -> the message back from its lap (None while it is still going round)
+        self._waiting: dict[str, dict | None] = {}
+
+    def info(self) -> dict:
+        return {"name": self.name, "next": self.next_name, "host": self.host, "address": self.address}
+
+    def _receive(self, msg: dict, received: float) -> None:
+        before = list(msg["numbers"])
+        receive(msg, self.name, self.host, self.address, received)
+        if len(msg["trace"]) > 1:
+            prev = msg["trace"][-2]["node"]
+        else:
+            prev = "client" if msg["origin"] == self.name else msg["origin"]
+        log.info(
+            "%s: message %s lap %d hop %d from %s, numbers %s -> %s",
+            self.name,
+            msg["id"][:8],
+            msg["lap"],
+            len(msg["trace"]),
+            prev,
+            before,
+            msg["numbers"],
+        )
+
+    def _pass_on(self, msg: dict, budget: float) -> dict:
+        timeout = budget - self.margin
+        if timeout < self.margin:
+            raise RuntimeError(
+                f"ring hop {self.name} -> {self.next_name} failed: no time left "
+                f"({budget:.2f} s budget; ring too long for ring_timeout {self.ring_timeout} s?)"
+            )
+        log.info(
+            "%s: message %s lap %d passed on to %s (timeout %.2f s)",
+            self.name,
+            msg["id"][:8],
+            msg["lap"],
+            self.next_name,
+            timeout,
+        )
+        try:
+            return self.forward(msg, timeout)
+        except Exception as exc:
+            log.warning("%s: message %s lap %d: %s", self.name, msg["id"][:8], msg["lap"], exc)
+            raise
+
+    def relay(self, msg, budget) -> dict:
+        """One hop: record, step, and pass on (or, at the origin, return: the lap is complete)."""
+        received = time.time()
+        msg = check_message(msg)
+        if not isinstance(budget, (int, float)) or isinstance(budget, bool) or budget <= 0:
+            raise ValueError(f"budget must be a positive number of seconds, got {budget!r}")
+        self._receive(msg, received)
+        if msg["origin"] == self.name:
+            with self._lock:
+                if msg["id"] not in self._waiting:
+                    raise ValueError(
+                        f"message {msg['id']} claims origin {self.name} but {self.name} did not send it"
+                    )
+                self._waiting[msg["id"]] = msg  # for the start() thread waiting for this lap
+            log.info("%s: message %s lap %d back at its origin", self.name, msg["id"][:8], msg["lap"])
+            return receipt(msg)
+        return self._pass_on(msg, budget)
+
+    def start(self, text, numbers, budget) -> dict:
+        """Send a new message round the ring from this node, lap after lap, until the numbers are done."""
+        received = time.time()
+        t0 = time.monotonic()
+        if not isinstance(budget, (int, float)) or isinstance(budget, bool) or budget <= 0:
+            raise ValueError(f"budget must be a positive number of seconds, got {budget!r}")
+        msg = new_message(text, numbers, self.name)
+        log.info(
+            "%s: message %s %r numbers %s from client", self.name, msg["id"][:8], msg["text"], msg["input"]
+        )
+        deadline = t0 + budget - self.margin
+        self._receive(msg, received)
+        trace: list[dict] = []
+        lap_ms: list[float] = []
+        mid = msg["id"]
+        try:
+            while True:
+                lap_budget = min(self.lap_budget, deadline - time.monotonic())
+                if lap_budget < 2 * self.margin:
+                    raise RuntimeError(
+                        f"ring from {self.name}: not done within {budget:.2f} s after {msg['lap'] - 1} laps"
+                    )
+                with self._lock:
+                    self._waiting[mid] = None
+                t = time.perf_counter()
+                got = self._pass_on(msg, lap_budget + self.margin)
+                with self._lock:
+                    back = self._waiting.pop(mid)
+                lap_ms.append((time.perf_counter() - t) * 1000)
+                if back is None or got != receipt(back):
+                    raise RuntimeError(
+                        f"ring from {self.name}: lap {msg['lap']} ended without the message "
+                        f"coming back (receipt {got!r})"
+                    )
+                msg = back
+                trace.extend(msg["trace"])
+                if done(msg):
+                    break
+                if msg["lap"] >= self.max_laps:
+                    raise RuntimeError(
+                        f"ring from {self.name}: numbers not done after {self.max_laps} laps (ring_max_laps)"
+                    )
+                msg["lap"] += 1
+                msg["trace"] = []
+        finally:
+            with self._lock:
+                self._waiting.pop(mid, None)
+        res = result_of(msg, trace, lap_ms, (time.monotonic() - t0) * 1000)
+        log.info(
+            "%s: message %s done: gcd %s lcm %s in %d laps",
+            self.name,
+            msg["id"][:8],
+            res["gcd"],
+            res["lcm"],
+            res["laps"],
+        )
+        return res
+

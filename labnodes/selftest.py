@@ -1,0 +1,524 @@
+"""Checks one host can run on itself: its settings, its supervised services, its reach to the hosts it talks to.
+
+`labnodes selftest [--json]` on any cluster host runs them with no control machine. The control side
+(`fab check`, labkit/checks/) sends this same file to every host and runs it with the host's own python3 and a
+context (`--context JSON`: the host's inventory name, address, the services its groups call for, the peers to
+probe, its ring successor, inventory variables), so the messages and hints are the same both ways.
+
+Stdlib only: it must run before (and without) the labnodes virtualenv, under /usr/bin/python3.
+
+Every check is a dict: `id` (e.g. `service.math.listens`), `layer` (`reach`, `host`, `service`, `app`), `title`,
+`outcome` (`pass`, `fail`, `blocked`), `expected`, `found`, `hint`, `deps` (ids it needs to pass first) and, when
+blocked, `blocked_by`. A check whose dependency did not pass is blocked by the first failed check underneath it,
+never run and never counted as one more failure (`resolve`).
+
+What each service check looks at, on the host itself:
+- running:  the program is one of supervisord's programs (found by name, else by command line) and RUNNING;
+- listens:  the program's own pid (or a child) holds a listening socket on the host's cluster address and the
+            configured port (`ss -ltnpH`), and no listener of it is on a wildcard or loopback address. Another
+            program on the same address (sshd) does not count;
+- auth:     Redis answers an unauthenticated PING with NOAUTH and the configured password with PONG; Flower
+            answers 401 without credentials; a Celery host's password is accepted by the broker.
+Ports and addresses come from /etc/labnodes/labnodes.toml, then the context's inventory variables; a port found
+in neither is whichever port the program itself listens on.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import socket
+import stat
+import subprocess
+import sys
+import time
+
+SETTINGS = "/etc/labnodes/labnodes.toml"  # labnodes.config.DEFAULT_CONFIG (not imported: stdlib only)
+
+# service -> (supervisord program-name fragment, command-line fragment, *_host key, *_port key, title)
+SERVICES = {
+    "redis": ("redis", "redis-server", "redis_host", "redis_port", "Redis"),
+    "flower": ("flower", " flower", None, "flower_port", "Flower"),
+    "nameserver": ("nameserver", "labnodes nameserver", "ns_host", "ns_port", "Pyro4 name server"),
+    "celery": ("worker", "celery worker", None, None, "Celery worker"),
+    "ring": ("ring", "ring serve", "ring_host", "ring_port", "ring node"),
+    "math": ("math", "math serve", "math_host", "math_port", "math server"),
+    "file": ("file", "file serve", "file_host", "file_port", "file server"),
+}
+# Services a host uses as a client, by the service it runs (standalone reach checks; the control side knows groups).
+CLIENT_OF = {"celery": ["redis"], "flower": ["redis"], "ring": ["nameserver"]}
+TIMEOUT = 3.0
+HOST_TITLES = {
+    "host.hostname": "hostname is the inventory name",
+    "host.settings": "labnodes settings file is valid and readable by root (and the service group) only",
+    "host.supervisord": "supervisord answers",
+    "host.labnodes": "labnodes is installed in its venv",
+}
+SERVICE_TITLES = {
+    "running": "{t} is supervised and running",
+    "listens": "{t} itself listens on the cluster address",
+    "next": "ring node passes to its successor in group order",
+    "broker": "the broker accepts this host's Redis password",
+    "auth": "{t} refuses clients without credentials",
+}
+
+
+def title_of(cid: str) -> str:
+    if cid in HOST_TITLES:
+        return HOST_TITLES[cid]
+    _, svc, what = cid.split(".")
+    return SERVICE_TITLES[what].format(t=SERVICES[svc][4])
+
+
+def plan(ctx: dict) -> list[dict]:
+    """The checks a probe with this context makes on a host, as (id, title, layer, deps) dicts without outcome:
+    what the control side reports as blocked when it cannot reach the host."""
+    out = [dict(id=i, title=t, layer="host", deps=[]) for i, t in HOST_TITLES.items()]
+    for svc in ctx.get("services") or []:
+        b = f"service.{svc}"
+        whats = ["running"] + (["broker"] if svc == "celery" else ["listens"])
+        whats += ["next"] if svc == "ring" and ctx.get("ring_next") else []
+        whats += ["auth"] if svc in ("redis", "flower") else []
+        for w in whats:
+            dep = {"running": "host.supervisord", "listens": f"{b}.running", "auth": f"{b}.listens",
+                   "broker": "host.settings"}.get(w, f"{b}.running")
+            out.append(dict(id=f"{b}.{w}", title=title_of(f"{b}.{w}"), layer="service", deps=[dep]))
+    return out
+
+
+def check(cid, title, layer, outcome, expected="", found="", hint="", deps=()):
+    return {"id": cid, "title": title_of(cid) if cid in HOST_TITLES or cid.startswith("service.") else title, "layer": layer, "outcome": outcome, "expected": str(expected),
+            "found": str(found), "hint": hint if outcome != "pass" else "", "deps": list(deps)}
+
+
+def resolve(checks: list[dict], key=lambda c: c["id"]) -> list[dict]:
+    """Mark every check whose dependency did not pass as blocked by the root failure beneath it."""
+    by = {key(c): c for c in checks}
+
+    def root(c, seen=()):
+        for d in c.get("deps", ()):
+            dep = by.get(d)
+            if dep is None or d in seen:
+                continue
+            if dep["outcome"] == "fail":
+                return d
+            if dep["outcome"] == "blocked":
+                return dep.get("blocked_by") or root(dep, (*seen, d)) or d
+            r = root(dep, (*seen, d))
+            if r:
+                return r
+        return None
+
+    for c in checks:
+        r = root(c)
+        if r:
+            c.update(outcome="blocked", blocked_by=r, hint="")
+    return checks
+
+
+# --- facts -------------------------------------------------------------------------------------------------------
+
+def read_settings(path=SETTINGS):
+    """(settings dict or None, stat result or None, error text)."""
+    try:
+        st = os.stat(path)
+    except OSError as exc:
+        return None, None, f"{path}: {exc.strerror}"
+    try:
+        import tomllib
+        with open(path, "rb") as fh:
+            return tomllib.load(fh), st, ""
+    except Exception as exc:  # noqa: BLE001 (reported as the check's finding)
+        return None, st, f"{path}: {exc}"
+
+
+def sh(args, timeout=10):
+    try:
+        p = subprocess.run(args, capture_output=True, text=True, timeout=timeout)
+        return p.returncode, p.stdout
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return -1, str(exc)
+
+
+def programs_rpc(conf="/etc/supervisor/supervisord.conf"):
+    """supervisord's programs over its own XML-RPC socket (a third of supervisorctl's cost); None if that fails."""
+    import configparser
+    import http.client
+    import xmlrpc.client
+
+    cp = configparser.RawConfigParser()
+    try:
+        cp.read(conf)
+        path = cp.get("unix_http_server", "file")
+    except (configparser.Error, OSError):
+        return None
+    if cp.has_option("unix_http_server", "username") or "%" in path:
+        return None
+
+    class Unix(http.client.HTTPConnection):
+        def connect(self):
+            self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            self.sock.settimeout(TIMEOUT)
+            self.sock.connect(path)
+
+    class Transport(xmlrpc.client.Transport):
+        def make_connection(self, host):
+            return Unix("localhost")
+
+    try:
+        infos = xmlrpc.client.ServerProxy("http://localhost", transport=Transport()).supervisor.getAllProcessInfo()
+    except (OSError, xmlrpc.client.Error, http.client.HTTPException):
+        return None
+    progs = {}
+    for i in infos:
+        name = i["name"] if i["group"] == i["name"] else f"{i['group']}:{i['name']}"
+        pid = i["pid"] or None
+        progs[name] = {"state": i["statename"], "pid": pid, "cmdline": cmdline(pid) if pid else ""}
+    return progs
+
+
+def programs():
+    """supervisord's programs: {name: {"state", "pid", "cmdline"}}; None if supervisord does not answer."""
+    fast = programs_rpc()
+    if fast is not None:
+        return fast
+    rc, out = sh(["supervisorctl", "status"])
+    if rc < 0 or (rc != 0 and not re.search(r"^\S+\s+[A-Z]+", out, re.M)) or "refused" in out or "no such" in out:
+        return None
+    progs = {}
+    for line in out.splitlines():
+        f = line.split()
+        if len(f) < 2 or not f[1].isupper():
+            continue
+        m = re.search(r"pid (\d+)", line)
+        pid = int(m.group(1)) if m else None
+        progs[f[0]] = {"state": f[1], "pid": pid, "cmdline": cmdline(pid) if pid else ""}
+    return progs
+
+
+def cmdline(pid):
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as fh:
+            return fh.read().replace(b"\0", b" ").decode(errors="replace").strip()
+    except OSError:
+        return ""
+
+
+def family(pid):
+    """pid and all its descendants."""
+    children = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as fh:
+                    ppid = int(fh.read().rsplit(")", 1)[1].split()[1])
+                children.setdefault(ppid, []).append(int(entry))
+            except (OSError, ValueError, IndexError):
+                continue
+    out, todo = set(), [pid]
+    while todo:
+        p = todo.pop()
+        if p not in out:
+            out.add(p)
+            todo += children.get(p, [])
+    return out
+
+
+def listeners():
+    """[(address, port, {pid: process name})] from `ss -ltnpH`."""
+    rc, out = sh(["ss", "-ltnpH"])
+    found = []
+    for line in out.splitlines() if rc == 0 else []:
+        f = line.split()
+        if len(f) < 4:
+            continue
+        addr, _, port = f[3].rpartition(":")
+        pids = {int(p): n for n, p in re.findall(r'\("([^"]*)",pid=(\d+)', line)}
+        found.append((addr.strip("[]"), int(port) if port.isdigit() else 0, pids))
+    return found
+
+
+def connect(address, port, timeout=TIMEOUT):
+    try:
+        with socket.create_connection((address, int(port)), timeout=timeout):
+            return ""
+    except OSError as exc:
+        return exc.strerror or str(exc)
+
+
+def talk(address, port, payload: bytes, timeout=TIMEOUT) -> str:
+    """Send payload, return the first reply line (or an error text in angle brackets)."""
+    try:
+        with socket.create_connection((address, int(port)), timeout=timeout) as s:
+            s.sendall(payload)
+            data = b""
+            while b"\n" not in data:
+                chunk = s.recv(4096)
+                if not chunk:
+                    break
+                data += chunk
+            return data.decode(errors="replace").strip().splitlines()[0] if data.strip() else "<no reply>"
+    except OSError as exc:
+        return f"<{exc.strerror or exc}>"
+
+
+def resp(*words: str) -> bytes:
+    out = f"*{len(words)}\r\n"
+    for w in words:
+        out += f"${len(w.encode())}\r\n{w}\r\n"
+    return out.encode()
+
+
+# --- checks ------------------------------------------------------------------------------------------------------
+
+class Probe:
+    def __init__(self, ctx: dict):
+        self.ctx = ctx
+        self.settings, self.st, self.settings_error = read_settings()
+        self.s = self.settings or {}
+        self.vars = ctx.get("vars", {})
+        self.progs = programs()
+        self.listen = listeners()
+        self.checks: list[dict] = []
+        self.facts: dict = {"programs": self.progs or {}, "venv": None}
+
+    def add(self, *a, **kw):
+        self.checks.append(check(*a, **kw))
+
+    def setting(self, key):
+        if key is None:
+            return None
+        if key in self.s:
+            return self.s[key]
+        return self.vars.get(key)
+
+    def address(self):
+        return self.ctx.get("address") or self.s.get("ring_host")
+
+    # host layer
+    def host_checks(self):
+        name = self.ctx.get("host")
+        if name:
+            got = socket.gethostname()
+            self.add("host.hostname", "hostname is the inventory name", "host", "pass" if got == name else "fail",
+                     name, got, "set the hostname to the host's inventory name (hostnamectl set-hostname)")
+        # 0600 where the programs run as root (netns); 0640 with the service user's group on VMs and lab machines
+        mode = stat.S_IMODE(self.st.st_mode) if self.st else None
+        ok = self.settings is not None and self.st is not None and self.st.st_uid == 0 \
+            and (mode == 0o600 or (mode == 0o640 and self.st.st_gid != 0))
+        found = self.settings_error or (f"owner uid {self.st.st_uid}, gid {self.st.st_gid}, mode {mode:04o}"
+                                        if self.st else "")
+        self.add("host.settings", "labnodes settings file is valid and readable by root (and the service group) only",
+                 "host", "pass" if ok else "fail",
+                 f"{SETTINGS}: valid TOML, owner root, mode 0600 (or 0640 with the service user's group)", found,
+                 "re-run provisioning (fab provision); never chmod the settings file wider: it holds secrets")
+        if self.progs is None:
+            self.add("host.supervisord", "supervisord answers", "host", "fail", "supervisorctl status answers",
+                     "no answer from supervisord", "start supervisord (its log: /var/log/supervisor/)")
+        else:
+            self.add("host.supervisord", "supervisord answers", "host", "pass", "supervisorctl status answers",
+                     f"{len(self.progs)} programs")
+        venv = self.s.get("venv") or self.vars.get("labnodes_venv")
+        if not venv and not self.ctx.get("host") and sys.prefix != sys.base_prefix:
+            venv = sys.prefix  # `labnodes selftest` itself runs from the venv
+        if not venv:
+            for p in (self.progs or {}).values():
+                exe = p["cmdline"].split(" ")[0]
+                if exe.endswith("/bin/python") or exe.endswith("/bin/python3"):
+                    if "labnodes" in p["cmdline"] or "celery" in p["cmdline"]:
+                        venv = os.path.dirname(os.path.dirname(exe))
+                        break
+        self.facts["venv"] = venv
+        self.facts["file_root"] = self.s.get("file_root")
+        if venv:
+            self.labnodes_check(venv)
+
+    def labnodes_check(self, venv):
+        # the package imports in the venv and the CLI script is there (running `labnodes --version` imports
+        # every program module, Celery included: 3x the cost; the services and app runs run the CLI itself)
+        rc, out = sh([f"{venv}/bin/python", "-c", "import labnodes; print('labnodes', labnodes.__version__)"])
+        ok = rc == 0 and out.startswith("labnodes ") and os.access(f"{venv}/bin/labnodes", os.X_OK)
+        self.add("host.labnodes", "", "host", "pass" if ok else "fail",
+                 f"labnodes importable by {venv}/bin/python and {venv}/bin/labnodes executable",
+                 (out.strip()[:200] or f"exit {rc}") + ("" if os.access(f"{venv}/bin/labnodes", os.X_OK)
+                                                        else f"; no executable {venv}/bin/labnodes"),
+                 "re-run provisioning (fab provision) to reinstall the labnodes venv")
+
+    # service layer
+    def find(self, svc):
+        frag, cmd, *_ = SERVICES[svc]
+        for name, p in (self.progs or {}).items():
+            if frag in name:
+                return name, p
+        for name, p in (self.progs or {}).items():
+            if cmd in f" {p['cmdline']}":
+                return name, p
+        return None, None
+
+    def services(self):
+        if self.progs is None:
+            return
+        wanted = self.ctx.get("services")
+        if wanted is None:  # standalone: whatever supervisord runs
+            wanted = [s for s in SERVICES if self.find(s)[0]]
+        for svc in wanted:
+            self.service(svc)
+
+    def service(self, svc):
+        _, _, host_key, port_key, title = SERVICES[svc]
+        name, p = self.find(svc)
+        base = f"service.{svc}"
+        hint_run = f"supervisorctl start {name}; its log is in /var/log/labnodes/" if name else \
+            f"the {title} is not a supervisord program here: re-run provisioning (fab provision)"
+        running = p is not None and p["state"] == "RUNNING"
+        self.add(f"{base}.running", f"{title} is supervised and running", "service",
+                 "pass" if running else "fail", f"a supervisord program for the {title}, RUNNING",
+                 f"{name} {p['state']}" if p else "no such program", hint_run, deps=["host.supervisord"])
+        if svc == "celery":
+            self.celery(base, p)
+            return
+        if svc == "ring" and self.ctx.get("ring_next"):
+            self.ring_next(base, p)
+        address = self.address()
+        port = self.setting(port_key)
+        port = int(port) if port not in (None, "", 0, "0") else None
+        mine = family(p["pid"]) if p and p["pid"] else set()
+        own = [(a, pt) for a, pt, pids in self.listen if mine & set(pids)]
+        want = f"{address}:{port if port else '<any port>'}"
+        good = [x for x in own if x[0] == address and (port is None or x[1] == port)]
+        wild = [x for x in own if x[0] in ("0.0.0.0", "*", "::", "") or x[0].startswith("127.")]
+        if good and not wild:
+            outcome, found = "pass", ", ".join(f"{a}:{pt}" for a, pt in own) + f" (pid {p['pid']})"
+        else:
+            outcome = "fail"
+            others = [f"{a}:{pt} held by {', '.join(f'{n} pid {i}' for i, n in pids.items())}"
+                      for a, pt, pids in self.listen if a == address and port and pt == port and not mine & set(pids)]
+            found = (f"{title} (pid {p['pid'] if p else '-'}) listens on "
+                     f"{', '.join(f'{a}:{pt}' for a, pt in own) or 'nothing'}") + (f"; {others[0]}" if others else "")
+        self.add(f"{base}.listens", f"{title} listens on the cluster address", "service", outcome,
+                 f"{title} itself listening on {want} and on no wildcard or loopback address", found,
+                 f"bind the {title} to this host's cluster address ({host_key or 'its address'} in {SETTINGS}); "
+                 f"restart it", deps=[f"{base}.running"])
+        if svc == "redis":
+            self.redis_auth(base, address, port or (good or own or [(None, 0)])[0][1])
+        if svc == "flower":
+            self.flower_auth(base, address, (good or own or [(None, 0)])[0][1])
+
+    def ring_next(self, base, p):
+        want = f"--name {self.ctx['host']} --next {self.ctx['ring_next']}"
+        cl = p["cmdline"] if p else ""
+        args = cl.split()
+        got = {k: args[i + 1] for i, k in enumerate(args[:-1]) if k in ("--name", "--next")}
+        ok = got.get("--name") == self.ctx["host"] and got.get("--next") == self.ctx["ring_next"]
+        self.add(f"{base}.next", "ring node passes to its successor in group order", "service",
+                 "pass" if ok else "fail", want, " ".join(f"{k} {v}" for k, v in got.items()) or cl or "no command",
+                 "the successor is the next host of group ring (the last wraps to the first): re-run provisioning",
+                 deps=[f"{base}.running"])
+
+    def redis_auth(self, base, address, port):
+        anon = talk(address, port, resp("PING"))
+        pw = str(self.s.get("redis_password", ""))
+        authed = talk(address, port, resp("AUTH", pw) + resp("PING")) if pw else "<no redis_password in settings>"
+        ok = anon.startswith("-NOAUTH") and authed.startswith("+OK")
+        self.add(f"{base}.auth", "Redis refuses clients without the password and accepts the cluster's",
+                 "service", "pass" if ok else "fail", "PING without password -> -NOAUTH; AUTH <password> -> +OK",
+                 f"without password: {anon}; with it: {authed.split(chr(13))[0]}",
+                 "set requirepass in redis.conf to the redis_password of the settings; never disable protection",
+                 deps=[f"{base}.listens"])
+
+    def flower_auth(self, base, address, port):
+        got = talk(address, port, f"GET / HTTP/1.0\r\nHost: {address}\r\n\r\n".encode())
+        ok = got.split()[1:2] == ["401"]
+        self.add(f"{base}.auth", "Flower asks for a password", "service", "pass" if ok else "fail",
+                 "HTTP 401 without credentials", got, "run Flower with basic auth (FLOWER_BASIC_AUTH)",
+                 deps=[f"{base}.listens"])
+
+    def celery(self, base, p):
+        host, port = self.s.get("redis_host"), self.setting("redis_port")
+        pw = str(self.s.get("redis_password", ""))
+        if not host or not port:
+            got = f"redis_host/redis_port missing from {SETTINGS}"
+        else:
+            got = talk(host, port, resp("AUTH", pw) + resp("PING"))
+        ok = got.startswith("+OK")
+        self.add(f"{base}.broker", "the broker accepts this host's Redis password", "service",
+                 "pass" if ok else "fail", f"AUTH with redis_password from {SETTINGS} at {host}:{port} -> +OK",
+                 got, "redis_password in this host's settings must equal the broker's requirepass: re-provision",
+                 deps=["host.settings"])  # true or not whether the worker runs: a wrong password also stops it
+
+    # reach layer
+    def reach(self):
+        peers = self.ctx.get("peers")
+        if peers is not None:  # from the control machine: every other host's sshd
+            from concurrent.futures import ThreadPoolExecutor
+            with ThreadPoolExecutor(max_workers=max(1, min(32, len(peers)))) as pool:
+                errs = pool.map(lambda item: connect(*item[1]), peers.items())
+            self.facts["reach"] = dict(zip(peers, errs))
+            return
+        used = set()
+        for svc in list(self.ctx.get("services") or [s for s in SERVICES if self.find(s)[0]]):
+            used.update(CLIENT_OF.get(svc, []))
+        if not self.find("redis")[0] and not self.find("math")[0] and not self.find("ring")[0]:
+            used.update(["redis", "nameserver", "math", "file"])  # a client host talks to every server
+        for svc in sorted(used):
+            _, _, host_key, port_key, title = SERVICES[svc]
+            addr, port = self.s.get(host_key), self.setting(port_key)
+            if not addr or not port:
+                continue
+            err = connect(addr, port)
+            the = "" if title in ("Redis", "Flower") else "the "
+            self.add(f"reach.{svc}", f"reaches {the}{title} at {addr}:{port}", "reach", "fail" if err else "pass",
+                     f"a TCP connection to {addr}:{port}", err or "connected",
+                     f"is the {title} up, and is this host's network up (ip addr; ping {addr})?")
+
+    def run(self):
+        self.reach()
+        self.host_checks()
+        self.services()
+        return {"checks": self.checks, "facts": self.facts, "time": time.time()}
+
+
+def probe(ctx: dict) -> dict:
+    return Probe(ctx).run()
+
+
+# --- CLI ---------------------------------------------------------------------------------------------------------
+
+def print_checks(checks, out=sys.stdout):
+    marks = {"pass": "PASS", "fail": "FAIL", "blocked": "BLOCKED"}
+    for c in checks:
+        line = f"{marks[c['outcome']]:8} {c['id']:28} {c['title']}"
+        if c["outcome"] == "fail":
+            line += f"\n         expected: {c['expected']}\n         found:    {c['found']}\n         hint:     {c['hint']}"
+        elif c["outcome"] == "blocked":
+            line += f"  (blocked by {c['blocked_by']})"
+        print(line, file=out)
+
+
+def main_standalone(json_out=False, ctx=None) -> int:
+    result = probe(ctx or {})
+    resolve(result["checks"])
+    if json_out:
+        print(json.dumps(result))
+    else:
+        print_checks(result["checks"])
+        n = {o: sum(c["outcome"] == o for c in result["checks"]) for o in ("pass", "fail", "blocked")}
+        print(f"\n{socket.gethostname()}: {n['pass']} passed, {n['fail']} failed, {n['blocked']} blocked")
+    return 1 if any(c["outcome"] != "pass" for c in result["checks"]) else 0
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("selftest", help="check this host's settings, services and reach (no control machine)")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=_cmd_selftest)
+
+
+def _cmd_selftest(args, settings) -> int:
+    import dataclasses  # the effective settings (file, environment, labnodes' defaults) fill what the file omits
+    return main_standalone(args.json, {"vars": dataclasses.asdict(settings)})
+
+
+if __name__ == "__main__":  # run by the control side as `python3 - --context JSON` (see labkit/checks)
+    _ctx = json.loads(sys.argv[sys.argv.index("--context") + 1]) if "--context" in sys.argv else {}
+    print(json.dumps(probe(_ctx)))

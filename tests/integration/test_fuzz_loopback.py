@@ -1,0 +1,135 @@
+"""Fuzzing the socket servers on loopback (issue 9): 100,000 random lines to the real math server and a few
+thousand malformed frames to the real file server. Both must stay up, and every reply must be well formed:
+for the math server exactly the reply the protocol's pure function gives for that line, for the file server
+one frame of at most 4096 bytes that is an ERR frame with a known code (or "ready" for a valid PUT header)."""
+
+from __future__ import annotations
+
+import json
+import random
+import socket
+import struct
+import threading
+import time
+
+from labnodes import filexfer, mathserver
+from tests.integration.conftest import ServerProcess
+
+HANG_GUARD = 60.0  # seconds; only so that a broken server fails a test instead of hanging it
+SEED = 9
+CODES = {"bad-frame", "bad-request", "bad-name", "too-large", "not-found", "not-a-file", "checksum-mismatch",
+         "disk-error", "idle-timeout", "too-slow", "busy", "short-stream", "internal-error"}
+
+
+def random_line(rng: random.Random) -> bytes:
+    """A request line (no LF, at most MAX_LINE bytes): valid pairs, near misses, and random bytes."""
+    kind = rng.randrange(8)
+    if kind == 0:
+        return f"{rng.randrange(10**rng.randrange(1, 31))},{rng.randrange(10**rng.randrange(1, 31))}".encode()
+    if kind == 1:  # around the limit of 10**30
+        return f"{10**30 - rng.randrange(3)},{rng.randrange(10**6)}".encode() if rng.random() < 0.5 else \
+            f"{10**30 + rng.randrange(3)},7".encode()
+    if kind == 2:
+        return rng.choice([b"", b" ", b",", b"-4,6", b"4,-6", b"+5,1", b"4.5,2", b"1,2,3", b"\xff\xfe,1", b"a,b",
+                           b"\xd9\xa1,2", b"0x10,2", b"1_0,2", b"48,18\r", b"\t48 , 18\t", b"0" * 200 + b"7,3"])
+    if kind == 3:
+        alphabet = b"0123456789,- \t\r+.xe"
+        return bytes(rng.choice(alphabet) for _ in range(rng.randrange(0, 80)))
+    return bytes(rng.choice(range(256)) for _ in range(rng.randrange(0, 120))).replace(b"\n", b"")
+
+
+def test_a_hundred_thousand_fuzzed_lines_get_exactly_the_protocol_s_replies(tmp_path):
+    server = ServerProcess(tmp_path, ["math", "serve", "--host", "127.0.0.2", "--port", "0"], hang_guard=HANG_GUARD)
+    rng = random.Random(SEED)
+    connections, per_connection = 10, 10_000
+    wrong, answered = [], 0
+    started = time.monotonic()
+    try:
+        for _ in range(connections):
+            lines = [random_line(rng) for _ in range(per_connection)]
+            with socket.create_connection(server.address, timeout=HANG_GUARD) as sock:
+                sender = threading.Thread(target=sock.sendall, args=(b"".join(line + b"\n" for line in lines),))
+                sender.start()
+                with sock.makefile("rb") as replies:
+                    for line in lines:
+                        reply = replies.readline(mathserver.MAX_REPLY)
+                        expected = mathserver.answer(line).encode() + b"\n"
+                        answered += 1
+                        if reply != expected and len(wrong) < 10:
+                            wrong.append((line, reply, expected))
+                sender.join(HANG_GUARD)
+        seconds = time.monotonic() - started
+        print(f"math server: {answered} fuzzed lines answered in {seconds:.1f} s ({answered / seconds:.0f}/s), "
+              f"{len(wrong)} wrong")
+        assert not wrong, wrong
+        assert server.proc.poll() is None
+        for size in (mathserver.MAX_LINE + 1, 100_000):  # overlong lines: ERR, then the connection closes
+            with socket.create_connection(server.address, timeout=HANG_GUARD) as sock:
+                sock.sendall(b"7" * size + b"\n")
+                assert sock.makefile("rb").readline() == f"ERR {mathserver.ERR_TOO_LONG}\n".encode()
+        assert mathserver.ask(*server.address, ["48,18"], timeout=HANG_GUARD)[0]["gcd"] == 6
+    finally:
+        server.stop()
+
+
+def random_frame(rng: random.Random) -> bytes:
+    """A malformed (or sometimes valid) request frame."""
+    kind = rng.randrange(6)
+    if kind == 0:  # a length prefix outside 1..4096, or short
+        return struct.pack(">I", rng.choice([0, 4097, 2**31, 2**32 - 1])) + b"{}" if rng.random() < 0.8 else b"\x00\x00"
+    if kind == 1:  # the right length, random bytes
+        body = bytes(rng.randrange(256) for _ in range(rng.randrange(1, 200)))
+        return struct.pack(">I", len(body)) + body
+    values = [None, True, -1, 0, 2**70, 1.5, "", " ", ".", "..", "a/b", "x\\y", "\u202e", "a\x00b", "\u00e9",
+              "x" * 300, [], {}, "PUT", "GET", "0" * 64, "f" * 64, "9" * 4000]
+    header = {}
+    if kind in (2, 3, 4):
+        header["op"] = rng.choice(["PUT", "GET", "DELETE", None, 5])
+    for key in ("name", "size", "sha256", "extra"):
+        if rng.random() < 0.7:
+            header[key] = rng.choice(values)
+    data = json.dumps(header).encode()
+    if kind == 5:  # valid JSON that is not an object, or broken JSON
+        data = rng.choice([b"[]", b"1", b'"x"', b"{", b'{"op":', b"null", b"{" * 3000])
+    data = data[:4096]
+    return struct.pack(">I", len(data)) + data
+
+
+def test_malformed_frames_get_well_formed_err_frames_and_the_server_stays_up(tmp_path):
+    root = tmp_path / "root"
+    server = ServerProcess(tmp_path, ["file", "serve", "--host", "127.0.0.3", "--port", "0", "--root", str(root)],
+                           hang_guard=HANG_GUARD)
+    rng = random.Random(SEED)
+    counts: dict[str, int] = {}
+    started = time.monotonic()
+    try:
+        for _ in range(2000):
+            with socket.create_connection(server.address, timeout=HANG_GUARD) as sock:
+                sock.sendall(random_frame(rng))
+                sock.shutdown(socket.SHUT_WR)  # nothing more: a short header ends as short-stream
+                raw = b""
+                while chunk := sock.recv(65536):
+                    raw += chunk
+            if not raw:
+                counts["(no frame)"] = counts.get("(no frame)", 0) + 1
+                continue
+            (length,) = struct.unpack(">I", raw[:4])
+            assert 1 <= length <= filexfer.MAX_HEADER and len(raw) >= 4 + length, raw[:80]
+            reply = json.loads(raw[4 : 4 + length])
+            if "error" in reply:
+                assert reply["error"] in CODES and isinstance(reply["message"], str), reply
+                key = reply["error"]
+            else:
+                assert reply in ({"status": "ready"},) or reply.get("status") == "sending", reply
+                key = reply["status"]
+            counts[key] = counts.get(key, 0) + 1
+        seconds = time.monotonic() - started
+        print(f"file server: 2000 fuzzed frames in {seconds:.1f} s: {dict(sorted(counts.items()))}")
+        assert "internal-error" not in counts
+        assert server.proc.poll() is None
+        src = tmp_path / "ok.bin"
+        src.write_bytes(b"still up")
+        assert filexfer.send(*server.address, src, timeout=HANG_GUARD)["size"] == 8
+        assert not [p for p in root.iterdir() if p.name.endswith(".part")]
+    finally:
+        server.stop()

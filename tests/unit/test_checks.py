@@ -1,0 +1,153 @@
+"""labkit.checks without a cluster: blocked-by resolution, the probe's matching, grading, the three reports and
+the class files, from hand-made reports."""
+
+from __future__ import annotations
+
+import csv
+import json
+import xml.etree.ElementTree as ET
+
+import pytest
+
+from labkit.checks import classmode, failed_report, grading, key, report
+from labnodes import selftest
+
+
+def c(cid, host, outcome, deps=(), **kw):
+    return {"id": cid, "host": host, "layer": cid.split(".")[0], "title": cid, "outcome": outcome,
+            "expected": kw.get("expected", "e"), "found": kw.get("found", "f"), "hint": kw.get("hint", "h"),
+            "deps": list(deps)}
+
+
+def sample(broken=True) -> dict:
+    checks = [
+        c("reach.ssh", "a", "pass"), c("reach.ssh", "b", "fail" if broken else "pass"),
+        c("service.ring.running", "b", "pass", ["reach.ssh@b"]),
+        c("service.ring.listens", "b", "fail", ["service.ring.running@b"]),
+        c("app.ring", "a", "fail", ["service.ring.listens@b", "reach.ssh@a"]),
+        c("service.math.running", "a", "fail", ["reach.ssh@a"]),
+    ]
+    if not broken:
+        for x in checks:
+            x["outcome"] = "pass"
+    selftest.resolve(checks, key=key)
+    n = {o: sum(x["outcome"] == o for x in checks) for o in ("pass", "fail", "blocked")}
+    return {"cluster": "t", "inventory": "/inv/t", "backend": "netns", "subnet": "10.0.0.0/24",
+            "status": "failing" if broken else "ok", "seconds": 1.5, "counts": n, "checks": checks,
+            "hosts": [{"name": "a", "address": "10.0.0.2", "groups": ["clients"], "ssh": "pass",
+                       "services": {"math": "fail"}, "programs": {}},
+                      {"name": "b", "address": "10.0.0.3", "groups": ["ring"], "ssh": "fail",
+                       "services": {"ring": "blocked"}, "programs": {}}],
+            "groups": {"ring": ["b"], "clients": ["a"]}, "ring": ["b"],
+            "ring_trace": None, "celery": {"hosts": {"w1": 3, "w2": 1}, "tasks": 4, "ok": 4, "tasks_per_s": 9.0},
+            "time": "now"}
+
+
+def test_a_failed_prerequisite_blocks_every_check_above_it_by_the_root_failure():
+    got = {key(x): x for x in sample()["checks"]}
+    assert got["service.ring.running@b"]["outcome"] == "blocked"
+    assert got["service.ring.running@b"]["blocked_by"] == "reach.ssh@b"
+    assert got["service.ring.listens@b"]["blocked_by"] == "reach.ssh@b"  # the root, not the blocked step between
+    assert got["app.ring@a"]["blocked_by"] == "reach.ssh@b"
+    assert got["service.math.running@a"]["outcome"] == "fail"  # its own prerequisite passed
+
+
+def test_probe_plan_lists_the_checks_of_each_service():
+    ids = {p["id"] for p in selftest.plan({"services": ["ring", "celery", "redis"], "ring_next": "x"})}
+    assert {"service.ring.next", "service.ring.listens", "service.celery.broker", "service.redis.auth",
+            "host.settings"} <= ids
+    assert "service.celery.listens" not in ids
+
+
+def test_a_listener_of_another_program_on_the_same_address_does_not_count(monkeypatch):
+    """The old check passed when sshd listened on the ring node's address; this one wants the node's own pid."""
+    p = selftest.Probe.__new__(selftest.Probe)
+    p.ctx, p.s, p.vars, p.checks = {"address": "10.0.0.3"}, {}, {}, []
+    p.progs = {"labnodes-ring": {"state": "RUNNING", "pid": 50, "cmdline": "python labnodes ring serve"}}
+    p.listen = [("10.0.0.3", 22, {16: "sshd"})]
+    monkeypatch.setattr(selftest, "family", lambda pid: {pid})
+    p.service("ring")
+    listens = next(x for x in p.checks if x["id"] == "service.ring.listens")
+    assert listens["outcome"] == "fail" and "listens on nothing" in listens["found"]
+    p.checks, p.listen = [], [("10.0.0.3", 22, {16: "sshd"}), ("10.0.0.3", 4100, {50: "labnodes"})]
+    p.service("ring")
+    assert next(x for x in p.checks if x["id"] == "service.ring.listens")["outcome"] == "pass"
+    p.checks, p.listen = [], [("0.0.0.0", 4100, {50: "labnodes"})]
+    p.service("ring")
+    assert next(x for x in p.checks if x["id"] == "service.ring.listens")["outcome"] == "fail"
+
+
+def test_grading_weights_and_counted_checks(tmp_path):
+    r = sample()
+    assert grading.score(r, grading.load(None)) == {"points": 1.0, "max": 6.0, "percent": pytest.approx(100 / 6)}
+    f = tmp_path / "g.yml"
+    f.write_text("count: ['reach.*', 'app.*']\nweights:\n  app.*: 4\n")
+    s = grading.score(r, grading.load(f))
+    assert (s["points"], s["max"]) == (1.0, 6.0)  # reach.ssh@a passes (1); reach.ssh@b (1) and app.ring (4) do not
+    f.write_text("weights: [1]\n")
+    with pytest.raises(grading.GradingError):
+        grading.load(f)
+
+
+def test_junit_has_one_case_per_check_and_host_with_failures_and_skips(tmp_path):
+    path = tmp_path / "j.xml"
+    report.junit(sample(), path)
+    cases = list(ET.parse(path).getroot().iter("testcase"))
+    assert len(cases) == 6
+    by = {(x.get("classname"), x.get("name")): x for x in cases}
+    assert by[("t.reach.ssh", "b")].find("failure") is not None
+    assert "blocked by reach.ssh@b" in by[("t.app.ring", "a")].find("skipped").get("message")
+
+
+def test_console_names_failures_with_expected_found_hint_and_groups_blocked():
+    text = report.console(sample())
+    assert "FAIL    reach.ssh on b" in text and "expected: e" in text and "hint:     h" in text
+    assert "BLOCKED by reach.ssh@b" in text
+    assert text.splitlines()[-1].startswith("failing: 2 failed, 3 blocked, 1 passed")
+    assert report.console(sample(broken=False)).splitlines()[-1] == "6 passed in 1.5s"
+
+
+def test_html_is_self_contained_and_draws_every_host_and_the_ring():
+    page = report.html_page(sample())
+    assert "<script" not in page and "<link" not in page
+    assert ">a</text>" in page and ">b</text>" in page and "10.0.0.3 (no SSH)" in page
+    assert "Pyro4 ring: b → b" in page and "blocked by <code>reach.ssh@b</code>" in page
+    assert "<tag>" not in report.html_page(dict(sample(), cluster="<tag>"))  # escaped
+
+
+def test_class_files_have_a_row_per_student_even_before_they_are_checked(tmp_path):
+    openpyxl = pytest.importorskip("openpyxl")
+    results = {"ana": sample(broken=False), "bob": sample(), "dan": failed_report(tmp_path / "dan", "bad yaml")}
+    classmode.write_class(tmp_path, ["ana", "bob", "cem", "dan"], results, grading.load(None))
+    rows = {r["student"]: r for r in csv.DictReader((tmp_path / "class.csv").open())}
+    assert rows["ana"]["status"] == "ok" and rows["ana"]["percent"] == "100.0"
+    assert rows["bob"]["reach.ssh@b"] == "fail" and rows["bob"]["app.ring@a"] == "blocked"
+    assert rows["cem"]["status"] == "not checked (run interrupted)"
+    assert rows["dan"]["status"] == "broken inventory: bad yaml"
+    wb = openpyxl.load_workbook(tmp_path / "class.xlsx")
+    assert wb.sheetnames == ["Class", "Summary", "Failures"]
+    assert {r[0] for r in wb["Failures"].iter_rows(min_row=2, values_only=True)} == {"bob", "cem", "dan"}
+
+
+def test_selftest_cli_is_registered():
+    from labnodes import cli
+    args = cli.build_parser().parse_args(["selftest", "--json"])
+    assert args.json is True and json.dumps(selftest.plan({}))
+
+
+def test_an_interrupted_class_run_still_writes_the_class_files(tmp_path, monkeypatch):
+    pytest.importorskip("openpyxl")
+    for name in ("ana", "bob", "cem"):
+        (tmp_path / "class" / name).mkdir(parents=True)
+
+    def fake(path, timeout):
+        if path.name == "bob":
+            raise KeyboardInterrupt
+        return sample(broken=False)
+
+    monkeypatch.setattr(classmode, "check_student", fake)
+    with pytest.raises(KeyboardInterrupt):
+        classmode.run_class(tmp_path / "class", tmp_path / "out", parallel=1, echo=lambda *a: None)
+    rows = {r["student"]: r["status"] for r in csv.DictReader((tmp_path / "out" / "class.csv").open())}
+    assert rows["ana"] == "ok" and rows["bob"] == "not checked (run interrupted)" and set(rows) == {"ana", "bob", "cem"}
+    assert (tmp_path / "out" / "class.xlsx").exists() and (tmp_path / "out" / "ana.html").exists()
