@@ -44,12 +44,15 @@ RUNS = ["status", "run-ring", "run-celery --count 100", "run-math", "send-file -
 def step(name: str, cmd: list[str], env: dict[str, str], *, capture: bool = False) -> str:
     print(f"\n=== vm-test: {name}: {' '.join(cmd)}", flush=True)
     t0 = time.monotonic()
-    proc = subprocess.run(cmd, cwd=REPO, env=env, text=True, stdout=subprocess.PIPE if capture else None,
-                          stderr=subprocess.STDOUT if capture else None)
+    lines = []
+    with subprocess.Popen(cmd, cwd=REPO, env=env, text=True, stdout=subprocess.PIPE if capture else None,
+                          stderr=subprocess.STDOUT if capture else None) as proc:
+        for line in proc.stdout or ():  # shown as it comes, and kept for the caller
+            sys.stdout.write(line)
+            sys.stdout.flush()
+            lines.append(line)
     TIMINGS[name] = round(time.monotonic() - t0, 1)
-    out = proc.stdout or ""
-    if capture:
-        sys.stdout.write(out)
+    out = "".join(lines)
     print(f"=== vm-test: {name}: {TIMINGS[name]:.1f}s, exit {proc.returncode}", flush=True)
     if proc.returncode != 0:
         raise SystemExit(f"vm-test: {name} failed (exit {proc.returncode})")
