@@ -7,8 +7,8 @@
    send-file, check; then `fab provision`, which must change nothing;
 4. the lab path on the same VMs: the Vagrant cluster's generated SSH files are put away, a lab-style inventory
    (labkit_backend: lab, the non-root `vagrant` user with sudo and become) is written to a temporary directory,
-   and the VMs are reached as a lab user reaches machines: through ~/.ssh/config and known_hosts (a temporary
-   HOME). `fab up -i LAB` provisions them (the same cluster and settings: it must change nothing), then every fab
+   and the VMs are reached as a lab user reaches machines: through ~/.ssh/config (a marked block per VM address,
+   removed at the end) with a key and known_hosts of the test's own. `fab up -i LAB` provisions them (the same cluster and settings: it must change nothing), then every fab
    task again, then `fab down -i LAB` (playbooks/remove.yml) must leave no labkit program, file or user behind;
 5. `vagrant destroy -f`, and the active inventory as it was.
 
@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import os
+import pwd
 import re
 import shutil
 import subprocess
@@ -85,19 +86,41 @@ def lab_inventory(tmp: Path, vagrant_inv: Path) -> Path:
     return dest
 
 
-def lab_home(tmp: Path, inv) -> Path:
-    """A HOME whose ~/.ssh knows the VMs as a lab user's would: a key, a config block per host, known_hosts."""
-    home = tmp / "home"
-    dot = home / ".ssh"
-    dot.mkdir(parents=True, mode=0o700)
-    key = ssh.key_path(inv.cluster)
-    shutil.copy(key, dot / "id_ed25519")
+MARK = "# labkit vm-test: the test's VMs, as a lab user's ~/.ssh/config lists machines"
+
+
+def ssh_user_config() -> Path:
+    """The ~/.ssh/config ssh itself reads (from the password database, not $HOME)."""
+    return Path(pwd.getpwuid(os.getuid()).pw_dir) / ".ssh" / "config"
+
+
+def lab_ssh(tmp: Path, inv) -> None:
+    """Reach the VMs as a lab user reaches machines: a block in ~/.ssh/config per address (a key and known_hosts
+    of its own, in the test's directory), between markers, removed by forget_lab_ssh()."""
+    dot = tmp / "lab-ssh"
+    dot.mkdir(mode=0o700)
+    shutil.copy(ssh.key_path(inv.cluster), dot / "id_ed25519")
     os.chmod(dot / "id_ed25519", 0o600)
     shutil.copy(ssh.known_hosts_path(inv.cluster), dot / "known_hosts")
-    (dot / "config").write_text("".join(
-        f"Host {h.address} {h.name}\n  HostName {h.address}\n  User vagrant\n  IdentityFile {dot / 'id_ed25519'}\n"
-        f"  UserKnownHostsFile {dot / 'known_hosts'}\n  StrictHostKeyChecking yes\n" for h in inv.hosts))
-    return home
+    block = "".join(
+        f"Host {h.address}\n  User vagrant\n  IdentityFile {dot / 'id_ed25519'}\n  IdentitiesOnly yes\n"
+        f"  UserKnownHostsFile {dot / 'known_hosts'}\n  StrictHostKeyChecking yes\n" for h in inv.hosts)
+    config = ssh_user_config()
+    config.parent.mkdir(mode=0o700, exist_ok=True)
+    old = config.read_text() if config.exists() else ""
+    config.write_text(f"{old}{MARK} (begin)\n{block}{MARK} (end)\n")
+    os.chmod(config, 0o600)
+
+
+def forget_lab_ssh() -> None:
+    config = ssh_user_config()
+    if config.exists():
+        text = re.sub(rf"{re.escape(MARK)} \(begin\)\n.*?{re.escape(MARK)} \(end\)\n", "", config.read_text(),
+                      flags=re.S)
+        if text.strip():
+            config.write_text(text)
+        else:
+            config.unlink()
 
 
 def main() -> int:
@@ -130,11 +153,11 @@ def main() -> int:
             raise SystemExit(f"vm-test: the second provisioning changed {changes(again)} things (want 0)")
 
         # The lab path: forget the Vagrant cluster's SSH files; reach the VMs as a lab user's ~/.ssh would.
-        home = lab_home(tmp, vinv)
+        lab_ssh(tmp, vinv)
         ssh.close_connections([vinv.subnet], [ssh.control_dir(vinv.cluster), *ssh.ansible_control_dirs()])
         ssh.remove_client_config(vinv.cluster)
         lab = lab_inventory(tmp, vinv_path)
-        lab_env = {**env, "HOME": str(home)}
+        lab_env = env
         up = step("lab: fab up -i LAB (provisioning again)", [FAB, "up", "-i", str(lab), "--quiet"], lab_env,
                   capture=True)
         m = re.search(r"provisioning [\d.]+s \((\d+) changes\)", up)
@@ -144,7 +167,7 @@ def main() -> int:
             step(f"lab: fab {run}", [FAB, *run.split()], lab_env, capture=run != "check")
         step("lab: fab down -i LAB (remove.yml)", [FAB, "down", "-i", str(lab)], lab_env, capture=True)
         left = subprocess.run(
-            ["ssh", "-F", str(home / ".ssh" / "config"), "-o", "BatchMode=yes", vinv.hosts[0].address,
+            ["ssh", "-o", "BatchMode=yes", vinv.hosts[0].address,
              "ls -d /opt/labnodes /etc/labnodes /var/log/labnodes /var/lib/labnodes 2>/dev/null; "
              "ls /etc/supervisor/conf.d/ | grep labnodes; getent passwd labnodes; true"],
             capture_output=True, text=True, env=lab_env)
@@ -154,6 +177,7 @@ def main() -> int:
         print(f"vm-test: nothing of labkit left on {vinv.hosts[0].name}")
         failed = False
     finally:
+        forget_lab_ssh()
         if failed and os.environ.get("LABKIT_VM_TEST_KEEP"):
             print(f"vm-test: VMs kept (LABKIT_VM_TEST_KEEP); destroy: env LABKIT_VAGRANT_INVENTORY={vinv_path} "
                   f"VAGRANT_DOTFILE_PATH={tmp / 'dot-vagrant'} vagrant destroy -f")
