@@ -37,6 +37,17 @@ root="$WORK/root"
 want_packages="$BASE_PACKAGES $SERVICE_PACKAGES"
 if [ -f "$WORK/packages-done" ] && [ "$(cat "$WORK/packages-done")" = "$want_packages" ]; then
   echo "vm-box: reusing the package tree in $root (rm -rf $WORK to start afresh)"
+elif [ -f "$WORK/packages-done" ]; then
+  echo "vm-box: the package list changed: installing it into the kept package tree"
+  cp /etc/resolv.conf "$root/etc/resolv.conf"
+  printf '#!/bin/sh\nexit 101\n' > "$root/usr/sbin/policy-rc.d"
+  chmod +x "$root/usr/sbin/policy-rc.d"
+  { chroot "$root" apt-get update -q && chroot "$root" env DEBIAN_FRONTEND=noninteractive apt-get install -y -q \
+      --no-install-recommends $(echo "$BASE_PACKAGES" | tr ',\n' '  ') $SERVICE_PACKAGES; } > "$WORK/apt.log" 2>&1 \
+    || { tail -n 30 "$WORK/apt.log" >&2; exit 1; }
+  rm -f "$root/usr/sbin/policy-rc.d"
+  chroot "$root" apt-get clean
+  echo "$want_packages" > "$WORK/packages-done"
 else
 rm -rf "$WORK"
 mkdir -p "$WORK"
