@@ -143,6 +143,13 @@ def main() -> int:
             TIMINGS["of which: provisioning (site.yml)"] = float(p.group(1))
             TIMINGS["of which: VMs made, booted, accepting SSH"] = round(
                 TIMINGS["vagrant up (boot + provisioning)"] - float(p.group(1)), 1)
+        # `vagrant up` made the copy the active inventory (what lets `fab run-ring` go without a flag). The runs
+        # then name it, so that another labkit run in this checkout (the cluster tests restore .labkit/active when
+        # they end) cannot point them elsewhere half-way.
+        active = inventory.ACTIVE_FILE.read_text().strip()
+        if Path(active) != vinv_path:
+            raise SystemExit(f"vm-test: after vagrant up the active inventory is {active}, not {vinv_path}")
+        env["LABKIT_INVENTORY"] = str(vinv_path)
         for run in RUNS:
             step(f"vagrant: fab {run}", [FAB, *run.split()], env, capture=run != "check")
             if run == "run-ring":
@@ -157,7 +164,7 @@ def main() -> int:
         ssh.close_connections([vinv.subnet], [ssh.control_dir(vinv.cluster), *ssh.ansible_control_dirs()])
         ssh.remove_client_config(vinv.cluster)
         lab = lab_inventory(tmp, vinv_path)
-        lab_env = env
+        lab_env = {k: v for k, v in env.items() if k != "LABKIT_INVENTORY"}  # `fab up -i LAB` makes it active
         up = step("lab: fab up -i LAB (provisioning again)", [FAB, "up", "-i", str(lab), "--quiet"], lab_env,
                   capture=True)
         m = re.search(r"provisioning [\d.]+s \((\d+) changes\)", up)
