@@ -1,5 +1,5 @@
 # The two commands of the README: `make demo` and `make test`. Both set up first and are safe to re-run.
-.PHONY: setup demo test bench lint clean
+.PHONY: setup demo test bench lint clean vm-box vm-test
 
 setup:
 	@bash scripts/setup.sh
@@ -17,6 +17,15 @@ bench: setup
 
 lint: setup
 	.venv/bin/ruff check labnodes labkit tests bench fabfile.py
+
+# Vagrant (opt-in, slow): an offline Debian 12 libvirt box, and the whole cluster on VMs end to end.
+vm-box: setup
+	@bash scripts/libvirt-daemons.sh
+	bash scripts/vm-box.sh
+
+vm-test: setup
+	@bash scripts/libvirt-daemons.sh
+	.venv/bin/python scripts/vm-test.py
 
 clean:
 	rm -rf .venv build *.egg-info

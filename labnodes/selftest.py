@@ -51,7 +51,7 @@ CLIENT_OF = {"celery": ["redis"], "flower": ["redis"], "ring": ["nameserver"]}
 TIMEOUT = 3.0
 HOST_TITLES = {
     "host.hostname": "hostname is the inventory name",
-    "host.settings": "labnodes settings file is valid and readable by root only",
+    "host.settings": "labnodes settings file is valid and readable by root (and the service group) only",
     "host.supervisord": "supervisord answers",
     "host.labnodes": "labnodes is installed in its venv",
 }
@@ -303,12 +303,15 @@ class Probe:
             got = socket.gethostname()
             self.add("host.hostname", "hostname is the inventory name", "host", "pass" if got == name else "fail",
                      name, got, "set the hostname to the host's inventory name (hostnamectl set-hostname)")
+        # 0600 where the programs run as root (netns); 0640 with the service user's group on VMs and lab machines
+        mode = stat.S_IMODE(self.st.st_mode) if self.st else None
         ok = self.settings is not None and self.st is not None and self.st.st_uid == 0 \
-            and stat.S_IMODE(self.st.st_mode) == 0o600
-        found = self.settings_error or (f"owner uid {self.st.st_uid}, mode {stat.S_IMODE(self.st.st_mode):04o}"
+            and (mode == 0o600 or (mode == 0o640 and self.st.st_gid != 0))
+        found = self.settings_error or (f"owner uid {self.st.st_uid}, gid {self.st.st_gid}, mode {mode:04o}"
                                         if self.st else "")
-        self.add("host.settings", "labnodes settings file is valid and readable by root only", "host",
-                 "pass" if ok else "fail", f"{SETTINGS}: valid TOML, owner root, mode 0600", found,
+        self.add("host.settings", "labnodes settings file is valid and readable by root (and the service group) only",
+                 "host", "pass" if ok else "fail",
+                 f"{SETTINGS}: valid TOML, owner root, mode 0600 (or 0640 with the service user's group)", found,
                  "re-run provisioning (fab provision); never chmod the settings file wider: it holds secrets")
         if self.progs is None:
             self.add("host.supervisord", "supervisord answers", "host", "fail", "supervisorctl status answers",

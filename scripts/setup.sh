@@ -13,6 +13,10 @@ fi
 PACKAGES="python3 python3-venv python3-apt openssh-server openssh-client redis-server supervisor
   iperf3 iproute2 iptables procps psmisc util-linux rsync
   chromium"  # chromium: the cluster tests open the `fab check --html` report headless
+# The Vagrant backend (the Vagrantfile, `make vm-box`, `make vm-test`; `vagrant validate` runs in `make test`):
+# Vagrant with its libvirt provider, libvirt and QEMU, and what builds the offline box.
+PACKAGES="$PACKAGES vagrant vagrant-libvirt libvirt-daemon-system libvirt-clients qemu-system-x86 qemu-utils
+  dnsmasq-base debootstrap e2fsprogs"
 missing=$(dpkg-query -W -f '${Package} ${Status}\n' $PACKAGES 2>/dev/null | awk '$4 != "installed" {print $1}' || true)
 for p in $PACKAGES; do dpkg-query -W "$p" >/dev/null 2>&1 || missing="$missing $p"; done
 if [ -n "${missing// /}" ]; then

@@ -1,0 +1,210 @@
+"""`make vm-test`: the whole cluster on Vagrant VMs (libvirt), end to end, then the lab-machine path on the same VMs.
+
+1. builds the offline box if it is missing (scripts/vm-box.sh);
+2. `vagrant up` of every host of a copy of inventory/vagrant (cluster `vmt`, 192.168.57.0/24, its own .vagrant
+   directory, so a cluster you brought up yourself is left alone): the Vagrantfile's trigger provisions once;
+3. with no inventory flag (vagrant up made the copy active): fab status, run-ring, run-celery, run-math,
+   send-file, check; then `fab provision`, which must change nothing;
+4. the lab path on the same VMs: the Vagrant cluster's generated SSH files are put away, a lab-style inventory
+   (labkit_backend: lab, the non-root `vagrant` user with sudo and become) is written to a temporary directory,
+   and the VMs are reached as a lab user reaches machines: through ~/.ssh/config (a marked block per VM address,
+   removed at the end) with a key and known_hosts of the test's own. `fab up -i LAB` provisions them (the same cluster and settings: it must change nothing), then every fab
+   task again, then `fab down -i LAB` (playbooks/remove.yml) must leave no labkit program, file or user behind;
+5. `vagrant destroy -f`, and the active inventory as it was.
+
+Timings go to the console and to build/vm-test.json. Exits non-zero at the first failure (the VMs are destroyed
+unless LABKIT_VM_TEST_KEEP=1).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pwd
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))  # a script run from scripts/: labkit is the repository's package
+
+from labkit import inventory, ssh  # noqa: E402
+
+BOX = os.environ.get("LABKIT_VAGRANT_BOX", "labkit/bookworm64")
+CLUSTER = "vmt"
+SUBNET = "192.168.57"
+FAB = str(REPO / ".venv" / "bin" / "fab")
+TIMINGS: dict[str, float] = {}
+RUNS = ["run-ring", "status", "run-celery --count 100", "run-math", "send-file --size 8", "check"]
+
+
+def step(name: str, cmd: list[str], env: dict[str, str], *, capture: bool = False) -> str:
+    print(f"\n=== vm-test: {name}: {' '.join(cmd)}", flush=True)
+    t0 = time.monotonic()
+    lines = []
+    with subprocess.Popen(cmd, cwd=REPO, env=env, text=True, stdout=subprocess.PIPE if capture else None,
+                          stderr=subprocess.STDOUT if capture else None) as proc:
+        for line in proc.stdout or ():  # shown as it comes, and kept for the caller
+            sys.stdout.write(line)
+            sys.stdout.flush()
+            lines.append(line)
+    TIMINGS[name] = round(time.monotonic() - t0, 1)
+    out = "".join(lines)
+    print(f"=== vm-test: {name}: {TIMINGS[name]:.1f}s, exit {proc.returncode}", flush=True)
+    if proc.returncode != 0:
+        raise SystemExit(f"vm-test: {name} failed (exit {proc.returncode})")
+    return out
+
+
+def changes(output: str) -> int:
+    return sum(int(m) for m in re.findall(r"\bchanged=(\d+)", output))
+
+
+def vagrant_inventory(tmp: Path) -> Path:
+    dest = tmp / "vagrant"
+    shutil.copytree(REPO / "inventory" / "vagrant", dest)
+    hosts = dest / "hosts.yml"
+    text = re.sub(r"labkit_cluster: \w+", f"labkit_cluster: {CLUSTER}", hosts.read_text())
+    hosts.write_text(text.replace("192.168.56.", f"{SUBNET}."))
+    return dest
+
+
+def lab_inventory(tmp: Path, vagrant_inv: Path) -> Path:
+    """The same hosts as a lab inventory: the sudo user `vagrant`, become, reached through ~/.ssh."""
+    dest = tmp / "lab"
+    (dest / "group_vars").mkdir(parents=True)
+    shutil.copy(vagrant_inv / "hosts.yml", dest / "hosts.yml")
+    (dest / "group_vars" / "all.yml").write_text(
+        "# written by scripts/vm-test.py: the Vagrant VMs, reached the way lab machines are\n"
+        "labkit_backend: lab\nansible_user: vagrant\nansible_become: true\n"
+        "ansible_python_interpreter: /usr/bin/python3\ncommon_service_mgr: systemd\nredis_service_mgr: systemd\n"
+        "ansible_ssh_timeout: 120  # emulated VMs answer slowly (inventory/vagrant says why)\n")
+    return dest
+
+
+MARK = "# labkit vm-test: the test's VMs, as a lab user's ~/.ssh/config lists machines"
+
+
+def ssh_user_config() -> Path:
+    """The ~/.ssh/config ssh itself reads (from the password database, not $HOME)."""
+    return Path(pwd.getpwuid(os.getuid()).pw_dir) / ".ssh" / "config"
+
+
+def lab_ssh(tmp: Path, inv) -> None:
+    """Reach the VMs as a lab user reaches machines: a block in ~/.ssh/config per address (a key and known_hosts
+    of its own, in the test's directory), between markers, removed by forget_lab_ssh()."""
+    dot = tmp / "lab-ssh"
+    dot.mkdir(mode=0o700)
+    shutil.copy(ssh.key_path(inv.cluster), dot / "id_ed25519")
+    os.chmod(dot / "id_ed25519", 0o600)
+    shutil.copy(ssh.known_hosts_path(inv.cluster), dot / "known_hosts")
+    block = "".join(
+        f"Host {h.address}\n  User vagrant\n  IdentityFile {dot / 'id_ed25519'}\n  IdentitiesOnly yes\n"
+        f"  UserKnownHostsFile {dot / 'known_hosts'}\n  StrictHostKeyChecking yes\n" for h in inv.hosts)
+    config = ssh_user_config()
+    config.parent.mkdir(mode=0o700, exist_ok=True)
+    old = config.read_text() if config.exists() else ""
+    config.write_text(f"{old}{MARK} (begin)\n{block}{MARK} (end)\n")
+    os.chmod(config, 0o600)
+
+
+def forget_lab_ssh() -> None:
+    config = ssh_user_config()
+    if config.exists():
+        text = re.sub(rf"{re.escape(MARK)} \(begin\)\n.*?{re.escape(MARK)} \(end\)\n", "", config.read_text(),
+                      flags=re.S)
+        if text.strip():
+            config.write_text(text)
+        else:
+            config.unlink()
+
+
+def main() -> int:
+    t_all = time.monotonic()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LABKIT_")}
+    env.update(VAGRANT_CHECKPOINT_DISABLE="1", LABKIT_VAGRANT_BOX=BOX, LABKIT_VAGRANT_MGMT_MODE="none")
+    boxes = subprocess.run(["vagrant", "box", "list"], capture_output=True, text=True).stdout
+    if not re.search(rf"^{re.escape(BOX)}\s.*libvirt", boxes, re.M):
+        step("box build", ["bash", "scripts/vm-box.sh"], env)
+    previous_active = inventory.ACTIVE_FILE.read_text() if inventory.ACTIVE_FILE.exists() else None
+    tmp = Path(tempfile.mkdtemp(prefix="labkit-vm-test-"))
+    vinv_path = vagrant_inventory(tmp)
+    env.update(LABKIT_VAGRANT_INVENTORY=str(vinv_path), VAGRANT_DOTFILE_PATH=str(tmp / "dot-vagrant"))
+    vinv = inventory.load(vinv_path)
+    failed = True
+    try:
+        out = step("vagrant up (boot + provisioning)", ["vagrant", "up"], env, capture=True)
+        p = re.search(r"provisioned in (\d+)s", out)
+        if p:
+            TIMINGS["of which: provisioning (site.yml)"] = float(p.group(1))
+            TIMINGS["of which: VMs made, booted, accepting SSH"] = round(
+                TIMINGS["vagrant up (boot + provisioning)"] - float(p.group(1)), 1)
+        # `vagrant up` made the copy the active inventory (what lets `fab run-ring` go without a flag). The runs
+        # then name it, so that another labkit run in this checkout (the cluster tests restore .labkit/active when
+        # they end) cannot point them elsewhere half-way.
+        active = inventory.ACTIVE_FILE.read_text().strip()
+        if Path(active) != vinv_path:
+            raise SystemExit(f"vm-test: after vagrant up the active inventory is {active}, not {vinv_path}")
+        env["LABKIT_INVENTORY"] = str(vinv_path)
+        for run in RUNS:
+            step(f"vagrant: fab {run}", [FAB, *run.split()], env, capture=run != "check")
+            if run == "run-ring":
+                TIMINGS["vagrant up to the first ring lap"] = round(
+                    TIMINGS["vagrant up (boot + provisioning)"] + TIMINGS["vagrant: fab run-ring"], 1)
+        again = step("vagrant: fab provision (second time)", [FAB, "provision"], env, capture=True)
+        if changes(again):
+            raise SystemExit(f"vm-test: the second provisioning changed {changes(again)} things (want 0)")
+
+        # The lab path: forget the Vagrant cluster's SSH files; reach the VMs as a lab user's ~/.ssh would.
+        lab_ssh(tmp, vinv)
+        ssh.close_connections([vinv.subnet], [ssh.control_dir(vinv.cluster), *ssh.ansible_control_dirs()])
+        ssh.remove_client_config(vinv.cluster)
+        lab = lab_inventory(tmp, vinv_path)
+        lab_env = {k: v for k, v in env.items() if k != "LABKIT_INVENTORY"}  # `fab up -i LAB` makes it active
+        up = step("lab: fab up -i LAB (provisioning again)", [FAB, "up", "-i", str(lab), "--quiet"], lab_env,
+                  capture=True)
+        m = re.search(r"provisioning [\d.]+s \((\d+) changes\)", up)
+        if m and int(m.group(1)):
+            raise SystemExit(f"vm-test: provisioning through the lab inventory changed {m.group(1)} things (want 0)")
+        for run in RUNS:
+            step(f"lab: fab {run}", [FAB, *run.split()], lab_env, capture=run != "check")
+        step("lab: fab down -i LAB (remove.yml)", [FAB, "down", "-i", str(lab)], lab_env, capture=True)
+        left = subprocess.run(
+            ["ssh", "-o", "BatchMode=yes", vinv.hosts[0].address,
+             "ls -d /opt/labnodes /etc/labnodes /var/log/labnodes /var/lib/labnodes 2>/dev/null; "
+             "ls /etc/supervisor/conf.d/ | grep labnodes; getent passwd labnodes; true"],
+            capture_output=True, text=True, env=lab_env)
+        if left.returncode != 0 or left.stdout.strip():
+            raise SystemExit(f"vm-test: fab down left labkit behind on {vinv.hosts[0].name}: "
+                             f"{left.stdout.strip() or left.stderr.strip()}")
+        print(f"vm-test: nothing of labkit left on {vinv.hosts[0].name}")
+        failed = False
+    finally:
+        forget_lab_ssh()
+        if failed and os.environ.get("LABKIT_VM_TEST_KEEP"):
+            print(f"vm-test: VMs kept (LABKIT_VM_TEST_KEEP); destroy: env LABKIT_VAGRANT_INVENTORY={vinv_path} "
+                  f"VAGRANT_DOTFILE_PATH={tmp / 'dot-vagrant'} vagrant destroy -f")
+        else:
+            step("vagrant destroy -f", ["vagrant", "destroy", "-f"], env)
+            shutil.rmtree(tmp, ignore_errors=True)
+        if previous_active is None:
+            inventory.ACTIVE_FILE.unlink(missing_ok=True)
+        else:
+            inventory.ACTIVE_FILE.write_text(previous_active)
+        TIMINGS["total"] = round(time.monotonic() - t_all, 1)
+        report = REPO / "build" / "vm-test.json"
+        report.parent.mkdir(exist_ok=True)
+        report.write_text(json.dumps({"ok": not failed, "seconds": TIMINGS}, indent=2) + "\n")
+        print("\nvm-test timings (s):")
+        for name, secs in TIMINGS.items():
+            print(f"  {secs:8.1f}  {name}")
+        print(f"vm-test: {'FAILED' if failed else 'passed'}; timings in {report}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,82 @@
+"""The Vagrantfile: valid for both providers, and its VMs are exactly the hosts of its inventory.
+
+`vagrant validate` needs a usable provider. libvirt's config validates without a running libvirtd; VirtualBox is
+not installed on the build machines, so its check puts a stub `VBoxManage` (it only answers `--version`) first on
+PATH: Vagrant then validates the VirtualBox settings of every VM, which is what this test is for. The machines'
+list comes from `vagrant status` under that stub, run on a copy of the Vagrantfile in a throwaway directory (its
+own .vagrant), so no VM of a running cluster is touched or locked.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from labkit import REPO, inventory
+
+pytestmark = pytest.mark.skipif(shutil.which("vagrant") is None, reason="vagrant is not installed (make setup)")
+
+VAGRANT_INVENTORY = REPO / "inventory" / "vagrant"
+
+
+@pytest.fixture
+def vagrant_env(tmp_path: Path) -> dict[str, str]:
+    stub = tmp_path / "bin" / "VBoxManage"
+    stub.parent.mkdir()
+    stub.write_text("#!/bin/sh\necho 7.0.14r161095\n")
+    stub.chmod(0o755)
+    # A copy of the Vagrantfile in its own directory: nothing here can lock or touch the VMs of a running cluster.
+    project = tmp_path / "project"
+    project.mkdir()
+    shutil.copy(REPO / "Vagrantfile", project / "Vagrantfile")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("VAGRANT_", "LABKIT_VAGRANT_"))}
+    env.update(PATH=f"{stub.parent}{os.pathsep}{env['PATH']}", VAGRANT_CWD=str(project),
+               LABKIT_VAGRANT_INVENTORY=str(VAGRANT_INVENTORY), VAGRANT_CHECKPOINT_DISABLE="1")
+    return env
+
+
+def vagrant(env: dict[str, str], *args: str, **extra: str) -> subprocess.CompletedProcess:
+    return subprocess.run(["vagrant", *args], cwd=env["VAGRANT_CWD"], env={**env, **extra}, capture_output=True,
+                          text=True, timeout=120)
+
+
+def machines(env: dict[str, str], **extra: str) -> list[str]:
+    proc = vagrant(env, "status", "--machine-readable", VAGRANT_DEFAULT_PROVIDER="virtualbox", **extra)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return [line.split(",")[1] for line in proc.stdout.splitlines() if line.split(",")[2:3] == ["state"]]
+
+
+@pytest.mark.parametrize("provider", ["libvirt", "virtualbox"])
+def test_vagrantfile_validates_for_provider(vagrant_env, provider):
+    proc = vagrant(vagrant_env, "validate", VAGRANT_DEFAULT_PROVIDER=provider)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "validated successfully" in proc.stdout
+
+
+def test_vagrantfile_defines_exactly_the_inventory_hosts(vagrant_env):
+    inv = inventory.load(VAGRANT_INVENTORY)
+    assert machines(vagrant_env) == [h.name for h in inv.hosts]
+
+
+def test_host_added_to_the_inventory_becomes_a_vm(vagrant_env, tmp_path):
+    copy = tmp_path / "inventory"
+    shutil.copytree(VAGRANT_INVENTORY, copy)
+    hosts = copy / "hosts.yml"
+    text = hosts.read_text()
+    worker2 = "        worker2: {ansible_host: 192.168.56.12}\n"
+    assert worker2 in text
+    hosts.write_text(text.replace(worker2, worker2 + "        worker3: {ansible_host: 192.168.56.13}\n"))
+    names = machines(vagrant_env, LABKIT_VAGRANT_INVENTORY=str(copy))
+    assert names == [h.name for h in inventory.load(copy).hosts]
+    assert names.index("worker3") == names.index("worker2") + 1
+
+
+def test_vagrant_inventory_has_the_netns_groups():
+    vms, netns = inventory.load(VAGRANT_INVENTORY), inventory.load(REPO / "inventory" / "netns")
+    assert vms.backend == "vagrant"
+    assert vms.groups == netns.groups
+    assert vms.subnet is not None and vms.subnet.subnet_of(inventory.ipaddress.IPv4Network("192.168.56.0/21"))
