@@ -24,7 +24,7 @@ def test_generated_state_is_ignored_by_git():
 def test_no_tracked_file_holds_a_private_key_or_a_literal_password():
     offenders = []
     for path in tracked():
-        if not path.is_file() or path.stat().st_size > 2_000_000:
+        if not path.is_file() or path.stat().st_size > 2_000_000 or path == Path(__file__).resolve():
             continue
         data = path.read_bytes()
         if PRIVATE_KEY.search(data) or LITERAL.search(data):
