@@ -134,9 +134,11 @@ def read_settings(path=None):
         return None, st, f"{path}: {exc}"
 
 
-def sh(args, timeout=10):
+def sh(args, timeout=10, stderr=False):
+    """(exit status, stdout; with stderr=True stdout and stderr together) of a command; -1 if it cannot run."""
     try:
-        p = subprocess.run(args, capture_output=True, text=True, timeout=timeout)
+        p = subprocess.run(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT if stderr else subprocess.PIPE,
+                           text=True, timeout=timeout)
         return p.returncode, p.stdout
     except (OSError, subprocess.TimeoutExpired) as exc:
         return -1, str(exc)
@@ -335,11 +337,13 @@ class Probe:
     def labnodes_check(self, venv):
         # the package imports in the venv and the CLI script is there (running `labnodes --version` imports
         # every program module, Celery included: 3x the cost; the services and app runs run the CLI itself)
-        rc, out = sh([f"{venv}/bin/python", "-c", "import labnodes; print('labnodes', labnodes.__version__)"])
+        rc, out = sh([f"{venv}/bin/python", "-c", "import labnodes; print('labnodes', labnodes.__version__)"],
+                     stderr=True)
         ok = rc == 0 and out.startswith("labnodes ") and os.access(f"{venv}/bin/labnodes", os.X_OK)
+        last = (out.strip().splitlines() or [f"exit {rc}"])[-1]  # the version, or the error's last line
         self.add("host.labnodes", "", "host", "pass" if ok else "fail",
                  f"labnodes importable by {venv}/bin/python and {venv}/bin/labnodes executable",
-                 (out.strip()[:200] or f"exit {rc}") + ("" if os.access(f"{venv}/bin/labnodes", os.X_OK)
+                 last.strip()[:200] + ("" if os.access(f"{venv}/bin/labnodes", os.X_OK)
                                                         else f"; no executable {venv}/bin/labnodes"),
                  "re-run provisioning (fab provision) to reinstall the labnodes venv")
 
