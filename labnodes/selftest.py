@@ -393,7 +393,7 @@ class Probe:
         port = int(port) if port not in (None, "", 0, "0") else None
         mine = family(p["pid"]) if p and p["pid"] else set()
         own = [(a, pt) for a, pt, pids in self.listen if mine & set(pids)]
-        want = f"{address}:{port if port else '<any port>'}"
+        want = f"{address or '<no address: ring_host missing from the settings>'}:{port if port else '<any port>'}"
         good = [x for x in own if x[0] == address and (port is None or x[1] == port)]
         wild = [x for x in own if x[0] in ("0.0.0.0", "*", "::", "") or x[0].startswith("127.")]
         if good and not wild:
@@ -407,7 +407,8 @@ class Probe:
         self.add(f"{base}.listens", f"{title} listens on the cluster address", "service", outcome,
                  f"{title} itself listening on {want} and on no wildcard or loopback address", found,
                  f"bind the {title} to this host's cluster address ({host_key or 'its address'} in {SETTINGS}); "
-                 f"restart it", deps=[f"{base}.running"])
+                 f"restart it", deps=[f"{base}.running"] + ([] if address else ["host.settings"]))
+        # without an address (standalone, settings unreadable) it is blocked by host.settings, not a finding
         if svc == "redis":
             self.redis_auth(base, address, port or (good or own or [(None, 0)])[0][1])
         if svc == "flower":

@@ -161,13 +161,19 @@ def test_selftest_reports_unreadable_settings_as_a_failed_check_instead_of_stopp
     bad.chmod(0o600)
     monkeypatch.setenv("LABNODES_CONFIG", str(bad))
     monkeypatch.setattr(selftest, "SETTINGS", str(bad))
-    monkeypatch.setattr(selftest, "programs", lambda: None)  # this box's own supervisord is none of its business
-    monkeypatch.setattr(selftest, "listeners", lambda: [])
+    monkeypatch.setattr(selftest, "programs", lambda: {  # a ring node, not this box's own supervisord
+        "labnodes-ring": {"state": "RUNNING", "pid": 50, "cmdline": "labnodes ring serve"}})
+    monkeypatch.setattr(selftest, "listeners", lambda: [("10.0.0.3", 4100, {50: "labnodes"})])
+    monkeypatch.setattr(selftest, "family", lambda pid: {pid})
     assert cli.main(["selftest", "--json"]) == 1
     out = capsys.readouterr()
     assert "labnodes: error" not in out.err
-    settings = next(x for x in json.loads(out.out)["checks"] if x["id"] == "host.settings")
-    assert settings["outcome"] == "fail" and str(bad) in settings["found"]
+    got = {x["id"]: x for x in json.loads(out.out)["checks"]}
+    assert got["host.settings"]["outcome"] == "fail" and str(bad) in got["host.settings"]["found"]
+    assert got["service.ring.running"]["outcome"] == "pass"
+    # where it should listen is in the settings: not known, so not a finding of its own
+    assert got["service.ring.listens"]["outcome"] == "blocked"
+    assert got["service.ring.listens"]["blocked_by"] == "host.settings"
 
 
 def test_a_silent_supervisord_blocks_the_service_checks_of_its_host_but_not_the_broker_password(monkeypatch):
