@@ -547,4 +547,15 @@ def test_selftest_on_a_host_needs_no_control_machine(ck):
         on(ck, "pyro1", "supervisorctl start labnodes-ring")
     assert broken.returncode == 1
     assert "FAIL     service.ring.running" in broken.stdout and "blocked by service.ring.running" in broken.stdout
+    settings = "/etc/labnodes/labnodes.toml"  # unparsable: reported as host.settings, not a config error
+    on(ck, "pyro1", f"cp -p {settings} /root/labnodes.toml.orig && echo 'oops = = 1' >> {settings}")
+    try:
+        unparsable = ssh(ck.host("pyro1").address, f"{labnodes} selftest --json", check=False)
+    finally:
+        on(ck, "pyro1", f"cp -p /root/labnodes.toml.orig {settings}")
+    assert unparsable.returncode == 1 and "labnodes: error" not in unparsable.stderr, unparsable.stderr
+    got = {c["id"]: c for c in json.loads(unparsable.stdout)["checks"]}
+    assert got["host.settings"]["outcome"] == "fail" and "line" in got["host.settings"]["found"]
+    assert got["service.ring.running"]["outcome"] == "pass"
+    assert got["service.ring.listens"]["blocked_by"] == "host.settings"
     wait_healthy(ck)
