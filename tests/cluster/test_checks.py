@@ -4,6 +4,9 @@ The cluster (a copy of inventory/netns named `ckt`) comes up once for the module
 one thing, runs the real `fab check --json`, asserts that the check naming that thing fails on the right host,
 that its dependents are blocked by it and that every other check passes, then repairs it and waits until the
 cluster checks clean again, so the next test starts from a healthy cluster.
+
+Every check id is broken by at least one test here (`test_every_check_id_is_broken_by_some_test` keeps it so).
+LABKIT_CHECKS_CLUSTER=INVENTORY runs the module against a cluster that is already up (and leaves it up).
 """
 
 from __future__ import annotations
@@ -13,6 +16,8 @@ import os
 import shutil
 import subprocess
 import time
+from contextlib import contextmanager
+from pathlib import Path
 import xml.etree.ElementTree as ET
 
 import pytest
@@ -22,6 +27,37 @@ from labkit.backends import netns
 from tests.cluster.conftest import ssh
 from tests.cluster.test_lab_cluster import copy_inventory, fab
 
+# Every check id, and the test below that breaks it and sees it fail (the healthy test wants one for each id).
+BROKEN_BY = {
+    "reach.ssh": "test_cut_network_fails_reach_of_that_host_and_blocks_its_checks",
+    "reach.network": "test_cut_network_fails_reach_of_that_host_and_blocks_its_checks",
+    "host.probe": "test_python3_that_cannot_run_the_probe_fails_the_probe_and_blocks_the_host",
+    "host.hostname": "test_hostname_changed_on_one_host_fails_its_hostname_check_only",
+    "host.settings": "test_settings_readable_by_everyone_fail_the_settings_check_of_that_host_only",
+    "host.supervisord": "test_supervisord_not_answering_fails_on_its_host_and_blocks_every_service_check_there",
+    "host.labnodes": "test_labnodes_unimportable_from_its_venv_fails_on_the_client_and_blocks_every_run",
+    "service.redis.running": "test_stopped_server_fails_its_running_check_and_blocks_what_needs_it",
+    "service.redis.listens": "test_redis_bound_to_every_address_fails_its_listens_check",
+    "service.redis.auth": "test_redis_answering_without_password_fails_its_auth_check_and_blocks_the_broker_checks",
+    "service.flower.running": "test_stopped_server_fails_its_running_check_and_blocks_what_needs_it",
+    "service.flower.listens": "test_server_bound_to_a_wildcard_or_loopback_address_fails_its_listens_check",
+    "service.flower.auth": "test_flower_answering_without_password_fails_its_auth_check_only",
+    "service.nameserver.running": "test_stopped_name_server_fails_its_running_check_and_blocks_the_lap",
+    "service.nameserver.listens": "test_server_bound_to_a_wildcard_or_loopback_address_fails_its_listens_check",
+    "service.celery.running": "test_stopped_worker_fails_its_running_check_and_blocks_the_celery_run",
+    "service.celery.broker": "test_redis_password_changed_on_the_workers_only_fails_their_broker_check",
+    "service.ring.running": "test_stopped_ring_node_fails_on_its_host_and_blocks_the_lap",
+    "service.ring.listens": "test_server_bound_to_a_wildcard_or_loopback_address_fails_its_listens_check",
+    "service.ring.next": "test_ring_node_passing_to_the_wrong_successor_fails_its_next_check",
+    "service.math.running": "test_stopped_server_fails_its_running_check_and_blocks_what_needs_it",
+    "service.math.listens": "test_server_bound_to_a_wildcard_or_loopback_address_fails_its_listens_check",
+    "service.file.running": "test_stopped_server_fails_its_running_check_and_blocks_what_needs_it",
+    "service.file.listens": "test_server_bound_to_a_wildcard_or_loopback_address_fails_its_listens_check",
+    "app.ring": "test_ring_hop_refused_with_every_service_up_fails_the_lap_only",
+    "app.celery": "test_worker_on_another_broker_database_fails_the_celery_run_naming_it",
+    "app.math": "test_math_server_that_answers_wrongly_fails_the_math_run_only",
+    "app.file": "test_read_only_file_root_fails_the_file_round_trip_only",
+}
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                   "--no-first-run", "--disable-component-update", "--disable-sync"]
 
@@ -30,6 +66,9 @@ CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-back
 def ck(tmp_path_factory, keep_active_inventory):
     if os.geteuid() != 0:
         pytest.skip("cluster tests need root (they create network namespaces)")
+    if os.environ.get("LABKIT_CHECKS_CLUSTER"):
+        yield inventory.load(Path(os.environ["LABKIT_CHECKS_CLUSTER"]))
+        return
     path = copy_inventory(tmp_path_factory.mktemp("inv") / "ckt", "ckt", 61)
     try:
         fab("up", "-i", str(path), "--quiet", inv=path)
@@ -80,6 +119,53 @@ def host_checks(report: dict, host: str) -> set[str]:
     return {k for k, c in outcomes(report).items() if c["host"] == host}
 
 
+def check_broken(inv, failed: set[str], blocked: dict[str, str], seconds: float = 90, *args: str) -> dict:
+    """`fab check` until exactly `failed` fail and `blocked` are blocked (a restarted program takes a moment to
+    bind), at most `seconds`; then assert_broken on the last report, so a wrong outcome shows what was found."""
+    deadline = time.monotonic() + seconds
+    while True:
+        report = check(inv, *args)
+        got = outcomes(report)
+        if ({k for k, c in got.items() if c["outcome"] == "fail"} == failed
+                and {k: c.get("blocked_by") for k, c in got.items() if c["outcome"] == "blocked"} == blocked) \
+                or time.monotonic() > deadline:
+            assert_broken(report, failed, blocked)
+            return report
+        time.sleep(2)
+
+
+def conf_of(inv, host: str, program: str) -> str:
+    return on(inv, host, f"grep -l '^\\[program:{program}\\]' /etc/supervisor/conf.d/*.conf").strip()
+
+
+@contextmanager
+def program_changed(inv, host: str, program: str, sed: str):
+    """The program's section of its supervisord file edited by the sed command `sed` and applied (supervisorctl
+    update restarts it); the file put back and applied again afterwards."""
+    conf = conf_of(inv, host, program)
+    on(inv, host, f"cp -p {conf} /root/{program}.conf.orig && "
+                  f"sed -i '/^\\[program:{program}\\]/,/^\\[/ {sed}' {conf} && supervisorctl update")
+    try:
+        yield
+    finally:
+        on(inv, host, f"cp -p /root/{program}.conf.orig {conf} && supervisorctl update")
+
+
+@contextmanager
+def done_then_undone(inv, host: str, do: str, undo: str):
+    on(inv, host, do)
+    try:
+        yield
+    finally:
+        on(inv, host, undo)
+
+
+def setting(inv, host: str, name: str) -> str:
+    """One value of the host's labnodes.toml (a string or a number)."""
+    line = on(inv, host, f"grep '^{name} = ' /etc/labnodes/labnodes.toml").strip()
+    return line.split(" = ", 1)[1].strip('"')
+
+
 # --- healthy ---------------------------------------------------------------------------------------------------
 
 def test_healthy_cluster_passes_every_check_and_writes_junit_and_html(ck, tmp_path):
@@ -90,10 +176,12 @@ def test_healthy_cluster_passes_every_check_and_writes_junit_and_html(ck, tmp_pa
     report = check(ck)
     layers = {c["layer"] for c in report["checks"]}
     assert layers == {"reach", "host", "service", "app"} and report["status"] == "ok"
+    assert {c["id"] for c in report["checks"]} == set(BROKEN_BY)  # a new check needs a test that breaks it
+    assert all(callable(globals()[test]) for test in BROKEN_BY.values())
     assert all(c["outcome"] == "pass" for c in report["checks"])
     cases = ET.parse(junit).getroot().iter("testcase")
     hosts_by_case = {(t.get("classname"), t.get("name")) for t in cases}
-    assert ("ckt.service.ring.listens", "pyro2") in hosts_by_case and len(hosts_by_case) == len(report["checks"])
+    assert (f"{ck.cluster}.service.ring.listens", "pyro2") in hosts_by_case and len(hosts_by_case) == len(report["checks"])
     assert report["ring_trace"]["gcd"] == 6 and set(report["celery"]["hosts"]) == {"worker1", "worker2"}
     text = page.read_text()
     assert "<svg" in text and "<script" not in text and "http://" not in text.replace("http://www.w3.org", "")
@@ -222,6 +310,181 @@ def test_settings_readable_by_everyone_fail_the_settings_check_of_that_host_only
     assert "mode 0644" in outcomes(report)["host.settings@client"]["found"]
 
 
+def test_hostname_changed_on_one_host_fails_its_hostname_check_only(ck):
+    with done_then_undone(ck, "client", "hostname cxwrong", "hostname client"):
+        report = check_broken(ck, {"host.hostname@client"}, {})
+    c = outcomes(report)["host.hostname@client"]
+    assert c["found"] == "cxwrong" and c["expected"] == "client"
+    wait_healthy(ck)
+
+
+def test_supervisord_not_answering_fails_on_its_host_and_blocks_every_service_check_there(ck):
+    # supervisord is the host's PID 1 (netns): it is not stopped; its socket moves away and comes back
+    sock = "/var/run/supervisor.sock"
+    with done_then_undone(ck, "pyro3", f"mv {sock} {sock}.cx", f"mv {sock}.cx {sock}"):
+        report = check_broken(ck, {"host.supervisord@pyro3"}, {
+            "service.ring.running@pyro3": "host.supervisord@pyro3",
+            "service.ring.listens@pyro3": "host.supervisord@pyro3",
+            "service.ring.next@pyro3": "host.supervisord@pyro3",
+            "app.ring@pyro1": "host.supervisord@pyro3"})
+    assert "no answer" in outcomes(report)["host.supervisord@pyro3"]["found"]
+    wait_healthy(ck)
+
+
+def test_labnodes_unimportable_from_its_venv_fails_on_the_client_and_blocks_every_run(ck):
+    site = "$(ls -d /opt/labnodes/venv/lib/python3*/site-packages)"
+    with done_then_undone(ck, "client", f"mv {site}/labnodes {site}/labnodes.cx",
+                          f"mv {site}/labnodes.cx {site}/labnodes"):
+        report = check_broken(ck, {"host.labnodes@client"},
+                              {k: "host.labnodes@client" for k in
+                               ("app.ring@pyro1", "app.celery@broker", "app.math@sockserver", "app.file@sockserver")})
+    assert "No module named 'labnodes'" in outcomes(report)["host.labnodes@client"]["found"]
+    wait_healthy(ck)
+
+
+def test_python3_that_cannot_run_the_probe_fails_the_probe_and_blocks_the_host(ck):
+    # /usr is the box's on netns hosts: a broken python3 is bind-mounted in the client's own mount namespace only
+    fake = "#!/bin/sh\\necho python3: broken on purpose >&2\\nexit 1\\n"
+    with done_then_undone(ck, "client", f"printf '{fake}' > /root/cx-python3 && chmod 0755 /root/cx-python3 && "
+                                        "mount --bind /root/cx-python3 /usr/bin/python3",
+                          "umount /usr/bin/python3"):
+        report = check(ck)
+    on_client = host_checks(report, "client") - {"reach.ssh@client", "reach.network@client", "host.probe@client"}
+    assert {"host.hostname@client", "host.settings@client", "host.labnodes@client"} <= on_client
+    blocked = {k: "host.probe@client" for k in on_client}
+    blocked.update({k: "host.probe@client" for k in
+                    ("app.ring@pyro1", "app.celery@broker", "app.math@sockserver", "app.file@sockserver")})
+    assert_broken(report, {"host.probe@client"}, blocked)
+    assert "broken on purpose" in outcomes(report)["host.probe@client"]["found"]
+    wait_healthy(ck)
+
+
+def test_redis_answering_without_password_fails_its_auth_check_and_blocks_the_broker_checks(ck):
+    addr, pw = ck.host("broker").address, setting(ck, "broker", "redis_password")
+    cli = f"redis-cli --no-auth-warning -h {addr} -p {setting(ck, 'broker', 'redis_port')}"
+    # without a password Redis's protected mode refuses every client not on loopback (-DENIED, a fail too):
+    # protected mode off first, so that Redis really answers anyone; a restart reads redis.conf again
+    with done_then_undone(ck, "broker", f"{cli} -a '{pw}' CONFIG SET protected-mode no && "
+                                        f"{cli} -a '{pw}' CONFIG SET requirepass ''",
+                          "supervisorctl restart labnodes-redis"):
+        report = check_broken(ck, {"service.redis.auth@broker"}, {
+            "service.celery.broker@worker1": "service.redis.auth@broker",
+            "service.celery.broker@worker2": "service.redis.auth@broker",
+            "app.celery@broker": "service.redis.auth@broker"})
+    assert "without password: +PONG" in outcomes(report)["service.redis.auth@broker"]["found"]
+    wait_healthy(ck)
+
+
+@pytest.mark.parametrize("sed, open_pages", [
+    ('s/FLOWER_BASIC_AUTH="[^"]*",//', ["/", "/metrics"]),  # no password at all
+    ("s|bin/python -m labnodes.flower_serve|bin/celery -A labnodes.celery_app flower|", ["/metrics"]),  # plain
+], ids=["no-password", "plain-flower-leaves-metrics-open"])
+def test_flower_answering_without_password_fails_its_auth_check_only(ck, sed, open_pages):
+    with program_changed(ck, "broker", "labnodes-flower", sed):
+        report = check_broken(ck, {"service.flower.auth@broker"}, {}, 120)
+    found = dict(x.split(": ", 1) for x in outcomes(report)["service.flower.auth@broker"]["found"].split("; "))
+    assert [p for p, got in found.items() if got.split()[1:2] != ["401"]] == open_pages, found
+    wait_healthy(ck, 120)
+
+
+def test_ring_node_passing_to_the_wrong_successor_fails_its_next_check(ck):
+    with program_changed(ck, "pyro1", "labnodes-ring", "s/--next pyro2/--next pyro3/"):
+        report = check_broken(ck, {"service.ring.next@pyro1"}, {"app.ring@pyro1": "service.ring.next@pyro1"})
+    assert "--next pyro3" in outcomes(report)["service.ring.next@pyro1"]["found"]
+    wait_healthy(ck)
+
+
+def test_stopped_name_server_fails_its_running_check_and_blocks_the_lap(ck):
+    with done_then_undone(ck, "broker", "supervisorctl stop labnodes-nameserver",
+                          "supervisorctl start labnodes-nameserver"):
+        report = check_broken(ck, {"service.nameserver.running@broker"}, {
+            "service.nameserver.listens@broker": "service.nameserver.running@broker",
+            "app.ring@pyro1": "service.nameserver.running@broker"})
+    assert "STOPPED" in outcomes(report)["service.nameserver.running@broker"]["found"]
+    wait_healthy(ck)
+
+
+@pytest.mark.parametrize("host, program, svc, address, dependents", [
+    ("broker", "labnodes-nameserver", "nameserver", "0.0.0.0", ["app.ring@pyro1"]),
+    ("pyro2", "labnodes-ring", "ring", "0.0.0.0", ["app.ring@pyro1"]),
+    ("sockserver", "labnodes-math", "math", "0.0.0.0", ["app.math@sockserver"]),
+    ("sockserver", "labnodes-file", "file", "127.0.0.1", ["app.file@sockserver"]),
+    ("broker", "labnodes-flower", "flower", "0.0.0.0", ["service.flower.auth@broker"]),
+], ids=["nameserver", "ring", "math", "file", "flower"])
+def test_server_bound_to_a_wildcard_or_loopback_address_fails_its_listens_check(ck, host, program, svc, address,
+                                                                               dependents):
+    sed = (f"s|--address=[^ ]*|--address={address}|" if svc == "flower" else
+           f"s|^command=.*|& --host {address}|")
+    failed = f"service.{svc}.listens@{host}"
+    with program_changed(ck, host, program, sed):
+        report = check_broken(ck, {failed}, {k: failed for k in dependents}, 120)
+    assert f"listens on {address}:" in outcomes(report)[failed]["found"]
+    wait_healthy(ck, 120)
+
+
+def test_ring_hop_refused_with_every_service_up_fails_the_lap_only(ck):
+    # pyro3's ring port refuses pyro2 (the connection pyro2 keeps open too): every service check passes, the lap
+    # breaks there
+    port = on(ck, "pyro3", "ss -ltnpH | grep \"pid=$(supervisorctl pid labnodes-ring),\" | awk '{print $4}'")
+    port = port.split()[0].rsplit(":", 1)[1]
+    rule = f"INPUT -s {ck.host('pyro2').address} -p tcp --dport {port} -j REJECT --reject-with tcp-reset"
+    with done_then_undone(ck, "pyro3", f"iptables -w -I {rule}", f"iptables -w -D {rule}"):
+        report = check_broken(ck, {"app.ring@pyro1"}, {})
+    found = outcomes(report)["app.ring@pyro1"]["found"]
+    assert found.startswith("pyro3: ") and "pyro2 -> pyro3" in found, found
+    wait_healthy(ck)
+
+
+def test_worker_on_another_broker_database_fails_the_celery_run_naming_it(ck):
+    # worker2 runs and its password is right, but it listens for jobs in Redis database 7: it never gets one
+    with program_changed(ck, "worker2", "labnodes-celery-worker", "s|^command=.*|& --redis-db 7|"):
+        report = check_broken(ck, {"app.celery@broker"}, {}, 120)
+    found = outcomes(report)["app.celery@broker"]["found"]
+    assert found.startswith("worker2: ") and "none on worker2" in found, found
+    wait_healthy(ck)
+
+
+def test_read_only_file_root_fails_the_file_round_trip_only(ck):
+    root = setting(ck, "sockserver", "file_root")
+    # the server writes through a directory fd opened at start, which a mount on top does not change: restart it
+    restart = "supervisorctl restart labnodes-file"
+    with done_then_undone(ck, "sockserver", f"mount --bind {root} {root} && mount -o remount,bind,ro {root} && "
+                                            f"{restart}", f"umount -l {root} && {restart}"):
+        report = check_broken(ck, {"app.file@sockserver"}, {})
+    assert outcomes(report)["app.file@sockserver"]["found"].startswith("send: ")
+    wait_healthy(ck)
+
+
+@pytest.mark.parametrize("host, program, svc, dependents", [
+    ("broker", "labnodes-redis", "redis",
+     ["service.redis.listens@broker", "service.redis.auth@broker", "service.celery.broker@worker1",
+      "service.celery.broker@worker2", "app.celery@broker"]),
+    ("broker", "labnodes-flower", "flower", ["service.flower.listens@broker", "service.flower.auth@broker"]),
+    ("sockserver", "labnodes-math", "math", ["service.math.listens@sockserver", "app.math@sockserver"]),
+    ("sockserver", "labnodes-file", "file", ["service.file.listens@sockserver", "app.file@sockserver"]),
+], ids=["redis", "flower", "math", "file"])
+def test_stopped_server_fails_its_running_check_and_blocks_what_needs_it(ck, host, program, svc, dependents):
+    failed = f"service.{svc}.running@{host}"
+    with done_then_undone(ck, host, f"supervisorctl stop {program}", f"supervisorctl start {program}"):
+        report = check_broken(ck, {failed}, {k: failed for k in dependents})
+    assert "STOPPED" in outcomes(report)[failed]["found"]
+    wait_healthy(ck, 120)
+
+
+def test_redis_bound_to_every_address_fails_its_listens_check(ck):
+    conf = on(ck, "broker", "supervisorctl pid labnodes-redis >/dev/null && "
+                            "grep -o '/[^ ]*redis.conf' " + conf_of(ck, "broker", "labnodes-redis")).strip()
+    failed = "service.redis.listens@broker"
+    with done_then_undone(ck, "broker", f"cp -p {conf} /root/redis.conf.orig && "
+                                        f"sed -i 's/^bind .*/bind 0.0.0.0/' {conf} && supervisorctl restart labnodes-redis",
+                          f"cp -p /root/redis.conf.orig {conf} && supervisorctl restart labnodes-redis"):
+        report = check_broken(ck, {failed}, {k: failed for k in (
+            "service.redis.auth@broker", "service.celery.broker@worker1", "service.celery.broker@worker2",
+            "app.celery@broker")})
+    assert "listens on 0.0.0.0:" in outcomes(report)[failed]["found"]
+    wait_healthy(ck, 120)
+
+
 # --- a class: healthy, broken, down, and an inventory that cannot be read --------------------------------------
 
 def test_class_mode_writes_a_row_per_student_healthy_broken_down(ck, tmp_path):
@@ -284,4 +547,15 @@ def test_selftest_on_a_host_needs_no_control_machine(ck):
         on(ck, "pyro1", "supervisorctl start labnodes-ring")
     assert broken.returncode == 1
     assert "FAIL     service.ring.running" in broken.stdout and "blocked by service.ring.running" in broken.stdout
+    settings = "/etc/labnodes/labnodes.toml"  # unparsable: reported as host.settings, not a config error
+    on(ck, "pyro1", f"cp -p {settings} /root/labnodes.toml.orig && echo 'oops = = 1' >> {settings}")
+    try:
+        unparsable = ssh(ck.host("pyro1").address, f"{labnodes} selftest --json", check=False)
+    finally:
+        on(ck, "pyro1", f"cp -p /root/labnodes.toml.orig {settings}")
+    assert unparsable.returncode == 1 and "labnodes: error" not in unparsable.stderr, unparsable.stderr
+    got = {c["id"]: c for c in json.loads(unparsable.stdout)["checks"]}
+    assert got["host.settings"]["outcome"] == "fail" and "line" in got["host.settings"]["found"]
+    assert got["service.ring.running"]["outcome"] == "pass"
+    assert got["service.ring.listens"]["blocked_by"] == "host.settings"
     wait_healthy(ck)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import json
 import xml.etree.ElementTree as ET
+from types import SimpleNamespace
 
 import pytest
 
@@ -151,3 +152,40 @@ def test_an_interrupted_class_run_still_writes_the_class_files(tmp_path, monkeyp
     rows = {r["student"]: r["status"] for r in csv.DictReader((tmp_path / "out" / "class.csv").open())}
     assert rows["ana"] == "ok" and rows["bob"] == "not checked (run interrupted)" and set(rows) == {"ana", "bob", "cem"}
     assert (tmp_path / "out" / "class.xlsx").exists() and (tmp_path / "out" / "ana.html").exists()
+
+
+def test_selftest_reports_unreadable_settings_as_a_failed_check_instead_of_stopping(tmp_path, monkeypatch, capsys):
+    from labnodes import cli
+    bad = tmp_path / "labnodes.toml"
+    bad.write_text("redis_port = = 6379\n")
+    bad.chmod(0o600)
+    monkeypatch.setenv("LABNODES_CONFIG", str(bad))
+    monkeypatch.setattr(selftest, "SETTINGS", str(bad))
+    monkeypatch.setattr(selftest, "programs", lambda: {  # a ring node, not this box's own supervisord
+        "labnodes-ring": {"state": "RUNNING", "pid": 50, "cmdline": "labnodes ring serve"}})
+    monkeypatch.setattr(selftest, "listeners", lambda: [("10.0.0.3", 4100, {50: "labnodes"})])
+    monkeypatch.setattr(selftest, "family", lambda pid: {pid})
+    assert cli.main(["selftest", "--json"]) == 1
+    out = capsys.readouterr()
+    assert "labnodes: error" not in out.err
+    got = {x["id"]: x for x in json.loads(out.out)["checks"]}
+    assert got["host.settings"]["outcome"] == "fail" and str(bad) in got["host.settings"]["found"]
+    assert got["service.ring.running"]["outcome"] == "pass"
+    # where it should listen is in the settings: not known, so not a finding of its own
+    assert got["service.ring.listens"]["outcome"] == "blocked"
+    assert got["service.ring.listens"]["blocked_by"] == "host.settings"
+
+
+def test_a_silent_supervisord_blocks_the_service_checks_of_its_host_but_not_the_broker_password(monkeypatch):
+    monkeypatch.setattr(selftest, "read_settings", lambda path=None: (
+        {"redis_host": "10.0.0.1", "redis_port": 6379, "redis_password": "pw"},
+        SimpleNamespace(st_uid=0, st_mode=0o100600), ""))
+    monkeypatch.setattr(selftest, "programs", lambda: None)
+    monkeypatch.setattr(selftest, "listeners", lambda: [])
+    monkeypatch.setattr(selftest, "talk", lambda *a, **kw: "+OK")
+    result = selftest.probe({"host": "h", "services": ["ring", "celery"], "ring_next": "n", "peers": {}})
+    got = {x["id"]: x for x in selftest.resolve(result["checks"])}
+    assert got["host.supervisord"]["outcome"] == "fail"
+    for cid in ("service.ring.running", "service.ring.listens", "service.ring.next", "service.celery.running"):
+        assert got[cid]["outcome"] == "blocked" and got[cid]["blocked_by"] == "host.supervisord", got[cid]
+    assert got["service.celery.broker"]["outcome"] == "pass"
