@@ -103,6 +103,8 @@ def provision(inventory: str | os.PathLike, *, quiet: bool = False, extra: list[
         timing_file.unlink()
     if rc != 0:
         bad = sorted(h for h, r in recap.items() if r["failed"] or r["unreachable"])
-        tail = "".join(lines[-40:]) if quiet else ""
+        # under --quiet nothing was shown: the lines naming what failed (they may be far above the recap), then the end
+        fatal = [ln for ln in lines if ln.startswith(("fatal: ", "failed: "))][:8]
+        tail = ("".join(fatal) + "...\n" + "".join(lines[-25:])) if quiet else ""
         raise ProvisionError(f"ansible-playbook exited {rc}; failed or unreachable hosts: {bad or 'see output'}\n{tail}")
     return {"seconds": seconds, "hosts": recap, "timing": timing}
