@@ -360,7 +360,9 @@ def test_python3_that_cannot_run_the_probe_fails_the_probe_and_blocks_the_host(c
 
 
 def test_redis_answering_without_password_fails_its_auth_check_and_blocks_the_broker_checks(ck):
-    addr, pw = ck.host("broker").address, setting(ck, "broker", "redis_password")
+    # CONFIG is an administrative command: only Redis's default user may run it, whose password no host holds
+    addr = ck.host("broker").address
+    pw = (STATE / ck.cluster / "secrets" / "redis_admin_password").read_text().strip()
     cli = f"redis-cli --no-auth-warning -h {addr} -p {setting(ck, 'broker', 'redis_port')}"
     # without a password Redis's protected mode refuses every client not on loopback (-DENIED, a fail too):
     # protected mode off first, so that Redis really answers anyone; a restart reads redis.conf again
