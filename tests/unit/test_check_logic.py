@@ -179,7 +179,7 @@ def test_selftest_reports_unreadable_settings_as_a_failed_check_instead_of_stopp
 def test_a_silent_supervisord_blocks_the_service_checks_of_its_host_but_not_the_broker_password(monkeypatch):
     monkeypatch.setattr(selftest, "read_settings", lambda path=None: (
         {"redis_host": "10.0.0.1", "redis_port": 6379, "redis_password": "pw"},
-        SimpleNamespace(st_uid=0, st_mode=0o100600), ""))
+        SimpleNamespace(st_uid=0, st_gid=0, st_mode=0o100600), ""))
     monkeypatch.setattr(selftest, "programs", lambda: None)
     monkeypatch.setattr(selftest, "listeners", lambda: [])
     monkeypatch.setattr(selftest, "talk", lambda *a, **kw: "+OK")
