@@ -80,6 +80,19 @@ def down(c, inventory_=None):
         _fail(exc)
 
 
+@task(positional=["directory"], help={
+    "directory": "new inventory directory to write", "cluster": "cluster name, 1-6 of [a-z0-9]",
+    "subnet": "the cluster's /24, apart from every other cluster's", "ring": "ring hosts", "workers": "Celery workers"})
+def new_inventory(c, directory, cluster, subnet, ring=3, workers=2):
+    """Write a netns inventory of any size (a ring of 50, 47 workers: 100 hosts); bring it up with `fab up -i`."""
+    try:
+        path = inventory.new_sized(directory, cluster, subnet, int(ring), int(workers))
+    except (LabkitError, ValueError) as exc:
+        _fail(exc)
+    print(f"new-inventory: {path}/hosts.yml: {int(ring) + int(workers) + 3} hosts (a ring of {ring}, {workers} "
+          f"workers); bring it up with `fab up -i {path}`")
+
+
 @task(help={"json": "print JSON instead of a table"})
 def status(c, json_=False):
     """Hosts, groups, addresses, and the supervised programs on each host with their state."""

@@ -237,3 +237,52 @@ def relocate(src: str | os.PathLike, dest: str | os.PathLike, cluster: str, thir
     text = re.sub(r"labkit_cluster: \w+", f"labkit_cluster: {cluster}", hosts.read_text())
     hosts.write_text(re.sub(r"\b10\.77\.\d+\.", f"10.77.{third_octet}.", text))
     return dest
+
+
+def sized_hosts_yml(cluster: str, subnet: str, ring: int = 3, workers: int = 2) -> str:
+    """hosts.yml of a netns cluster shaped like inventory/netns, with `ring` ring hosts and `workers` workers.
+
+    Addresses in the /24 `subnet`: broker .10, sockserver .30, client .40, workers from .100, the ring from .200
+    (a ring of more than 55 starts lower, so that it ends at .254). Pure: checked, not written.
+    """
+    if not CLUSTER_RE.fullmatch(cluster):
+        raise InventoryError(f"cluster name {cluster!r}: use 1-6 characters of [a-z0-9]")
+    try:
+        net = ipaddress.IPv4Network(subnet)
+    except ValueError as exc:
+        raise InventoryError(f"subnet {subnet!r}: {exc}") from None
+    if net.prefixlen != 24:
+        raise InventoryError(f"subnet {subnet}: use a /24 (a sized inventory numbers hosts .10 to .254)")
+    first_ring = min(200, 255 - ring)
+    if ring < 1 or workers < 1 or 100 + workers > first_ring:
+        raise InventoryError(f"--ring {ring} --workers {workers}: at least one of each, and at most 155 between "
+                             "them (the workers take .100 up, the ring ends at .254 of one /24)")
+    base = str(net.network_address).rsplit(".", 1)[0]
+
+    def block(names_octets) -> str:
+        return "".join(f"        {name}: {{ansible_host: {base}.{octet}}}\n" for name, octet in names_octets)
+
+    order = " -> ".join(f"pyro{i}" for i in range(1, min(ring, 3) + 1)) + (" -> ..." if ring > 3 else "")
+    return (
+        f"# A netns cluster made by `fab new-inventory`: a ring of {ring}, {workers} workers.\n"
+        "all:\n  vars:\n"
+        f"    labkit_cluster: {cluster}\n    labkit_subnet: {net}\n  children:\n"
+        "    brokers:\n      hosts:\n" + block([("broker", 10)]) +
+        "    nameservers:\n      hosts:\n        broker:\n"
+        "    workers:\n      hosts:\n" + block((f"worker{i}", 99 + i) for i in range(1, workers + 1)) +
+        f"    ring:            # in this order: {order} -> pyro1\n      hosts:\n" +
+        block((f"pyro{i}", first_ring - 1 + i) for i in range(1, ring + 1)) +
+        "    sockservers:\n      hosts:\n" + block([("sockserver", 30)]) +
+        "    clients:\n      hosts:\n" + block([("client", 40)])
+    )
+
+
+def new_sized(dest: str | os.PathLike, cluster: str, subnet: str, ring: int = 3, workers: int = 2) -> Path:
+    """Write a netns inventory (sized_hosts_yml + inventory/netns's group_vars) to the new directory `dest`."""
+    text = sized_hosts_yml(cluster, subnet, ring, workers)
+    dest = Path(dest)
+    if dest.exists():
+        raise InventoryError(f"{dest} already exists: choose a new directory")
+    shutil.copytree(DEFAULT_INVENTORY / "group_vars", dest / "group_vars")
+    (dest / "hosts.yml").write_text(text)
+    return dest

@@ -50,6 +50,7 @@ class Settings:
     ring_host: str = "127.0.0.1"  # address a ring node binds and advertises
     ring_port: int = 0  # 0: any free port (the name server records the real one)
     ring_timeout: float = 5.0  # seconds per hop before a hop is declared dead
+    ring_size: int = 3  # ring hosts (the playbook writes the inventory's count); sizes the lap's timeouts
     ring_max_laps: int = 100  # bound on laps round the ring for one message
     ring_idle_timeout: float = 60.0  # a Pyro daemon closes links idle this long; ring nodes reconnect
 

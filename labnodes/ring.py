@@ -74,11 +74,17 @@ An error from a later hop passes back unchanged through the earlier hops, so the
 Timeouts (T = ring_timeout, the per-hop setting; m = T/10, the margin one hop needs to pass an error back):
     a node that was given `budget` seconds calls its successor with timeout budget - m and hands it that as
     its own budget, so the inner calls always time out first and their error reaches each caller in time.
-    lap budget   L = T + 8*m (= 1.8 T): the start node's timeout for one lap; hop k of a lap waits
-                 L - (k-1)*m, which is >= T for rings of up to 9 nodes (longer rings get less, down to m).
-    client       C = L + 2*m (= 2 T, `ring send` default --timeout): the start node finishes (or fails) by
-                 C - m, each lap getting min(L, what is left).
+    lap budget   L = T + max(8, N-1)*m, N = ring_size (the number of ring hosts, which the playbook writes from
+                 the inventory's ring group): the start node's timeout for one lap. Hop k of a lap waits
+                 L - (k-1)*m >= T for every k <= N, so the last hop of the longest lap still gets a full T.
+                 For the course's ring of 3: L = 1.8 T; for a ring of 50: L = 5.9 T.
+    client       C = L + 2*m (= 2 T for N <= 9, `ring send` default --timeout): the start node finishes (or
+                 fails) by C - m, each lap getting min(L, what is left).
     So a hung hop is reported by its predecessor after at most L seconds, never a hang.
+    Why nested calls and not an iterative lap: the nested chain is the daisy chain the course teaches (each
+    server calls the next through a proxy), every error comes back to the client along the same calls, and a
+    lap holds one thread per node, so a node's 40 threads carry 38 concurrent messages at any ring length;
+    the price is that a hung hop deep in a long ring is reported after up to L, not T.
 
 Where it lives (each module readable alone; this one holds the spec above and the CLI, and re-exports the
 library names below so `labnodes.ring.send`, `.RingNode`, `.ns_proxy`, ... keep working):
@@ -224,7 +230,7 @@ def _cmd_send(args, settings) -> int:
         numbers = parse_numbers(args.numbers)
     except ValueError as exc:
         raise LabnodesError(str(exc)) from None
-    timeout = args.timeout if args.timeout is not None else timeouts(settings.ring_timeout)["client"]
+    timeout = args.timeout if args.timeout is not None else timeouts(settings.ring_timeout, settings.ring_size)["client"]
     if timeout <= 0:
         raise LabnodesError("--timeout must be positive")
     res = send(settings.ns_host, settings.ns_port, key, args.start, args.message, numbers, timeout)

@@ -12,7 +12,7 @@ NAME_PREFIX = "labkit.ring."
 MAX_TEXT = 1000
 MAX_TRACE = 1000  # records in one lap's trace, i.e. ring nodes
 MARGIN_FRACTION = 0.1  # m = T * MARGIN_FRACTION
-SIZING_HOPS = 8  # the lap budget covers this many hops beyond the first with a full T each
+SIZING_HOPS = 8  # the lap budget covers at least this many hops beyond the first with a full T each
 NAME_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 
 
@@ -131,9 +131,12 @@ def result_of(msg: dict, trace: list[dict], lap_ms: list[float], total_ms: float
     }
 
 
-def timeouts(ring_timeout: float) -> dict:
-    """The timeout formula of the module docstring: margin m, lap budget L and the client's default C."""
+def timeouts(ring_timeout: float, ring_size: int = 3) -> dict:
+    """The timeout formula of the module docstring: margin m, lap budget L and the client's default C.
+
+    A lap of N nodes is N nested calls; the last one must still get a full T, so L covers max(8, N - 1) margins.
+    """
     m = ring_timeout * MARGIN_FRACTION
-    lap = ring_timeout + SIZING_HOPS * m
+    lap = ring_timeout + max(SIZING_HOPS, ring_size - 1) * m
     return {"margin": m, "lap": lap, "client": lap + 2 * m}
 

@@ -32,6 +32,7 @@ class RingNode:
         next_name: str,
         *,
         ring_timeout: float = 5.0,
+        ring_size: int = 3,
         max_laps: int = 100,
         address: str = "",
         host: str | None = None,
@@ -44,7 +45,7 @@ class RingNode:
         self.address = address
         self.host = host or socket.gethostname()
         self.forward = forward
-        t = timeouts(ring_timeout)
+        t = timeouts(ring_timeout, ring_size)
         self.margin, self.lap_budget = t["margin"], t["lap"]
         self._lock = threading.Lock()
         # message id -> the message back from its lap (None while it is still going round)

@@ -108,6 +108,7 @@ def _serve_ring_node(Pyro4, signals, settings, key, name, next_name, register_wa
         name,
         next_name,
         ring_timeout=settings.ring_timeout,
+        ring_size=settings.ring_size,
         max_laps=settings.ring_max_laps,
         address=daemon.locationStr,
         forward=link.relay,

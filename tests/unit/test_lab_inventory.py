@@ -30,3 +30,28 @@ def test_lab_example_logs_in_as_a_sudo_user(lab):
     for host in lab.hosts:
         assert host.user and host.user != "root"
         assert host.vars.get("ansible_become") is True
+
+
+def test_a_sized_inventory_has_the_ring_and_workers_asked_for_each_at_its_own_address(tmp_path):
+    path = inventory.new_sized(tmp_path / "big", "big", "10.77.60.0/24", ring=50, workers=47)
+    inv = inventory.load(path)
+    assert len(inv.hosts) == 100 and inv.backend == "netns"
+    assert list(inv.groups["ring"]) == [f"pyro{i}" for i in range(1, 51)]
+    assert len(inv.groups["workers"]) == 47 and list(inv.groups["nameservers"]) == ["broker"]
+    assert len({h.address for h in inv.hosts}) == 100
+
+
+@pytest.mark.parametrize("args, words", [
+    (("BIG", "10.77.60.0/24", 3, 2), "cluster name"),
+    (("big", "10.77.60.0/23", 3, 2), "use a /24"),
+    (("big", "10.77.60.0/24", 0, 2), "at least one"),
+    (("big", "10.77.60.0/24", 100, 56), "at most 155"),
+])
+def test_a_sized_inventory_that_cannot_be_made_says_why(args, words):
+    with pytest.raises(inventory.InventoryError, match=words):
+        inventory.sized_hosts_yml(*args)
+
+
+def test_a_sized_inventory_never_overwrites_a_directory(tmp_path):
+    with pytest.raises(inventory.InventoryError, match="already exists"):
+        inventory.new_sized(tmp_path, "big", "10.77.60.0/24")

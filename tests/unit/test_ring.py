@@ -136,7 +136,15 @@ def test_timeout_formula_nests_inner_timeouts_inside_outer_ones():
     assert t["lap"] - 8 * t["margin"] >= 5.0
 
 
-def make_ring(names, max_laps=100):
+def test_the_lap_budget_grows_with_the_ring_so_its_last_hop_still_gets_a_full_hop_timeout():
+    assert ring.timeouts(5.0, 3) == ring.timeouts(5.0)  # the course's ring: as before
+    for size in (9, 10, 24, 50, 100):
+        t = ring.timeouts(5.0, size)
+        assert t["lap"] - (size - 1) * t["margin"] >= 5.0
+    assert ring.timeouts(5.0, 50)["lap"] == pytest.approx(29.5)
+
+
+def make_ring(names, max_laps=100, ring_size=None):
     """RingNode objects wired by direct calls; each call gets a copy of the message, as over Pyro."""
     nodes = {}
     for i, name in enumerate(names):
@@ -145,6 +153,7 @@ def make_ring(names, max_laps=100):
             name,
             nxt,
             ring_timeout=5.0,
+            ring_size=len(names) if ring_size is None else ring_size,
             max_laps=max_laps,
             host=f"h-{name}",
             address=f"10.0.0.{i + 1}:4000",
@@ -160,6 +169,21 @@ def test_one_lap_visits_every_node_in_order_and_returns_to_the_start():
     assert [r["numbers"] for r in res["trace"]] == [[18, 12], [12, 6], [6, 0], [6, 0]]
     assert (res["gcd"], res["lcm"], res["laps"], len(res["lap_ms"])) == (6, 144, 1, 1)
     assert res["message"] == "hi" and res["start"] == "pyro1" and res["input"] == [48, 18]
+
+
+def test_a_ring_of_fifty_nodes_goes_round_in_order():
+    names = [f"r{i}" for i in range(1, 51)]
+    res = make_ring(names)["r1"].start("big", [832040, 514229], 60.0)
+    first_lap = [r["node"] for r in res["trace"] if r["lap"] == 1]
+    assert first_lap == names + ["r1"]
+    assert res["gcd"] == 1 and res["laps"] >= 1
+
+
+def test_a_ring_longer_than_its_ring_size_setting_runs_out_of_time_with_a_clear_error():
+    # what a 100-host inventory hit before the playbook wrote ring_size: the 18th nested hop had no budget left
+    names = [f"r{i}" for i in range(1, 51)]
+    with pytest.raises(RuntimeError, match=r"ring hop r\d+ -> r\d+ failed: no time left"):
+        make_ring(names, ring_size=3)["r1"].start("big", [48, 18], 60.0)
 
 
 def test_fibonacci_neighbours_need_several_laps_and_every_lap_ends_at_the_start():
