@@ -1,5 +1,5 @@
 # The two commands of the README: `make demo` and `make test`. Both set up first and are safe to re-run.
-.PHONY: setup demo test bench lint clean vm-box vm-test
+.PHONY: setup demo test bench lint clean vm-box vm-test scale-test
 
 setup:
 	@bash scripts/setup.sh
@@ -26,6 +26,9 @@ vm-box: setup
 vm-test: setup
 	@bash scripts/libvirt-daemons.sh
 	.venv/bin/python scripts/vm-test.py
+
+scale-test: setup
+	.venv/bin/python scripts/scale-test.py
 
 clean:
 	rm -rf .venv build *.egg-info
