@@ -7,6 +7,7 @@ writes program files into the supervisord's conf.d and checks what apply() repor
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 import time
 from pathlib import Path
@@ -21,9 +22,11 @@ APPLY = """
 import json, sys
 sys.path.insert(0, sys.argv[1])
 from labkit_supervise import SuperviseError, apply, server_proxy
-prune, keep = (sys.argv[4], sys.argv[5].split(",")) if len(sys.argv) > 4 else ("", [])
+prune, keep = (sys.argv[4], [k for k in sys.argv[5].split(",") if k]) if len(sys.argv) > 4 else ("", [])
+listening = json.loads(sys.argv[6]) if len(sys.argv) > 6 else {}
 try:
-    print(json.dumps(apply(server_proxy(sys.argv[2]), float(sys.argv[3]), prune=prune, keep=keep)))
+    print(json.dumps(apply(server_proxy(sys.argv[2]), float(sys.argv[3]), prune=prune, keep=keep,
+                           listening=listening)))
 except SuperviseError as exc:
     print(exc, file=sys.stderr)
     sys.exit(1)
@@ -76,8 +79,11 @@ class Supervisord:
         text = template.format(name=name, seconds=seconds, log=self.root / f"{name}.log")
         (self.confd / f"{name}.conf").write_text(text)
 
-    def apply(self, timeout: float = 15, prune: str = "", keep: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
-        extra = [prune, ",".join(keep)] if prune else []
+    def apply(self, timeout: float = 15, prune: str = "", keep: tuple[str, ...] = (),
+              listening: dict | None = None) -> subprocess.CompletedProcess:
+        extra = [prune, ",".join(keep)] if prune or listening else []
+        if listening:
+            extra.append(json.dumps(listening))
         return subprocess.run(
             [HOST_PYTHON, "-c", APPLY, str(LIBRARY), str(self.conf), str(timeout), *extra],
             capture_output=True,
@@ -173,6 +179,39 @@ def test_a_program_that_cannot_start_fails_naming_it_its_log_and_the_logs_last_l
     assert str(supervisord.root / "broken.log") in result.stderr
     assert "cannot bind: address in use" in result.stderr
     assert "alpha" not in result.stderr  # the healthy program is not blamed
+
+
+LISTENS_LATE = """[program:{name}]
+command=/usr/bin/python3 -c "import socket, sys, time; time.sleep({seconds}); print('listening', flush=True); \
+s = socket.socket(); s.bind(('127.0.0.1', {port})); s.listen(); time.sleep(600)"
+startsecs=1
+stdout_logfile={log}
+redirect_stderr=true
+"""
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_provisioning_waits_until_a_server_answers_not_only_until_supervisord_calls_it_running(supervisord):
+    port = _free_port()
+    supervisord.program("late", LISTENS_LATE.replace("{port}", str(port)), seconds=3)  # RUNNING at 1 s, serves at 3 s
+    result = report(supervisord.apply(listening={"late": f"127.0.0.1:{port}", "not-on-this-host": "127.0.0.1:1"}))
+    assert result["programs"] == {"late": "RUNNING"}
+    socket.create_connection(("127.0.0.1", port), timeout=2).close()  # it answers now that apply() returned
+
+
+def test_a_running_program_that_never_answers_fails_naming_it_and_its_address(supervisord):
+    port = _free_port()
+    supervisord.program("mute", LISTENS_LATE.replace("{port}", str(port)), seconds=600)
+    supervisord.program("alpha")
+    result = supervisord.apply(timeout=4, listening={"mute": f"127.0.0.1:{port}"})
+    assert result.returncode == 1
+    assert f"mute is RUNNING but nothing answers at 127.0.0.1:{port}" in result.stderr
+    assert "alpha" not in result.stderr
 
 
 def test_a_program_file_supervisord_cannot_read_is_a_clear_error(supervisord):

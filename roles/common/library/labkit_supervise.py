@@ -10,7 +10,11 @@ credentials exactly as supervisorctl does), instead of three supervisorctl proce
    programs) and add the new ones (autostart starts them) -- what `supervisorctl update` does;
 2. start every program that is STOPPED, EXITED or FATAL (it was stopped by hand, or gave up);
 3. wait (at most `timeout` seconds) while any program is STARTING or BACKOFF; fail naming every program that is
-   not RUNNING then, with its state, its log file and the log's last lines.
+   not RUNNING then, with its state, its log file and the log's last lines;
+4. wait (within the same `timeout`) until every program named in `listening` accepts a TCP connection at its
+   address: RUNNING only means the process has lived `startsecs`, and a server on a slow host (an emulated VM)
+   may still be importing its modules, so a run started right after provisioning would be refused. A program
+   named there that this host does not run is skipped.
 
 Reports changed when a file was pruned, a group was added, changed or removed, or a program was started.
 """
@@ -19,6 +23,7 @@ from __future__ import annotations
 
 import glob
 import os
+import socket
 import time
 
 DOCUMENTATION = r"""
@@ -45,6 +50,10 @@ options:
     type: list
     elements: str
     default: []
+  listening:
+    description: program name -> "address:port" it serves; waits until each accepts a TCP connection.
+    type: dict
+    default: {}
 """
 
 RETURN = r"""
@@ -94,7 +103,26 @@ def prune_files(pattern: str, keep: list[str]) -> list[str]:
     return pruned
 
 
-def apply(server, timeout: float = 30.0, poll: float = 0.25, prune: str = "", keep=()) -> dict:
+def _answers(address: str) -> bool:
+    host, _, port = address.rpartition(":")
+    try:
+        socket.create_connection((host, int(port)), timeout=1.0).close()
+        return True
+    except OSError:
+        return False
+
+
+def wait_listening(listening: dict, running: set, deadline: float, poll: float) -> list[str]:
+    """Wait until every running program of `listening` answers at its address; return those that never did."""
+    waiting = {name: addr for name, addr in sorted(listening.items()) if name in running}
+    while True:
+        waiting = {name: addr for name, addr in waiting.items() if not _answers(addr)}
+        if not waiting or time.monotonic() > deadline:
+            return [f"{name} is RUNNING but nothing answers at {addr}" for name, addr in waiting.items()]
+        time.sleep(poll)
+
+
+def apply(server, timeout: float = 30.0, poll: float = 0.25, prune: str = "", keep=(), listening=None) -> dict:
     """Prune, update, start and wait as the module docstring says; return the report, or raise SuperviseError."""
     from xmlrpc.client import Fault
 
@@ -124,12 +152,17 @@ def apply(server, timeout: float = 30.0, poll: float = 0.25, prune: str = "", ke
             name = _full_name(info)
             tail = rpc.tailProcessStdoutLog(name, 0, LOG_TAIL)[0] if info["stdout_logfile"] else ""
             details.append(f"{name} is {info['statename']} (log {info['stdout_logfile'] or 'none'}):\n{tail.rstrip()}")
+        if not details and listening:
+            for line in wait_listening(listening, {_full_name(i) for i in infos}, deadline, poll):
+                name = line.split()[0]
+                tail = rpc.tailProcessStdoutLog(name, 0, LOG_TAIL)[0]
+                details.append(f"{line} (waited at most {timeout:g}s):\n{tail.rstrip()}")
     except Fault as fault:
         raise SuperviseError(f"supervisord refused: {fault.faultString}") from None
     except OSError as exc:
         raise SuperviseError(f"cannot reach supervisord: {exc}") from None
     if details:
-        raise SuperviseError("not RUNNING (waited at most %gs): %s" % (timeout, "\n".join(details)))
+        raise SuperviseError("not ready (waited at most %gs): %s" % (timeout, "\n".join(details)))
     return {
         "changed": bool(pruned or added or updated or removed or started),
         "pruned": pruned,
@@ -152,13 +185,15 @@ def main() -> None:
             "timeout": {"type": "float", "default": 30.0},
             "prune": {"type": "str", "default": ""},
             "keep": {"type": "list", "elements": "str", "default": []},
+            "listening": {"type": "dict", "default": {}},
         },
         supports_check_mode=False,
     )
     params = module.params
     try:
         server = server_proxy(params["config"])
-        module.exit_json(**apply(server, params["timeout"], prune=params["prune"], keep=params["keep"]))
+        module.exit_json(**apply(server, params["timeout"], prune=params["prune"], keep=params["keep"],
+                                      listening=params["listening"]))
     except SuperviseError as exc:
         module.fail_json(msg=str(exc))
 
