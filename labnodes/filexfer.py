@@ -43,10 +43,12 @@ refuses a file that is not the one the caller meant.
 A file that changes while it is sent is never stored as good. Hashing bytes while they are sent cannot see a
 change by itself (a write that lands before both the sending and the hashing read reaches it gives a torn
 body whose sha256 matches), so the sender also compares the file's size and mtime before the first byte and
-after the last, and withdraws (source-changed) if they moved. File times advance in steps of a few ms (the
-kernel's coarse clock), so a write in the same step as the previous one would leave the mtime as it was: the
-sender waits until the mtime is at least 20 ms old (SETTLE) before it starts, and refuses a file that keeps
-changing for 1 s (source-changed, before any byte). The ctime is not compared: renaming over or unlinking an
+after the last, and withdraws (source-changed) if they moved. The kernel stamps file times from a coarse
+clock that advances in ticks (4 ms here), so a write in the same tick as the previous one would leave the
+mtime as it was. The sender therefore starts only once the mtime is older than the coarse clock read just
+before its fstat (every later write is stamped at least that), or ahead of the real time (set by hand: no
+write now can give it): a file written a moment ago waits at most a tick, and a file that keeps changing for
+1 s is refused (source-changed, before any byte). The ctime is not compared: renaming over or unlinking an
 open file changes it, and a GET whose file a PUT of the same name replaces mid-way still sends the old file,
 whole and consistent. A change that leaves size and mtime alone (a writer that puts the mtime back, a write
 through mmap that the file system does not date) is still caught when it falls between the hashing thread's
@@ -171,8 +173,8 @@ BUFFERS = 4  # chunks in flight between the receiving (and writing) thread and t
 SHARED_BUFFERS = 12  # a server's uploads share this many chunks beyond each one's first (48 MiB)
 SMALL_BODY = 64 * 1024  # a body up to this size is sent in one buffer with its header (GET) and trailer
 HASH_CHUNK = 1 << 20  # bytes a sender's hashing thread reads (pread) and hashes at a time
-SETTLE = 0.02  # s a file's mtime must be old before it is sent, so that any later write moves it
-SETTLE_FOR = 1.0  # s a sender waits for that; a file still changing then is refused (source-changed)
+COARSE_CLOCK = 5  # Linux's CLOCK_REALTIME_COARSE (the time module does not name it): file times come from it
+SETTLE_FOR = 1.0  # s a sender waits for a file to stop changing; a file still changing then is refused
 WITHDRAWALS = ("source-changed", "disk-error")  # ERR codes a sender may send in the trailer's place
 HASH_THREAD = "filexfer-hash"  # the name of a sender's hashing thread
 PREFIX = struct.Struct(">I")
@@ -520,17 +522,18 @@ class _Receiver:
 
 
 def settled_stat(fd: int) -> os.stat_result:
-    """fstat of a file about to be sent, once its mtime is at least SETTLE s old (then any later write moves
-    it, see the module docstring); ProtocolError("source-changed") if it keeps changing for SETTLE_FOR s."""
-    waited = 0.0
+    """fstat of a file about to be sent, at a moment when no later write can leave its mtime as it is (see
+    the module docstring); waits a clock tick at a time, and raises ProtocolError("source-changed") if the
+    file is still being written after SETTLE_FOR s."""
+    give_up = time.monotonic() + SETTLE_FOR
     while True:
+        tick = time.clock_gettime_ns(COARSE_CLOCK)  # read before the fstat: later writes are stamped >= tick
         st = os.fstat(fd)
-        if abs(time.time_ns() - st.st_mtime_ns) >= SETTLE * 1e9:
+        if st.st_mtime_ns < tick or st.st_mtime_ns > time.time_ns():  # before the tick, or set ahead by hand
             return st
-        if waited >= SETTLE_FOR:
+        if time.monotonic() >= give_up:
             raise ProtocolError("source-changed", f"the file kept changing for {SETTLE_FOR:g} s (written to?)")
-        time.sleep(SETTLE)
-        waited += SETTLE
+        time.sleep(time.clock_getres(COARSE_CLOCK))
 
 
 def _vouch(fd: int, before: os.stat_result, hashed: int) -> None:

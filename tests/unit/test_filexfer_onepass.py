@@ -381,27 +381,53 @@ def test_file_changed_while_it_is_sent_is_never_stored(server, root, out, tmp_pa
         assert leftovers(root) == ["f"]
 
 
+def within_one_tick(attempt):
+    """Run attempt() until one run starts and ends within one tick of the clock file times come from (a run
+    that straddles a tick proves nothing: the write may then be older than the tick); return its result."""
+    for _ in range(200):
+        tick = time.clock_gettime_ns(filexfer.COARSE_CLOCK)
+        result = attempt()
+        if time.clock_gettime_ns(filexfer.COARSE_CLOCK) == tick:
+            return result
+    raise AssertionError("no attempt ran within one clock tick")
+
+
 @pytest.mark.parametrize("op", ["PUT", "GET"])
-def test_file_that_keeps_changing_is_refused_before_any_byte(server, root, out, tmp_path, op):
+def test_file_written_in_the_current_clock_tick_is_refused_before_any_byte(server, root, out, tmp_path,
+                                                                           monkeypatch, op):
+    # A write in the same tick would leave the mtime as it is: the sender must not start on such a file. It
+    # waits (a tick at a time) up to SETTLE_FOR; set to 0 here, it refuses at the first look.
+    monkeypatch.setattr(filexfer, "SETTLE_FOR", 0.0)
     path = tmp_path / "src.bin" if op == "PUT" else root / "f"
     path.write_bytes(b"x" * 100_000)
-    stop = threading.Event()
 
-    def keep_writing():
+    def attempt():
         with open(path, "r+b") as f:
-            while not stop.wait(0.005):
-                os.pwrite(f.fileno(), b"y", 0)
+            f.write(b"y")
+        try:
+            send(*server, path, name="f", timeout=HANG_GUARD) if op == "PUT" else get(
+                *server, "f", out, timeout=HANG_GUARD
+            )
+        except TransferError as exc:
+            return exc
+        return None
 
-    writer = threading.Thread(target=keep_writing)
-    writer.start()
-    try:
-        with pytest.raises(TransferError) as info:
-            send(*server, path, name="f") if op == "PUT" else get(*server, "f", out)
-    finally:
-        stop.set()
-        writer.join()
-    assert info.value.code == "source-changed" and "kept changing" in str(info.value)
+    refusal = within_one_tick(attempt)
+    assert refusal is not None and refusal.code == "source-changed" and "kept changing" in str(refusal)
     assert leftovers(root) == ([] if op == "PUT" else ["f"]) and leftovers(out) == []
+
+
+@pytest.mark.parametrize("offset", [-1.0, -3600.0, 3600.0], ids=["a second ago", "an hour ago", "in an hour"])
+def test_file_with_an_mtime_outside_the_current_tick_is_sent_at_once(tmp_path, monkeypatch, offset):
+    # In the past: every later write is stamped later. Ahead of the real time (a file unpacked from a machine
+    # whose clock runs ahead): no write now can stamp it. Neither may be refused, nor wait.
+    monkeypatch.setattr(filexfer, "SETTLE_FOR", 0.0)
+    path = tmp_path / "f"
+    path.write_bytes(b"x")
+    mtime = time.time_ns() + int(offset * 1e9)
+    os.utime(path, ns=(mtime, mtime))
+    with open(path, "rb") as f:
+        assert filexfer.settled_stat(f.fileno()).st_mtime_ns == mtime
 
 
 @pytest.mark.parametrize("op", ["PUT", "GET"])
