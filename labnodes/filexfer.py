@@ -117,8 +117,12 @@ Sending (the client for PUT, the server for GET) uses socket.sendfile(): the ker
 page-cache pages to the socket, no copy through Python. A second thread hashes the same bytes meanwhile,
 reading them with pread() into one 1 MiB buffer (constant memory). hashlib, pread() and sendfile() release
 the GIL, so the two run on two cores and a transfer takes about max(send, hash), not send + hash. Not an mmap
-of the file: a file truncated under an mmap kills the process with SIGBUS, and here pread() measured no
-slower.
+of the file: a file truncated under an mmap kills the process with SIGBUS. Measured (PUT of 256 MiB over
+loopback, 2 shared cores, medians of interleaved rounds): sendfile() with this hasher (1 or 4 MiB reads), with
+an mmap hasher, and a pipeline without sendfile() that reads 1 MiB, hashes it in one thread and sends it from
+the other all reached 0.82-0.99 GB/s, within the noise of each other; the receiver bounds them all (without
+any hashing at the sender, 1.06 GB/s). sendfile() keeps the one copy fewer that counts between two machines,
+1 MiB a quarter of the memory of 4 MiB per GET.
 
 Names are confined to the root: plain names only, opened relative to the root directory with O_NOFOLLOW. At
 start-up the server removes ".upload-*.part" files left by a killed server (so two servers must not share one
