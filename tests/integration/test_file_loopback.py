@@ -175,7 +175,7 @@ def test_sender_killed_mid_transfer_leaves_no_file_and_no_temp_file(server, tmp_
 
 def test_sigterm_during_an_upload_removes_the_temp_file_and_exits_0(server):
     with socket.create_connection((server.host, server.port), timeout=HANG_GUARD) as sock:
-        sock.sendall(encode_frame({"op": "PUT", "name": "a", "size": 10 * MB, "sha256": "0" * 64}))
+        sock.sendall(encode_frame({"op": "PUT", "name": "a", "size": 10 * MB}))
         assert read_frame(sock) == {"status": "ready"}
         sock.sendall(b"x" * MB)
         wait_until(lambda: os.listdir(server.root), "the temporary file exists")
@@ -202,7 +202,7 @@ def test_forty_stalled_uploads_hold_about_what_they_sent_not_16_mib_each(tmp_pat
         for i in range(40):
             sock = socket.create_connection(srv.address, timeout=HANG_GUARD)
             socks.append(sock)
-            sock.sendall(encode_frame({"op": "PUT", "name": f"s{i}", "size": 100 * MB, "sha256": "0" * 64}))
+            sock.sendall(encode_frame({"op": "PUT", "name": f"s{i}", "size": 100 * MB}))
             assert read_frame(sock) == {"status": "ready"}
             sock.sendall(b"x" * MB)
         time.sleep(1.0)  # let the server take in what was sent
@@ -229,8 +229,7 @@ def test_server_killed_mid_upload_shows_no_partial_file_and_a_retry_after_restar
     src.write_bytes(data)
     try:
         with socket.create_connection(srv.address, timeout=HANG_GUARD) as sock:
-            sha = hashlib.sha256(data).hexdigest()
-            sock.sendall(encode_frame({"op": "PUT", "name": "retry.bin", "size": len(data), "sha256": sha}))
+            sock.sendall(encode_frame({"op": "PUT", "name": "retry.bin", "size": len(data)}))
             assert read_frame(sock) == {"status": "ready"}
             sock.sendall(data[: MB + 17])  # a chunk and a bit: the first 4 MiB chunk is not full yet
             wait_until(lambda: any(p.name.endswith(".part") for p in srv.root.iterdir()), "the upload is under way")

@@ -1,10 +1,12 @@
 """Fuzzing the socket servers on loopback (issue 9): 100,000 random lines to the real math server and a few
 thousand malformed frames to the real file server. Both must stay up, and every reply must be well formed:
 for the math server exactly the reply the protocol's pure function gives for that line, for the file server
-one frame of at most 4096 bytes that is an ERR frame with a known code (or "ready" for a valid PUT header)."""
+one frame of at most 4096 bytes that is an ERR frame with a known code (or "ready" for a valid PUT header).
+Since issue 10, the frames that follow a PUT's body where its sha256 trailer goes are fuzzed too."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import random
 import socket
@@ -17,8 +19,9 @@ from tests.integration.conftest import ServerProcess
 
 HANG_GUARD = 60.0  # seconds; only so that a broken server fails a test instead of hanging it
 SEED = 9
-CODES = {"bad-frame", "bad-request", "bad-name", "too-large", "not-found", "not-a-file", "checksum-mismatch",
-         "disk-error", "idle-timeout", "too-slow", "busy", "short-stream", "internal-error"}
+CODES = {"bad-frame", "bad-request", "bad-name", "too-large", "not-found", "not-a-file", "bad-trailer",
+         "checksum-mismatch", "source-changed", "disk-error", "idle-timeout", "too-slow", "busy", "short-stream",
+         "internal-error"}
 
 
 def random_line(rng: random.Random) -> bytes:
@@ -95,6 +98,18 @@ def random_frame(rng: random.Random) -> bytes:
     return struct.pack(">I", len(data)) + data
 
 
+def read_reply(sock: socket.socket) -> dict | None:
+    """Read what the server sends until it closes; the first frame must be well formed and at most 4096 bytes."""
+    raw = b""
+    while chunk := sock.recv(65536):
+        raw += chunk
+    if not raw:
+        return None
+    (length,) = struct.unpack(">I", raw[:4])
+    assert 1 <= length <= filexfer.MAX_HEADER and len(raw) >= 4 + length, raw[:80]
+    return json.loads(raw[4 : 4 + length])
+
+
 def test_malformed_frames_get_well_formed_err_frames_and_the_server_stays_up(tmp_path):
     root = tmp_path / "root"
     server = ServerProcess(tmp_path, ["file", "serve", "--host", "127.0.0.3", "--port", "0", "--root", str(root)],
@@ -107,15 +122,10 @@ def test_malformed_frames_get_well_formed_err_frames_and_the_server_stays_up(tmp
             with socket.create_connection(server.address, timeout=HANG_GUARD) as sock:
                 sock.sendall(random_frame(rng))
                 sock.shutdown(socket.SHUT_WR)  # nothing more: a short header ends as short-stream
-                raw = b""
-                while chunk := sock.recv(65536):
-                    raw += chunk
-            if not raw:
+                reply = read_reply(sock)
+            if reply is None:
                 counts["(no frame)"] = counts.get("(no frame)", 0) + 1
                 continue
-            (length,) = struct.unpack(">I", raw[:4])
-            assert 1 <= length <= filexfer.MAX_HEADER and len(raw) >= 4 + length, raw[:80]
-            reply = json.loads(raw[4 : 4 + length])
             if "error" in reply:
                 assert reply["error"] in CODES and isinstance(reply["message"], str), reply
                 key = reply["error"]
@@ -131,5 +141,45 @@ def test_malformed_frames_get_well_formed_err_frames_and_the_server_stays_up(tmp
         src.write_bytes(b"still up")
         assert filexfer.send(*server.address, src, timeout=HANG_GUARD)["size"] == 8
         assert not [p for p in root.iterdir() if p.name.endswith(".part")]
+    finally:
+        server.stop()
+
+
+def random_trailer(rng: random.Random, body: bytes) -> bytes:
+    """What a broken or hostile client sends after a PUT's body instead of the right trailer."""
+    kind = rng.randrange(4)
+    if kind == 0:
+        return random_frame(rng)
+    if kind == 1:  # a trailer whose sha256 is wrong or malformed
+        wrong = hashlib.sha256(body + b"!").hexdigest()
+        return filexfer.encode_frame({"sha256": rng.choice([None, 5, "", "0" * 64, "f" * 63, "g" * 64, wrong, [wrong]])})
+    if kind == 2:  # an ERR frame where the trailer goes: a withdrawal, or a code that is not one
+        code = rng.choice(["source-changed", "disk-error", "busy", "stored", "x" * 300, None, 5, {}])
+        return filexfer.encode_frame({"error": code, "message": rng.choice(["m", None, "\u00e9" * 900, 7])})
+    right = filexfer.encode_frame({"sha256": hashlib.sha256(body).hexdigest()})
+    return right[: rng.randrange(len(right))]  # cut short (the stream ends there)
+
+
+def test_fuzzed_trailers_get_well_formed_err_frames_and_store_nothing(tmp_path):
+    root = tmp_path / "root"
+    server = ServerProcess(tmp_path, ["file", "serve", "--host", "127.0.0.3", "--port", "0", "--root", str(root)],
+                           hang_guard=HANG_GUARD)
+    rng = random.Random(SEED)
+    counts: dict[str, int] = {}
+    try:
+        for _ in range(500):
+            body = rng.randbytes(rng.randrange(0, 300))
+            with socket.create_connection(server.address, timeout=HANG_GUARD) as sock:
+                sock.sendall(filexfer.encode_frame({"op": "PUT", "name": "fuzzed", "size": len(body)}))
+                assert filexfer.read_frame(sock) == {"status": "ready"}
+                sock.sendall(body + random_trailer(rng, body))
+                sock.shutdown(socket.SHUT_WR)
+                reply = read_reply(sock)
+            assert reply is not None and isinstance(reply.get("message"), str), reply
+            assert reply["error"] in {"bad-trailer", "checksum-mismatch", "source-changed", "disk-error"}, reply
+            counts[reply["error"]] = counts.get(reply["error"], 0) + 1
+        print(f"file server: 500 fuzzed trailers: {dict(sorted(counts.items()))}")
+        assert server.proc.poll() is None
+        assert list(root.iterdir()) == []  # nothing stored, no temporary file left
     finally:
         server.stop()

@@ -162,14 +162,13 @@ def test_plain_file_name_is_accepted(name):
         ({"size": True}, "bad-request"),
         ({"size": 1.5}, "bad-request"),
         ({"size": 10**400}, "too-large"),
+        ({"sha256": SHA_OF_EMPTY}, "bad-request"),  # the older framing: the sha256 comes in the trailer now
         ({"sha256": "abc"}, "bad-request"),
-        ({"sha256": "g" * 64}, "bad-request"),
-        ({"sha256": None}, "bad-request"),
         ({"name": "../x"}, "bad-name"),
     ],
 )
 def test_put_header_with_a_bad_field_is_refused_with_its_code(change, code):
-    header = {"op": "PUT", "name": "a", "size": 10, "sha256": SHA_OF_EMPTY, **change}
+    header = {"op": "PUT", "name": "a", "size": 10, **change}
     with pytest.raises(ProtocolError) as info:
         check_put(header, max_size=1000)
     assert info.value.code == code
@@ -199,13 +198,19 @@ def write_random(path, size: int) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def raw_request(address, header: dict, body: bytes = b"", wait_ready: bool = True) -> dict:
-    """Speak the protocol by hand: send a header (and, after "ready", body); return the last reply."""
+def trailer(data: bytes) -> bytes:
+    """The right trailer frame for a body of `data`."""
+    return encode_frame({"sha256": hashlib.sha256(data).hexdigest()})
+
+
+def raw_request(address, header: dict, body: bytes = b"", wait_ready: bool = True, after=None) -> dict:
+    """Speak the protocol by hand: send a header (and, after "ready", body, then `after`: by default the
+    body's right trailer); return the last reply."""
     with socket.create_connection(address, timeout=HANG_GUARD) as sock:
         sock.sendall(encode_frame(header))
         reply = read_frame(sock)
         if header.get("op") == "PUT" and reply.get("status") == "ready" and wait_ready:
-            sock.sendall(body)
+            sock.sendall(body + (trailer(body) if after is None else after))
             reply = read_frame(sock)
         return reply
 
@@ -240,7 +245,7 @@ def test_put_overwrites_an_existing_file_atomically(server, root, tmp_path):
 
 @pytest.mark.parametrize("name", ["../escape", "/etc/passwd", "a/b", "a\x00b", ".hidden", "", "x" * 256])
 def test_put_with_a_bad_name_is_refused_and_writes_nothing(server, root, tmp_path, name):
-    reply = raw_request(server, {"op": "PUT", "name": name, "size": 0, "sha256": SHA_OF_EMPTY})
+    reply = raw_request(server, {"op": "PUT", "name": name, "size": 0})
     assert reply["error"] == "bad-name"
     assert leftovers(root) == []
     assert not (tmp_path / "escape").exists()
@@ -278,7 +283,7 @@ def test_get_of_something_that_is_not_a_regular_file_is_refused(server, root, ki
 
 def test_put_onto_a_directory_is_refused_and_leaves_no_temp_file(server, root):
     (root / "dir").mkdir()
-    reply = raw_request(server, {"op": "PUT", "name": "dir", "size": 0, "sha256": SHA_OF_EMPTY})
+    reply = raw_request(server, {"op": "PUT", "name": "dir", "size": 0})
     assert reply["error"] == "not-a-file"
     assert leftovers(root) == ["dir"]
 
@@ -288,14 +293,16 @@ def test_get_of_a_missing_file_is_not_found(server):
 
 
 def test_size_over_the_limit_is_refused_from_the_header_before_any_byte(server, root):
-    header = {"op": "PUT", "name": "big", "size": (32 << 20) + 1, "sha256": SHA_OF_EMPTY}
+    header = {"op": "PUT", "name": "big", "size": (32 << 20) + 1}
     reply = raw_request(server, header, wait_ready=False)  # the refusal comes instead of "ready"
     assert reply["error"] == "too-large"
     assert leftovers(root) == []
 
 
-def test_checksum_mismatch_is_refused_and_leaves_nothing(server, root):
-    reply = raw_request(server, {"op": "PUT", "name": "a", "size": 5, "sha256": SHA_OF_EMPTY}, b"hello")
+@pytest.mark.parametrize("size", [5, 3 * filexfer.CHUNK + 17])
+def test_checksum_mismatch_is_refused_and_leaves_nothing(server, root, size):
+    body = os.urandom(size)
+    reply = raw_request(server, {"op": "PUT", "name": "a", "size": size}, body, after=trailer(body + b"x"))
     assert reply["error"] == "checksum-mismatch"
     assert leftovers(root) == []
 
@@ -320,7 +327,7 @@ def test_garbage_instead_of_a_frame_gets_a_bad_frame_err(server):
 
 def test_upload_cut_off_half_way_leaves_no_temp_file(server, root):
     with socket.create_connection(server, timeout=HANG_GUARD) as sock:
-        sock.sendall(encode_frame({"op": "PUT", "name": "a", "size": 1000, "sha256": SHA_OF_EMPTY}))
+        sock.sendall(encode_frame({"op": "PUT", "name": "a", "size": 1000}))
         assert read_frame(sock) == {"status": "ready"}
         sock.sendall(b"x" * 500)
         wait_until(lambda: leftovers(root), "the temporary file exists")
@@ -332,7 +339,7 @@ def test_stalled_upload_gets_idle_timeout_and_leaves_nothing(root):
     address = srv.start_in_thread()
     try:
         with socket.create_connection(address, timeout=HANG_GUARD) as sock:
-            sock.sendall(encode_frame({"op": "PUT", "name": "a", "size": 1000, "sha256": SHA_OF_EMPTY}))
+            sock.sendall(encode_frame({"op": "PUT", "name": "a", "size": 1000}))
             assert read_frame(sock) == {"status": "ready"}
             sock.sendall(b"x" * 10)
             assert read_frame(sock)["error"] == "idle-timeout"
@@ -345,7 +352,7 @@ def test_server_shutdown_during_an_upload_removes_the_temp_file(root):
     srv = FileServer(root, "127.0.0.1", 0)
     address = srv.start_in_thread()
     with socket.create_connection(address, timeout=HANG_GUARD) as sock:
-        sock.sendall(encode_frame({"op": "PUT", "name": "a", "size": 1000, "sha256": SHA_OF_EMPTY}))
+        sock.sendall(encode_frame({"op": "PUT", "name": "a", "size": 1000}))
         assert read_frame(sock) == {"status": "ready"}
         sock.sendall(b"x" * 10)
         wait_until(lambda: leftovers(root), "the temporary file exists")
@@ -384,18 +391,12 @@ def one_shot_server(reply: bytes):
     "reply, code",
     [
         (
-            encode_frame({"status": "sending", "name": "a", "size": 5, "sha256": SHA_OF_EMPTY}) + b"hello",
+            encode_frame({"status": "sending", "name": "a", "size": 5}) + b"hello" + trailer(b""),
             "checksum-mismatch",
         ),
-        (
-            encode_frame({"status": "sending", "name": "a", "size": 5000, "sha256": SHA_OF_EMPTY}) + b"hello",
-            "short-stream",
-        ),
-        (
-            encode_frame({"status": "sending", "name": "../a", "size": 0, "sha256": SHA_OF_EMPTY}),
-            "bad-request",
-        ),
-        (encode_frame({"status": "sending", "name": "a", "size": -1, "sha256": SHA_OF_EMPTY}), "bad-request"),
+        (encode_frame({"status": "sending", "name": "a", "size": 5000}) + b"hello", "short-stream"),
+        (encode_frame({"status": "sending", "name": "../a", "size": 0}) + trailer(b""), "bad-request"),
+        (encode_frame({"status": "sending", "name": "a", "size": -1}), "bad-request"),
         (struct.pack(">I", 10**6), "bad-frame"),
         (b"", "short-stream"),
     ],
