@@ -157,9 +157,10 @@ def send_file(c, size=32, json_=False):
             "grading": "YAML grading file: which checks count and their weights (default: every check, 1 each)",
             "class": "check every student inventory in this folder (one subfolder each), in parallel",
             "out": "class mode: folder for class.csv, class.xlsx and each student's HTML",
-            "timeout": "seconds per host for SSH and each remote command",
+            "timeout": "seconds per host for SSH and each remote command (default: the inventory's "
+                       "labkit_check_timeout, else 20)",
             "json": "print the report as JSON instead of the summary"})
-def check(c, junit=None, html=None, grading=None, class_=None, out=None, timeout=20, json_=False):
+def check(c, junit=None, html=None, grading=None, class_=None, out=None, timeout=None, json_=False):
     """Check the cluster in layers (reach, host, service, app); outcomes pass / fail / blocked-by."""
     from labkit import checks
     from labkit.checks import classmode, grading as grading_, report
@@ -168,14 +169,15 @@ def check(c, junit=None, html=None, grading=None, class_=None, out=None, timeout
             if not out:
                 _fail(LabkitError("--class needs --out FOLDER"))
             try:
-                results = classmode.run_class(class_, out, grading, timeout=float(timeout))
+                results = classmode.run_class(class_, out, grading,
+                                              timeout=None if timeout is None else float(timeout))
             except KeyboardInterrupt:
                 print(f"\nclass: interrupted; {out}/class.csv and class.xlsx list who was checked", file=sys.stderr)
                 sys.exit(130)
             print(f"\nclass: {len(results)} students; {out}/class.csv, {out}/class.xlsx, {out}/<student>.html")
             sys.exit(0 if all(r["status"] == "ok" for r in results.values()) else 1)
         g = grading_.load(grading)
-        result = checks.run(inventory.load(), timeout=float(timeout))
+        result = checks.run(inventory.load(), timeout=None if timeout is None else float(timeout))
     except LabkitError as exc:
         _fail(exc)
     score = grading_.score(result, g) if grading else None

@@ -48,7 +48,7 @@ SERVICES = {
 }
 # Services a host uses as a client, by the service it runs (standalone reach checks; the control side knows groups).
 CLIENT_OF = {"celery": ["redis"], "flower": ["redis"], "ring": ["nameserver"]}
-TIMEOUT = 3.0
+TIMEOUT = 3.0  # s for each connection, request and supervisord call; the control side's context may set it
 HOST_TITLES = {
     "host.hostname": "hostname is the inventory name",
     "host.settings": "labnodes settings file is valid and readable by root (and the service group) only",
@@ -134,11 +134,11 @@ def read_settings(path=None):
         return None, st, f"{path}: {exc}"
 
 
-def sh(args, timeout=10, stderr=False):
+def sh(args, timeout=None, stderr=False):
     """(exit status, stdout; with stderr=True stdout and stderr together) of a command; -1 if it cannot run."""
     try:
         p = subprocess.run(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT if stderr else subprocess.PIPE,
-                           text=True, timeout=timeout)
+                           text=True, timeout=timeout or max(10.0, 3 * TIMEOUT))
         return p.returncode, p.stdout
     except (OSError, subprocess.TimeoutExpired) as exc:
         return -1, str(exc)
@@ -242,18 +242,18 @@ def listeners():
     return found
 
 
-def connect(address, port, timeout=TIMEOUT):
+def connect(address, port, timeout=None):
     try:
-        with socket.create_connection((address, int(port)), timeout=timeout):
+        with socket.create_connection((address, int(port)), timeout=timeout or TIMEOUT):
             return ""
     except OSError as exc:
         return exc.strerror or str(exc)
 
 
-def talk(address, port, payload: bytes, timeout=TIMEOUT) -> str:
+def talk(address, port, payload: bytes, timeout=None) -> str:
     """Send payload, return the first reply line (or an error text in angle brackets)."""
     try:
-        with socket.create_connection((address, int(port)), timeout=timeout) as s:
+        with socket.create_connection((address, int(port)), timeout=timeout or TIMEOUT) as s:
             s.sendall(payload)
             data = b""
             while b"\n" not in data:
@@ -540,4 +540,5 @@ def _cmd_selftest(args, settings) -> int:
 
 if __name__ == "__main__":  # run by the control side as `python3 - --context JSON` (see labkit/checks)
     _ctx = json.loads(sys.argv[sys.argv.index("--context") + 1]) if "--context" in sys.argv else {}
+    TIMEOUT = float(_ctx.get("timeout", TIMEOUT))  # a slow host (an emulated VM) gets more than 3 s
     print(json.dumps(probe(_ctx)))

@@ -103,7 +103,8 @@ def lab_inventory(tmp: Path, vagrant_inv: Path) -> Path:
         "labkit_backend: lab\nansible_user: vagrant\nansible_become: true\n"
         "ansible_python_interpreter: /usr/bin/python3\ncommon_service_mgr: systemd\nredis_service_mgr: systemd\n"
         "ansible_ssh_timeout: 120  # emulated VMs answer slowly (inventory/vagrant says why)\n"
-        "common_supervise_timeout: 180  # and their servers start slowly\n")
+        "common_supervise_timeout: 180  # and their servers start slowly\n"
+        "labkit_check_timeout: 120\n")
     return dest
 
 

@@ -31,6 +31,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import paramiko
+from invoke.exceptions import CommandTimedOut
 
 from labkit import LabkitError
 from labkit.remote import Hosts
@@ -68,12 +69,18 @@ def _first_line(text: str) -> str:
     return lines[-1].strip()[:300] if lines else "no output"
 
 
+DEFAULT_TIMEOUT = 20.0  # s per host for SSH and each remote command
+
+
 class Run:
     """One cluster's check run."""
 
-    def __init__(self, inv, timeout: float = 20.0):
+    def __init__(self, inv, timeout: float = DEFAULT_TIMEOUT):
         self.inv = inv
         self.timeout = timeout
+        # each connection, request and supervisord call of the probe on a host: the whole probe makes a few in
+        # a row within the per-host timeout (3 s at the default 20 s)
+        self.op_timeout = round(max(3.0, timeout / 6), 1)
         self.checks: list[dict] = []
         self.facts: dict[str, dict] = {}
         self.extra: dict = {"ring": None, "celery": None}
@@ -94,7 +101,7 @@ class Run:
         peers = {o.name: [o.address, int(o.vars.get("ansible_port", SSH_PORT))] for o in self.inv.hosts
                  if o.name != h.name}
         vars_ = {k: v for k, v in h.vars.items() if k.endswith(("_port", "_venv")) and not isinstance(v, dict)}
-        return {"host": h.name, "address": h.address, "services": self.services_of(h.name), "peers": peers,
+        return {"host": h.name, "timeout": self.op_timeout, "address": h.address, "services": self.services_of(h.name), "peers": peers,
                 "ring_next": ring[(ring.index(h.name) + 1) % len(ring)] if h.name in ring else None,
                 "vars": vars_}
 
@@ -117,6 +124,9 @@ class Run:
         python = h.vars.get("ansible_python_interpreter") or "python3"
         try:
             r = self.ssh(h.name, _probe_command(python, self.ctx(h)))
+        except CommandTimedOut:  # SSH worked; the probe was slower than the timeout
+            return {"ran": True, "error": f"the probe did not finish within {self.timeout:g} s (a slow host? "
+                                          "fab check --timeout S, or labkit_check_timeout in the inventory)"}
         except Exception as exc:  # noqa: BLE001 -- any way SSH fails is this check's finding
             msg = str(exc) or type(exc).__name__
             if isinstance(exc, paramiko.AuthenticationException):
@@ -401,9 +411,18 @@ class Run:
                 "time": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
 
 
-def run(inv, timeout: float = 20.0) -> dict:
+def timeout_for(inv, timeout: float | None = None) -> float:
+    """The per-host timeout: the one given, else the inventory's labkit_check_timeout (emulated VMs are slow),
+    else DEFAULT_TIMEOUT."""
+    if timeout is not None:
+        return float(timeout)
+    found = {h.vars.get("labkit_check_timeout") for h in inv.hosts} - {None}
+    return float(max(found)) if found else DEFAULT_TIMEOUT
+
+
+def run(inv, timeout: float | None = None) -> dict:
     """Check one cluster; never raises for a broken cluster (that is what the report says)."""
-    return Run(inv, timeout=timeout).run()
+    return Run(inv, timeout=timeout_for(inv, timeout)).run()
 
 
 def failed_report(path, error: str) -> dict:

@@ -35,7 +35,7 @@ def students(directory: str | Path) -> list[Path]:
     return found
 
 
-def check_student(path: Path, timeout: float) -> dict:
+def check_student(path: Path, timeout: float | None) -> dict:
     try:
         inv = inventory.load(path)
     except LabkitError as exc:
@@ -120,7 +120,7 @@ def _xlsx(out: Path, header: list[str], rows: list[dict], names: list[str], resu
 
 
 def run_class(directory: str | Path, out: str | Path, grading_file: str | Path | None = None,
-              timeout: float = 20.0, parallel: int = 10, echo=print) -> dict[str, dict]:
+              timeout: float | None = None, parallel: int = 10, echo=print) -> dict[str, dict]:
     """Check every student's cluster; write OUT/class.csv, OUT/class.xlsx and OUT/<student>.html."""
     g = grading.load(grading_file)
     paths = students(directory)

@@ -189,3 +189,18 @@ def test_a_silent_supervisord_blocks_the_service_checks_of_its_host_but_not_the_
     for cid in ("service.ring.running", "service.ring.listens", "service.ring.next", "service.celery.running"):
         assert got[cid]["outcome"] == "blocked" and got[cid]["blocked_by"] == "host.supervisord", got[cid]
     assert got["service.celery.broker"]["outcome"] == "pass"
+
+
+def test_the_check_timeout_is_the_flag_else_the_inventorys_else_twenty_seconds():
+    from labkit.checks import DEFAULT_TIMEOUT, Run, timeout_for
+
+    def inv(*values):
+        return SimpleNamespace(hosts=[SimpleNamespace(vars={} if v is None else {"labkit_check_timeout": v})
+                                      for v in values])
+
+    assert timeout_for(inv(None, None)) == DEFAULT_TIMEOUT == 20.0
+    assert timeout_for(inv(120, 120)) == 120.0  # inventory/vagrant: emulated VMs are slow
+    assert timeout_for(inv(120, None), timeout=5) == 5.0
+    # each step of the probe on a host gets a sixth of it, never less than 3 s
+    assert Run(inv(None), timeout=20.0).op_timeout == 3.3 and Run(inv(None), timeout=120.0).op_timeout == 20.0
+    assert Run(inv(None), timeout=5.0).op_timeout == 3.0
