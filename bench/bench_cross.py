@@ -62,6 +62,7 @@ PINGS = 5000
 REMOTE = (Path(__file__).parent / "cross_remote.py").read_text()
 WORK = "/tmp/labkit-xbench"  # on each host (its own /tmp)
 GUARD = 3600  # seconds: a helper server ends by itself after this, whatever happens to the benchmark
+CLIENT_GUARD = 600  # seconds: a client action that takes longer is killed (a hang guard, not a limit)
 RAW_PORT, PYRO_PORT, ECHO_PORT, IPERF_PORT = 5301, 5302, 5303, 5304
 OUTBOX, INBOX = "/var/lib/labnodes/outbox", "/var/lib/labnodes/inbox"
 SCP_DIR = "/var/lib/labnodes/xbench-scp"  # beside the file server's root: the same file system
@@ -138,7 +139,7 @@ def _python(hosts: Hosts, name: str, *args) -> str:
 
 def _remote(hosts: Hosts, name: str, *args) -> dict:
     """Run a cross_remote.py client action on a host; its last line of output, as JSON."""
-    out = hosts.run(name, _python(hosts, name, *args)).stdout.strip().splitlines()
+    out = hosts.run(name, f"timeout {CLIENT_GUARD} {_python(hosts, name, *args)}").stdout.strip().splitlines()
     return json.loads(out[-1])
 
 
@@ -237,6 +238,11 @@ def _sha256(hosts: Hosts, name: str, path: str) -> str:
 
 def _iperf3(hosts: Hosts, client: str, server: str, reverse: bool, seconds: int = 3) -> float:
     address = hosts.address(server)
+    deadline = time.monotonic() + 15
+    while hosts.run(server, f"ss -ltnH 'sport = :{IPERF_PORT}'").stdout.strip():  # the last one-off server
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{server}: port {IPERF_PORT} stays taken")
+        time.sleep(0.2)
     hosts.run(server, f"iperf3 -s -1 -D -B {address} -p {IPERF_PORT}")
     deadline = time.monotonic() + 15
     while True:  # -D returns before the server listens
