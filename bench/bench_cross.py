@@ -21,8 +21,9 @@ Rows (lower is better for times, higher for rates):
   loop: each client sends `48,18` and waits for its answer), against the same load generator and a trivial
   asyncio echo-line server on the sockserver host. Targets: >= 30,000 req/s and p99 <= 10 ms at 1000 clients.
 - Celery tasks/s by mode (one-by-one, group, chunks of 100) with 4, 2 and 1 workers running (the others
-  stopped with supervisorctl), submitted from the client host with `labnodes celery batch`, against Redis PING
-  round trips/s from the client host to the broker. No target.
+  stopped with supervisorctl; counts measured 4, 2, 1, 1, 2, 4 and each count's two runs averaged), submitted
+  from the client host with `labnodes celery batch`, against Redis PING round trips/s from the client host to
+  the broker. No target.
 
     python -m bench cross           # inside the full table
     python -m bench.bench_cross     # this table alone
@@ -390,14 +391,28 @@ def _workers_running(hosts: Hosts, client: str, expected: list[str], wait: float
         time.sleep(1)
 
 
+def worker_steps(counts) -> list[int]:
+    """The worker counts to measure in order: down from the most, then back up (each count twice, so that a
+    drift in the box's load over the run weighs on every count alike): (4, 2, 1) -> [4, 2, 1, 1, 2, 4]."""
+    down = sorted(set(counts), reverse=True)
+    return down + down[::-1]
+
+
 def measure_celery(hosts: Hosts, counts=CELERY_WORKERS, tasks: dict = CELERY_COUNT) -> list[dict]:
     client, workers = _first(hosts, "clients"), list(hosts.inv.groups["workers"])
-    rates: dict[tuple[str, int], float] = {}
+    rates: dict[tuple[str, int], list[float]] = {}
     pings: list[float] = []
     counts = [n for n in counts if n <= len(workers)]
-    for n in sorted(counts, reverse=True):
+    running = set(workers)
+    for n in worker_steps(counts):
         for w in workers[n:]:
-            hosts.run(w, f"supervisorctl stop {WORKER_PROGRAM}", check=False)
+            if w in running:
+                hosts.run(w, f"supervisorctl stop {WORKER_PROGRAM}")
+                running.discard(w)
+        for w in workers[:n]:
+            if w not in running:
+                hosts.run(w, f"supervisorctl start {WORKER_PROGRAM}")
+                running.add(w)
         _workers_running(hosts, client, workers[:n])
         got = _remote(hosts, client, "redis-ping", PINGS)
         pings.append(got["pings"] / got["seconds"])
@@ -406,8 +421,9 @@ def measure_celery(hosts: Hosts, counts=CELERY_WORKERS, tasks: dict = CELERY_COU
             r = hosts.labnodes(client, "celery", "batch", "--count", str(count), "--mode", mode)["modes"][mode]
             if r["error_count"] or r["ok"] != count:
                 raise RuntimeError(f"celery {mode} with {n} workers: {r['error_count']} errors: {r['errors'][:1]}")
-            rates[mode, n] = r["tasks_per_s"]
+            rates.setdefault((mode, n), []).append(r["tasks_per_s"])
     ping = statistics.median(pings)
+    rate = {k: statistics.mean(v) for k, v in rates.items()}
     names = {"one": "one-by-one", "group": "group", "chunks": "chunks of 100"}
     rows = []
     for mode in tasks:
@@ -415,10 +431,11 @@ def measure_celery(hosts: Hosts, counts=CELERY_WORKERS, tasks: dict = CELERY_COU
             extra = {}
             if n == max(counts) and len(counts) > 1:
                 xs = sorted(counts)
-                extra["series"] = {"x": xs, "y": [rates[mode, c] for c in xs], "x_label": "workers running",
+                extra["series"] = {"x": xs, "y": [rate[mode, c] for c in xs], "x_label": "workers running",
                                    "y_label": f"{names[mode]} tasks/s"}
-            rows.append(row(f"Celery {names[mode]}, {n} worker{'s' if n > 1 else ''} ({tasks[mode]} tasks)",
-                            rates[mode, n], "tasks/s", f"Redis PING round trips/s from {client}", ping, **extra))
+            rows.append(row(f"Celery {names[mode]}, {n} worker{'s' if n > 1 else ''} "
+                            f"({tasks[mode]} tasks, mean of {len(rates[mode, n])} runs)",
+                            rate[mode, n], "tasks/s", f"Redis PING round trips/s from {client}", ping, **extra))
     return rows
 
 
@@ -454,15 +471,16 @@ def run(quick: bool = False) -> list[dict]:
         inv = inventory.load(inv_path)
         try:
             _say(f"bringing up cluster {CLUSTER} ({len(inv.hosts)} hosts) ...")
-            netns.up(inv, echo=lambda *a: None)
-            _say("provisioning ...")
-            with contextlib.redirect_stdout(sys.stderr):
+            with contextlib.redirect_stdout(sys.stderr):  # progress lines stay out of the table
+                netns.up(inv, echo=lambda *a: None)
+                _say("provisioning ...")
                 provision.provision(inv_path, quiet=True)
             with Hosts(inv) as hosts:
                 return measure(hosts)
         finally:
             _say("taking the cluster down ...")
-            netns.down(inv, echo=lambda *a: None)
+            with contextlib.redirect_stdout(sys.stderr):
+                netns.down(inv, echo=lambda *a: None)
             if active is None:
                 (STATE / "active").unlink(missing_ok=True)
             else:

@@ -98,3 +98,8 @@ def test_the_load_generator_gets_the_math_servers_answer():
     finally:
         server.close()
     assert got["requests"] == 60 and got["wrong"] == 0
+
+
+@pytest.mark.parametrize("counts, steps", [((4, 2, 1), [4, 2, 1, 1, 2, 4]), ((1, 4), [4, 1, 1, 4]), ((2,), [2, 2])])
+def test_worker_counts_are_measured_down_then_back_up(counts, steps):
+    assert bench_cross.worker_steps(counts) == steps
