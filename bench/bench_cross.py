@@ -1,0 +1,499 @@
+"""Benchmarks across a real cluster: each figure beside a baseline measured in the same run between the same hosts.
+
+Brings up its own copy of inventory/netns (cluster `xb`, 10.77.83.0/24) with two more workers (worker3, worker4:
+ten hosts), provisions it with the real playbooks and always takes it down at the end; needs root; quick=True
+skips it (it takes several minutes). Every client side runs on a cluster host over SSH (labkit.remote.Hosts), as
+the fab tasks do, so traffic crosses the cluster's veth pairs and bridge. What runs on the hosts is
+bench/cross_remote.py, shipped as source and run with the host's labnodes venv python.
+
+Rows (lower is better for times, higher for rates):
+- ring lap (median, p99; LAPS laps, as the start node times them: pyro1 -> pyro2 -> pyro3 -> pyro1, nested)
+  against the same nested chain over the same links with nothing but the transport: (a) raw TCP, a 512-byte
+  line relayed pyro1 -> pyro2 -> pyro3 -> pyro1 and back, (b) Pyro4's floor, an empty hop() relayed the same
+  way by Pyro4 daemons with the ring's settings (thread pool, serpent, HMAC). Both are timed on pyro1, where
+  the lap is timed. Ring and baselines run in interleaved blocks. Target: lap median <= 1.2 x Pyro4's floor.
+  Also: the send as the client host sees it (name-server lookup, connect, lap).
+- file transfer, client host <-> sockserver host, FILE_MB MB, FILE_RUNS runs, medians: `labnodes file send`
+  and `labnodes file get` (the MB/s their JSON reports, and the wall time of the whole command) against scp
+  between the same hosts (a throwaway key made on the client host, authorized on the sockserver for the run
+  only) and iperf3 (memory to memory, TCP's ceiling). Target: both directions >= 1.5 x scp.
+- math server, requests/s and p99 latency with 1, 100 and 1000 concurrent clients on the client host (closed
+  loop: each client sends `48,18` and waits for its answer), against the same load generator and a trivial
+  asyncio echo-line server on the sockserver host. Targets: >= 30,000 req/s and p99 <= 10 ms at 1000 clients.
+- Celery tasks/s by mode (one-by-one, group, chunks of 100) with 4, 2 and 1 workers running (the others
+  stopped with supervisorctl; counts measured 4, 2, 1, 1, 2, 4 and each count's two runs averaged), submitted
+  from the client host with `labnodes celery batch`, against Redis PING round trips/s from the client host to
+  the broker. No target.
+
+    python -m bench cross           # inside the full table
+    python -m bench.bench_cross     # this table alone
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import re
+import shlex
+import statistics
+import sys
+import tempfile
+import time
+import traceback
+from pathlib import Path
+
+from labkit import REPO, STATE, inventory, provision
+from labkit.backends import netns
+from labkit.remote import Hosts
+from labnodes import output
+
+CLUSTER, OCTET = "xb", 83
+WORKERS = 4  # the inventory's two workers and two more
+LAPS, BLOCKS = 200, 4
+FILE_MB, FILE_RUNS = 256, 3
+CLIENTS = (1, 100, 1000)
+REQUESTS = {1: 5000, 100: 100, 1000: 20}  # per client: 5000, 10000 and 20000 requests in all
+MATH_ROUNDS = 3
+CELERY_WORKERS = (4, 2, 1)  # in this order: each step only stops workers
+CELERY_COUNT = {"one": 500, "group": 2000, "chunks": 5000}
+PINGS = 5000
+
+REMOTE = (Path(__file__).parent / "cross_remote.py").read_text()
+WORK = "/tmp/labkit-xbench"  # on each host (its own /tmp)
+GUARD = 3600  # seconds: a helper server ends by itself after this, whatever happens to the benchmark
+CLIENT_GUARD = 600  # seconds: a client action that takes longer is killed (a hang guard, not a limit)
+RAW_PORT, PYRO_PORT, ECHO_PORT, IPERF_PORT = 5301, 5302, 5303, 5304
+OUTBOX, INBOX = "/var/lib/labnodes/outbox", "/var/lib/labnodes/inbox"
+SCP_DIR = "/var/lib/labnodes/xbench-scp"  # beside the file server's root: the same file system
+WORKER_PROGRAM = "labnodes-celery-worker"
+
+
+# --- pure helpers (tests/unit/test_bench_cross.py) ---------------------------------------------------------
+
+def percentile(values, q: float) -> float:
+    """The q-quantile (0 < q <= 1) by nearest rank: the smallest value with at least q of all at or below it."""
+    xs = sorted(values)
+    if not xs:
+        raise ValueError("percentile of no values")
+    return xs[min(len(xs) - 1, max(0, math.ceil(q * len(xs)) - 1))]
+
+
+def row(bench: str, value: float, unit: str, baseline_name: str, baseline: float,
+        target: tuple[str, str, float] | None = None, **extra) -> dict:
+    """One table row; target is (what, op, limit): what is "ratio" or "value", op is "<=" or ">=".
+
+    ok is None without a target; extra keys (samples, series) go into the row as they are."""
+    ratio = value / baseline if baseline else 0.0
+    ok, text = None, ""
+    if target is not None:
+        what, op, limit = target
+        if what not in ("ratio", "value") or op not in ("<=", ">="):
+            raise ValueError(f"bad target {target!r}")
+        got = ratio if what == "ratio" else value
+        ok = got <= limit if op == "<=" else got >= limit
+        text = f"ratio {op} {limit:g}" if what == "ratio" else f"{op} {limit:g} {unit}"
+    return {"bench": bench, "value": value, "unit": unit, "baseline_name": baseline_name, "baseline": baseline,
+            "ratio": ratio, "target": text, "ok": ok, **extra}
+
+
+def add_workers(hosts_yml: str, total: int) -> str:
+    """hosts.yml text with workers added after the last `workerN: {ansible_host: A.B.C.D}` line until there are
+    `total`, each at the next address (checked free in the file)."""
+    pattern = re.compile(r"^( +)worker(\d+): \{ansible_host: (\d+\.\d+\.\d+)\.(\d+)\}$", re.M)
+    found = list(pattern.finditer(hosts_yml))
+    if not found:
+        raise ValueError("no `workerN: {ansible_host: ...}` line in the inventory")
+    last = found[-1]
+    indent, number, net, octet = last.group(1), int(last.group(2)), last.group(3), int(last.group(4))
+    lines = []
+    for i in range(total - len(found)):
+        address = f"{net}.{octet + 1 + i}"
+        if re.search(rf"\b{re.escape(address)}\b", hosts_yml):
+            raise ValueError(f"address {address} for a new worker is taken")
+        lines.append(f"\n{indent}worker{number + 1 + i}: {{ansible_host: {address}}}")
+    return hosts_yml[:last.end()] + "".join(lines) + hosts_yml[last.end():]
+
+
+def iperf3_mb_per_s(report: dict) -> float:
+    """MB/s (10**6 bytes, as labnodes counts) received in an `iperf3 -J` report."""
+    return report["end"]["sum_received"]["bits_per_second"] / 8 / 1e6
+
+
+def median_by(runs: list[dict], key: str) -> dict:
+    """The run whose `key` is the median (the lower middle one of an even count)."""
+    ordered = sorted(runs, key=lambda r: r[key])
+    return ordered[(len(ordered) - 1) // 2]
+
+
+# --- running things on hosts -------------------------------------------------------------------------------
+
+def _say(text: str) -> None:
+    print(f"bench_cross: {text}", file=sys.stderr, flush=True)
+
+
+def _python(hosts: Hosts, name: str, *args) -> str:
+    """The command that runs cross_remote.py ACTION ARGS with the host's labnodes venv python."""
+    return " ".join([hosts.labnodes_bin(name, "python"), "-c", shlex.quote(REMOTE), *map(shlex.quote, map(str, args))])
+
+
+def _remote(hosts: Hosts, name: str, *args) -> dict:
+    """Run a cross_remote.py client action on a host; its last line of output, as JSON."""
+    out = hosts.run(name, f"timeout {CLIENT_GUARD} {_python(hosts, name, *args)}").stdout.strip().splitlines()
+    return json.loads(out[-1])
+
+
+def _timed(hosts: Hosts, name: str, command: str) -> tuple[float, str]:
+    """Seconds a command takes on a host, timed on that host (not over SSH), and its stdout."""
+    marker = "XBENCH-NS"
+    out = hosts.run(name, f"t0=$(date +%s%N) && {command} && echo {marker} $(( $(date +%s%N) - t0 ))").stdout
+    body, _, tail = out.rpartition(marker)
+    return int(tail.split()[0]) / 1e9, body
+
+
+class Helpers:
+    """Servers started detached on hosts for the benchmark (setsid, stdio to a log file, `timeout GUARD`);
+    close() kills every one it started, by pid."""
+
+    def __init__(self, hosts: Hosts):
+        self.hosts = hosts
+        self.started: list[tuple[str, int]] = []
+
+    def start(self, name: str, tag: str, *args, wait: float = 60.0) -> int:
+        log = f"{WORK}/{tag}.log"
+        self.hosts.run(name, f"mkdir -p {WORK} && cd {WORK} && setsid -f timeout {GUARD} "
+                             f"{_python(self.hosts, name, *args)} >{log} 2>&1 </dev/null")
+        deadline = time.monotonic() + wait
+        while True:
+            text = self.hosts.run(name, f"cat {log}", check=False).stdout
+            for line in text.splitlines():
+                if line.startswith('{"ready"'):
+                    pid = json.loads(line)["ready"]
+                    self.started.append((name, pid))
+                    return pid
+            if "Traceback" in text or time.monotonic() > deadline:
+                tail = text.strip().splitlines()[-1:] or ["no output"]
+                raise RuntimeError(f"{name}: helper {tag} did not start: {tail[0]}")
+            time.sleep(0.2)
+
+    def close(self) -> None:
+        for name, pid in reversed(self.started):
+            with contextlib.suppress(Exception):
+                self.hosts.run(name, f"kill {pid}", check=False)
+        self.started.clear()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def _first(hosts: Hosts, group: str) -> str:
+    return hosts.inv.groups[group][0]
+
+
+# --- 1. the ring -------------------------------------------------------------------------------------------
+
+def measure_ring(hosts: Hosts, laps: int = LAPS, blocks: int = BLOCKS) -> list[dict]:
+    client, ring = _first(hosts, "clients"), list(hosts.inv.groups["ring"])
+    start = ring[0]
+    lap_ms, send_ms, raw_ms, pyro_ms = [], [], [], []
+    with Helpers(hosts) as helpers:
+        # the chain start -> ring[1] -> ... -> ring[-1] -> start: the start's hop ends it, the others pass on
+        for i, name in enumerate(ring):
+            nxt = hosts.address(ring[(i + 1) % len(ring)]) if i else ""
+            helpers.start(name, "hop", "hop", hosts.address(name), RAW_PORT, PYRO_PORT, nxt)
+        _remote(hosts, client, "ring-laps", 3, start)  # warm-up: links between the ring nodes
+        for block in range(blocks):
+            _say(f"ring block {block + 1}/{blocks}")
+            got = _remote(hosts, client, "ring-laps", laps // blocks, start)
+            lap_ms += got["lap_ms"]
+            send_ms += got["send_ms"]
+            got = _remote(hosts, start, "chain", laps // blocks, hosts.address(ring[1]), RAW_PORT, PYRO_PORT)
+            raw_ms += got["raw_ms"]
+            pyro_ms += got["pyro_ms"]
+    hops = f"{len(ring)} nested hops {' -> '.join(ring + [start])}"
+    lap, floor, raw = statistics.median(lap_ms), statistics.median(pyro_ms), statistics.median(raw_ms)
+    floor_name = f"Pyro4 floor: {len(ring)} nested empty calls, same links, median"
+    return [
+        row(f"ring lap median ({hops}, {len(lap_ms)} laps)", lap, "ms", floor_name, floor, ("ratio", "<=", 1.2),
+            samples=lap_ms),
+        row("ring lap p99", percentile(lap_ms, 0.99), "ms", floor_name.replace("median", "p99"),
+            percentile(pyro_ms, 0.99)),
+        row("ring lap median against raw TCP", lap, "ms",
+            f"raw TCP: a 512-byte line relayed the same {len(ring)} hops, median", raw),
+        row("Pyro4 floor median against raw TCP", floor, "ms", "raw TCP, the same hops, median", raw,
+            samples=pyro_ms),
+        row(f"ring send as {client} sees it (name server lookup, connect, lap), median",
+            statistics.median(send_ms), "ms", floor_name, floor),
+    ]
+
+
+# --- 2. file transfer --------------------------------------------------------------------------------------
+
+def _sha256(hosts: Hosts, name: str, path: str) -> str:
+    return hosts.run(name, f"sha256sum {shlex.quote(path)}").stdout.split()[0]
+
+
+def _iperf3(hosts: Hosts, client: str, server: str, reverse: bool, seconds: int = 3) -> float:
+    address = hosts.address(server)
+    deadline = time.monotonic() + 15
+    while hosts.run(server, f"ss -ltnH 'sport = :{IPERF_PORT}'").stdout.strip():  # the last one-off server
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{server}: port {IPERF_PORT} stays taken")
+        time.sleep(0.2)
+    hosts.run(server, f"iperf3 -s -1 -D -B {address} -p {IPERF_PORT}")
+    deadline = time.monotonic() + 15
+    while True:  # -D returns before the server listens
+        got = hosts.run(client, f"iperf3 -c {address} -p {IPERF_PORT} -t {seconds} -J {'-R' if reverse else ''}",
+                        check=False)
+        if got.exited == 0:
+            return iperf3_mb_per_s(json.loads(got.stdout))
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"iperf3 from {client} to {server} failed: {got.stdout.strip()[-200:]}")
+        time.sleep(0.3)
+
+
+@contextlib.contextmanager
+def _scp_key(hosts: Hosts, client: str, server: str):
+    """A throwaway key made on the client host, authorized for root on the server for the block only; yields
+    the scp options that use it (and the server's host key, read from the server: nothing is trusted blindly)."""
+    key, known = f"{WORK}/scp_key", f"{WORK}/known_hosts"
+    hosts.run(client, f"mkdir -p {WORK} && rm -f {key} {key}.pub && "
+                      f"ssh-keygen -q -t ed25519 -N '' -C labkit-xbench -f {key}")
+    pub = hosts.run(client, f"cat {key}.pub").stdout.strip()
+    host_key = " ".join(hosts.run(server, "cat /etc/ssh/ssh_host_ed25519_key.pub").stdout.split()[:2])
+    hosts.run(client, f"echo {shlex.quote(hosts.address(server) + ' ' + host_key)} > {known}")
+    auth = "/root/.ssh/authorized_keys"
+    hosts.run(server, f"echo {shlex.quote(pub)} >> {auth}")
+    try:
+        yield (f"-i {key} -o IdentitiesOnly=yes -o BatchMode=yes -o StrictHostKeyChecking=yes "
+               f"-o UserKnownHostsFile={known}")
+    finally:
+        hosts.run(server, f"grep -vxF {shlex.quote(pub)} {auth} > {auth}.xbench; cat {auth}.xbench > {auth}; "
+                          f"rm -f {auth}.xbench", check=False)
+        left = hosts.run(server, f"grep -cxF {shlex.quote(pub)} {auth}", check=False).stdout.strip()
+        hosts.run(client, f"rm -f {key} {key}.pub {known}", check=False)
+        if left not in ("", "0"):
+            raise RuntimeError(f"{server}: the throwaway scp key is still in {auth}")
+
+
+def measure_files(hosts: Hosts, size_mb: int = FILE_MB, runs: int = FILE_RUNS) -> list[dict]:
+    client, server = _first(hosts, "clients"), _first(hosts, "sockservers")
+    address = hosts.address(server)
+    name = f"labkit-xbench-{size_mb}M.bin"
+    src, back, stored = f"{OUTBOX}/{name}", f"{INBOX}/{name}", f"{hosts.setting(server, 'file_root')}/{name}"
+    scp_there, scp_back = f"{SCP_DIR}/{name}", f"{SCP_DIR}/{name}"
+    labnodes = hosts.labnodes_bin(client)
+    size = size_mb * 10**6
+    figures: dict[str, list[float]] = {k: [] for k in
+                                       ("send", "get", "send_wall", "get_wall", "scp_up", "scp_down",
+                                        "iperf_up", "iperf_down")}
+    hosts.run(client, f"mkdir -p {OUTBOX} {INBOX} {SCP_DIR} && head -c {size} /dev/urandom > {src}")
+    hosts.run(server, f"mkdir -p {SCP_DIR}")
+    digest = _sha256(hosts, client, src)
+    try:
+        with _scp_key(hosts, client, server) as scp:
+            for i in range(runs):
+                _say(f"file run {i + 1}/{runs}")
+                seconds, out = _timed(hosts, client, f"{labnodes} file send {src} --json")
+                sent = json.loads(out)
+                figures["send"].append(float(sent["mb_per_s"]))
+                figures["send_wall"].append(size / 1e6 / seconds)
+                hosts.run(client, f"rm -f {back}")
+                seconds, out = _timed(hosts, client, f"{labnodes} file get {name} --out {INBOX} --json")
+                got = json.loads(out)
+                figures["get"].append(float(got["mb_per_s"]))
+                figures["get_wall"].append(size / 1e6 / seconds)
+                if sent["sha256"] != digest or got["sha256"] != digest:
+                    raise RuntimeError("labnodes file: sha256 differs from the original's")
+                seconds, _ = _timed(hosts, client, f"scp -q {scp} {src} root@{address}:{scp_there}")
+                figures["scp_up"].append(size / 1e6 / seconds)
+                hosts.run(client, f"rm -f {scp_back}")
+                seconds, _ = _timed(hosts, client, f"scp -q {scp} root@{address}:{scp_there} {scp_back}")
+                figures["scp_down"].append(size / 1e6 / seconds)
+                figures["iperf_up"].append(_iperf3(hosts, client, server, reverse=False))
+                figures["iperf_down"].append(_iperf3(hosts, client, server, reverse=True))
+        sums = {_sha256(hosts, client, back), _sha256(hosts, server, stored), _sha256(hosts, client, scp_back),
+                _sha256(hosts, server, scp_there)}
+        if sums != {digest}:
+            raise RuntimeError("a copy's sha256 differs from the original's")
+    finally:
+        hosts.run(client, f"rm -rf {src} {back} {SCP_DIR}", check=False)
+        hosts.run(server, f"rm -rf {stored} {SCP_DIR}", check=False)
+    m = {k: statistics.median(v) for k, v in figures.items()}
+    what = f"{size_mb} MB, {client} <-> {server}, median of {runs}"
+    return [
+        row(f"file send ({what}; MB/s its JSON reports)", m["send"], "MB/s", "scp upload, the same hosts (wall)",
+            m["scp_up"], ("ratio", ">=", 1.5)),
+        row("file get (MB/s its JSON reports)", m["get"], "MB/s", "scp download (wall)", m["scp_down"],
+            ("ratio", ">=", 1.5)),
+        row("file send, wall time of the command", m["send_wall"], "MB/s", "scp upload (wall)", m["scp_up"]),
+        row("file get, wall time of the command", m["get_wall"], "MB/s", "scp download (wall)", m["scp_down"]),
+        row("file send (JSON MB/s) against TCP's ceiling", m["send"], "MB/s",
+            f"iperf3 {client} -> {server}, memory to memory", m["iperf_up"]),
+        row("file get (JSON MB/s) against TCP's ceiling", m["get"], "MB/s",
+            f"iperf3 -R {server} -> {client}", m["iperf_down"]),
+    ]
+
+
+# --- 3. the math server ------------------------------------------------------------------------------------
+
+def measure_math(hosts: Hosts, clients=CLIENTS, rounds: int = MATH_ROUNDS) -> list[dict]:
+    client, server = _first(hosts, "clients"), _first(hosts, "sockservers")
+    address, port = hosts.address(server), hosts.setting(server, "math_port")
+    best: dict[tuple[str, int], dict] = {}
+    with Helpers(hosts) as helpers:
+        helpers.start(server, "echo", "echo-line", address, ECHO_PORT)
+        for n in clients:
+            runs: dict[str, list[dict]] = {"math": [], "echo": []}
+            for r in range(rounds):
+                _say(f"math with {n} clients, round {r + 1}/{rounds}")
+                for which, p, expect in (("math", port, "OK gcd=6 lcm=144"), ("echo", ECHO_PORT, "48,18")):
+                    got = _remote(hosts, client, "load", address, p, n, REQUESTS.get(n, 20), "48,18", expect)
+                    if got["wrong"]:
+                        raise RuntimeError(f"{which} with {n} clients: {got['wrong']} wrong answers")
+                    got["req_per_s"] = got["requests"] / got["seconds"]
+                    got["p99_ms"] = percentile(got["latency_ms"], 0.99)
+                    runs[which].append(got)
+            for which in runs:
+                best[which, n] = median_by(runs[which], "req_per_s")
+    rows = []
+    for n in clients:
+        m, e = best["math", n], best["echo", n]
+        last = n == clients[-1]
+        rows.append(row(f"math server req/s, {n} client{'s' if n > 1 else ''} on {client} "
+                        f"({m['requests']} requests, median of {rounds})", m["req_per_s"], "req/s",
+                        "echo-line server, same load", e["req_per_s"],
+                        ("value", ">=", 30000) if last else None,
+                        **({"series": {"x": list(clients), "y": [best["math", c]["req_per_s"] for c in clients],
+                                       "x_label": "concurrent clients", "y_label": "math req/s"}} if last else {})))
+        rows.append(row(f"math server p99 latency, {n} client{'s' if n > 1 else ''}", m["p99_ms"], "ms",
+                        "echo-line server p99", e["p99_ms"], ("value", "<=", 10) if last else None,
+                        **({"samples": m["latency_ms"]} if last else {})))
+    return rows
+
+
+# --- 4. Celery ---------------------------------------------------------------------------------------------
+
+def _workers_running(hosts: Hosts, client: str, expected: list[str], wait: float = 90.0) -> None:
+    """Wait until a small group lands on every expected worker host and on no other."""
+    deadline = time.monotonic() + wait
+    while True:
+        got = hosts.labnodes(client, "celery", "batch", "--count", str(50 * len(expected)), "--mode", "group")
+        ran = set(got["modes"]["group"]["hosts"])
+        if ran == set(expected):
+            return
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"Celery tasks ran on {sorted(ran)}, not on exactly {expected}")
+        time.sleep(1)
+
+
+def worker_steps(counts) -> list[int]:
+    """The worker counts to measure in order: down from the most, then back up (each count twice, so that a
+    drift in the box's load over the run weighs on every count alike): (4, 2, 1) -> [4, 2, 1, 1, 2, 4]."""
+    down = sorted(set(counts), reverse=True)
+    return down + down[::-1]
+
+
+def measure_celery(hosts: Hosts, counts=CELERY_WORKERS, tasks: dict = CELERY_COUNT) -> list[dict]:
+    client, workers = _first(hosts, "clients"), list(hosts.inv.groups["workers"])
+    rates: dict[tuple[str, int], list[float]] = {}
+    pings: list[float] = []
+    counts = [n for n in counts if n <= len(workers)]
+    running = set(workers)
+    for n in worker_steps(counts):
+        for w in workers[n:]:
+            if w in running:
+                hosts.run(w, f"supervisorctl stop {WORKER_PROGRAM}")
+                running.discard(w)
+        for w in workers[:n]:
+            if w not in running:
+                hosts.run(w, f"supervisorctl start {WORKER_PROGRAM}")
+                running.add(w)
+        _workers_running(hosts, client, workers[:n])
+        got = _remote(hosts, client, "redis-ping", PINGS)
+        pings.append(got["pings"] / got["seconds"])
+        for mode, count in tasks.items():
+            _say(f"celery {mode} with {n} workers")
+            r = hosts.labnodes(client, "celery", "batch", "--count", str(count), "--mode", mode)["modes"][mode]
+            if r["error_count"] or r["ok"] != count:
+                raise RuntimeError(f"celery {mode} with {n} workers: {r['error_count']} errors: {r['errors'][:1]}")
+            rates.setdefault((mode, n), []).append(r["tasks_per_s"])
+    ping = statistics.median(pings)
+    rate = {k: statistics.mean(v) for k, v in rates.items()}
+    names = {"one": "one-by-one", "group": "group", "chunks": "chunks of 100"}
+    rows = []
+    for mode in tasks:
+        for n in sorted(counts, reverse=True):
+            extra = {}
+            if n == max(counts) and len(counts) > 1:
+                xs = sorted(counts)
+                extra["series"] = {"x": xs, "y": [rate[mode, c] for c in xs], "x_label": "workers running",
+                                   "y_label": f"{names[mode]} tasks/s"}
+            rows.append(row(f"Celery {names[mode]}, {n} worker{'s' if n > 1 else ''} "
+                            f"({tasks[mode]} tasks, mean of {len(rates[mode, n])} runs)",
+                            rate[mode, n], "tasks/s", f"Redis PING round trips/s from {client}", ping, **extra))
+    return rows
+
+
+# --- the run -----------------------------------------------------------------------------------------------
+
+SECTIONS = (("ring", measure_ring), ("file transfer", measure_files), ("math server", measure_math),
+            ("celery", measure_celery))
+
+
+def measure(hosts: Hosts) -> list[dict]:
+    """Every section; one that fails shows as a MISSED row with its error and the others still run."""
+    rows = []
+    for name, fn in SECTIONS:
+        _say(f"{name} ...")
+        try:
+            rows += fn(hosts)
+        except Exception as exc:
+            traceback.print_exc()
+            rows.append(row(f"{name}: FAILED: {str(exc)[:200]}", 0.0, "", "", 0.0) | {"ok": False})
+    return rows
+
+
+def run(quick: bool = False) -> list[dict]:
+    if quick:
+        return []
+    if os.geteuid() != 0:
+        raise PermissionError("bench_cross needs root (it creates network namespaces)")
+    active = (STATE / "active").read_text() if (STATE / "active").exists() else None
+    with tempfile.TemporaryDirectory(prefix="labkit-bench-") as tmp:
+        inv_path = inventory.relocate(REPO / "inventory" / "netns", Path(tmp) / "netns", CLUSTER, OCTET)
+        hosts_yml = inv_path / "hosts.yml"
+        hosts_yml.write_text(add_workers(hosts_yml.read_text(), WORKERS))
+        inv = inventory.load(inv_path)
+        try:
+            _say(f"bringing up cluster {CLUSTER} ({len(inv.hosts)} hosts) ...")
+            with contextlib.redirect_stdout(sys.stderr):  # progress lines stay out of the table
+                netns.up(inv, echo=lambda *a: None)
+                _say("provisioning ...")
+                provision.provision(inv_path, quiet=True)
+            with Hosts(inv) as hosts:
+                return measure(hosts)
+        finally:
+            _say("taking the cluster down ...")
+            with contextlib.redirect_stdout(sys.stderr):
+                netns.down(inv, echo=lambda *a: None)
+            if active is None:
+                (STATE / "active").unlink(missing_ok=True)
+            else:
+                (STATE / "active").write_text(active)
+
+
+def main() -> int:
+    rows = run()
+    output.table(([r["bench"], f'{r["value"]:.4g} {r["unit"]}', r["baseline_name"], f'{r["baseline"]:.4g}',
+                   f'{r["ratio"]:.3g}', r["target"], {True: "ok", False: "MISSED", None: ""}[r["ok"]]]
+                  for r in rows), ["benchmark", "value", "baseline", "baseline value", "ratio", "target", ""])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

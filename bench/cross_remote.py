@@ -1,0 +1,261 @@
+"""The parts of bench_cross that run on cluster hosts: bench_cross ships this file's source over SSH and runs it
+with the host's labnodes venv python (`python -c SOURCE ACTION ARGS...`), so it imports only the standard
+library and what labnodes installs (Pyro4, redis, labnodes itself). Every action prints one JSON line.
+
+Servers (started detached by bench_cross; each prints {"ready": pid} once it listens, then serves until killed):
+    echo-line HOST PORT             asyncio server answering every line with the same line (the math baseline)
+    hop HOST RAW_PORT PYRO_PORT [NEXT]
+                                    one link of a nested chain, raw TCP and Pyro4 side by side: with NEXT (an
+                                    address), a line received on RAW_PORT is passed to NEXT:RAW_PORT and its
+                                    answer returned, and hop() on the Pyro4 object `xbench.hop` at PYRO_PORT
+                                    calls hop() at NEXT:PYRO_PORT; without NEXT the line is echoed and hop()
+                                    returns at once (the end of the chain). The Pyro4 daemon has the ring nodes'
+                                    settings (labnodes.pyro_server.configure: thread pool, serpent, NODELAY,
+                                    guarded transport) and the host's HMAC key.
+Clients (run in the foreground, print their figures):
+    ring-laps N START               N sends round the ring from this host (labnodes.ring_client.send, settings
+                                    from the host's labnodes.toml): each lap's time as the start node measured
+                                    it, and each send's time as this client saw it (name-server lookup included)
+    chain N FIRST RAW_PORT PYRO_PORT
+                                    N nested round trips through the hop chain starting at FIRST, raw TCP
+                                    (512-byte line) and Pyro4 (empty call) alternating, each timed here
+    load HOST PORT CLIENTS REQUESTS LINE EXPECT
+                                    CLIENTS connections, each sending LINE and reading one answer line REQUESTS
+                                    times in a row (closed loop): requests/s and every request's latency;
+                                    every answer must be EXPECT
+    redis-ping N                    N Redis PING round trips to the host's broker (its labnodes.toml settings)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import resource
+import socket
+import sys
+import threading
+import time
+
+PAYLOAD = b"x" * 511 + b"\n"
+HOP_OBJECT = "xbench.hop"
+TIMEOUT = 10.0  # seconds for any one call or round trip (hang guard)
+
+
+def _say(obj) -> None:
+    print(json.dumps(obj), flush=True)
+
+
+def _settings():
+    from labnodes import config
+
+    return config.load()
+
+
+def _more_files() -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+def _recv_line(sock: socket.socket, buf: bytearray) -> bytes:
+    """One line from sock; `buf` keeps what arrived after it."""
+    while (end := buf.find(b"\n")) < 0:
+        chunk = sock.recv(65536)
+        if not chunk:
+            raise ConnectionError("connection closed mid-line")
+        buf += chunk
+    line = bytes(buf[:end + 1])
+    del buf[:end + 1]
+    return line
+
+
+# --- servers ----------------------------------------------------------------------------------------------
+
+def echo_line(host: str, port: str) -> int:
+    _more_files()
+
+    async def handle(reader, writer):
+        try:
+            while line := await reader.readline():
+                writer.write(line)
+                await writer.drain()
+        except ConnectionError:
+            pass
+        writer.close()
+
+    async def main():
+        await asyncio.start_server(handle, host, int(port), backlog=512, reuse_address=True)
+        _say({"ready": os.getpid()})
+        await asyncio.Event().wait()
+
+    asyncio.run(main())
+    return 0
+
+
+def hop(host: str, raw_port: str, pyro_port: str, nxt: str = "") -> int:
+    from labnodes import pyro_client, pyro_server
+
+    settings = _settings()
+    key = settings.hmac_key
+    Pyro4 = pyro_server.configure(settings.ring_idle_timeout)
+
+    def relay(conn: socket.socket) -> None:
+        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        onward = None
+        if nxt:
+            onward = socket.create_connection((nxt, int(raw_port)), timeout=TIMEOUT)
+            onward.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        mine, theirs = bytearray(), bytearray()
+        with conn:
+            try:
+                while True:
+                    line = _recv_line(conn, mine)
+                    if onward is not None:
+                        onward.sendall(line)
+                        line = _recv_line(onward, theirs)
+                    conn.sendall(line)
+            except (ConnectionError, OSError):
+                pass
+            finally:
+                if onward is not None:
+                    onward.close()
+
+    def accept(listener: socket.socket) -> None:
+        while True:
+            conn, _ = listener.accept()
+            threading.Thread(target=relay, args=(conn,), daemon=True).start()
+
+    @Pyro4.expose
+    class Hop:
+        local = threading.local()
+
+        def hop(self):
+            if not nxt:
+                return None
+            p = getattr(self.local, "proxy", None)
+            if p is None:
+                p = self.local.proxy = pyro_client.proxy(f"PYRO:{HOP_OBJECT}@{nxt}:{pyro_port}", key, TIMEOUT)
+            return p.hop()
+
+    listener = socket.create_server((host, int(raw_port)), backlog=64, reuse_port=False)
+    threading.Thread(target=accept, args=(listener,), daemon=True).start()
+    daemon = Pyro4.Daemon(host=host, port=int(pyro_port))
+    daemon._pyroHmacKey = key
+    daemon.register(Hop(), objectId=HOP_OBJECT)
+    _say({"ready": os.getpid()})
+    daemon.requestLoop()
+    return 0
+
+
+# --- clients ----------------------------------------------------------------------------------------------
+
+def ring_laps(n: str, start: str) -> int:
+    from labnodes import ring_client
+
+    s = _settings()
+    laps, sends = [], []
+    for _ in range(int(n)):
+        t = time.perf_counter()
+        res = ring_client.send(s.ns_host, s.ns_port, s.hmac_key, start, "xbench", "48,18", 2 * s.ring_timeout)
+        sends.append((time.perf_counter() - t) * 1000)
+        if res["gcd"] != 6 or res["laps"] != 1:
+            raise RuntimeError(f"the ring answered {res['gcd']} after {res['laps']} laps, not 6 after 1")
+        laps.append(res["lap_ms"][0])
+    _say({"lap_ms": laps, "send_ms": sends})
+    return 0
+
+
+def chain(n: str, first: str, raw_port: str, pyro_port: str) -> int:
+    from labnodes import pyro_client
+
+    key = _settings().hmac_key
+    sock = socket.create_connection((first, int(raw_port)), timeout=TIMEOUT)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    buf = bytearray()
+    raw, pyro = [], []
+    with sock, pyro_client.proxy(f"PYRO:{HOP_OBJECT}@{first}:{pyro_port}", key, TIMEOUT) as p:
+        for i in range(int(n) + 5):  # the first 5 warm the links up and are not counted
+            t = time.perf_counter()
+            sock.sendall(PAYLOAD)
+            if _recv_line(sock, buf) != PAYLOAD:
+                raise RuntimeError("the raw chain changed the line")
+            t1 = time.perf_counter()
+            p.hop()
+            t2 = time.perf_counter()
+            if i >= 5:
+                raw.append((t1 - t) * 1000)
+                pyro.append((t2 - t1) * 1000)
+    _say({"raw_ms": raw, "pyro_ms": pyro})
+    return 0
+
+
+async def _load(host: str, port: int, clients: int, requests: int, line: bytes, expect: bytes) -> dict:
+    conns = []
+    for i in range(0, clients, 100):  # in steps, so the server's listen backlog never overflows
+        conns += await asyncio.gather(*(asyncio.open_connection(host, port) for _ in range(min(100, clients - i))))
+    latencies: list[float] = []
+    wrong = 0
+    go = asyncio.Event()
+
+    async def one(reader, writer, times: int, record: bool):
+        nonlocal wrong
+        if record:
+            await go.wait()
+        for _ in range(times):
+            t = time.perf_counter()
+            writer.write(line)
+            got = await reader.readline()
+            if record:
+                latencies.append(time.perf_counter() - t)
+            if got != expect:
+                wrong += 1
+
+    await asyncio.gather(*(one(r, w, 1, False) for r, w in conns))  # warm-up: one request per connection
+    tasks = [asyncio.create_task(one(r, w, requests, True)) for r, w in conns]
+    await asyncio.sleep(0.05)  # every task is waiting for the start
+    start = time.perf_counter()
+    go.set()
+    await asyncio.gather(*tasks)
+    seconds = time.perf_counter() - start
+    for _, w in conns:
+        w.close()
+    return {"clients": clients, "requests": len(latencies), "seconds": seconds, "wrong": wrong,
+            "latency_ms": [round(x * 1000, 4) for x in latencies]}
+
+
+def load(host: str, port: str, clients: str, requests: str, line: str, expect: str) -> int:
+    _more_files()
+    enc = (line.encode() + b"\n", expect.encode() + b"\n")
+    _say(asyncio.run(_load(host, int(port), int(clients), int(requests), *enc)))
+    return 0
+
+
+def redis_ping(n: str) -> int:
+    import redis
+
+    s = _settings()
+    client = redis.Redis(host=s.redis_host, port=s.redis_port, password=s.redis_password,
+                         username=s.redis_user or None, socket_timeout=TIMEOUT)
+    try:
+        client.ping()
+        start = time.perf_counter()
+        for _ in range(int(n)):
+            client.ping()
+        seconds = time.perf_counter() - start
+    finally:
+        client.close()
+    _say({"pings": int(n), "seconds": seconds})
+    return 0
+
+
+ACTIONS = {"echo-line": echo_line, "hop": hop, "ring-laps": ring_laps, "chain": chain, "load": load,
+           "redis-ping": redis_ping}
+
+
+def main(argv: list[str]) -> int:
+    return ACTIONS[argv[0]](*argv[1:])
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,105 @@
+"""bench_cross's pure parts: percentiles, rows and their targets, the four-worker inventory, iperf3's figure,
+and the closed-loop load generator it runs on the client host (here against servers on loopback, port 0)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from bench import bench_cross, cross_remote
+from labkit import REPO, inventory
+from labnodes.mathserver import MathServer
+
+
+@pytest.mark.parametrize("q, expected", [(0.5, 50), (0.99, 99), (1.0, 100), (0.001, 1), (0.995, 100)])
+def test_percentile_is_the_nearest_rank(q, expected):
+    assert bench_cross.percentile(range(100, 0, -1), q) == expected
+
+
+def test_percentile_of_one_value_and_of_none():
+    assert bench_cross.percentile([3.5], 0.99) == 3.5
+    with pytest.raises(ValueError):
+        bench_cross.percentile([], 0.5)
+
+
+@pytest.mark.parametrize("target, value, baseline, ok, text", [
+    (("ratio", "<=", 1.2), 1.1, 1.0, True, "ratio <= 1.2"),
+    (("ratio", "<=", 1.2), 1.3, 1.0, False, "ratio <= 1.2"),
+    (("ratio", ">=", 1.5), 300.0, 200.0, True, "ratio >= 1.5"),
+    (("value", ">=", 30000), 29999.0, 60000.0, False, ">= 30000 req/s"),
+    (("value", "<=", 10), 9.0, 1.0, True, "<= 10 req/s"),
+    (None, 5.0, 1.0, None, ""),
+])
+def test_a_row_checks_its_target_against_the_ratio_or_the_value(target, value, baseline, ok, text):
+    r = bench_cross.row("x", value, "req/s", "base", baseline, target)
+    assert r["ok"] is ok and r["target"] == text and r["ratio"] == pytest.approx(value / baseline)
+    assert set(r) == {"bench", "value", "unit", "baseline_name", "baseline", "ratio", "target", "ok"}
+
+
+def test_a_row_keeps_plot_data_and_survives_a_zero_baseline():
+    r = bench_cross.row("x", 2.0, "ms", "base", 0.0, samples=[1.0, 2.0])
+    assert r["ratio"] == 0.0 and r["samples"] == [1.0, 2.0]
+    with pytest.raises(ValueError):
+        bench_cross.row("x", 1.0, "ms", "base", 1.0, ("ratio", "<", 1))
+
+
+def test_add_workers_gives_a_relocated_inventory_four_workers_at_free_addresses(tmp_path):
+    path = inventory.relocate(REPO / "inventory" / "netns", tmp_path / "netns", "xb", 83)
+    hosts_yml = path / "hosts.yml"
+    hosts_yml.write_text(bench_cross.add_workers(hosts_yml.read_text(), 4))
+    inv = inventory.load(path)  # Ansible parses it, and labkit's rules (unique addresses in the subnet) hold
+    assert list(inv.groups["workers"]) == ["worker1", "worker2", "worker3", "worker4"]
+    assert [inv.host(w).address for w in inv.groups["workers"]] == [f"10.77.83.{n}" for n in (11, 12, 13, 14)]
+    assert len(inv.hosts) == 10 and inv.cluster == "xb"
+
+
+def test_add_workers_refuses_a_taken_address():
+    text = "    workers:\n      hosts:\n        worker1: {ansible_host: 10.0.0.11}\n    x: {ansible_host: 10.0.0.12}\n"
+    with pytest.raises(ValueError, match="10.0.0.12"):
+        bench_cross.add_workers(text, 2)
+    assert bench_cross.add_workers(text, 1) == text
+
+
+def test_iperf3_figure_and_the_median_run():
+    assert bench_cross.iperf3_mb_per_s({"end": {"sum_received": {"bits_per_second": 8e9}}}) == 1000.0
+    runs = [{"r": 3, "n": "a"}, {"r": 1, "n": "b"}, {"r": 2, "n": "c"}, {"r": 9, "n": "d"}]
+    assert bench_cross.median_by(runs, "r")["n"] == "c"
+    assert bench_cross.median_by(runs[:3], "r")["n"] == "c"
+
+
+async def _echo_server():
+    async def handle(reader, writer):
+        while line := await reader.readline():
+            writer.write(line)
+            await writer.drain()
+        writer.close()
+    return await asyncio.start_server(handle, "127.0.0.1", 0)
+
+
+def test_the_load_generator_counts_every_request_and_every_wrong_answer():
+    async def main():
+        server = await _echo_server()
+        port = server.sockets[0].getsockname()[1]
+        async with server:
+            good = await cross_remote._load("127.0.0.1", port, 7, 5, b"48,18\n", b"48,18\n")
+            bad = await cross_remote._load("127.0.0.1", port, 3, 2, b"48,18\n", b"OK gcd=6 lcm=144\n")
+        return good, bad
+    good, bad = asyncio.run(main())
+    assert good["requests"] == 35 == len(good["latency_ms"]) and good["wrong"] == 0 and good["seconds"] > 0
+    assert bad["wrong"] == 3 * (2 + 1)  # the warm-up request of each connection is checked too
+
+
+def test_the_load_generator_gets_the_math_servers_answer():
+    server = MathServer("127.0.0.1", 0)
+    host, port = server.start_in_thread()
+    try:
+        got = asyncio.run(cross_remote._load(host, port, 20, 3, b"48,18\n", b"OK gcd=6 lcm=144\n"))
+    finally:
+        server.close()
+    assert got["requests"] == 60 and got["wrong"] == 0
+
+
+@pytest.mark.parametrize("counts, steps", [((4, 2, 1), [4, 2, 1, 1, 2, 4]), ((1, 4), [4, 1, 1, 4]), ((2,), [2, 2])])
+def test_worker_counts_are_measured_down_then_back_up(counts, steps):
+    assert bench_cross.worker_steps(counts) == steps
