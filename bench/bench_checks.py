@@ -12,18 +12,15 @@ is not. quick=True runs the single-cluster figure once and skips the class.
 
 from __future__ import annotations
 
-import contextlib
-import os
 import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
-from labkit import REPO, STATE, checks, inventory, provision
-from labkit.backends import netns
+from bench.cluster import cluster
+from labkit import REPO, checks, inventory, provision
 from labkit.checks import classmode
 
 CLUSTER, OCTET = "ckbn", 65
@@ -42,42 +39,27 @@ def _row(name, value, baseline_name, baseline, target, ok):
 
 
 def run(quick: bool = False) -> list[dict]:
-    if os.geteuid() != 0:
-        raise PermissionError("bench_checks needs root (it creates network namespaces)")
-    active = (STATE / "active").read_text() if (STATE / "active").exists() else None
-    with tempfile.TemporaryDirectory(prefix="labkit-bench-") as tmp:
-        inv_path = inventory.relocate(REPO / "inventory" / "netns", Path(tmp) / "netns", CLUSTER, OCTET)
-        inv = inventory.load(inv_path)
-        try:
-            netns.down(inv, echo=lambda *a: None)
-            netns.up(inv, echo=lambda *a: None)
-            with contextlib.redirect_stdout(sys.stderr):
-                provision.provision(inv_path, quiet=True)
-            rounds = 1 if quick else 5
-            one, ping = [], []
-            for _ in range(rounds):  # alternate, so both see the same noise
-                ping.append(_ping(inv_path))
-                start = time.monotonic()
-                report = checks.run(inventory.load(inv_path))
-                one.append(time.monotonic() - start)
-                if report["status"] != "ok":
-                    raise RuntimeError(f"bench cluster is not healthy: {report['counts']}")
-            rows = [_row(f"check one cluster ({len(inv.hosts)} hosts, {len(report['checks'])} checks, median of "
-                         f"{rounds})", statistics.median(one), "ansible all -m ping", statistics.median(ping),
-                         "<= 8 s", statistics.median(one) <= 8)]
-            if not quick:
-                students = Path(tmp) / "class"
-                for i in range(10):
-                    shutil.copytree(inv_path, students / f"student{i:02d}")
-                start = time.monotonic()
-                results = classmode.run_class(students, Path(tmp) / "out", echo=lambda *a: None)
-                took = time.monotonic() - start
-                ok = sum(r["status"] == "ok" for r in results.values())
-                rows.append(_row(f"check a class of 10 ({ok} ok; CSV, XLSX, 10 HTML)", took,
-                                 "10 x ansible ping", 10 * statistics.median(ping), "<= 60 s", took <= 60))
-            return rows
-        finally:
-            netns.down(inv, echo=lambda *a: None)
-            shutil.rmtree(STATE / CLUSTER, ignore_errors=True)
-            if active is not None:
-                (STATE / "active").write_text(active)
+    with cluster(CLUSTER, OCTET) as (inv, tmp):
+        rounds = 1 if quick else 5
+        one, ping = [], []
+        for _ in range(rounds):  # alternate, so both see the same noise
+            ping.append(_ping(inv.path))
+            start = time.monotonic()
+            report = checks.run(inventory.load(inv.path))
+            one.append(time.monotonic() - start)
+            if report["status"] != "ok":
+                raise RuntimeError(f"bench cluster is not healthy: {report['counts']}")
+        rows = [_row(f"check one cluster ({len(inv.hosts)} hosts, {len(report['checks'])} checks, median of "
+                     f"{rounds})", statistics.median(one), "ansible all -m ping", statistics.median(ping),
+                     "<= 8 s", statistics.median(one) <= 8)]
+        if not quick:
+            students = tmp / "class"
+            for i in range(10):
+                shutil.copytree(inv.path, students / f"student{i:02d}")
+            start = time.monotonic()
+            results = classmode.run_class(students, tmp / "out", echo=lambda *a: None)
+            took = time.monotonic() - start
+            ok = sum(r["status"] == "ok" for r in results.values())
+            rows.append(_row(f"check a class of 10 ({ok} ok; CSV, XLSX, 10 HTML)", took,
+                             "10 x ansible ping", 10 * statistics.median(ping), "<= 60 s", took <= 60))
+        return rows

@@ -34,18 +34,15 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import os
 import re
 import shlex
 import statistics
 import sys
-import tempfile
 import time
 import traceback
 from pathlib import Path
 
-from labkit import REPO, STATE, inventory, provision
-from labkit.backends import netns
+from bench.cluster import cluster
 from labkit.remote import Hosts
 from labnodes import output
 
@@ -461,30 +458,9 @@ def measure(hosts: Hosts) -> list[dict]:
 def run(quick: bool = False) -> list[dict]:
     if quick:
         return []
-    if os.geteuid() != 0:
-        raise PermissionError("bench_cross needs root (it creates network namespaces)")
-    active = (STATE / "active").read_text() if (STATE / "active").exists() else None
-    with tempfile.TemporaryDirectory(prefix="labkit-bench-") as tmp:
-        inv_path = inventory.relocate(REPO / "inventory" / "netns", Path(tmp) / "netns", CLUSTER, OCTET)
-        hosts_yml = inv_path / "hosts.yml"
-        hosts_yml.write_text(add_workers(hosts_yml.read_text(), WORKERS))
-        inv = inventory.load(inv_path)
-        try:
-            _say(f"bringing up cluster {CLUSTER} ({len(inv.hosts)} hosts) ...")
-            with contextlib.redirect_stdout(sys.stderr):  # progress lines stay out of the table
-                netns.up(inv, echo=lambda *a: None)
-                _say("provisioning ...")
-                provision.provision(inv_path, quiet=True)
-            with Hosts(inv) as hosts:
-                return measure(hosts)
-        finally:
-            _say("taking the cluster down ...")
-            with contextlib.redirect_stdout(sys.stderr):
-                netns.down(inv, echo=lambda *a: None)
-            if active is None:
-                (STATE / "active").unlink(missing_ok=True)
-            else:
-                (STATE / "active").write_text(active)
+    _say(f"bringing up and provisioning cluster {CLUSTER} ...")
+    with cluster(CLUSTER, OCTET, edit=lambda text: add_workers(text, WORKERS)) as (inv, _), Hosts(inv) as hosts:
+        return measure(hosts)
 
 
 def main() -> int:

@@ -13,17 +13,13 @@ the rows show what loss costs (TCP retransmissions), not a pass or a miss. quick
 
 from __future__ import annotations
 
-import contextlib
-import os
 import statistics
 import sys
-import tempfile
 import threading
 import time
-from pathlib import Path
 
-from labkit import REPO, STATE, faults, inventory, provision, runs
-from labkit.backends import netns
+from bench.cluster import cluster
+from labkit import faults, runs
 from labkit.remote import Hosts
 from labnodes import output
 
@@ -110,24 +106,8 @@ def measure(hosts: Hosts, laps: int = LAPS, size_mb: int = FILE_MB, times: int =
 def run(quick: bool = False) -> list[dict]:
     if quick:
         return []
-    if os.geteuid() != 0:
-        raise PermissionError("bench_faults needs root (it creates network namespaces)")
-    active = (STATE / "active").read_text() if (STATE / "active").exists() else None
-    with tempfile.TemporaryDirectory(prefix="labkit-bench-") as tmp:
-        inv_path = inventory.relocate(REPO / "inventory" / "netns", Path(tmp) / "netns", CLUSTER, OCTET)
-        inv = inventory.load(inv_path)
-        try:
-            netns.up(inv, echo=lambda *a: None)
-            with contextlib.redirect_stdout(sys.stderr):
-                provision.provision(inv_path, quiet=True)
-            with Hosts(inv) as hosts:
-                return measure(hosts) + measure_celery(hosts)
-        finally:
-            netns.down(inv, echo=lambda *a: None)
-            if active is None:
-                (STATE / "active").unlink(missing_ok=True)
-            else:
-                (STATE / "active").write_text(active)
+    with cluster(CLUSTER, OCTET) as (inv, _), Hosts(inv) as hosts:
+        return measure(hosts) + measure_celery(hosts)
 
 
 def main() -> int:
