@@ -83,6 +83,15 @@ iface lo inet loopback
 auto eth0
 iface eth0 inet dhcp
 EOF
+# dhclient's defaults give up after 60 s and wait 300 s before trying again; with 8 emulated VMs booting on two
+# cores one VM missed its lease that way and vagrant-libvirt (which waits 10 minutes for it) destroyed it. Keep
+# asking, at least every 5 s, for as long as Vagrant waits.
+cat >> "$root/etc/dhcp/dhclient.conf" <<'EOF'
+timeout 600;
+retry 5;
+initial-interval 1;
+backoff-cutoff 5;
+EOF
 # No timers that reach the network or churn the disk in a lab VM, and no e2scrub_reap at boot (minutes of
 # looking for LVM snapshots under emulation, on a disk that has no LVM).
 for t in apt-daily.timer apt-daily-upgrade.timer man-db.timer e2scrub_all.timer e2scrub_reap.service fstrim.timer; do
