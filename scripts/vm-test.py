@@ -177,8 +177,8 @@ def main() -> int:
             if run == "run-ring":
                 TIMINGS["vagrant up to the first ring lap"] = round(
                     TIMINGS["vagrant up (boot + provisioning)"] + TIMINGS["vagrant: fab run-ring"], 1)
-        for run, ok, words in FAULTS:
-            out = step(f"vagrant faults: fab {run}", [FAB, *run.split()], env, capture=True, expect_ok=ok)
+        for i, (run, ok, words) in enumerate(FAULTS, 1):
+            out = step(f"vagrant faults {i:2d}: fab {run}", [FAB, *run.split()], env, capture=True, expect_ok=ok)
             if words not in out:
                 raise SystemExit(f"vm-test: `fab {run}` did not say {words!r}")
             if run.startswith("impair pyro2 --delay"):
