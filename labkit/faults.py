@@ -45,6 +45,7 @@ QDISC = "1ab:"  # handle of labkit's root qdisc on the cluster interface
 IFB = "lkf-ifb"  # ifb device that carries the interface's incoming traffic through a tbf
 FILTER_PREF = 4917  # preference of labkit's ingress redirect filter
 MAX_FOR = 24 * 3600  # s
+HEAL_TIMEOUT = 60.0  # s a host's heal may take (restarting programs, removing rules) before it is reported failed
 PROGRAM_PREFIX = "labnodes-"
 ACTIONS = ("stop", "start", "kill")
 
@@ -511,11 +512,11 @@ def heal(hosts: Hosts, name: str | None = None) -> dict:
             if rec["kind"] == "partition" and rec.get("peer"):
                 partner.setdefault(rec["peer"], []).append(rec["id"])
 
-    def one(n):
-        out = hosts.run(n, heal_script() + sweep_script()).stdout
+    def one(n):  # bounded: a heal after Ctrl-C must end, and say which host it could not finish
+        out = hosts.run(n, heal_script() + sweep_script(), timeout=HEAL_TIMEOUT).stdout
         for peer, ids in partner.items():
             if n == name:
-                out += hosts.run(peer, heal_script(ids)).stdout
+                out += hosts.run(peer, heal_script(ids), timeout=HEAL_TIMEOUT).stdout
         return out
     done = hosts.on_all(names, one)
     rows, failed = [], []

@@ -21,6 +21,7 @@ from pathlib import Path
 from labkit import STATE, LabkitError
 
 import paramiko
+from invoke.exceptions import CommandTimedOut
 from fabric import Config, Connection
 
 SETTINGS_FILE = "/etc/labnodes/labnodes.toml"  # labnodes' own default path (labnodes.config.DEFAULT_CONFIG)
@@ -69,10 +70,13 @@ class Hosts:
         become = str(host.vars.get("ansible_become", False)).lower() in ("1", "true", "yes")
         return become and (host.user or "root") != "root"
 
-    def run(self, name: str, command: str, *, check: bool = True):
+    def run(self, name: str, command: str, *, check: bool = True, timeout: float | None = None):
+        """Run a shell command on a host; with `timeout`, a command still running then is a RemoteError."""
         remote = f"sudo -n sh -c {shlex.quote(command)}" if self.sudo(name) else command
         try:
-            result = self.connection(name).run(remote, hide=True, warn=True, in_stream=False)
+            result = self.connection(name).run(remote, hide=True, warn=True, in_stream=False, timeout=timeout)
+        except CommandTimedOut:
+            raise RemoteError(f"{name}: `{command[:80]}` did not finish within {timeout:g} s") from None
         except (OSError, EOFError, paramiko.SSHException) as exc:
             raise RemoteError(f"{name} ({self.address(name)}): cannot connect over SSH: {exc or type(exc).__name__}",
                               unreachable=True) from None

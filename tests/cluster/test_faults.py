@@ -304,7 +304,8 @@ def test_ctrl_c_during_a_scenario_heals_everything(lab, hosts, tmp_path):
     plan = tmp_path / "long.yml"
     plan.write_text("steps:\n  - {at: 0, partition: [client, sockserver]}\n  - {at: 0.5, stop: pyro2}\n"
                     "  - {at: 1, impair: pyro1, loss: 5}\n  - {at: 300, heal: all}\n")
-    env = dict(os.environ, LABKIT_INVENTORY=str(lab.path), PYTHONUNBUFFERED="1")
+    # PYTHONFAULTHANDLER: if fab does not end, SIGABRT makes it print every thread's stack (seen once in CI)
+    env = dict(os.environ, LABKIT_INVENTORY=str(lab.path), PYTHONUNBUFFERED="1", PYTHONFAULTHANDLER="1")
     proc = subprocess.Popen([FAB, "scenario", str(plan), "--run", "math"], cwd=REPO, env=env, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
     try:
@@ -315,7 +316,13 @@ def test_ctrl_c_during_a_scenario_heals_everything(lab, hosts, tmp_path):
                 break
         assert len(faults.in_force(hosts)) == 4  # two halves of the partition, the stop, the impairment
         proc.send_signal(signal.SIGINT)
-        out, err = proc.communicate(timeout=300)
+        try:
+            out, err = proc.communicate(timeout=300)
+        except subprocess.TimeoutExpired:
+            proc.send_signal(signal.SIGABRT)
+            out, err = proc.communicate(timeout=30)
+            pytest.fail(f"fab scenario did not end within 300 s of Ctrl-C; its threads:\n{err[-6000:]}\n"
+                        f"output:\n{''.join(seen)}{out[-3000:]}")
     finally:
         if proc.poll() is None:
             proc.kill()
