@@ -249,7 +249,12 @@ def fault(c, action, target, for_=None, json_=False):
                                  "json": "print JSON at the end instead of the summary line"})
 def scenario(c, file, run=None, json_=False):
     """Play a scenario's faults on time while a run repeats; everything is healed at the end, also on Ctrl-C."""
+    import signal
+
     from labkit import scenario as scenarios
+    # Ctrl-C (SIGINT) stops the scenario and heals, also when fab was started where SIGINT is ignored (a
+    # background job of a script, `nohup`): Python then leaves it ignored, and `kill -INT` would do nothing.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         inv = inventory.load()
         plan = scenarios.load(file)
