@@ -258,7 +258,7 @@ class FakeHosts(Hosts):
         super().__init__(inventory.Inventory(Path("inv"), "t", None, "netns", hosts, {}))
         self.answer, self.commands = answer, []
 
-    def run(self, name, command, *, check=True):
+    def run(self, name, command, *, check=True, timeout=None):  # the signature of labkit.remote.Hosts.run
         self.commands.append((name, command))
         out, code = self.answer(name, command)
         if check and code:
