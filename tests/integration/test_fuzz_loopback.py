@@ -13,6 +13,9 @@ import socket
 import struct
 import threading
 import time
+from collections import Counter
+
+import pytest
 
 from labnodes import filexfer, mathserver
 from tests.integration.conftest import ServerProcess
@@ -110,39 +113,43 @@ def read_reply(sock: socket.socket) -> dict | None:
     return json.loads(raw[4 : 4 + length])
 
 
-def test_malformed_frames_get_well_formed_err_frames_and_the_server_stays_up(tmp_path):
-    root = tmp_path / "root"
-    server = ServerProcess(tmp_path, ["file", "serve", "--host", "127.0.0.3", "--port", "0", "--root", str(root)],
-                           hang_guard=HANG_GUARD)
+@pytest.fixture
+def file_server(tmp_path):
+    """A real `labnodes file serve` process on 127.0.0.3 serving tmp_path/root, stopped after the test."""
+    server = ServerProcess(tmp_path, ["file", "serve", "--host", "127.0.0.3", "--port", "0", "--root",
+                                      str(tmp_path / "root")], hang_guard=HANG_GUARD)
+    yield server
+    server.stop()
+
+
+def test_malformed_frames_get_well_formed_err_frames_and_the_server_stays_up(tmp_path, file_server):
+    server, root = file_server, tmp_path / "root"
     rng = random.Random(SEED)
-    counts: dict[str, int] = {}
+    counts: Counter[str] = Counter()
     started = time.monotonic()
-    try:
-        for _ in range(2000):
-            with socket.create_connection(server.address, timeout=HANG_GUARD) as sock:
-                sock.sendall(random_frame(rng))
-                sock.shutdown(socket.SHUT_WR)  # nothing more: a short header ends as short-stream
-                reply = read_reply(sock)
-            if reply is None:
-                counts["(no frame)"] = counts.get("(no frame)", 0) + 1
-                continue
-            if "error" in reply:
-                assert reply["error"] in CODES and isinstance(reply["message"], str), reply
-                key = reply["error"]
-            else:
-                assert reply in ({"status": "ready"},) or reply.get("status") == "sending", reply
-                key = reply["status"]
-            counts[key] = counts.get(key, 0) + 1
-        seconds = time.monotonic() - started
-        print(f"file server: 2000 fuzzed frames in {seconds:.1f} s: {dict(sorted(counts.items()))}")
-        assert "internal-error" not in counts
-        assert server.proc.poll() is None
-        src = tmp_path / "ok.bin"
-        src.write_bytes(b"still up")
-        assert filexfer.send(*server.address, src, timeout=HANG_GUARD)["size"] == 8
-        assert not [p for p in root.iterdir() if p.name.endswith(".part")]
-    finally:
-        server.stop()
+    for _ in range(2000):
+        with socket.create_connection(server.address, timeout=HANG_GUARD) as sock:
+            sock.sendall(random_frame(rng))
+            sock.shutdown(socket.SHUT_WR)  # nothing more: a short header ends as short-stream
+            reply = read_reply(sock)
+        if reply is None:
+            counts["(no frame)"] += 1
+            continue
+        if "error" in reply:
+            assert reply["error"] in CODES and isinstance(reply["message"], str), reply
+            key = reply["error"]
+        else:
+            assert reply in ({"status": "ready"},) or reply.get("status") == "sending", reply
+            key = reply["status"]
+        counts[key] += 1
+    seconds = time.monotonic() - started
+    print(f"file server: 2000 fuzzed frames in {seconds:.1f} s: {dict(sorted(counts.items()))}")
+    assert "internal-error" not in counts
+    assert server.proc.poll() is None
+    src = tmp_path / "ok.bin"
+    src.write_bytes(b"still up")
+    assert filexfer.send(*server.address, src, timeout=HANG_GUARD)["size"] == 8
+    assert not [p for p in root.iterdir() if p.name.endswith(".part")]
 
 
 def random_trailer(rng: random.Random, body: bytes) -> bytes:
@@ -160,26 +167,21 @@ def random_trailer(rng: random.Random, body: bytes) -> bytes:
     return right[: rng.randrange(len(right))]  # cut short (the stream ends there)
 
 
-def test_fuzzed_trailers_get_well_formed_err_frames_and_store_nothing(tmp_path):
-    root = tmp_path / "root"
-    server = ServerProcess(tmp_path, ["file", "serve", "--host", "127.0.0.3", "--port", "0", "--root", str(root)],
-                           hang_guard=HANG_GUARD)
+def test_fuzzed_trailers_get_well_formed_err_frames_and_store_nothing(tmp_path, file_server):
+    server, root = file_server, tmp_path / "root"
     rng = random.Random(SEED)
-    counts: dict[str, int] = {}
-    try:
-        for _ in range(500):
-            body = rng.randbytes(rng.randrange(0, 300))
-            with socket.create_connection(server.address, timeout=HANG_GUARD) as sock:
-                sock.sendall(filexfer.encode_frame({"op": "PUT", "name": "fuzzed", "size": len(body)}))
-                assert filexfer.read_frame(sock) == {"status": "ready"}
-                sock.sendall(body + random_trailer(rng, body))
-                sock.shutdown(socket.SHUT_WR)
-                reply = read_reply(sock)
-            assert reply is not None and isinstance(reply.get("message"), str), reply
-            assert reply["error"] in {"bad-trailer", "checksum-mismatch", "source-changed", "disk-error"}, reply
-            counts[reply["error"]] = counts.get(reply["error"], 0) + 1
-        print(f"file server: 500 fuzzed trailers: {dict(sorted(counts.items()))}")
-        assert server.proc.poll() is None
-        assert list(root.iterdir()) == []  # nothing stored, no temporary file left
-    finally:
-        server.stop()
+    counts: Counter[str] = Counter()
+    for _ in range(500):
+        body = rng.randbytes(rng.randrange(0, 300))
+        with socket.create_connection(server.address, timeout=HANG_GUARD) as sock:
+            sock.sendall(filexfer.encode_frame({"op": "PUT", "name": "fuzzed", "size": len(body)}))
+            assert filexfer.read_frame(sock) == {"status": "ready"}
+            sock.sendall(body + random_trailer(rng, body))
+            sock.shutdown(socket.SHUT_WR)
+            reply = read_reply(sock)
+        assert reply is not None and isinstance(reply.get("message"), str), reply
+        assert reply["error"] in {"bad-trailer", "checksum-mismatch", "source-changed", "disk-error"}, reply
+        counts[reply["error"]] += 1
+    print(f"file server: 500 fuzzed trailers: {dict(sorted(counts.items()))}")
+    assert server.proc.poll() is None
+    assert list(root.iterdir()) == []  # nothing stored, no temporary file left

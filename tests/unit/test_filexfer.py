@@ -7,7 +7,6 @@ import os
 import socket
 import struct
 import threading
-import time
 
 import pytest
 
@@ -27,8 +26,8 @@ from labnodes.filexfer import (
     send,
 )
 
-HANG_GUARD = 10.0  # seconds; only so that a broken peer fails a test instead of hanging it
-SHA_OF_EMPTY = hashlib.sha256(b"").hexdigest()
+from filexfer_support import HANG_GUARD, MAX_SIZE, SHA_OF_EMPTY, leftovers, trailer, wait_until
+
 
 
 def trickle(sock: socket.socket, data: bytes, close: bool = True) -> threading.Thread:
@@ -51,14 +50,6 @@ def pair():
     a.settimeout(HANG_GUARD)
     with a, b:
         yield a, b
-
-
-def wait_until(condition, what: str):
-    deadline = time.monotonic() + HANG_GUARD
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting until {what}")
-        time.sleep(0.02)
 
 
 # --- framing ----------------------------------------------------------------------------------------------
@@ -177,30 +168,10 @@ def test_put_header_with_a_bad_field_is_refused_with_its_code(change, code):
 # --- a real server ------------------------------------------------------------------------------------------
 
 
-@pytest.fixture
-def root(tmp_path):
-    path = tmp_path / "root"
-    path.mkdir()
-    return path
-
-
-@pytest.fixture
-def server(root):
-    srv = FileServer(root, "127.0.0.1", 0, max_size=32 << 20, idle_timeout=HANG_GUARD)
-    address = srv.start_in_thread()
-    yield address
-    srv.close()
-
-
 def write_random(path, size: int) -> str:
     data = os.urandom(size)
     path.write_bytes(data)
     return hashlib.sha256(data).hexdigest()
-
-
-def trailer(data: bytes) -> bytes:
-    """The right trailer frame for a body of `data`."""
-    return encode_frame({"sha256": hashlib.sha256(data).hexdigest()})
 
 
 def raw_request(address, header: dict, body: bytes = b"", wait_ready: bool = True, after=None) -> dict:
@@ -213,10 +184,6 @@ def raw_request(address, header: dict, body: bytes = b"", wait_ready: bool = Tru
             sock.sendall(body + (trailer(body) if after is None else after))
             reply = read_frame(sock)
         return reply
-
-
-def leftovers(directory) -> list[str]:
-    return sorted(os.listdir(directory))
 
 
 @pytest.mark.parametrize("size", [0, 1, 100_000, 3 * filexfer.CHUNK + 17])
@@ -293,7 +260,7 @@ def test_get_of_a_missing_file_is_not_found(server):
 
 
 def test_size_over_the_limit_is_refused_from_the_header_before_any_byte(server, root):
-    header = {"op": "PUT", "name": "big", "size": (32 << 20) + 1}
+    header = {"op": "PUT", "name": "big", "size": MAX_SIZE + 1}
     reply = raw_request(server, header, wait_ready=False)  # the refusal comes instead of "ready"
     assert reply["error"] == "too-large"
     assert leftovers(root) == []

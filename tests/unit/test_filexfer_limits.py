@@ -19,32 +19,10 @@ import time
 import pytest
 
 from labnodes import filexfer
-from labnodes.filexfer import MAX_HEADER, PREFIX, FileServer, ProtocolError, check_name, encode_frame, read_frame
+from labnodes.filexfer import MAX_HEADER, PREFIX, ProtocolError, check_name, encode_frame, read_frame
 
-HANG_GUARD = 30.0  # seconds; only so that a broken server fails a test instead of hanging it
+from filexfer_support import HANG_GUARD, leftovers, serve
 
-
-@pytest.fixture
-def root(tmp_path):
-    path = tmp_path / "root"
-    path.mkdir()
-    return path
-
-
-def serve(root, **options):
-    srv = FileServer(root, "127.0.0.1", 0, **options)
-    return srv, srv.start_in_thread()
-
-
-@pytest.fixture
-def server(root):
-    srv, address = serve(root, max_size=32 << 20, idle_timeout=HANG_GUARD)
-    yield address
-    srv.close()
-
-
-def leftovers(directory) -> list[str]:
-    return sorted(p.name for p in directory.iterdir())
 
 
 def raw_header(address, data: bytes) -> dict:

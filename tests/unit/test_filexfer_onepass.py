@@ -24,7 +24,6 @@ from labnodes.filexfer import (
     HASH_THREAD,
     PREFIX,
     WITHDRAWALS,
-    FileServer,
     ProtocolError,
     TransferError,
     check_trailer,
@@ -34,47 +33,9 @@ from labnodes.filexfer import (
     send,
 )
 
-HANG_GUARD = 30.0  # seconds; only so that a broken peer fails a test instead of hanging it
-SHA_OF_EMPTY = hashlib.sha256(b"").hexdigest()
+from filexfer_support import HANG_GUARD, SHA_OF_EMPTY, leftovers, trailer, wait_until
+
 BIG = 32 << 20  # a body far larger than what the socket buffers hold while a relay holds it still
-
-
-@pytest.fixture
-def root(tmp_path):
-    path = tmp_path / "root"
-    path.mkdir()
-    return path
-
-
-@pytest.fixture
-def server(root):
-    srv = FileServer(root, "127.0.0.1", 0, max_size=64 << 20, idle_timeout=HANG_GUARD)
-    address = srv.start_in_thread()
-    yield address
-    srv.close()
-
-
-@pytest.fixture
-def out(tmp_path):
-    path = tmp_path / "out"
-    path.mkdir()
-    return path
-
-
-def leftovers(directory) -> list[str]:
-    return sorted(p.name for p in directory.iterdir())
-
-
-def wait_until(condition, what: str):
-    deadline = time.monotonic() + HANG_GUARD
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting until {what}")
-        time.sleep(0.01)
-
-
-def trailer(data: bytes) -> bytes:
-    return encode_frame({"sha256": hashlib.sha256(data).hexdigest()})
 
 
 def temp_file_holds(directory, size: int):
