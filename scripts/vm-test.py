@@ -7,10 +7,12 @@
    send-file, check; the fault tools on real Debian kernels (partition, fault stop, impair with netem's delay,
    rate and loss, status showing them, heal; FAULTS below); then `fab provision`, which must change nothing;
 4. the lab path on the same VMs: the Vagrant cluster's generated SSH files are put away, a lab-style inventory
-   (labkit_backend: lab, the non-root `vagrant` user with sudo and become) is written to a temporary directory,
-   and the VMs are reached as a lab user reaches machines: through ~/.ssh/config (a marked block per VM address,
-   removed at the end) with a key and known_hosts of the test's own. `fab up -i LAB` provisions them (the same cluster and settings: it must change nothing), then every fab
-   task again, then `fab down -i LAB` (playbooks/remove.yml) must leave no labkit program, file or user behind;
+   (inventory/vagrant's settings with labkit_backend: lab: the non-root `vagrant` user with sudo and become) is
+   written to a temporary directory, and the VMs are reached as a lab user reaches machines: through
+   ~/.ssh/config (a marked block per VM address, removed at the end) with a key and known_hosts of the test's own.
+   `fab up -i LAB` provisions them (the same cluster and settings: it must change nothing), then every fab task
+   again, then `fab down -i LAB` (playbooks/remove.yml) must leave no labkit program, file, user or /etc/hosts
+   block behind on any VM, and supervisord running;
 5. `vagrant destroy -f`, and the active inventory as it was.
 
 Timings go to the console and to build/vm-test.json. Exits non-zero at the first failure (the VMs are destroyed
@@ -32,6 +34,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))  # a script run from scripts/: labkit is the repository's package
+
+import yaml  # noqa: E402
 
 from labkit import inventory, ssh  # noqa: E402
 
@@ -94,17 +98,16 @@ def vagrant_inventory(tmp: Path) -> Path:
 
 
 def lab_inventory(tmp: Path, vagrant_inv: Path) -> Path:
-    """The same hosts as a lab inventory: the sudo user `vagrant`, become, reached through ~/.ssh."""
+    """The same hosts as a lab inventory: the settings of inventory/vagrant (the sudo user `vagrant`, become,
+    systemd, the slow-host timeouts) with the lab backend, so the VMs are reached as machines through ~/.ssh."""
     dest = tmp / "lab"
     (dest / "group_vars").mkdir(parents=True)
     shutil.copy(vagrant_inv / "hosts.yml", dest / "hosts.yml")
+    settings = yaml.safe_load((vagrant_inv / "group_vars" / "all.yml").read_text())
+    settings["labkit_backend"] = "lab"
     (dest / "group_vars" / "all.yml").write_text(
-        "# written by scripts/vm-test.py: the Vagrant VMs, reached the way lab machines are\n"
-        "labkit_backend: lab\nansible_user: vagrant\nansible_become: true\n"
-        "ansible_python_interpreter: /usr/bin/python3\ncommon_service_mgr: systemd\nredis_service_mgr: systemd\n"
-        "ansible_ssh_timeout: 120  # emulated VMs answer slowly (inventory/vagrant says why)\n"
-        "common_supervise_timeout: 180  # and their servers start slowly\n"
-        "labkit_check_timeout: 120\n")
+        "# written by scripts/vm-test.py: inventory/vagrant's settings (the reasons are there), backend lab\n"
+        + yaml.safe_dump(settings, sort_keys=False))
     return dest
 
 
@@ -205,15 +208,17 @@ def main() -> int:
         for run in RUNS:
             step(f"lab: fab {run}", [FAB, *run.split()], lab_env, capture=run != "check")
         step("lab: fab down -i LAB (remove.yml)", [FAB, "down", "-i", str(lab)], lab_env, capture=True)
-        left = subprocess.run(
-            ["ssh", "-o", "BatchMode=yes", vinv.hosts[0].address,
-             "ls -d /opt/labnodes /etc/labnodes /var/log/labnodes /var/lib/labnodes 2>/dev/null; "
-             "ls /etc/supervisor/conf.d/ | grep labnodes; getent passwd labnodes; true"],
-            capture_output=True, text=True, env=lab_env)
-        if left.returncode != 0 or left.stdout.strip():
-            raise SystemExit(f"vm-test: fab down left labkit behind on {vinv.hosts[0].name}: "
-                             f"{left.stdout.strip() or left.stderr.strip()}")
-        print(f"vm-test: nothing of labkit left on {vinv.hosts[0].name}")
+        for host in vinv.hosts:  # every machine: each had a different set of programs
+            left = subprocess.run(
+                ["ssh", "-o", "BatchMode=yes", host.address,
+                 "ls -d /opt/labnodes /etc/labnodes /var/log/labnodes /var/lib/labnodes 2>/dev/null; "
+                 "ls /etc/supervisor/conf.d/ | grep labnodes; getent passwd labnodes; grep 'labkit cluster hosts' /etc/hosts; "
+                 "systemctl is-active supervisor >/dev/null || echo supervisor not running; true"],
+                capture_output=True, text=True, env=lab_env)
+            if left.returncode != 0 or left.stdout.strip():
+                raise SystemExit(f"vm-test: after fab down, {host.name} is not as it was: "
+                                 f"{left.stdout.strip() or left.stderr.strip()}")
+        print(f"vm-test: nothing of labkit left on the {len(vinv.hosts)} machines, supervisord still running there")
         failed = False
     finally:
         forget_lab_ssh()
