@@ -54,39 +54,27 @@ class RingNode:
     def info(self) -> dict:
         return {"name": self.name, "next": self.next_name, "host": self.host, "address": self.address}
 
-    def _receive(self, msg: dict, received: float) -> None:
+    def _receive(self, msg: dict, received: float) -> str:
+        """Record this node's arrival and step; the log line's words for it (where from, the numbers)."""
         before = list(msg["numbers"])
         receive(msg, self.name, self.host, self.address, received)
         if len(msg["trace"]) > 1:
             prev = msg["trace"][-2]["node"]
         else:
             prev = "client" if msg["origin"] == self.name else msg["origin"]
-        log.info(
-            "%s: message %s lap %d hop %d from %s, numbers %s -> %s",
-            self.name,
-            msg["id"][:8],
-            msg["lap"],
-            len(msg["trace"]),
-            prev,
-            before,
-            msg["numbers"],
-        )
+        return (f"{self.name}: message {msg['id'][:8]} lap {msg['lap']} hop {len(msg['trace'])} from {prev}, "
+                f"numbers {before} -> {msg['numbers']}")
 
-    def _pass_on(self, msg: dict, budget: float) -> dict:
+    def _pass_on(self, msg: dict, budget: float, arrival: str) -> dict:
+        """Call the successor with this hop's budget; logs the hop as one line (`arrival`, if any, and where to)."""
         timeout = budget - self.margin
         if timeout < self.margin:
             raise RuntimeError(
                 f"ring hop {self.name} -> {self.next_name} failed: no time left "
                 f"({budget:.2f} s budget; ring too long for ring_timeout {self.ring_timeout} s?)"
             )
-        log.info(
-            "%s: message %s lap %d passed on to %s (timeout %.2f s)",
-            self.name,
-            msg["id"][:8],
-            msg["lap"],
-            self.next_name,
-            timeout,
-        )
+        where = arrival or f"{self.name}: message {msg['id'][:8]} lap {msg['lap']}"
+        log.info("%s, on to %s (timeout %.2f s)", where, self.next_name, timeout)
         try:
             return self.forward(msg, timeout)
         except Exception as exc:
@@ -99,7 +87,7 @@ class RingNode:
         msg = check_message(msg)
         if not isinstance(budget, (int, float)) or isinstance(budget, bool) or budget <= 0:
             raise ValueError(f"budget must be a positive number of seconds, got {budget!r}")
-        self._receive(msg, received)
+        arrival = self._receive(msg, received)
         if msg["origin"] == self.name:
             with self._lock:
                 if msg["id"] not in self._waiting:
@@ -107,9 +95,9 @@ class RingNode:
                         f"message {msg['id']} claims origin {self.name} but {self.name} did not send it"
                     )
                 self._waiting[msg["id"]] = msg  # for the start() thread waiting for this lap
-            log.info("%s: message %s lap %d back at its origin", self.name, msg["id"][:8], msg["lap"])
+            log.info("%s: back at its origin", arrival)
             return receipt(msg)
-        return self._pass_on(msg, budget)
+        return self._pass_on(msg, budget, arrival)
 
     def start(self, text, numbers, budget) -> dict:
         """Send a new message round the ring from this node, lap after lap, until the numbers are done."""
@@ -118,11 +106,8 @@ class RingNode:
         if not isinstance(budget, (int, float)) or isinstance(budget, bool) or budget <= 0:
             raise ValueError(f"budget must be a positive number of seconds, got {budget!r}")
         msg = new_message(text, numbers, self.name)
-        log.info(
-            "%s: message %s %r numbers %s from client", self.name, msg["id"][:8], msg["text"], msg["input"]
-        )
         deadline = t0 + budget - self.margin
-        self._receive(msg, received)
+        arrival = f"{self._receive(msg, received)}, text {msg['text']!r}"  # the first hop: from the client
         trace: list[dict] = []
         lap_ms: list[float] = []
         mid = msg["id"]
@@ -136,7 +121,8 @@ class RingNode:
                 with self._lock:
                     self._waiting[mid] = None
                 t = time.perf_counter()
-                got = self._pass_on(msg, lap_budget + self.margin)
+                got = self._pass_on(msg, lap_budget + self.margin, arrival)
+                arrival = ""
                 with self._lock:
                     back = self._waiting.pop(mid)
                 lap_ms.append((time.perf_counter() - t) * 1000)

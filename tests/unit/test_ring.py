@@ -5,6 +5,7 @@ transport does); the Pyro transport itself is tested in tests/integration/test_r
 """
 
 import copy
+import logging
 import math
 
 import pytest
@@ -169,6 +170,31 @@ def test_one_lap_visits_every_node_in_order_and_returns_to_the_start():
     assert [r["numbers"] for r in res["trace"]] == [[18, 12], [12, 6], [6, 0], [6, 0]]
     assert (res["gcd"], res["lcm"], res["laps"], len(res["lap_ms"])) == (6, 144, 1, 1)
     assert res["message"] == "hi" and res["start"] == "pyro1" and res["input"] == [48, 18]
+
+
+def test_every_hop_logs_one_line_on_its_node_saying_where_from_the_step_and_where_to(caplog):
+    nodes = make_ring(["pyro1", "pyro2", "pyro3"])
+    with caplog.at_level(logging.INFO, logger="labnodes.ring"):
+        res = nodes["pyro1"].start("hi", [48, 18], 10.0)
+    mid = res["id"][:8]
+    assert [r.getMessage() for r in caplog.records] == [
+        f"pyro1: message {mid} lap 1 hop 1 from client, numbers [48, 18] -> [18, 12], text 'hi', on to pyro2 "
+        "(timeout 9.00 s)",
+        f"pyro2: message {mid} lap 1 hop 2 from pyro1, numbers [18, 12] -> [12, 6], on to pyro3 (timeout 8.50 s)",
+        f"pyro3: message {mid} lap 1 hop 3 from pyro2, numbers [12, 6] -> [6, 0], on to pyro1 (timeout 8.00 s)",
+        f"pyro1: message {mid} lap 1 hop 4 from pyro3, numbers [6, 0] -> [6, 0]: back at its origin",
+        f"pyro1: message {mid} done: gcd 6 lcm 144 in 1 laps",
+    ]
+
+
+def test_a_lap_after_the_first_is_logged_where_it_starts_without_the_client(caplog):
+    nodes = make_ring(["a", "b"])
+    with caplog.at_level(logging.INFO, logger="labnodes.ring"):
+        res = nodes["a"].start("x", [13, 8], 10.0)  # Fibonacci neighbours: several laps
+    starts = [r.getMessage() for r in caplog.records if r.getMessage().startswith("a: ") and "on to b" in r.getMessage()]
+    assert res["laps"] > 1 and len(starts) == res["laps"]
+    assert "from client" in starts[0]
+    assert all(m.startswith(f"a: message {res['id'][:8]} lap {i}, on to b") for i, m in enumerate(starts[1:], 2))
 
 
 def test_a_ring_of_fifty_nodes_goes_round_in_order():
