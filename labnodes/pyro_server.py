@@ -19,7 +19,7 @@ handshake within milliseconds of connecting, so it is never the oldest). Once pa
 is served exactly as by Pyro4 (COMMTIMEOUT, the same pool, "no free workers" when all are busy).
 
 `configure(idle_timeout)` sets what Pyro4 only offers globally, in a server process: thread-pool server type,
-serpent only, idle-link timeout, TCP_NODELAY, and installs the guarded transport for every daemon made after
+json or serpent only (SERIALIZERS), idle-link timeout, TCP_NODELAY, and installs the guarded transport for every daemon made after
 it (the name server's and the ring node's). `Signals` turns SIGTERM/SIGINT into a clean stop of a daemon.
 """
 
@@ -33,6 +33,8 @@ import socket
 import struct
 import threading
 import time
+
+from labnodes.pyro_client import SERIALIZERS
 
 log = logging.getLogger(__name__)
 
@@ -173,8 +175,8 @@ def configure(idle_timeout: float):
     import Pyro4.socketserver.threadpoolserver as threadpoolserver
 
     Pyro4.config.SERVERTYPE = "thread"
-    Pyro4.config.SERIALIZER = "serpent"
-    Pyro4.config.SERIALIZERS_ACCEPTED = {"serpent"}
+    Pyro4.config.SERIALIZER = "json"
+    Pyro4.config.SERIALIZERS_ACCEPTED = set(SERIALIZERS)
     Pyro4.config.COMMTIMEOUT = idle_timeout  # server side: idle links close; every proxy sets its own
     Pyro4.config.SOCK_NODELAY = True
     if not getattr(threadpoolserver.SocketServer_Threadpool, "guarded", False):

@@ -17,13 +17,14 @@ Commands
         or JSON with --json) and a summary line.
         Library form: `send(ns_host, ns_port, hmac_key, start, message, numbers, timeout) -> dict`.
 
-Wire: Pyro4 with the serpent serializer only (never pickle), the HMAC key on the name server, on every daemon
-and on every proxy, and a client-side timeout on every proxy. Ring daemons use the thread-pool server type
-(the multiplex type deadlocks on the nested call back into the start node), guarded so that a connection
-gets a worker thread only once its whole HMAC handshake has arrived (labnodes.pyro_server): idle or
-half-open connections from anyone, key or not, wait thread-less for at most 5 s and cannot starve the 40
-threads of the name server or a node. A daemon closes links that stay idle for ring_idle_timeout seconds; a
-node whose link to its successor was closed that way reconnects and retries once.
+Wire: Pyro4 with the json serializer (daemons also accept serpent; never pickle: labnodes.pyro_client says
+why), the HMAC key on the name server, on every daemon and on every proxy, and a client-side timeout on every
+proxy. Ring daemons use the thread-pool server type (the multiplex type deadlocks on the nested call back into
+the start node), guarded so that a connection gets a worker thread only once its whole HMAC handshake has
+arrived (labnodes.pyro_server): idle or half-open connections from anyone, key or not, wait thread-less for at
+most 5 s and cannot starve the 40 threads of the name server or a node. A daemon closes links that stay idle
+for ring_idle_timeout seconds; a node whose link to its successor was closed that way reconnects and retries
+once.
 
 Remote methods of a ring node
     start(text, numbers, budget) -> result   called by `ring send` on the start node

@@ -501,14 +501,27 @@ def test_a_killed_hop_started_again_elsewhere_is_found_without_restarting_the_ot
     assert "back3 moved to" in procs["back2"].log_text()
 
 
+@pytest.mark.parametrize("serializer", ["pickle", "marshal"])
 @pytest.mark.parametrize("target", ["name server", "ring node"])
-def test_pickle_is_refused_even_with_the_right_key(ns_port, ring3, target):
+def test_pickle_and_marshal_are_refused_even_with_the_right_key(ns_port, ring3, target, serializer):
     import Pyro4
 
     with ring.ns_proxy(NS_HOST, ns_port, KEY, 5.0) as ns:
         uri = ns.lookup(ring.registration_name("pyro1"))
     p = ring.ns_proxy(NS_HOST, ns_port, KEY, 5.0) if target == "name server" else ring._proxy(uri, KEY, 5.0)
-    p._pyroSerializer = "pickle"
+    p._pyroSerializer = serializer
     with p, pytest.raises(Pyro4.errors.PyroError, match="serializer") as refused:
         p.ping() if target == "name server" else p.info()
     print(f"{target}: {refused.value!r}")
+
+
+def test_a_client_with_pyro4s_default_serializer_still_sends_round_the_ring(ns_port, ring3):
+    """labnodes' proxies speak json; a course's own client keeps Pyro4's default, serpent."""
+    with ring.ns_proxy(NS_HOST, ns_port, KEY, 5.0) as ns:
+        ns._pyroSerializer = "serpent"
+        uri = ns.lookup(ring.registration_name("pyro1"))
+    with ring._proxy(uri, KEY, 10.0) as p:
+        p._pyroSerializer = "serpent"
+        res = p.start("serpent client", [48, 18], 9.0)
+    assert (res["gcd"], res["lcm"]) == (6, 144)
+    assert [r["node"] for r in res["trace"]] == ["pyro1", "pyro2", "pyro3", "pyro1"]
