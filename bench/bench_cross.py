@@ -12,7 +12,9 @@ Rows (lower is better for times, higher for rates):
   line relayed pyro1 -> pyro2 -> pyro3 -> pyro1 and back, (b) Pyro4's floor, an empty hop() relayed the same
   way by Pyro4 daemons with the ring's settings (thread pool, serpent, HMAC). Both are timed on pyro1, where
   the lap is timed. Ring and baselines run in interleaved blocks. Target: lap median <= 1.2 x Pyro4's floor.
-  Also: the send as the client host sees it (name-server lookup, connect, lap).
+  Also: the send as the client host sees it (name-server lookup, connect, lap), and laps with the ring nodes at
+  log level WARNING (their settings file edited and the nodes restarted, on this throwaway cluster only): what
+  the one INFO line per hop costs, each line waking the host's supervisord on the same two cores.
 - file transfer, client host <-> sockserver host, FILE_MB MB, FILE_RUNS runs, medians: `labnodes file send`
   and `labnodes file get` (the MB/s their JSON reports, and the wall time of the whole command) against scp
   between the same hosts (a throwaway key made on the client host, authorized on the sockserver for the run
@@ -20,6 +22,8 @@ Rows (lower is better for times, higher for rates):
 - math server, requests/s and p99 latency with 1, 100 and 1000 concurrent clients on the client host (closed
   loop: each client sends `48,18` and waits for its answer), against the same load generator and a trivial
   asyncio echo-line server on the sockserver host. Targets: >= 30,000 req/s and p99 <= 10 ms at 1000 clients.
+  Also the 1000 clients again with the server at log level WARNING (as for the ring): what its one INFO line
+  per request costs.
 - Celery tasks/s by mode (one-by-one, group, chunks of 100) with 4, 2 and 1 workers running (the others
   stopped with supervisorctl; counts measured 4, 2, 1, 1, 2, 4 and each count's two runs averaged), submitted
   from the client host with `labnodes celery batch`, against Redis PING round trips/s from the client host to
@@ -43,7 +47,7 @@ import traceback
 from pathlib import Path
 
 from bench.cluster import cluster
-from labkit.remote import Hosts
+from labkit.remote import SETTINGS_FILE, Hosts, RemoteError
 from labnodes import output
 
 CLUSTER, OCTET = "xb", 83
@@ -65,6 +69,8 @@ RAW_PORT, PYRO_PORT, ECHO_PORT, IPERF_PORT = 5301, 5302, 5303, 5304
 OUTBOX, INBOX = "/var/lib/labnodes/outbox", "/var/lib/labnodes/inbox"
 SCP_DIR = "/var/lib/labnodes/xbench-scp"  # beside the file server's root: the same file system
 WORKER_PROGRAM = "labnodes-celery-worker"
+RING_PROGRAM = "labnodes-ring"  # the pyro_ring role's supervisord program
+MATH_PROGRAM = "labnodes-math"  # the socket_servers role's
 
 
 # --- pure helpers (tests/unit/test_bench_cross.py) ---------------------------------------------------------
@@ -193,24 +199,54 @@ def _first(hosts: Hosts, group: str) -> str:
 
 # --- 1. the ring -------------------------------------------------------------------------------------------
 
+def _laps(hosts: Hosts, client: str, ring: list[str], laps: int, blocks: int) -> dict[str, list[float]]:
+    """Ring laps from the client, and the two nested chains from the start node, in interleaved blocks."""
+    start, got = ring[0], {"lap_ms": [], "send_ms": [], "raw_ms": [], "pyro_ms": []}
+    for attempt in range(30):  # warm-up (links between the ring nodes); a node just restarted registers first
+        try:
+            _remote(hosts, client, "ring-laps", 3, start)
+            break
+        except RemoteError:
+            if attempt == 29:
+                raise
+            time.sleep(1)
+    for block in range(blocks):
+        _say(f"ring block {block + 1}/{blocks}")
+        for action, args in (("ring-laps", (start,)), ("chain", (hosts.address(ring[1]), RAW_PORT, PYRO_PORT))):
+            for key, values in _remote(hosts, client if action == "ring-laps" else start, action,
+                                       laps // blocks, *args).items():
+                got[key] += values
+    return got
+
+
+def _log_level(hosts: Hosts, names: list[str], program: str, level: str | None) -> None:
+    """Restart `program` on each host with `log_level = level` in its settings file (None: the file as
+    provisioned). Only on the benchmark's own throwaway cluster: it is how the run shows what logging costs."""
+    for name in names:
+        line = f"log_level = \"{level}\"  # bench_cross, for one measurement"
+        edit = f"sed -i '/# bench_cross, for one measurement$/d' {SETTINGS_FILE}"
+        if level:
+            edit += f" && sed -i {shlex.quote('1i ' + line)} {SETTINGS_FILE}"
+        hosts.run(name, f"{edit} && supervisorctl restart {program}")
+
+
 def measure_ring(hosts: Hosts, laps: int = LAPS, blocks: int = BLOCKS) -> list[dict]:
     client, ring = _first(hosts, "clients"), list(hosts.inv.groups["ring"])
     start = ring[0]
-    lap_ms, send_ms, raw_ms, pyro_ms = [], [], [], []
     with Helpers(hosts) as helpers:
         # the chain start -> ring[1] -> ... -> ring[-1] -> start: the start's hop ends it, the others pass on
         for i, name in enumerate(ring):
             nxt = hosts.address(ring[(i + 1) % len(ring)]) if i else ""
             helpers.start(name, "hop", "hop", hosts.address(name), RAW_PORT, PYRO_PORT, nxt)
-        _remote(hosts, client, "ring-laps", 3, start)  # warm-up: links between the ring nodes
-        for block in range(blocks):
-            _say(f"ring block {block + 1}/{blocks}")
-            got = _remote(hosts, client, "ring-laps", laps // blocks, start)
-            lap_ms += got["lap_ms"]
-            send_ms += got["send_ms"]
-            got = _remote(hosts, start, "chain", laps // blocks, hosts.address(ring[1]), RAW_PORT, PYRO_PORT)
-            raw_ms += got["raw_ms"]
-            pyro_ms += got["pyro_ms"]
+        got = _laps(hosts, client, ring, laps, blocks)
+        # the same again with the nodes' one INFO line per hop turned off: what logging through supervisord's
+        # pipe costs (each line wakes the host's supervisord, which competes for the same two cores)
+        _log_level(hosts, ring, RING_PROGRAM, "WARNING")
+        try:
+            quiet = _laps(hosts, client, ring, laps // 2, blocks // 2)
+        finally:
+            _log_level(hosts, ring, RING_PROGRAM, None)
+    lap_ms, send_ms, raw_ms, pyro_ms = got["lap_ms"], got["send_ms"], got["raw_ms"], got["pyro_ms"]
     hops = f"{len(ring)} nested hops {' -> '.join(ring + [start])}"
     lap, floor, raw = statistics.median(lap_ms), statistics.median(pyro_ms), statistics.median(raw_ms)
     floor_name = f"Pyro4 floor: {len(ring)} nested empty calls, same links, median"
@@ -219,6 +255,9 @@ def measure_ring(hosts: Hosts, laps: int = LAPS, blocks: int = BLOCKS) -> list[d
             samples=lap_ms),
         row("ring lap p99", percentile(lap_ms, 0.99), "ms", floor_name.replace("median", "p99"),
             percentile(pyro_ms, 0.99)),
+        row(f"ring lap median, nodes at log level WARNING (no line per hop; {len(quiet['lap_ms'])} laps)",
+            statistics.median(quiet["lap_ms"]), "ms", floor_name + " (measured beside it)",
+            statistics.median(quiet["pyro_ms"]), samples=quiet["lap_ms"]),
         row("ring lap median against raw TCP", lap, "ms",
             f"raw TCP: a 512-byte line relayed the same {len(ring)} hops, median", raw),
         row("Pyro4 floor median against raw TCP", floor, "ms", "raw TCP, the same hops, median", raw,
@@ -357,6 +396,29 @@ def measure_math(hosts: Hosts, clients=CLIENTS, rounds: int = MATH_ROUNDS) -> li
                     runs[which].append(got)
             for which in runs:
                 best[which, n] = median_by(runs[which], "req_per_s")
+        # the largest load again with the server's one INFO line per request (and per connection) turned off
+        n = clients[-1]
+        _log_level(hosts, [server], MATH_PROGRAM, "WARNING")
+        try:
+            for attempt in range(30):  # the restarted server listens again
+                try:
+                    _remote(hosts, client, "load", address, port, 1, 1, "48,18", "OK gcd=6 lcm=144")
+                    break
+                except RemoteError:
+                    if attempt == 29:
+                        raise
+                    time.sleep(1)
+            quiet = []
+            for r in range(rounds):
+                _say(f"math with {n} clients, log level WARNING, round {r + 1}/{rounds}")
+                got = _remote(hosts, client, "load", address, port, n, REQUESTS.get(n, 20), "48,18", "OK gcd=6 lcm=144")
+                if got["wrong"]:
+                    raise RuntimeError(f"math with {n} clients at log level WARNING: {got['wrong']} wrong answers")
+                got["req_per_s"] = got["requests"] / got["seconds"]
+                got["p99_ms"] = percentile(got["latency_ms"], 0.99)
+                quiet.append(got)
+        finally:
+            _log_level(hosts, [server], MATH_PROGRAM, None)
     rows = []
     for n in clients:
         m, e = best["math", n], best["echo", n]
@@ -370,6 +432,11 @@ def measure_math(hosts: Hosts, clients=CLIENTS, rounds: int = MATH_ROUNDS) -> li
         rows.append(row(f"math server p99 latency, {n} client{'s' if n > 1 else ''}", m["p99_ms"], "ms",
                         "echo-line server p99", e["p99_ms"], ("value", "<=", 10) if last else None,
                         **({"samples": m["latency_ms"]} if last else {})))
+    q = median_by(quiet, "req_per_s")
+    rows.append(row(f"math server req/s, {clients[-1]} clients, server at log level WARNING (no line per request)",
+                    q["req_per_s"], "req/s", "echo-line server, same load", best["echo", clients[-1]]["req_per_s"]))
+    rows.append(row("math server p99 latency, the same, at log level WARNING", q["p99_ms"], "ms",
+                    "echo-line server p99", best["echo", clients[-1]]["p99_ms"]))
     return rows
 
 

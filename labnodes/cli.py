@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import logging
 import sys
 
-from labnodes import LabnodesError, __version__, config
+from labnodes import LabnodesError, __version__, config, logs
 
 # Each module has register(subparsers): it adds its subcommands and sets `func(args, settings) -> int`.
 # Flags whose dest is a Settings field (e.g. dest="math_port") override the config file and environment.
@@ -35,11 +34,7 @@ def main(argv: list[str] | None = None) -> int:
             return args.func(args, None)
         print(f"labnodes: error: {exc}", file=sys.stderr)
         return 2
-    logging.basicConfig(
-        level=settings.log_level,
-        format="%(asctime)s %(name)s %(levelname)s %(message)s",
-        stream=sys.stderr,
-    )
+    logs.configure(settings.log_level, settings.log_rate)
     try:
         return args.func(args, settings)
     except LabnodesError as exc:

@@ -31,6 +31,7 @@ class ConfigError(LabnodesError):
 @dataclasses.dataclass(frozen=True)
 class Settings:
     log_level: str = "INFO"  # DEBUG, INFO, WARNING, ERROR
+    log_rate: int = 100  # DEBUG/INFO lines a program writes a second at most, the rest counted (labnodes.logs); 0: all
     venv: str = ""  # where this labnodes is installed (the role writes it; the control side runs <venv>/bin/labnodes)
 
     # Celery: Redis is both broker and result backend.
@@ -135,6 +136,8 @@ def load(
         if value is not None and name in FIELDS:
             values[name] = _coerce(name, value, "--" + name.replace("_", "-"))
 
+    if values.get("log_rate", 0) < 0:
+        raise ConfigError(f"log_rate must be 0 (no cap) or a number of lines a second, got {values['log_rate']}")
     return Settings(**values)
 
 

@@ -1,0 +1,91 @@
+"""labnodes.logs: INFO lines capped at log_rate a second, the rest counted and reported; warnings always written."""
+
+import io
+import logging
+
+import pytest
+
+from labnodes import config, logs
+
+
+class Clock:
+    def __init__(self):
+        self.now = 100.0
+
+    def __call__(self):
+        return self.now
+
+
+def capped(per_second):
+    stream, clock = io.StringIO(), Clock()
+    handler = logs.CappedHandler(stream, per_second, clock=clock)
+    handler.setFormatter(logging.Formatter("%(levelname)s %(message)s"))
+    log = logging.getLogger(f"test.logs.{id(handler)}")
+    log.propagate, log.level = False, logging.DEBUG
+    log.addHandler(handler)
+    return log, handler, stream, clock
+
+
+def lines(stream):
+    return stream.getvalue().splitlines()
+
+
+def test_at_most_log_rate_info_lines_are_written_in_one_second():
+    log, _, stream, clock = capped(3)
+    for i in range(10):
+        log.info("hop %d", i)
+        clock.now += 0.05  # ten lines within half a second
+    assert lines(stream) == ["INFO hop 0", "INFO hop 1", "INFO hop 2"]
+
+
+def test_the_first_line_after_the_window_says_how_many_were_left_out():
+    log, _, stream, clock = capped(2)
+    for i in range(5):
+        log.info("request %d", i)
+    clock.now += 1.0
+    log.info("request 5")
+    assert lines(stream) == [
+        "INFO request 0",
+        "INFO request 1",
+        "INFO (3 earlier info lines were not written: more than log_rate=2 a second)",
+        "INFO request 5",
+    ]
+
+
+def test_warnings_and_errors_are_always_written_and_not_counted():
+    log, _, stream, _ = capped(1)
+    log.info("first")
+    log.warning("hop failed")
+    log.error("worse")
+    log.info("left out")
+    log.debug("left out too")
+    assert lines(stream) == ["INFO first", "WARNING hop failed", "ERROR worse"]
+
+
+def test_lines_left_out_at_exit_are_reported_when_the_handler_closes():
+    log, handler, stream, _ = capped(1)
+    log.info("kept")
+    log.info("left out")
+    handler.close()
+    assert lines(stream)[-1] == "INFO (1 earlier info lines were not written: more than log_rate=1 a second)"
+
+
+def test_log_rate_zero_writes_every_line():
+    log, _, stream, _ = capped(0)
+    for i in range(1000):
+        log.info("line %d", i)
+    assert len(lines(stream)) == 1000
+
+
+def test_a_steady_rate_under_the_cap_is_written_whole():
+    log, _, stream, clock = capped(100)
+    for i in range(500):  # 50 lines a second for 10 s
+        log.info("line %d", i)
+        clock.now += 0.02
+    assert len(lines(stream)) == 500
+
+
+@pytest.mark.parametrize("value", ["-1", "lots"])
+def test_log_rate_that_is_not_a_count_is_a_config_error(value):
+    with pytest.raises(config.ConfigError, match="log_rate"):
+        config.load(env={"LABNODES_LOG_RATE": value})
