@@ -330,24 +330,34 @@ def measure_files(hosts: Hosts, size_mb: int = FILE_MB, runs: int = FILE_RUNS) -
     hosts.run(client, f"mkdir -p {OUTBOX} {INBOX} {SCP_DIR} && head -c {size} /dev/urandom > {src}")
     hosts.run(server, f"mkdir -p {SCP_DIR}")
     digest = _sha256(hosts, client, src)
+
+    def settle() -> None:
+        """Each transfer starts with no dirty pages: labnodes' receiver fsyncs, and no run should also pay for
+        the write-back of an earlier one (or of scp's copy, which scp does not fsync)."""
+        for name_ in (client, server):
+            hosts.run(name_, "sync")
     try:
         with _scp_key(hosts, client, server) as scp:
             for i in range(runs):
                 _say(f"file run {i + 1}/{runs}")
+                settle()
                 seconds, out = _timed(hosts, client, f"{labnodes} file send {src} --json")
                 sent = json.loads(out)
                 figures["send"].append(float(sent["mb_per_s"]))
                 figures["send_wall"].append(size / 1e6 / seconds)
                 hosts.run(client, f"rm -f {back}")
+                settle()
                 seconds, out = _timed(hosts, client, f"{labnodes} file get {name} --out {INBOX} --json")
                 got = json.loads(out)
                 figures["get"].append(float(got["mb_per_s"]))
                 figures["get_wall"].append(size / 1e6 / seconds)
                 if sent["sha256"] != digest or got["sha256"] != digest:
                     raise RuntimeError("labnodes file: sha256 differs from the original's")
+                settle()
                 seconds, _ = _timed(hosts, client, f"scp -q {scp} {src} root@{address}:{scp_there}")
                 figures["scp_up"].append(size / 1e6 / seconds)
                 hosts.run(client, f"rm -f {scp_back}")
+                settle()
                 seconds, _ = _timed(hosts, client, f"scp -q {scp} root@{address}:{scp_there} {scp_back}")
                 figures["scp_down"].append(size / 1e6 / seconds)
                 figures["iperf_up"].append(_iperf3(hosts, client, server, reverse=False))
