@@ -1,11 +1,12 @@
 """Cluster bring-up: `fab up` from a clean box to a provisioned 8-host cluster, and a re-provision with nothing
 to change, each with its breakdown (hosts, wheelhouse, each role).
 
-Runs on its own copy of inventory/netns (cluster `bench`, 10.77.203.0/24) and removes it afterwards; needs root.
-"Clean" means no hosts and an empty wheelhouse (built into a temporary directory from the control venv, as on a
-fresh clone). Baseline, measured in the same run on the same hosts: `ansible all -m ping`, the least any
-provisioning costs (one SSH round and one Python module per host). Targets (issue 10; issue 3 had 60 s and 15 s):
-up <= 20 s, re-provision <= 5 s on this 2-core machine type. quick=True skips this benchmark (it takes minutes, not seconds).
+Runs on its own copy of inventory/netns (cluster `bench`, 10.77.203.0/24) and removes it afterwards; needs
+root. "Clean" means no hosts and an empty wheelhouse (built into a temporary directory from the control venv,
+as on a fresh clone). Baseline, measured in the same run on the same hosts: `ansible all -m ping`, the least
+any provisioning costs (one SSH round and one Python module per host). Targets (issue 10; issue 3 had 60 s and
+15 s): up <= 20 s, re-provision <= 5 s on this 2-core machine type. quick=True skips this benchmark (it takes
+minutes, not seconds).
 """
 
 from __future__ import annotations

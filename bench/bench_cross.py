@@ -10,7 +10,7 @@ Rows (lower is better for times, higher for rates):
 - ring lap (median, p99; LAPS laps, as the start node times them: pyro1 -> pyro2 -> pyro3 -> pyro1, nested)
   against the same nested chain over the same links with nothing but the transport: (a) raw TCP, a 512-byte
   line relayed pyro1 -> pyro2 -> pyro3 -> pyro1 and back, (b) Pyro4's floor, an empty hop() relayed the same
-  way by Pyro4 daemons with the ring's settings (thread pool, serpent, HMAC). Both are timed on pyro1, where
+  way by Pyro4 daemons with the ring's settings (thread pool, json, HMAC). Both are timed on pyro1, where
   the lap is timed. Ring and baselines run in interleaved blocks. Target: lap median <= 1.2 x Pyro4's floor.
   Also: the send as the client host sees it (name-server lookup, connect, lap), and laps with the ring nodes at
   log level WARNING (their settings file edited and the nodes restarted, on this throwaway cluster only): what
@@ -71,6 +71,7 @@ SCP_DIR = "/var/lib/labnodes/xbench-scp"  # beside the file server's root: the s
 WORKER_PROGRAM = "labnodes-celery-worker"
 RING_PROGRAM = "labnodes-ring"  # the pyro_ring role's supervisord program
 MATH_PROGRAM = "labnodes-math"  # the socket_servers role's
+MATH_ANSWER = "OK gcd=6 lcm=144"  # the math server's answer to `48,18`
 
 
 # --- pure helpers (tests/unit/test_bench_cross.py) ---------------------------------------------------------
@@ -202,14 +203,7 @@ def _first(hosts: Hosts, group: str) -> str:
 def _laps(hosts: Hosts, client: str, ring: list[str], laps: int, blocks: int) -> dict[str, list[float]]:
     """Ring laps from the client, and the two nested chains from the start node, in interleaved blocks."""
     start, got = ring[0], {"lap_ms": [], "send_ms": [], "raw_ms": [], "pyro_ms": []}
-    for attempt in range(30):  # warm-up (links between the ring nodes); a node just restarted registers first
-        try:
-            _remote(hosts, client, "ring-laps", 3, start)
-            break
-        except RemoteError:
-            if attempt == 29:
-                raise
-            time.sleep(1)
+    _remote(hosts, client, "ring-laps", 3, start)  # warm-up: links between the ring nodes
     for block in range(blocks):
         _say(f"ring block {block + 1}/{blocks}")
         for action, args in (("ring-laps", (start,)), ("chain", (hosts.address(ring[1]), RAW_PORT, PYRO_PORT))):
@@ -219,15 +213,24 @@ def _laps(hosts: Hosts, client: str, ring: list[str], laps: int, blocks: int) ->
     return got
 
 
-def _log_level(hosts: Hosts, names: list[str], program: str, level: str | None) -> None:
+def _log_level(hosts: Hosts, names: list[str], program: str, level: str | None, answers) -> None:
     """Restart `program` on each host with `log_level = level` in its settings file (None: the file as
-    provisioned). Only on the benchmark's own throwaway cluster: it is how the run shows what logging costs."""
+    provisioned), then wait until `answers()` runs without a RemoteError (a restarted ring node registers, a
+    server listens). Only on the benchmark's own throwaway cluster: it is how the run shows what logging costs."""
     for name in names:
         line = f"log_level = \"{level}\"  # bench_cross, for one measurement"
         edit = f"sed -i '/# bench_cross, for one measurement$/d' {SETTINGS_FILE}"
         if level:
             edit += f" && sed -i {shlex.quote('1i ' + line)} {SETTINGS_FILE}"
         hosts.run(name, f"{edit} && supervisorctl restart {program}")
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            return answers()
+        except RemoteError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(1)
 
 
 def measure_ring(hosts: Hosts, laps: int = LAPS, blocks: int = BLOCKS) -> list[dict]:
@@ -241,11 +244,14 @@ def measure_ring(hosts: Hosts, laps: int = LAPS, blocks: int = BLOCKS) -> list[d
         got = _laps(hosts, client, ring, laps, blocks)
         # the same again with the nodes' one INFO line per hop turned off: what logging through supervisord's
         # pipe costs (each line wakes the host's supervisord, which competes for the same two cores)
-        _log_level(hosts, ring, RING_PROGRAM, "WARNING")
+        def answers():
+            _remote(hosts, client, "ring-laps", 1, start)
+
+        _log_level(hosts, ring, RING_PROGRAM, "WARNING", answers)
         try:
             quiet = _laps(hosts, client, ring, laps // 2, blocks // 2)
         finally:
-            _log_level(hosts, ring, RING_PROGRAM, None)
+            _log_level(hosts, ring, RING_PROGRAM, None, answers)
     lap_ms, send_ms, raw_ms, pyro_ms = got["lap_ms"], got["send_ms"], got["raw_ms"], got["pyro_ms"]
     hops = f"{len(ring)} nested hops {' -> '.join(ring + [start])}"
     lap, floor, raw = statistics.median(lap_ms), statistics.median(pyro_ms), statistics.median(raw_ms)
@@ -393,44 +399,38 @@ def measure_math(hosts: Hosts, clients=CLIENTS, rounds: int = MATH_ROUNDS) -> li
     client, server = _first(hosts, "clients"), _first(hosts, "sockservers")
     address, port = hosts.address(server), hosts.setting(server, "math_port")
     best: dict[tuple[str, int], dict] = {}
+
+    def load(to_port: int, n: int, expect: str, requests: int | None = None) -> dict:
+        """n clients on the client host, each sending `48,18` and checking the answer; with req/s and p99."""
+        got = _remote(hosts, client, "load", address, to_port, n, requests or REQUESTS.get(n, 20), "48,18", expect)
+        if got["wrong"]:
+            raise RuntimeError(f"port {to_port} with {n} clients: {got['wrong']} wrong answers")
+        return got | {"req_per_s": got["requests"] / got["seconds"], "p99_ms": percentile(got["latency_ms"], 0.99)}
+
     with Helpers(hosts) as helpers:
         helpers.start(server, "echo", "echo-line", address, ECHO_PORT)
         for n in clients:
             runs: dict[str, list[dict]] = {"math": [], "echo": []}
             for r in range(rounds):
                 _say(f"math with {n} clients, round {r + 1}/{rounds}")
-                for which, p, expect in (("math", port, "OK gcd=6 lcm=144"), ("echo", ECHO_PORT, "48,18")):
-                    got = _remote(hosts, client, "load", address, p, n, REQUESTS.get(n, 20), "48,18", expect)
-                    if got["wrong"]:
-                        raise RuntimeError(f"{which} with {n} clients: {got['wrong']} wrong answers")
-                    got["req_per_s"] = got["requests"] / got["seconds"]
-                    got["p99_ms"] = percentile(got["latency_ms"], 0.99)
-                    runs[which].append(got)
+                runs["math"].append(load(port, n, MATH_ANSWER))
+                runs["echo"].append(load(ECHO_PORT, n, "48,18"))
             for which in runs:
                 best[which, n] = median_by(runs[which], "req_per_s")
         # the largest load again with the server's one INFO line per request (and per connection) turned off
         n = clients[-1]
-        _log_level(hosts, [server], MATH_PROGRAM, "WARNING")
+
+        def answers():
+            load(port, 1, MATH_ANSWER, requests=1)
+
+        _log_level(hosts, [server], MATH_PROGRAM, "WARNING", answers)
         try:
-            for attempt in range(30):  # the restarted server listens again
-                try:
-                    _remote(hosts, client, "load", address, port, 1, 1, "48,18", "OK gcd=6 lcm=144")
-                    break
-                except RemoteError:
-                    if attempt == 29:
-                        raise
-                    time.sleep(1)
             quiet = []
             for r in range(rounds):
                 _say(f"math with {n} clients, log level WARNING, round {r + 1}/{rounds}")
-                got = _remote(hosts, client, "load", address, port, n, REQUESTS.get(n, 20), "48,18", "OK gcd=6 lcm=144")
-                if got["wrong"]:
-                    raise RuntimeError(f"math with {n} clients at log level WARNING: {got['wrong']} wrong answers")
-                got["req_per_s"] = got["requests"] / got["seconds"]
-                got["p99_ms"] = percentile(got["latency_ms"], 0.99)
-                quiet.append(got)
+                quiet.append(load(port, n, MATH_ANSWER))
         finally:
-            _log_level(hosts, [server], MATH_PROGRAM, None)
+            _log_level(hosts, [server], MATH_PROGRAM, None, answers)
     rows = []
     for n in clients:
         m, e = best["math", n], best["echo", n]

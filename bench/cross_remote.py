@@ -10,7 +10,7 @@ Servers (started detached by bench_cross; each prints {"ready": pid} once it lis
                                     answer returned, and hop() on the Pyro4 object `xbench.hop` at PYRO_PORT
                                     calls hop() at NEXT:PYRO_PORT; without NEXT the line is echoed and hop()
                                     returns at once (the end of the chain). The Pyro4 daemon has the ring nodes'
-                                    settings (labnodes.pyro_server.configure: thread pool, serpent, NODELAY,
+                                    settings (labnodes.pyro_server.configure: thread pool, json, NODELAY,
                                     guarded transport) and the host's HMAC key.
 Clients (run in the foreground, print their figures):
     ring-laps N START               N sends round the ring from this host (labnodes.ring_client.send, settings

@@ -49,9 +49,15 @@ class CappedHandler(logging.StreamHandler):
 
     def _report_left_out(self) -> None:
         if self.left_out:
-            note = logging.LogRecord("labnodes.logs", logging.INFO, __file__, 0,
-                                     "(%d earlier info lines were not written: more than log_rate=%d a second)",
-                                     (self.left_out, self.per_second), None)
+            note = logging.LogRecord(
+                "labnodes.logs",
+                logging.INFO,
+                __file__,
+                0,
+                "(%d earlier info lines were not written: more than log_rate=%d a second)",
+                (self.left_out, self.per_second),
+                None,
+            )
             self.left_out = 0
             super().emit(note)
 

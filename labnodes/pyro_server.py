@@ -19,8 +19,9 @@ handshake within milliseconds of connecting, so it is never the oldest). Once pa
 is served exactly as by Pyro4 (COMMTIMEOUT, the same pool, "no free workers" when all are busy).
 
 `configure(idle_timeout)` sets what Pyro4 only offers globally, in a server process: thread-pool server type,
-json or serpent only (SERIALIZERS), idle-link timeout, TCP_NODELAY, and installs the guarded transport for every daemon made after
-it (the name server's and the ring node's). `Signals` turns SIGTERM/SIGINT into a clean stop of a daemon.
+json or serpent only (SERIALIZERS), idle-link timeout, TCP_NODELAY, and installs the guarded transport for
+every daemon made after it (the name server's and the ring node's). `Signals` turns SIGTERM/SIGINT into a
+clean stop of a daemon.
 """
 
 from __future__ import annotations
