@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import shlex
+import threading
 import tomllib
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -47,6 +48,7 @@ class Hosts:
         self.inv = inventory
         self._conns: dict[str, Connection] = {}
         self._settings: dict[str, dict] = {}
+        self._lock = threading.Lock()  # connections are opened from several threads (ThreadPoolExecutor)
         ssh_config = STATE / inventory.cluster / "ssh_config"
         self._config = Config(runtime_ssh_path=str(ssh_config)) if ssh_config.exists() else Config()
 
@@ -54,9 +56,16 @@ class Hosts:
         return self.inv.host(name).address
 
     def connection(self, name: str) -> Connection:
+        # Each connection gets a copy of the settings: Fabric writes the ssh_config's IdentityFile into the config
+        # it is given, and invoke then rebuilds that config from empty, under any other thread reading it (seen
+        # as "No attribute or config key found for 'port'" when several hosts were reached at once).
+        with self._lock:
+            return self._connection(name)
+
+    def _connection(self, name: str) -> Connection:
         if name not in self._conns:
             host = self.inv.host(name)
-            conn = Connection(host.address, user=host.user, config=self._config, connect_timeout=15)
+            conn = Connection(host.address, user=host.user, config=self._config.clone(), connect_timeout=15)
             conn.client.set_missing_host_key_policy(paramiko.RejectPolicy())
             for path in conn.ssh_config.get("userknownhostsfile", "").split():
                 if Path(path).exists():

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from labkit import LabkitError, backends, inventory, runs, ssh
+from labkit import LabkitError, backends, inventory, remote, runs, ssh
 from labkit.backends import netns
 from labkit.inventory import InventoryError
 from labkit.remote import Hosts, RemoteError
@@ -307,3 +307,21 @@ def test_provision_progress_counts_the_hosts_each_task_reported(monkeypatch):
                     ("provision: labnodes: Ensure labnodes is configured", 2),
                     ("provision: labnodes: Ensure labnodes is configured", 3),
                     ("provision: play: Run the services of the host's groups", 3)]
+
+
+def test_opening_connections_never_rebuilds_the_shared_ssh_settings_under_other_threads(tmp_path, monkeypatch):
+    """Fabric writes IdentityFile into the config a Connection is given, and invoke then rebuilds that config from
+    empty: with one shared config, a thread reading it meanwhile failed ("No attribute ... 'port'")."""
+    (tmp_path / "c").mkdir()
+    (tmp_path / "c" / "ssh_config").write_text(f"Host *\n  User root\n  IdentityFile {tmp_path}/id_ed25519\n")
+    monkeypatch.setattr(remote, "STATE", tmp_path)
+    hosts = Hosts(inventory.Inventory(path=Path("x"), cluster="c", subnet=None, backend="lab", groups={}, hosts=(
+        inventory.Host("a", "10.0.0.1", {"ansible_user": "root"}), inventory.Host("b", "10.0.0.2", {}))))
+
+    def rebuilt():
+        raise AssertionError("the shared config was rebuilt")
+
+    monkeypatch.setattr(hosts._config, "merge", rebuilt)
+    first, second = hosts.connection("a"), hosts.connection("b")
+    assert first.connect_kwargs["key_filename"] == [f"{tmp_path}/id_ed25519"]
+    assert first.config is not second.config and hosts.connection("a") is first
