@@ -263,10 +263,15 @@ def sized_hosts_yml(cluster: str, subnet: str, ring: int = 3, workers: int = 2) 
         return "".join(f"        {name}: {{ansible_host: {base}.{octet}}}\n" for name, octet in names_octets)
 
     order = " -> ".join(f"pyro{i}" for i in range(1, min(ring, 3) + 1)) + (" -> ..." if ring > 3 else "")
+    total = ring + workers + 3
     return (
         f"# A netns cluster made by `fab new-inventory`: a ring of {ring}, {workers} workers.\n"
         "all:\n  vars:\n"
-        f"    labkit_cluster: {cluster}\n    labkit_subnet: {net}\n  children:\n"
+        f"    labkit_cluster: {cluster}\n    labkit_subnet: {net}\n"
+        # The last step of provisioning starts the programs of every host at once, all on this box's cores:
+        # 100 hosts are some 250 Python programs, and Flower then answered after more than the default 30 s.
+        f"    common_supervise_timeout: {max(30, 2 * total)}  # seconds: 2 per host, as all start at once\n"
+        "  children:\n"
         "    brokers:\n      hosts:\n" + block([("broker", 10)]) +
         "    nameservers:\n      hosts:\n        broker:\n"
         "    workers:\n      hosts:\n" + block((f"worker{i}", 99 + i) for i in range(1, workers + 1)) +

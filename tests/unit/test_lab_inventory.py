@@ -39,6 +39,7 @@ def test_a_sized_inventory_has_the_ring_and_workers_asked_for_each_at_its_own_ad
     assert list(inv.groups["ring"]) == [f"pyro{i}" for i in range(1, 51)]
     assert len(inv.groups["workers"]) == 47 and list(inv.groups["nameservers"]) == ["broker"]
     assert len({h.address for h in inv.hosts}) == 100
+    assert inv.hosts[0].vars["common_supervise_timeout"] == 200  # every host's programs start at once on the box
 
 
 @pytest.mark.parametrize("args, words", [
