@@ -106,10 +106,9 @@ def build_dependencies(wheel: Path, out: Path, pins: str) -> None:
 
 
 def requires(wheel: Path) -> list[Requirement]:
-    """The Requires-Dist lines of a wheel's METADATA."""
-    name, version, _, _ = parse_wheel_filename(wheel.name)
+    """The Requires-Dist lines of a wheel's METADATA (in its top-level *.dist-info directory)."""
     with zipfile.ZipFile(wheel) as zf:
-        meta = next(n for n in zf.namelist() if n.endswith(".dist-info/METADATA") and "/" not in n[:-len("/METADATA")])
+        meta = next(n for n in zf.namelist() if n.count("/") == 1 and n.endswith(".dist-info/METADATA"))
         msg = email.parser.Parser().parsestr(zf.read(meta).decode())
     return [Requirement(r) for r in msg.get_all("Requires-Dist") or []]
 

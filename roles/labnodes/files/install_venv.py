@@ -52,9 +52,9 @@ def _retarget(stage: Path, final: Path) -> None:
             path.write_text(text.replace(str(stage), str(final)))
 
 
-def build(wheels: Path, stage: Path, final: Path, files: list[str]) -> None:
+def build(wheels: Path, installer_wheel: str, stage: Path, final: Path, files: list[str]) -> None:
     """Make a venv at `stage` holding the wheels `files`, its scripts pointing at the venv at `final`."""
-    sys.path.insert(0, str(wheels / json.loads((wheels / "manifest.json").read_text())["installer"]))
+    sys.path.insert(0, str(wheels / installer_wheel))  # installer runs from its wheel: a zip on sys.path
     from installer import install
     from installer.destinations import SchemeDictionaryDestination
     from installer.sources import WheelFile
@@ -107,7 +107,7 @@ def main(argv: list[str]) -> int:
             manifest = json.loads((wheels / "manifest.json").read_text())
             files = wheels_for(manifest, extras)
             shutil.rmtree(stage, ignore_errors=True)
-            build(wheels, stage, final, files)
+            build(wheels, manifest["installer"], stage, final, files)
             (stage / STAMP).write_text(stamp + "\n")
         swap(stage, final)
     except Exception as exc:  # noqa: BLE001 -- any failure: one line for the playbook's output, nothing half-done
