@@ -175,19 +175,20 @@ def build(repo: Path, wheelhouse: Path) -> int:
     wheels = list(wheelhouse.glob("*.whl"))
     deps = state.get("deps") != want["deps"] or not any(w.name.startswith(f"{INSTALLER}-") for w in wheels)
     source = state.get("source") != want["source"] or not list(wheelhouse.glob("labnodes-*.whl"))
-    with tempfile.TemporaryDirectory(prefix="labnodes-wheel-") as tmp:
-        wheel = build_labnodes(repo, Path(tmp)) if deps or source else None
-        if deps:
-            for w in wheels:
-                if not w.name.startswith("labnodes-"):
+    if deps or source:
+        with tempfile.TemporaryDirectory(prefix="labnodes-wheel-") as tmp:
+            wheel = build_labnodes(repo, Path(tmp))  # once, for either step
+            if deps:
+                for w in wheels:
+                    if not w.name.startswith("labnodes-"):
+                        w.unlink()
+                build_dependencies(wheel, wheelhouse, pins)
+                rebuilt.append("dependencies")
+            if source:
+                for w in wheelhouse.glob("labnodes-*.whl"):
                     w.unlink()
-            build_dependencies(wheel, wheelhouse, pins)
-            rebuilt.append("dependencies")
-        if source:
-            for w in wheelhouse.glob("labnodes-*.whl"):
-                w.unlink()
-            shutil.copy2(wheel, wheelhouse / wheel.name)
-            rebuilt.append("labnodes")
+                shutil.copy2(wheel, wheelhouse / wheel.name)
+                rebuilt.append("labnodes")
     archive = wheelhouse / ARCHIVE
     sidecar = wheelhouse / (ARCHIVE + ".sha256")  # read by the labnodes role (labnodes_wheelhouse_checksum)
     packed = state.get("archive", "")
@@ -204,7 +205,8 @@ def build(repo: Path, wheelhouse: Path) -> int:
                 tmp.write_bytes(content)
                 tmp.replace(path)
             changed = True
-    state_file.write_text(json.dumps(want | {"archive": checksum}, indent=1) + "\n")
+    if state != want | {"archive": checksum}:
+        state_file.write_text(json.dumps(want | {"archive": checksum}, indent=1) + "\n")
     print(json.dumps({"changed": changed, "archive": str(archive), "sha256": checksum, "rebuilt": rebuilt}))
     return 0
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -15,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
+from labkit import REPO
+
 BUILDER = REPO / "playbooks" / "files" / "build_wheelhouse.py"
 INSTALL = REPO / "roles" / "labnodes" / "files" / "install_venv.py"
 HOST_PYTHON = "/usr/bin/python3"  # labnodes_python's default
@@ -158,9 +158,4 @@ def test_a_failed_install_leaves_the_installed_venv_as_it_was(wheelhouse, tmp_pa
     assert sorted(str(p.relative_to(venv)) for p in venv.rglob("*")) == before
     assert (venv / ".labkit-installed").read_text() == "build-1\n"
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("venv")) == ["venv"]
-    assert (
-        subprocess.run(
-            [str(venv / "bin" / "python"), "-c", "import labnodes"], env=dict(os.environ)
-        ).returncode
-        == 0
-    )
+    assert subprocess.run([str(venv / "bin" / "python"), "-c", "import labnodes"]).returncode == 0

@@ -7,10 +7,10 @@ import importlib.util
 from pathlib import Path
 
 import pytest
+
+from labkit import REPO
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
-
-REPO = Path(__file__).resolve().parents[2]
 
 
 def _load(name: str, path: Path):
