@@ -62,6 +62,7 @@ import socket
 import threading
 
 from labnodes import LabnodesError, numbers
+from labnodes.logs import room
 
 log = logging.getLogger(__name__)
 
@@ -262,7 +263,8 @@ class MathServer:
                     await self._say_and_close(writer, ERR_TOO_LONG, reader)
                     break
                 reply = answer(request)
-                log.info("%s %r -> %s", peer, request, reply)
+                if room(log):  # one line per request, unless the cap (log_rate) would leave it out
+                    log.info("%s %r -> %s", peer, request, reply)
                 writer.write(reply.encode() + b"\n")
                 try:
                     async with asyncio.timeout(self.idle_timeout):

@@ -15,8 +15,10 @@ import time
 
 from labnodes.ring_lap import check_message, check_node_name, new_message, receipt, receive, result_of, timeouts
 from labnodes.ring_lap import done
+from labnodes.logs import room
 
 log = logging.getLogger("labnodes.ring")  # one logger for every part of the ring program
+ARRIVAL = "%s: message %s lap %d hop %d from %s, numbers %s -> %s"  # how a hop's log line starts
 
 
 class RingNode:
@@ -54,27 +56,27 @@ class RingNode:
     def info(self) -> dict:
         return {"name": self.name, "next": self.next_name, "host": self.host, "address": self.address}
 
-    def _receive(self, msg: dict, received: float) -> str:
-        """Record this node's arrival and step; the log line's words for it (where from, the numbers)."""
-        before = list(msg["numbers"])
-        receive(msg, self.name, self.host, self.address, received)
+    def _receive(self, msg: dict, received: float) -> tuple:
+        """Record this node's arrival and step; the words of its log line (where from, the numbers) for ARRIVAL,
+        which is formatted only if the line is written."""
+        before = msg["numbers"]
+        receive(msg, self.name, self.host, self.address, received)  # msg["numbers"] is a new list after it
         if len(msg["trace"]) > 1:
             prev = msg["trace"][-2]["node"]
         else:
             prev = "client" if msg["origin"] == self.name else msg["origin"]
-        return (f"{self.name}: message {msg['id'][:8]} lap {msg['lap']} hop {len(msg['trace'])} from {prev}, "
-                f"numbers {before} -> {msg['numbers']}")
+        return self.name, msg["id"][:8], msg["lap"], len(msg["trace"]), prev, before, msg["numbers"]
 
-    def _pass_on(self, msg: dict, budget: float, arrival: str) -> dict:
-        """Call the successor with this hop's budget; logs the hop as one line (`arrival`, if any, and where to)."""
+    def _pass_on(self, msg: dict, budget: float, what: str, words: tuple) -> dict:
+        """Call the successor with this hop's budget; logs the hop as one line (`what % words`, and where to)."""
         timeout = budget - self.margin
         if timeout < self.margin:
             raise RuntimeError(
                 f"ring hop {self.name} -> {self.next_name} failed: no time left "
                 f"({budget:.2f} s budget; ring too long for ring_timeout {self.ring_timeout} s?)"
             )
-        where = arrival or f"{self.name}: message {msg['id'][:8]} lap {msg['lap']}"
-        log.info("%s, on to %s (timeout %.2f s)", where, self.next_name, timeout)
+        if room(log):  # a line per hop, unless the cap (log_rate) would leave it out: then not even its record
+            log.info(what + ", on to %s (timeout %.2f s)", *words, self.next_name, timeout)
         try:
             return self.forward(msg, timeout)
         except Exception as exc:
@@ -95,9 +97,10 @@ class RingNode:
                         f"message {msg['id']} claims origin {self.name} but {self.name} did not send it"
                     )
                 self._waiting[msg["id"]] = msg  # for the start() thread waiting for this lap
-            log.info("%s: back at its origin", arrival)
+            if room(log):
+                log.info(ARRIVAL + ": back at its origin", *arrival)
             return receipt(msg)
-        return self._pass_on(msg, budget, arrival)
+        return self._pass_on(msg, budget, ARRIVAL, arrival)
 
     def start(self, text, numbers, budget) -> dict:
         """Send a new message round the ring from this node, lap after lap, until the numbers are done."""
@@ -107,7 +110,7 @@ class RingNode:
             raise ValueError(f"budget must be a positive number of seconds, got {budget!r}")
         msg = new_message(text, numbers, self.name)
         deadline = t0 + budget - self.margin
-        arrival = f"{self._receive(msg, received)}, text {msg['text']!r}"  # the first hop: from the client
+        what, words = ARRIVAL + ", text %r", (*self._receive(msg, received), msg["text"])  # from the client
         trace: list[dict] = []
         lap_ms: list[float] = []
         mid = msg["id"]
@@ -121,8 +124,8 @@ class RingNode:
                 with self._lock:
                     self._waiting[mid] = None
                 t = time.perf_counter()
-                got = self._pass_on(msg, lap_budget + self.margin, arrival)
-                arrival = ""
+                got = self._pass_on(msg, lap_budget + self.margin, what, words)
+                what, words = "%s: message %s lap %d", (self.name, mid[:8], msg["lap"] + 1)  # the next lap's
                 with self._lock:
                     back = self._waiting.pop(mid)
                 lap_ms.append((time.perf_counter() - t) * 1000)

@@ -89,3 +89,51 @@ def test_a_steady_rate_under_the_cap_is_written_whole():
 def test_log_rate_that_is_not_a_count_is_a_config_error(value):
     with pytest.raises(config.ConfigError, match="log_rate"):
         config.load(env={"LABNODES_LOG_RATE": value})
+
+
+@pytest.fixture
+def installed(monkeypatch):
+    """configure()'s handler on the root logger, capped at 2 lines a second, on a fake clock; put back after."""
+    clock, stream = Clock(), io.StringIO()
+    handler = logs.CappedHandler(stream, 2, clock=clock)
+    handler.setFormatter(logging.Formatter("%(levelname)s %(message)s"))
+    monkeypatch.setattr(logs, "_installed", handler)
+    monkeypatch.setattr(logging.root, "handlers", [handler])
+    level = logging.root.level
+    logging.root.setLevel(logging.INFO)  # setLevel, not the attribute: loggers cache what their level lets through
+    yield logging.getLogger("test.logs.room"), handler, stream, clock
+    logging.root.setLevel(level)
+
+
+def test_room_says_no_once_the_cap_is_reached_and_counts_the_skipped_line_as_left_out(installed):
+    log, handler, stream, clock = installed
+    answers = []
+    for i in range(5):  # the hot-path pattern: ask first, log only if there is room
+        answers.append(logs.room(log))
+        if answers[-1]:
+            log.info("hop %d", i)
+    assert answers == [True, True, False, False, False]
+    clock.now += 1.0
+    assert logs.room(log)
+    log.info("hop 5")
+    assert lines(stream) == [
+        "INFO hop 0",
+        "INFO hop 1",
+        "INFO (3 earlier info lines were not written: more than log_rate=2 a second)",
+        "INFO hop 5",
+    ]
+
+
+def test_room_says_no_below_the_loggers_level_and_counts_nothing(installed):
+    log, handler, stream, clock = installed
+    logging.root.setLevel(logging.WARNING)
+    assert not logs.room(log)
+    assert handler.left_out == 0
+
+
+def test_room_says_yes_without_a_capped_handler_on_the_root_logger(installed, monkeypatch):
+    log, handler, *_ = installed
+    for _ in range(3):
+        log.info("fills the cap")
+    monkeypatch.setattr(logging.root, "handlers", [])  # another test's or tool's logging, not configure()'s
+    assert logs.room(log)
