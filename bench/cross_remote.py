@@ -7,18 +7,23 @@ Servers (started detached by bench_cross; each prints {"ready": pid} once it lis
     hop HOST RAW_PORT PYRO_PORT [NEXT]
                                     one link of a nested chain, raw TCP and Pyro4 side by side: with NEXT (an
                                     address), a line received on RAW_PORT is passed to NEXT:RAW_PORT and its
-                                    answer returned, and hop() on the Pyro4 object `xbench.hop` at PYRO_PORT
-                                    calls hop() at NEXT:PYRO_PORT; without NEXT the line is echoed and hop()
-                                    returns at once (the end of the chain). The Pyro4 daemon has the ring nodes'
-                                    settings (labnodes.pyro_server.configure: thread pool, json, NODELAY,
+                                    answer returned, and hop([message]) on the Pyro4 object `xbench.hop` at
+                                    PYRO_PORT calls hop([message]) at NEXT:PYRO_PORT; without NEXT the line is
+                                    echoed and hop() returns at once (the end of the chain): None, or for a
+                                    message a receipt the size of the ring's. The Pyro4 daemon has the ring
+                                    nodes' settings (labnodes.pyro_server.configure: thread pool, json, NODELAY,
                                     guarded transport) and the host's HMAC key.
 Clients (run in the foreground, print their figures):
-    ring-laps N START               N sends round the ring from this host (labnodes.ring_client.send, settings
-                                    from the host's labnodes.toml): each lap's time as the start node measured
-                                    it, and each send's time as this client saw it (name-server lookup included)
-    chain N FIRST RAW_PORT PYRO_PORT
-                                    N nested round trips through the hop chain starting at FIRST, raw TCP
-                                    (512-byte line) and Pyro4 (empty call) alternating, each timed here
+    ring-laps N START               N sends of RING_NUMBERS (three laps) round the ring from this host
+                                    (labnodes.ring_client.send, settings from the host's labnodes.toml): each
+                                    send's first lap and its later laps (back to back) as the start node timed
+                                    them, each send's time as this client saw it (name-server lookup included)
+                                    and the part of it outside the laps (when the ring hosts wait idle)
+    chain N FIRST RAW_PORT PYRO_PORT [GAP_MS]
+                                    N rounds of nested round trips through the hop chain starting at FIRST, each
+                                    timed here: raw TCP (a 512-byte line), Pyro4 (an empty call), Pyro4 carrying
+                                    a ring message (ring_message()) and returning a receipt, and, with GAP_MS, an
+                                    empty call made after GAP_MS ms of idling
     load HOST PORT CLIENTS REQUESTS LINE EXPECT
                                     CLIENTS connections, each sending LINE and reading one answer line REQUESTS
                                     times in a row (closed loop): requests/s and every request's latency;
@@ -38,6 +43,7 @@ import threading
 import time
 
 PAYLOAD = b"x" * 511 + b"\n"
+RING_NUMBERS, RING_GCD, RING_LAPS = "89,55", 1, 3  # Fibonacci neighbours: 9 Euclid steps, 3 laps of 3 hosts
 HOP_OBJECT = "xbench.hop"
 TIMEOUT = 10.0  # seconds for any one call or round trip (hang guard)
 
@@ -130,13 +136,13 @@ def hop(host: str, raw_port: str, pyro_port: str, nxt: str = "") -> int:
     class Hop:
         local = threading.local()
 
-        def hop(self):
+        def hop(self, message=None):
             if not nxt:
-                return None
+                return None if message is None else {"id": message["id"], "lap": message["lap"], "back_at": "x"}
             p = getattr(self.local, "proxy", None)
             if p is None:
                 p = self.local.proxy = pyro_client.proxy(f"PYRO:{HOP_OBJECT}@{nxt}:{pyro_port}", key, TIMEOUT)
-            return p.hop()
+            return p.hop() if message is None else p.hop(message)
 
     listener = socket.create_server((host, int(raw_port)), backlog=64, reuse_port=False)
     threading.Thread(target=accept, args=(listener,), daemon=True).start()
@@ -154,26 +160,41 @@ def ring_laps(n: str, start: str) -> int:
     from labnodes import ring_client
 
     s = _settings()
-    laps, sends = [], []
+    first, later, sends, idle = [], [], [], []
     for _ in range(int(n)):
         t = time.perf_counter()
-        res = ring_client.send(s.ns_host, s.ns_port, s.hmac_key, start, "xbench", "48,18", 2 * s.ring_timeout)
+        res = ring_client.send(s.ns_host, s.ns_port, s.hmac_key, start, "xbench", RING_NUMBERS, 2 * s.ring_timeout)
         sends.append((time.perf_counter() - t) * 1000)
-        if res["gcd"] != 6 or res["laps"] != 1:
-            raise RuntimeError(f"the ring answered {res['gcd']} after {res['laps']} laps, not 6 after 1")
-        laps.append(res["lap_ms"][0])
-    _say({"lap_ms": laps, "send_ms": sends})
+        if res["gcd"] != RING_GCD or res["laps"] != RING_LAPS:
+            raise RuntimeError(f"the ring answered {res['gcd']} after {res['laps']} laps, "
+                               f"not {RING_GCD} after {RING_LAPS}")
+        first.append(res["lap_ms"][0])
+        later += res["lap_ms"][1:]
+        idle.append(sends[-1] - sum(res["lap_ms"]))
+    _say({"first_ms": first, "lap_ms": later, "send_ms": sends, "idle_ms": idle})
     return 0
 
 
-def chain(n: str, first: str, raw_port: str, pyro_port: str) -> int:
+def ring_message() -> dict:
+    """A ring message as the middle hop of a later lap carries it (one trace record; a later lap's three hops
+    carry 0, 1 and 2 records: the start node empties the trace at each new lap)."""
+    from labnodes import ring_lap
+
+    msg = ring_lap.new_message("xbench", [int(x) for x in RING_NUMBERS.split(",")], "pyro1")
+    msg["lap"] = 2
+    return ring_lap.receive(msg, "pyro2", "pyro2", "10.77.83.22:40000", time.time())
+
+
+def chain(n: str, first: str, raw_port: str, pyro_port: str, gap_ms: str = "0") -> int:
     from labnodes import pyro_client
 
     key = _settings().hmac_key
+    gap = float(gap_ms) / 1000
+    message = ring_message()
     sock = socket.create_connection((first, int(raw_port)), timeout=TIMEOUT)
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     buf = bytearray()
-    raw, pyro = [], []
+    got = {"raw_ms": [], "pyro_ms": [], "message_ms": [], "paced_ms": []}
     with sock, pyro_client.proxy(f"PYRO:{HOP_OBJECT}@{first}:{pyro_port}", key, TIMEOUT) as p:
         for i in range(int(n) + 5):  # the first 5 warm the links up and are not counted
             t = time.perf_counter()
@@ -183,10 +204,20 @@ def chain(n: str, first: str, raw_port: str, pyro_port: str) -> int:
             t1 = time.perf_counter()
             p.hop()
             t2 = time.perf_counter()
+            if p.hop(message)["id"] != message["id"]:
+                raise RuntimeError("the chain lost the message")
+            t3 = time.perf_counter()
             if i >= 5:
-                raw.append((t1 - t) * 1000)
-                pyro.append((t2 - t1) * 1000)
-    _say({"raw_ms": raw, "pyro_ms": pyro})
+                got["raw_ms"].append((t1 - t) * 1000)
+                got["pyro_ms"].append((t2 - t1) * 1000)
+                got["message_ms"].append((t3 - t2) * 1000)
+            if gap:
+                time.sleep(gap)
+                t4 = time.perf_counter()
+                p.hop()
+                if i >= 5:
+                    got["paced_ms"].append((time.perf_counter() - t4) * 1000)
+    _say(got)
     return 0
 
 

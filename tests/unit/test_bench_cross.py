@@ -103,3 +103,18 @@ def test_the_load_generator_gets_the_math_servers_answer():
 @pytest.mark.parametrize("counts, steps", [((4, 2, 1), [4, 2, 1, 1, 2, 4]), ((1, 4), [4, 1, 1, 4]), ((2,), [2, 2])])
 def test_worker_counts_are_measured_down_then_back_up(counts, steps):
     assert bench_cross.worker_steps(counts) == steps
+
+
+def test_the_ring_benchmarks_numbers_take_its_laps_and_its_chain_message_is_one_a_node_accepts():
+    from labnodes import ring_lap, ring_node
+    from tests.unit.test_ring import make_ring
+
+    nodes = make_ring(["pyro1", "pyro2", "pyro3"])
+    a, b = (int(x) for x in cross_remote.RING_NUMBERS.split(","))
+    res = nodes["pyro1"].start("xbench", [a, b], 10.0)
+    assert (res["gcd"], res["laps"]) == (cross_remote.RING_GCD, cross_remote.RING_LAPS)
+    msg = cross_remote.ring_message()
+    assert ring_lap.check_message(msg) is msg and len(msg["trace"]) == 1 and msg["lap"] == 2
+    # what a middle node does with it: relays it on (its successor here answers with a receipt)
+    node = ring_node.RingNode("pyro3", "pyro1", forward=lambda m, t: ring_lap.receipt(m))
+    assert node.relay(msg, 5.0) == {"id": msg["id"], "lap": 2, "back_at": "pyro1"}
