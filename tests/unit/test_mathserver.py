@@ -175,6 +175,33 @@ def test_silent_connection_gets_idle_timeout_err_and_is_closed():
         srv.close()
 
 
+def test_client_that_never_reads_its_replies_is_dropped_and_others_are_still_served():
+    srv = MathServer("127.0.0.1", 0, idle_timeout=1.0)
+    address = srv.start_in_thread()
+    try:
+        with socket.create_connection(address, timeout=HANG_GUARD) as hog:
+            hog.setblocking(False)
+            chunk, deadline = b"48,18\n" * 10_000, time.monotonic() + HANG_GUARD
+            while True:  # requests until the server stops reading them: its memory for this client is bounded
+                assert time.monotonic() < deadline, "the server kept reading requests whose replies nobody read"
+                try:
+                    hog.send(chunk)
+                except BlockingIOError:
+                    time.sleep(0.2)  # it may still be answering what it read
+                    try:
+                        hog.send(chunk)
+                    except BlockingIOError:
+                        break
+            time.sleep(2.0)  # more than idle_timeout plus one sweep, reading nothing
+            assert ask(*address, ["12,8"], timeout=HANG_GUARD)[0]["gcd"] == 4
+            hog.setblocking(True)
+            with pytest.raises(ConnectionResetError):  # dropped: what it did not read is gone with it
+                while hog.recv(1 << 20):
+                    pass
+    finally:
+        srv.close()
+
+
 def test_server_shutdown_tells_open_clients_and_closes_them():
     srv = MathServer("127.0.0.1", 0)
     address = srv.start_in_thread()
