@@ -100,6 +100,38 @@ def test_the_load_generator_gets_the_math_servers_answer():
     assert got["requests"] == 60 and got["wrong"] == 0
 
 
+def test_the_paced_load_offers_its_rate_and_every_request_is_answered_and_checked():
+    server = MathServer("127.0.0.1", 0)
+    host, port = server.start_in_thread()
+    try:
+        got = asyncio.run(cross_remote._paced(host, port, 20, 400, 1.0, b"48,18\n", b"OK gcd=6 lcm=144\n"))
+        bad = asyncio.run(cross_remote._paced(host, port, 5, 50, 0.5, b"48,18\n", b"48,18\n"))
+    finally:
+        server.close()
+    assert 380 <= got["sent"] <= 420 and got["requests"] == got["sent"] == len(got["latency_ms"])
+    assert got["wrong"] == 0
+    assert bad["wrong"] == bad["sent"] + 5  # the warm-up request of each connection is checked too
+
+
+def test_the_paced_load_times_a_request_from_when_it_was_due_so_a_queue_shows():
+    """A server that answers each connection's lines one after another, 0.1 s each, offered twice that: the
+    requests queue up. Timed from when each was sent after the last reply (closed loop), every request would
+    look like 0.1 s; timed from its schedule, the queue shows."""
+    async def main():
+        async def handle(reader, writer):
+            while line := await reader.readline():
+                await asyncio.sleep(0.1)
+                writer.write(line)
+        server = await asyncio.start_server(handle, "127.0.0.1", 0)
+        async with server:
+            port = server.sockets[0].getsockname()[1]
+            return await cross_remote._paced("127.0.0.1", port, 2, 40, 0.5, b"x\n", b"x\n")
+    got = asyncio.run(main())
+    ms = sorted(got["latency_ms"])
+    assert got["requests"] == got["sent"] == 20 and got["wrong"] == 0
+    assert ms[0] >= 95 and ms[-1] >= 500  # the 10th request of a connection waited for the nine before it
+
+
 @pytest.mark.parametrize("counts, steps", [((4, 2, 1), [4, 2, 1, 1, 2, 4]), ((1, 4), [4, 1, 1, 4]), ((2,), [2, 2])])
 def test_worker_counts_are_measured_down_then_back_up(counts, steps):
     assert bench_cross.worker_steps(counts) == steps
