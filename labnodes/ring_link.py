@@ -41,21 +41,20 @@ class Link:
         self.src, self.dst = src, dst
         self.ns_host, self.ns_port, self.hmac_key = ns_host, ns_port, hmac_key
         self.uri: str | None = None
-        self.idle: list = []
+        self.idle: list[tuple[str, object]] = []  # (uri, proxy): the uri kept as text, not made again per call
         self.lock = threading.Lock()
 
     def relay(self, msg: dict, timeout: float) -> dict:
         """Call the successor's relay(msg, timeout), waiting at most `timeout` s in all; return its receipt."""
         deadline = time.monotonic() + timeout
-        p, reused = self._take(timeout)
-        uri = str(p._pyroUri)
-        out, exc = self._call(p, msg, timeout)
+        uri, p, reused = self._take(timeout)
+        out, exc = self._call(uri, p, msg, timeout)
         if exc is None:
             return out
         left = deadline - time.monotonic()
         if reused and isinstance(exc, pyro().errors.ConnectionClosedError) and left > 0:  # retry 1
             log.info("%s: link to %s was closed, reconnecting", self.src, self.dst)
-            out, exc = self._call(proxy(uri, self.hmac_key, left), msg, left)
+            out, exc = self._call(uri, proxy(uri, self.hmac_key, left), msg, left)
             if exc is None:
                 return out
             left = deadline - time.monotonic()
@@ -70,7 +69,7 @@ class Link:
         with self.lock:
             self.uri = new_uri
         left = deadline - time.monotonic()
-        out, exc = self._call(proxy(new_uri, self.hmac_key, left), msg, left)
+        out, exc = self._call(new_uri, proxy(new_uri, self.hmac_key, left), msg, left)
         if exc is None:
             return out
         self._forget(new_uri)
@@ -78,13 +77,13 @@ class Link:
 
     def close(self) -> None:
         with self.lock:
-            for p in self.idle:
+            for _, p in self.idle:
                 p._pyroRelease()
             self.idle.clear()
 
     # --- one call --------------------------------------------------------------------------------------
 
-    def _call(self, p, msg: dict, timeout: float):
+    def _call(self, uri: str, p, msg: dict, timeout: float):
         """One call through proxy p: (receipt, None), or (None, the connection error that may be retried).
 
         Raises what must not be retried: the successor's own error (unchanged), a timeout (a hung hop), an
@@ -94,7 +93,7 @@ class Link:
             out = p.relay(msg, timeout)
         except Exception as exc:
             if is_remote(exc):  # the successor (or a hop after it) raised: pass it back unchanged
-                self._give(p)
+                self._give(uri, p)
                 raise
             p._pyroRelease()
             if isinstance(exc, Pyro4.errors.TimeoutError):
@@ -102,10 +101,10 @@ class Link:
             if not isinstance(exc, Pyro4.errors.CommunicationError):
                 raise self._fail(f"{type(exc).__name__}: {exc}") from None
             if "hmac" in str(exc).lower():
-                self._forget(str(p._pyroUri))
+                self._forget(uri)
                 raise self._fail(f"{self.dst} refused the connection: HMAC key mismatch ({exc})") from None
             return None, exc
-        self._give(p)
+        self._give(uri, p)
         return out, None
 
     # --- the pool and the name server ------------------------------------------------------------------
@@ -129,25 +128,25 @@ class Link:
         return str(uri)
 
     def _take(self, timeout: float):
-        """A proxy for one call and whether it was pooled (a pooled link may have been closed meanwhile)."""
+        """(uri, a proxy to it for one call, whether it was pooled: a pooled link may have been closed since)."""
         with self.lock:
             uri = self.uri
-            p = self.idle.pop() if self.idle else None
+            p_uri, p = self.idle.pop() if self.idle else (None, None)
         if uri is None:
             uri = self._lookup(timeout)
             with self.lock:
                 self.uri = uri
-        if p is None or str(p._pyroUri) != uri:
+        if p is None or p_uri != uri:
             if p is not None:
                 p._pyroRelease()
-            return proxy(uri, self.hmac_key, timeout), False
+            return uri, proxy(uri, self.hmac_key, timeout), False
         p._pyroTimeout = timeout
-        return p, True
+        return uri, p, True
 
-    def _give(self, p) -> None:
+    def _give(self, uri, p) -> None:
         with self.lock:
-            if str(p._pyroUri) == self.uri and len(self.idle) < MAX_IDLE_LINKS:
-                self.idle.append(p)
+            if uri == self.uri and len(self.idle) < MAX_IDLE_LINKS:
+                self.idle.append((uri, p))
                 return
         p._pyroRelease()
 
@@ -155,6 +154,6 @@ class Link:
         with self.lock:
             if self.uri == uri:
                 self.uri = None
-            for p in self.idle:
+            for _, p in self.idle:
                 p._pyroRelease()
             self.idle.clear()
