@@ -32,8 +32,8 @@ Clients (run in the foreground, print their figures):
                                     CLIENTS connections sending RATE requests a second in all for SECONDS, on a
                                     schedule whatever the answers do (open loop): every request's latency from
                                     its scheduled time, and how many were sent and answered
-                                    Both load generators are asyncio protocols (about 3x cheaper per request
-                                    than streams), so that one client process can offer 30,000 requests a second
+                                    Both load generators are asyncio protocols, cheaper per request than
+                                    streams, so that one client process can offer 30,000 requests a second
     redis-ping N                    N Redis PING round trips to the host's broker (its labnodes.toml settings)
 """
 

@@ -41,7 +41,9 @@ class Link:
         self.src, self.dst = src, dst
         self.ns_host, self.ns_port, self.hmac_key = ns_host, ns_port, hmac_key
         self.uri: str | None = None
-        self.idle: list[tuple[str, object]] = []  # (uri, proxy): the uri kept as text, not made again per call
+        self.idle: list[
+            tuple[str, object]
+        ] = []  # (uri, proxy): the uri kept as text, not made again per call
         self.lock = threading.Lock()
 
     def relay(self, msg: dict, timeout: float) -> dict:

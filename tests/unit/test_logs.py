@@ -100,7 +100,9 @@ def installed(monkeypatch):
     monkeypatch.setattr(logs, "_installed", handler)
     monkeypatch.setattr(logging.root, "handlers", [handler])
     level = logging.root.level
-    logging.root.setLevel(logging.INFO)  # setLevel, not the attribute: loggers cache what their level lets through
+    logging.root.setLevel(
+        logging.INFO
+    )  # setLevel, not the attribute: loggers cache what their level lets through
     yield logging.getLogger("test.logs.room"), handler, stream, clock
     logging.root.setLevel(level)
 

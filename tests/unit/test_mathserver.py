@@ -183,7 +183,9 @@ def test_client_that_never_reads_its_replies_is_dropped_and_others_are_still_ser
             hog.setblocking(False)
             chunk, deadline = b"48,18\n" * 10_000, time.monotonic() + HANG_GUARD
             while True:  # requests until the server stops reading them: its memory for this client is bounded
-                assert time.monotonic() < deadline, "the server kept reading requests whose replies nobody read"
+                assert time.monotonic() < deadline, (
+                    "the server kept reading requests whose replies nobody read"
+                )
                 try:
                     hog.send(chunk)
                 except BlockingIOError:
