@@ -35,7 +35,7 @@ import struct
 import threading
 import time
 
-from labnodes.pyro_client import SERIALIZERS
+from labnodes.pyro_client import SERIALIZERS, pyro
 
 log = logging.getLogger(__name__)
 
@@ -171,10 +171,9 @@ def _make_transport():
 
 def configure(idle_timeout: float):
     """In a server process, before any daemon is made: Pyro4's global settings, and the guarded transport."""
-    import Pyro4
-    import Pyro4.naming  # noqa: F401  (startNS)
     import Pyro4.socketserver.threadpoolserver as threadpoolserver
 
+    Pyro4 = pyro()  # with labnodes' json serializer (pyro_client)
     Pyro4.config.SERVERTYPE = "thread"
     Pyro4.config.SERIALIZER = "json"
     Pyro4.config.SERIALIZERS_ACCEPTED = set(SERIALIZERS)
