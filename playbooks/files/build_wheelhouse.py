@@ -1,7 +1,8 @@
 """Build the wheelhouse the hosts install labnodes from, and pack it as one reproducible tar archive.
 
-Run by the first play of site.yml with the control venv's Python: `build_wheelhouse.py REPO WHEELHOUSE`.
-Prints one JSON line: {"changed": bool, "archive": path, "sha256": hex, "rebuilt": [...]}; the sha256 is also
+Run by the first play of site.yml, inside Ansible's worker (playbooks/action_plugins/labkit_wheelhouse.py calls
+main()), or by hand with the control venv's Python: `build_wheelhouse.py REPO WHEELHOUSE`, which prints main()'s
+result as one JSON line: {"changed": bool, "archive": path, "sha256": hex, "rebuilt": [...]}. The sha256 is also
 written beside the archive (wheelhouse.tar.sha256), where the labnodes role reads it.
 
 The archive holds the wheels and manifest.json, which says what a host installs (the labnodes role's
@@ -155,7 +156,8 @@ def pack(wheelhouse: Path) -> bytes:
     return buf.getvalue()
 
 
-def main(argv: list[str]) -> int:
+def main(argv: list[str]) -> dict:
+    """Build what changed (see the docstring) under the wheelhouse's lock; the result the docstring names."""
     repo, wheelhouse = Path(argv[0]).resolve(), Path(argv[1]).resolve()
     wheelhouse.mkdir(parents=True, exist_ok=True)
     with open(wheelhouse / ".lock", "w") as lock:
@@ -163,7 +165,7 @@ def main(argv: list[str]) -> int:
         return build(repo, wheelhouse)
 
 
-def build(repo: Path, wheelhouse: Path) -> int:
+def build(repo: Path, wheelhouse: Path) -> dict:
     state_file = wheelhouse / STATE
     state = json.loads(state_file.read_text()) if state_file.exists() else {}
     pins = control_pins()
@@ -207,9 +209,8 @@ def build(repo: Path, wheelhouse: Path) -> int:
             changed = True
     if state != want | {"archive": checksum}:
         state_file.write_text(json.dumps(want | {"archive": checksum}, indent=1) + "\n")
-    print(json.dumps({"changed": changed, "archive": str(archive), "sha256": checksum, "rebuilt": rebuilt}))
-    return 0
+    return {"changed": changed, "archive": str(archive), "sha256": checksum, "rebuilt": rebuilt}
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    print(json.dumps(main(sys.argv[1:])))
