@@ -161,6 +161,33 @@ def test_second_provisioning_changes_nothing(lab):
     assert changed == {}, changed
 
 
+def _pids(lab, host: str) -> dict[str, str]:
+    """program -> pid of every RUNNING program on the host, as supervisorctl shows them."""
+    rows = ssh(lab.host(host).address, "supervisorctl status", check=False).stdout.splitlines()
+    return {r.split()[0]: r.split()[3].rstrip(",") for r in rows if " RUNNING " in f" {r} "}
+
+
+def test_a_changed_setting_restarts_the_labnodes_programs_and_nothing_else(lab):
+    """labnodes.toml's checksum is part of every labnodes program's definition (labnodes_revision): a setting changed
+    in the inventory restarts the programs that read it; sshd and Redis, which do not, keep running."""
+    group_vars = Path(lab.path) / "group_vars" / "all.yml"
+    original = group_vars.read_text()
+    before = {h: _pids(lab, h) for h in ("pyro1", "broker")}
+    group_vars.write_text(original + "labnodes_config_extra: {log_rate: 99}\n")
+    try:
+        report = provision.provision(lab.path, quiet=True)
+        after = {h: _pids(lab, h) for h in ("pyro1", "broker")}
+    finally:
+        group_vars.write_text(original)
+    assert report["hosts"]["pyro1"]["changed"] >= 2  # labnodes.toml, and the ring node's restart
+    assert after["pyro1"]["labnodes-ring"] != before["pyro1"]["labnodes-ring"]
+    assert after["broker"]["labnodes-flower"] != before["broker"]["labnodes-flower"]
+    for host, program in (("pyro1", "sshd"), ("broker", "sshd"), ("broker", "labnodes-redis")):
+        assert after[host][program] == before[host][program], (host, program)
+    provision.provision(lab.path, quiet=True)  # the setting as it was: the programs restart once more
+    assert _pids(lab, "pyro1")["labnodes-ring"] != after["pyro1"]["labnodes-ring"]
+
+
 def _programs(lab, host: str) -> set[str]:
     rows = fab_json("status", inv=lab.path)["hosts"]
     return {name for name, state in next(r for r in rows if r["host"] == host)["programs"].items() if state == "RUNNING"}
