@@ -7,6 +7,10 @@ as on a fresh clone). Baseline, measured in the same run on the same hosts: `ans
 any provisioning costs (one SSH round and one Python module per host). Targets (issue 10; issue 3 had 60 s and
 15 s): up <= 20 s, re-provision <= 5 s on this 2-core machine type. quick=True skips this benchmark (it takes
 minutes, not seconds).
+
+The re-provision is run REPROVISIONS times; its row is their median, and a row per run follows:
+one run swings by about a second on this shared 2-core box (4.6-5.6 s in eight runs one after another), more
+than the distance to its target, so a single run's verdict is the noise's. Every run must change nothing.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -24,6 +29,7 @@ from labkit import REPO, STATE, inventory, provision
 from labkit.backends import netns
 
 CLUSTER, OCTET = "bench", 203
+REPROVISIONS = 3
 
 
 def _ping(inv: Path) -> float:
@@ -59,8 +65,8 @@ def run(quick: bool = False) -> list[dict]:
             up_s = time.monotonic() - start
             ping_s = _ping(inv_path)
             with contextlib.redirect_stdout(sys.stderr):
-                second = provision.provision(inv_path, quiet=True, extra=extra)
-            changed = sum(r["changed"] for r in second["hosts"].values())
+                again = [provision.provision(inv_path, quiet=True, extra=extra) for _ in range(REPROVISIONS)]
+            changed = sum(r["changed"] for run in again for r in run["hosts"].values())
         finally:
             netns.down(inv, echo=lambda *a: None)
             shutil.rmtree(STATE / CLUSTER, ignore_errors=True)
@@ -68,6 +74,8 @@ def run(quick: bool = False) -> list[dict]:
                 (STATE / "active").unlink(missing_ok=True)
             else:
                 (STATE / "active").write_text(active)
+    times = [run["seconds"] for run in again]
+    median = statistics.median_low(times)  # one of the runs, so its breakdown can follow
     rows = [
         {"bench": "fab up: clean box to provisioned, 8 hosts (s)", "value": up_s, "unit": "s",
          "baseline_name": "ansible all -m ping", "baseline": ping_s, "ratio": up_s / ping_s,
@@ -75,10 +83,13 @@ def run(quick: bool = False) -> list[dict]:
         {"bench": "  up: hosts (namespaces, sshd ready)", "value": hosts_s, "unit": "s", "baseline_name": "",
          "baseline": 0.0, "ratio": 0.0, "target": "", "ok": None},
         *_rows("up", first),
-        {"bench": f"re-provision, nothing to change (s; {changed} changed)", "value": second["seconds"], "unit": "s",
-         "baseline_name": "ansible all -m ping", "baseline": ping_s, "ratio": second["seconds"] / ping_s,
-         "target": "value <= 5 s, 0 changed", "ok": second["seconds"] <= 5 and changed == 0},
-        *_rows("re-provision", second),
+        {"bench": f"re-provision, nothing to change (s, median of {REPROVISIONS}; {changed} changed)", "value": median,
+         "unit": "s",
+         "baseline_name": "ansible all -m ping", "baseline": ping_s, "ratio": median / ping_s,
+         "target": "value <= 5 s, 0 changed", "ok": median <= 5 and changed == 0},
+        *({"bench": f"  re-provision: run {i}", "value": t, "unit": "s", "baseline_name": "", "baseline": 0.0,
+           "ratio": 0.0, "target": "", "ok": None} for i, t in enumerate(times, 1)),
+        *_rows("re-provision (the median run)", again[times.index(median)]),
     ]
     return rows
 
