@@ -18,12 +18,14 @@ Clients (run in the foreground, print their figures):
                                     (labnodes.ring_client.send, settings from the host's labnodes.toml): each
                                     send's first lap and its later laps (back to back) as the start node timed
                                     them, each send's time as this client saw it (name-server lookup included)
-                                    and the part of it outside the laps (when the ring hosts wait idle)
+                                    and the part of it outside the laps (when the ring hosts wait idle); after
+                                    WARM_SENDS sends that are not counted
     chain N FIRST RAW_PORT PYRO_PORT [GAP_MS]
-                                    N rounds of nested round trips through the hop chain starting at FIRST, each
-                                    timed here: raw TCP (a 512-byte line), Pyro4 (an empty call), Pyro4 carrying
-                                    a ring message (ring_message()) and returning a receipt, and, with GAP_MS, an
-                                    empty call made after GAP_MS ms of idling
+                                    N rounds of nested round trips through the hop chain starting at FIRST (after
+                                    WARM_ROUNDS that are not counted), each timed here: raw TCP (a 512-byte
+                                    line), Pyro4 (an empty call), Pyro4 carrying a ring message (ring_message())
+                                    and returning a receipt, and, with GAP_MS, an empty call made after GAP_MS
+                                    ms of idling
     load HOST PORT CLIENTS REQUESTS LINE EXPECT
                                     CLIENTS connections, each sending LINE and reading one answer line REQUESTS
                                     times in a row (closed loop): requests/s and every request's latency;
@@ -53,6 +55,9 @@ import time
 
 PAYLOAD = b"x" * 511 + b"\n"
 RING_NUMBERS, RING_GCD, RING_LAPS = "89,55", 1, 3  # Fibonacci neighbours: 9 Euclid steps, 3 laps of 3 hosts
+# Sends (ring-laps) and rounds (chain) at the start of every block that are not counted: the ring hosts idled while
+# the other side was measured, and the first calls after an idle are slower (see bench_cross's first-lap row).
+WARM_SENDS, WARM_ROUNDS = 2, 5
 HOP_OBJECT = "xbench.hop"
 TIMEOUT = 10.0  # seconds for any one call or round trip (hang guard)
 
@@ -170,16 +175,19 @@ def ring_laps(n: str, start: str) -> int:
 
     s = _settings()
     first, later, sends, idle = [], [], [], []
-    for _ in range(int(n)):
+    for i in range(int(n) + WARM_SENDS):  # the first WARM_SENDS warm the ring up and are not counted
         t = time.perf_counter()
         res = ring_client.send(s.ns_host, s.ns_port, s.hmac_key, start, "xbench", RING_NUMBERS, 2 * s.ring_timeout)
-        sends.append((time.perf_counter() - t) * 1000)
+        took = (time.perf_counter() - t) * 1000
         if res["gcd"] != RING_GCD or res["laps"] != RING_LAPS:
             raise RuntimeError(f"the ring answered {res['gcd']} after {res['laps']} laps, "
                                f"not {RING_GCD} after {RING_LAPS}")
+        if i < WARM_SENDS:
+            continue
+        sends.append(took)
         first.append(res["lap_ms"][0])
         later += res["lap_ms"][1:]
-        idle.append(sends[-1] - sum(res["lap_ms"]))
+        idle.append(took - sum(res["lap_ms"]))
     _say({"first_ms": first, "lap_ms": later, "send_ms": sends, "idle_ms": idle})
     return 0
 
@@ -205,7 +213,7 @@ def chain(n: str, first: str, raw_port: str, pyro_port: str, gap_ms: str = "0") 
     buf = bytearray()
     got = {"raw_ms": [], "pyro_ms": [], "message_ms": [], "paced_ms": []}
     with sock, pyro_client.proxy(f"PYRO:{HOP_OBJECT}@{first}:{pyro_port}", key, TIMEOUT) as p:
-        for i in range(int(n) + 5):  # the first 5 warm the links up and are not counted
+        for i in range(int(n) + WARM_ROUNDS):  # the first WARM_ROUNDS warm the links up and are not counted
             t = time.perf_counter()
             sock.sendall(PAYLOAD)
             if _recv_line(sock, buf) != PAYLOAD:
@@ -216,7 +224,7 @@ def chain(n: str, first: str, raw_port: str, pyro_port: str, gap_ms: str = "0") 
             if p.hop(message)["id"] != message["id"]:
                 raise RuntimeError("the chain lost the message")
             t3 = time.perf_counter()
-            if i >= 5:
+            if i >= WARM_ROUNDS:
                 got["raw_ms"].append((t1 - t) * 1000)
                 got["pyro_ms"].append((t2 - t1) * 1000)
                 got["message_ms"].append((t3 - t2) * 1000)
@@ -224,7 +232,7 @@ def chain(n: str, first: str, raw_port: str, pyro_port: str, gap_ms: str = "0") 
                 time.sleep(gap)
                 t4 = time.perf_counter()
                 p.hop()
-                if i >= 5:
+                if i >= WARM_ROUNDS:
                     got["paced_ms"].append((time.perf_counter() - t4) * 1000)
     _say(got)
     return 0
