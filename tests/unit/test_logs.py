@@ -2,6 +2,11 @@
 
 import io
 import logging
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pytest
 
@@ -139,3 +144,92 @@ def test_room_says_yes_without_a_capped_handler_on_the_root_logger(installed, mo
         log.info("fills the cap")
     monkeypatch.setattr(logging.root, "handlers", [])  # another test's or tool's logging, not configure()'s
     assert logs.room(log)
+
+
+# --- written from a writer thread, after a delay (configure()'s way) --------------------------------------------
+
+LATER = 3600.0  # a delay no test waits for: what these tests see is written by flush, a warning, close or exit
+
+
+def queued(per_second=0, stream=None):
+    stream = stream if stream is not None else io.StringIO()
+    handler = logs.CappedHandler(stream, per_second, delay=LATER)
+    handler.setFormatter(logging.Formatter("%(levelname)s %(message)s"))
+    log = logging.getLogger(f"test.logs.queued.{id(handler)}")
+    log.propagate, log.level = False, logging.DEBUG
+    log.addHandler(handler)
+    return log, handler, stream
+
+
+def wait_for(predicate, what: str, guard: float = 30.0):
+    """Poll until predicate() holds; `guard` only stops a hang, it is not a time limit under test."""
+    deadline = time.monotonic() + guard
+    while not predicate():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.01)
+
+
+def test_queued_lines_are_written_in_order_when_flushed_and_not_by_the_logging_call():
+    log, handler, stream = queued()
+    for i in range(5):
+        log.info("hop %d", i)
+    assert lines(stream) == []  # the calls only queued their records
+    handler.flush()
+    assert lines(stream) == [f"INFO hop {i}" for i in range(5)]
+
+
+def test_a_queued_line_shows_its_values_as_they_were_when_it_was_logged():
+    log, handler, stream = queued()
+    numbers = [55, 34]
+    log.info("numbers %s", numbers)
+    numbers[:] = [0, 0]
+    handler.flush()
+    assert lines(stream) == ["INFO numbers [55, 34]"]
+
+
+def test_a_warning_is_written_at_once_after_the_lines_queued_before_it():
+    log, _, stream = queued()
+    log.info("arrived")
+    log.warning("hop failed")
+    wait_for(lambda: len(lines(stream)) == 2, "the writer wrote the warning without waiting for its delay")
+    assert lines(stream) == ["INFO arrived", "WARNING hop failed"]
+
+
+def test_close_writes_the_queue_and_then_how_many_lines_were_left_out():
+    log, handler, stream = queued(per_second=1)
+    log.info("kept")
+    log.info("left out")
+    handler.close()
+    assert lines(stream) == [
+        "INFO kept",
+        "INFO (1 earlier info lines were not written: more than log_rate=1 a second)",
+    ]
+
+
+def test_a_program_that_exits_writes_every_queued_line():
+    program = (
+        "import logging; from labnodes import logs\n"
+        "logs.configure('INFO', 0, delay=3600)\n"
+        "for i in range(3): logging.getLogger('x').info('line %d', i)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, timeout=60,
+                          cwd=Path(logs.__file__).parent.parent)
+    assert proc.returncode == 0, proc.stderr
+    assert [line.split(" INFO ")[-1] for line in proc.stderr.splitlines()] == ["line 0", "line 1", "line 2"]
+
+
+def test_a_forked_child_writes_its_own_lines_and_not_its_parents(tmp_path):
+    out = open(tmp_path / "log", "a", buffering=1)
+    log, handler, _ = queued(stream=out)
+    log.info("parent, before the fork")
+    pid = os.fork()
+    if pid == 0:  # the child: its copy of the parent's queue is not its to write
+        try:
+            log.info("child")
+            handler.flush()
+        finally:
+            os._exit(0)
+    os.waitpid(pid, 0)
+    handler.flush()
+    out.close()
+    assert sorted((tmp_path / "log").read_text().splitlines()) == ["INFO child", "INFO parent, before the fork"]
