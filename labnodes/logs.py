@@ -63,7 +63,9 @@ class CappedHandler(logging.StreamHandler):
 
     def _start_writer(self) -> None:
         """A new queue, and (with a delay) a writer thread for it: at start, and in a forked child."""
-        self.queue: list[logging.LogRecord] = []  # records waiting for the writer, in order; under the handler lock
+        self.queue: list[
+            logging.LogRecord
+        ] = []  # records waiting for the writer, in order; under the handler lock
         self.waiting, self.urgent = threading.Event(), threading.Event()
         self.write_lock = threading.Lock()  # one batch written at a time, so batches stay in order
         if self.delay > 0:
@@ -86,7 +88,10 @@ class CappedHandler(logging.StreamHandler):
         if self.delay <= 0:
             super().emit(record)
             return
-        record.msg, record.args = record.getMessage(), None  # as the values are now: they may change before the write
+        record.msg, record.args = (
+            record.getMessage(),
+            None,
+        )  # as the values are now: they may change before the write
         self.queue.append(record)
         if len(self.queue) == 1:  # the writer clears `waiting` when it takes the queue, under the same lock
             self.waiting.set()

@@ -148,7 +148,9 @@ def test_room_says_yes_without_a_capped_handler_on_the_root_logger(installed, mo
 
 # --- written from a writer thread, after a delay (configure()'s way) --------------------------------------------
 
-LATER = 3600.0  # a delay no test waits for: what these tests see is written by flush, a warning, close or exit
+LATER = (
+    3600.0  # a delay no test waits for: what these tests see is written by flush, a warning, close or exit
+)
 
 
 def queued(per_second=0, stream=None):
@@ -212,8 +214,13 @@ def test_a_program_that_exits_writes_every_queued_line():
         "logs.configure('INFO', 0, delay=3600)\n"
         "for i in range(3): logging.getLogger('x').info('line %d', i)\n"
     )
-    proc = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, timeout=60,
-                          cwd=Path(logs.__file__).parent.parent)
+    proc = subprocess.run(
+        [sys.executable, "-c", program],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=Path(logs.__file__).parent.parent,
+    )
     assert proc.returncode == 0, proc.stderr
     assert [line.split(" INFO ")[-1] for line in proc.stderr.splitlines()] == ["line 0", "line 1", "line 2"]
 
@@ -232,4 +239,7 @@ def test_a_forked_child_writes_its_own_lines_and_not_its_parents(tmp_path):
     os.waitpid(pid, 0)
     handler.flush()
     out.close()
-    assert sorted((tmp_path / "log").read_text().splitlines()) == ["INFO child", "INFO parent, before the fork"]
+    assert sorted((tmp_path / "log").read_text().splitlines()) == [
+        "INFO child",
+        "INFO parent, before the fork",
+    ]
