@@ -25,7 +25,7 @@ and a writer thread formats the queue and writes it in one write, WRITE_DELAY se
 queued (at once for a WARNING or worse), in order. Why: a ring lap runs in a few hundred microseconds, so a burst of
 laps shorter than a second has nearly every hop's line written, and writing a line on the hop itself (format, write,
 and supervisord woken up at the pipe's other end, on the same two cores) made a lap at log level INFO 1.38-1.56x
-Pyro4's floor against 1.11-1.17x at WARNING; with the lines written this way, 1.21-1.25x. The queue is written at
+Pyro4's floor against 1.11-1.17x at WARNING; with the lines written this way, 1.08-1.25x. The queue is written at
 exit (logging.shutdown flushes every handler) and when the handler is flushed or closed; a process killed outright
 loses at most WRITE_DELAY seconds of lines. A forked child starts with an empty queue and a writer of its own.
 """
