@@ -58,14 +58,19 @@ class CappedHandler(logging.StreamHandler):
         self.written = self.left_out = 0
         self._start_writer()
         if delay > 0:
-            me = weakref.ref(self)
-            os.register_at_fork(after_in_child=lambda: (h := me()) is not None and h._start_writer())
+            me = weakref.ref(self)  # the hook outlives a handler that is dropped
+
+            def in_child() -> None:
+                handler = me()
+                if handler is not None:
+                    handler._start_writer()
+
+            os.register_at_fork(after_in_child=in_child)
 
     def _start_writer(self) -> None:
         """A new queue, and (with a delay) a writer thread for it: at start, and in a forked child."""
-        self.queue: list[
-            logging.LogRecord
-        ] = []  # records waiting for the writer, in order; under the handler lock
+        # records waiting for the writer, in order; under the handler lock
+        self.queue: list[logging.LogRecord] = []
         self.waiting, self.urgent = threading.Event(), threading.Event()
         self.write_lock = threading.Lock()  # one batch written at a time, so batches stay in order
         if self.delay > 0:
@@ -88,10 +93,8 @@ class CappedHandler(logging.StreamHandler):
         if self.delay <= 0:
             super().emit(record)
             return
-        record.msg, record.args = (
-            record.getMessage(),
-            None,
-        )  # as the values are now: they may change before the write
+        # the message as the values are now: they may change before the write
+        record.msg, record.args = record.getMessage(), None
         self.queue.append(record)
         if len(self.queue) == 1:  # the writer clears `waiting` when it takes the queue, under the same lock
             self.waiting.set()

@@ -39,9 +39,8 @@ class ActionModule(ActionBase):
             return dict(result, failed=True, msg=f"labkit_wheelhouse needs {' and '.join(missing)}")
         try:
             built = _builder().main([str(args["repo"]), str(args["wheelhouse"])])
-        except (
-            SystemExit
-        ) as exc:  # build_wheelhouse's way of saying what failed (a pip step, a missing wheel)
+        # SystemExit is build_wheelhouse's way of saying what failed (a pip step, a missing wheel)
+        except SystemExit as exc:
             return dict(result, failed=True, msg=str(exc))
         except OSError as exc:  # a repository or wheelhouse that is not there or not writable
             return dict(result, failed=True, msg=f"labkit_wheelhouse: {exc}")

@@ -164,7 +164,7 @@ def test_second_provisioning_changes_nothing(lab):
 def _pids(lab, host: str) -> dict[str, str]:
     """program -> pid of every RUNNING program on the host, as supervisorctl shows them."""
     rows = ssh(lab.host(host).address, "supervisorctl status", check=False).stdout.splitlines()
-    return {r.split()[0]: r.split()[3].rstrip(",") for r in rows if " RUNNING " in f" {r} "}
+    return {f[0]: f[3].rstrip(",") for f in map(str.split, rows) if len(f) > 3 and f[1] == "RUNNING"}
 
 
 def test_a_changed_setting_restarts_the_labnodes_programs_and_nothing_else(lab):
