@@ -188,6 +188,28 @@ def test_a_changed_setting_restarts_the_labnodes_programs_and_nothing_else(lab):
     assert _pids(lab, "pyro1")["labnodes-ring"] != after["pyro1"]["labnodes-ring"]
 
 
+def test_common_ends_early_on_a_netns_host_and_goes_on_where_a_host_needs_setting_up(lab, tmp_path):
+    """common's host setup (packages, /etc/hosts, supervisord under systemd) sits behind a `meta: end_role` that a
+    netns host takes: none of its tasks even starts there. With /etc/hosts managed, as on a VM or a lab machine, the
+    same role goes on into them. Shown in check mode, which writes nothing."""
+    book = tmp_path / "common.yml"
+    book.write_text("- hosts: pyro1\n  gather_facts: false\n  roles: [common]\n")
+    hosts_file = ssh(lab.host("pyro1").address, "cat /etc/hosts").stdout
+
+    def check(*extra: str) -> str:
+        proc = subprocess.run([str(provision.VENV_BIN / "ansible-playbook"), "-i", str(lab.path), str(book), "--check",
+                               *extra], cwd=REPO, env=provision.ansible_env(), capture_output=True, text=True,
+                              timeout=300)
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+        return proc.stdout
+
+    assert "Ensure every cluster host is listed in /etc/hosts" not in check()
+    managed = check("-e", "common_manage_etc_hosts=true")
+    assert "TASK [common : Ensure every cluster host is listed in /etc/hosts]" in managed
+    assert "changed: [pyro1]" in managed  # its block is not in the netns host's /etc/hosts: it would add it
+    assert ssh(lab.host("pyro1").address, "cat /etc/hosts").stdout == hosts_file
+
+
 def _programs(lab, host: str) -> set[str]:
     rows = fab_json("status", inv=lab.path)["hosts"]
     return {name for name, state in next(r for r in rows if r["host"] == host)["programs"].items() if state == "RUNNING"}
