@@ -142,7 +142,8 @@ class Link:
             if p is not None:
                 p._pyroRelease()
             return uri, proxy(uri, self.hmac_key, timeout), False
-        p._pyroTimeout = timeout
+        if p._pyroTimeout != timeout:  # a hop's budget is mostly the same lap after lap: no settimeout() then
+            p._pyroTimeout = timeout
         return uri, p, True
 
     def _give(self, uri, p) -> None:

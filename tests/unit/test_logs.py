@@ -3,6 +3,7 @@
 import io
 import logging
 import os
+import re
 import subprocess
 import sys
 import time
@@ -223,6 +224,32 @@ def test_a_program_that_exits_writes_every_queued_line():
     )
     assert proc.returncode == 0, proc.stderr
     assert [line.split(" INFO ")[-1] for line in proc.stderr.splitlines()] == ["line 0", "line 1", "line 2"]
+
+
+def test_a_configured_program_records_no_caller_thread_or_process_and_still_writes_whole_lines():
+    program = (
+        "import logging; from labnodes import logs\n"
+        "logs.configure('INFO', 0)\n"
+        "seen = []; spy = logging.Handler(); spy.emit = seen.append; logging.root.addHandler(spy)\n"
+        "logging.getLogger('x').info('line %d', 1)\n"
+        "r = seen[0]; print(r.lineno, r.threadName, r.process, r.processName)\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", program],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=Path(logs.__file__).parent.parent,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["0", "None", "None", "MainProcess"]
+    assert proc.stderr.strip().endswith(" x INFO line 1")
+
+
+def test_the_format_prints_nothing_that_configure_stops_recording():
+    printed = set(re.findall(r"%\((\w+)\)", logs.FORMAT))
+    assert printed == {"asctime", "name", "levelname", "message"}
+    assert not printed & set(logs.NOT_RECORDED)
 
 
 def test_a_forked_child_writes_its_own_lines_and_not_its_parents(tmp_path):

@@ -288,3 +288,36 @@ def test_relay_returns_a_receipt_and_hands_the_message_to_the_waiting_origin():
     assert nodes["pyro2"].relay(copy.deepcopy(msg), 5.0) == {"id": msg["id"], "lap": 1, "back_at": "pyro1"}
     back = nodes["pyro1"]._waiting[msg["id"]]
     assert [r["node"] for r in back["trace"]] == ["pyro2", "pyro1"] and back["numbers"] == [12, 6]
+
+
+class PooledProxy:
+    """Stands in for a Pyro4 proxy in a Link's pool: records every timeout set on it (a socket settimeout())."""
+
+    def __init__(self, timeout: float):
+        self._timeout, self.timeouts_set = timeout, []
+
+    @property
+    def _pyroTimeout(self) -> float:
+        return self._timeout
+
+    @_pyroTimeout.setter
+    def _pyroTimeout(self, value: float) -> None:
+        self.timeouts_set.append(value)
+        self._timeout = value
+
+    def _pyroRelease(self) -> None:
+        pass
+
+
+def test_a_pooled_link_gets_each_calls_timeout_and_is_not_set_again_when_it_has_it():
+    from labnodes.ring_link import Link
+
+    link = Link("a", "b", "127.0.0.1", 1, "k" * 32)
+    link.uri = "PYRO:labkit.ring.b@127.0.0.2:9000"
+    pooled = PooledProxy(5.0)
+    link._give(link.uri, pooled)
+    uri, p, reused = link._take(2.5)
+    assert (p, reused, p._pyroTimeout) == (pooled, True, 2.5)
+    link._give(uri, p)
+    link._take(2.5)
+    assert pooled.timeouts_set == [2.5]
