@@ -209,19 +209,24 @@ def test_close_writes_the_queue_and_then_how_many_lines_were_left_out():
     ]
 
 
-def test_a_program_that_exits_writes_every_queued_line():
-    program = (
-        "import logging; from labnodes import logs\n"
-        "logs.configure('INFO', 0, delay=3600)\n"
-        "for i in range(3): logging.getLogger('x').info('line %d', i)\n"
-    )
-    proc = subprocess.run(
+def run_program(program: str) -> subprocess.CompletedProcess:
+    """`program` in a Python process of its own (configure() changes the logging module for the whole process)."""
+    return subprocess.run(
         [sys.executable, "-c", program],
         capture_output=True,
         text=True,
         timeout=60,
         cwd=Path(logs.__file__).parent.parent,
     )
+
+
+def test_a_program_that_exits_writes_every_queued_line():
+    program = (
+        "import logging; from labnodes import logs\n"
+        "logs.configure('INFO', 0, delay=3600)\n"
+        "for i in range(3): logging.getLogger('x').info('line %d', i)\n"
+    )
+    proc = run_program(program)
     assert proc.returncode == 0, proc.stderr
     assert [line.split(" INFO ")[-1] for line in proc.stderr.splitlines()] == ["line 0", "line 1", "line 2"]
 
@@ -234,13 +239,7 @@ def test_a_configured_program_records_no_caller_thread_or_process_and_still_writ
         "logging.getLogger('x').info('line %d', 1)\n"
         "r = seen[0]; print(r.lineno, r.threadName, r.process, r.processName)\n"
     )
-    proc = subprocess.run(
-        [sys.executable, "-c", program],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=Path(logs.__file__).parent.parent,
-    )
+    proc = run_program(program)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.split() == ["0", "None", "None", "MainProcess"]
     assert proc.stderr.strip().endswith(" x INFO line 1")
