@@ -201,3 +201,33 @@ def test_jobs_expire_only_after_a_lost_worker_s_job_could_be_redelivered_and_run
     assert redelivery_after(s) == 90.0 + 9.0
     assert job_expires(s) == 30.0 + 99.0 + 30.0
     assert s.celery_visibility_timeout >= tasks.MAX_SLEEP + 30  # a running task is never handed out twice
+
+
+def test_a_worker_freezes_what_it_allocated_before_the_pool_forks_each_process(monkeypatch):
+    """What the pool processes share with the worker stays shared: run_worker has gc.freeze() run whenever Celery's
+    prefork pool is about to fork a process (worker_before_create_process), and not before."""
+    import gc
+    from types import SimpleNamespace
+
+    from celery.signals import worker_before_create_process
+
+    frozen = []
+
+    class PoolStartingWorker:
+        exitcode = 0
+
+        def __init__(self, **_):
+            pass
+
+        def start(self):
+            frozen.append(gc.get_freeze_count())
+            worker_before_create_process.send(sender=self)
+            frozen.append(gc.get_freeze_count())
+
+    monkeypatch.setattr(celery_app, "make_app", lambda settings: SimpleNamespace(Worker=PoolStartingWorker))
+    gc.unfreeze()
+    try:
+        assert celery_cli.run_worker(config.load(env={}), "w1", 1) == 0
+    finally:
+        gc.unfreeze()
+    assert frozen[0] == 0 < frozen[1]
