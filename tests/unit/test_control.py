@@ -137,7 +137,7 @@ def test_netns_init_mounts_every_private_directory_then_becomes_supervisord():
     script = netns._init_script(cl.nodes[0]).splitlines()
     mounted = [line.split()[-1] for line in script if line.startswith("mount --bind")]
     assert sorted(mounted) == sorted("/" + rel for rel in (*netns.MOUNT_DIRS, *netns.MOUNT_FILES))
-    assert script[-1].startswith("exec /usr/bin/supervisord -n")
+    assert script[-1].startswith(f"exec {netns.INIT} -n")
 
 
 # --- SSH client files -----------------------------------------------------------------------------------------
