@@ -8,7 +8,7 @@
    box's MemAvailable drop, and the sum of the proportional set size of every process of each cluster); then
    each taken down alone, the others still answering `fab run-ring`.
 
-Needs root and about 12 GB of free memory; takes about half an hour on 2 cores. Exits non-zero at the first
+Needs root and about 12 GB of free memory; takes about 15 minutes on 2 cores. Exits non-zero at the first
 failure, always taking down what it brought up. Figures go to the console and to build/scale-test.json.
 `LABKIT_SCALE_CLUSTERS=N` changes the class size; `--only hundred|class` runs one half.
 """
