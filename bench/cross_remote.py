@@ -3,7 +3,8 @@ with the host's labnodes venv python (`python -c SOURCE ACTION ARGS...`), so it 
 library and what labnodes installs (Pyro4, redis, labnodes itself). Every action prints one JSON line.
 
 Servers (started detached by bench_cross; each prints {"ready": pid} once it listens, then serves until killed):
-    echo-line HOST PORT             asyncio server answering every line with the same line (the math baseline)
+    echo-line HOST PORT             asyncio server on uvloop answering every line with the same line (the math
+                                    baseline)
     hop HOST RAW_PORT PYRO_PORT [NEXT]
                                     one link of a nested chain, raw TCP and Pyro4 side by side: with NEXT (an
                                     address), a line received on RAW_PORT is passed to NEXT:RAW_PORT and its
@@ -109,7 +110,9 @@ def echo_line(host: str, port: str) -> int:
         _say({"ready": os.getpid()})
         await asyncio.Event().wait()
 
-    asyncio.run(main())
+    import uvloop  # the math server's event loop too (labnodes installs it): the baseline runs on the same loop
+
+    uvloop.run(main())
     return 0
 
 

@@ -15,7 +15,10 @@ Protocol (TCP, line based; what `labnodes math serve` speaks and `labnodes math 
 
 A client may send many requests over one connection; the server answers each line, in order, and keeps the
 connection open after an ERR reply to a bad request. A last line without LF before the client's end of stream
-is answered too. Many clients are served at once (one asyncio protocol object per connection, in one thread).
+is answered too. Many clients are served at once (one asyncio protocol object per connection, in one thread), on
+uvloop's event loop (libuv; the same asyncio API): half the CPU a request of asyncio's own loop. Measured on an
+8-host netns cluster, 1000 clients offering 30,000 requests a second: the server's CPU 2.1 instead of 4.6 s for
+the run, and p99 latency 2.8-5.7 instead of 7.6-26 ms (four interleaved pairs).
 
 Every ERR reason (the reply never echoes the request):
 
@@ -194,7 +197,9 @@ class MathServer:
                 self._loop.add_signal_handler(signum, self._on_signal, signum)
             await self.serve()
 
-        asyncio.run(main())
+        import uvloop  # here, not at the top: the CLI imports every program's module at start-up
+
+        uvloop.run(main())
         return 0
 
     def _on_signal(self, signum: int) -> None:
@@ -216,7 +221,9 @@ class MathServer:
             started.set()
             await self.serve()
 
-        self._thread = threading.Thread(target=asyncio.run, args=(main(),), name="mathserver", daemon=True)
+        import uvloop
+
+        self._thread = threading.Thread(target=uvloop.run, args=(main(),), name="mathserver", daemon=True)
         self._thread.start()
         started.wait()
         if errors:

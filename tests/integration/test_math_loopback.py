@@ -127,3 +127,10 @@ def test_signal_tells_clients_closes_them_and_exits_0(server, signum):
         assert replies.readline() == b""
     assert server.proc.wait(HANG_GUARD) == 0
     assert "math server stopped" in server.log.read_text()
+
+
+def test_labnodes_math_serve_runs_on_uvloop(shared_server):
+    """The served program (mathserver.run), not only the library's thread: uvloop, which labnodes imports only to
+    serve, is loaded in it."""
+    maps = Path(f"/proc/{shared_server.proc.pid}/maps").read_text()
+    assert "/uvloop/loop." in maps

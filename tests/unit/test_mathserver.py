@@ -294,3 +294,13 @@ numbers = st.integers(min_value=0, max_value=10**MAX_DIGITS - 1)
 def test_valid_pairs_get_the_gcd_and_lcm_of_math(server, pairs):
     results = ask(*server, pairs, timeout=HANG_GUARD)
     assert [(r["gcd"], r["lcm"]) for r in results] == [(math.gcd(a, b), math.lcm(a, b)) for a, b in pairs]
+
+
+def test_the_server_runs_on_uvloops_event_loop():
+    """Half the CPU a request of asyncio's own loop (the module docstring has the figures)."""
+    srv = MathServer("127.0.0.1", 0, idle_timeout=30.0)
+    srv.start_in_thread()
+    try:
+        assert type(srv._loop).__module__.startswith("uvloop")
+    finally:
+        srv.close()
