@@ -71,6 +71,13 @@ def _say(obj) -> None:
     print(json.dumps(obj), flush=True)
 
 
+def _run(coro):
+    """Run `coro` on uvloop's event loop (labnodes installs uvloop for its math server): see the module docstring."""
+    import uvloop
+
+    return uvloop.run(coro)
+
+
 def _settings():
     from labnodes import config
 
@@ -114,9 +121,7 @@ def echo_line(host: str, port: str) -> int:
         _say({"ready": os.getpid()})
         await asyncio.Event().wait()
 
-    import uvloop  # the math server's event loop too (labnodes installs it): the baseline runs on the same loop
-
-    uvloop.run(main())
+    _run(main())  # the math server's event loop: the baseline runs on the same loop
     return 0
 
 
@@ -360,18 +365,14 @@ async def _paced(host: str, port: int, clients: int, rate: float, seconds: float
 def load(host: str, port: str, clients: str, requests: str, line: str, expect: str) -> int:
     _more_files()
     enc = (line.encode() + b"\n", expect.encode() + b"\n")
-    import uvloop
-
-    _say(uvloop.run(_load(host, int(port), int(clients), int(requests), *enc)))
+    _say(_run(_load(host, int(port), int(clients), int(requests), *enc)))
     return 0
 
 
 def paced(host: str, port: str, clients: str, rate: str, seconds: str, line: str, expect: str) -> int:
     _more_files()
     enc = (line.encode() + b"\n", expect.encode() + b"\n")
-    import uvloop
-
-    _say(uvloop.run(_paced(host, int(port), int(clients), float(rate), float(seconds), *enc)))
+    _say(_run(_paced(host, int(port), int(clients), float(rate), float(seconds), *enc)))
     return 0
 
 
