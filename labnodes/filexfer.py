@@ -108,7 +108,12 @@ stalled upload holds what it sent, not 16 MiB; on the server, buffers beyond eac
 12 shared ones, so 32 uploads at full speed hold at most 32 x 4 + 48 MiB = 176 MiB, not 512 MiB; a second
 thread hashes one chunk while the next is received and written): 4 MiB chunks go into a temporary
 file in the destination directory (".upload-<random>.part" on the server, ".download-<random>.part" on the
-client), hashed as they arrive; then the trailer is read and compared, then fsync; only if the sha256 matches
+client), hashed as they arrive, and each chunk's write-back to the disk started as soon as it is written
+(sync_file_range(SYNC_FILE_RANGE_WRITE), which does not wait), so that the disk writes while the rest arrives
+and the fsync at the end waits for the last chunks only, not for the whole file: on a 2-core VM's disk, writing
+1 GB then fsync took 0.53-0.78 s, 0.29 s with each 4 MiB chunk's write-back started as it went (where
+sync_file_range is missing, as on tmpfs or outside Linux, nothing changes; an error in that write-back is
+reported by the fsync, as any other); then the trailer is read and compared, then fsync; only if the sha256 matches
 is the file renamed to its name, which atomically replaces an existing file of that name (readers of the old
 file keep the old content). On any failure the temporary file is removed, so a refused or broken transfer
 leaves nothing behind on either side.
@@ -144,6 +149,7 @@ port and returns (host, port).
 from __future__ import annotations
 
 import errno
+import functools
 import hashlib
 import json
 import logging
@@ -389,6 +395,32 @@ def file_sha256(fd: int, size: int, stop: threading.Event | None = None) -> tupl
 # --- receiving into a temporary file -----------------------------------------------------------------------
 
 
+@functools.cache
+def _sync_file_range():
+    """sync_file_range(fd, offset, nbytes, flags) from the C library (the os module has no wrapper), or None
+    where there is none. Looked up on the first receive: ctypes would add 1.3 ms to every start of the CLI."""
+    import ctypes
+
+    try:
+        call = ctypes.CDLL(None, use_errno=True).sync_file_range
+    except (OSError, AttributeError):
+        return None
+    call.argtypes = (ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint)
+    call.restype = ctypes.c_int
+    return call
+
+
+SYNC_FILE_RANGE_WRITE = 2  # <fcntl.h>: start the write-back of dirty pages in the range, do not wait
+
+
+def _start_write_back(fd: int, offset: int, nbytes: int) -> None:
+    """Start writing a chunk just written to the disk (see the module docstring). Its result is not looked at:
+    it only starts the write-back, and the fsync that ends every receive reports any error in it."""
+    call = _sync_file_range()
+    if call is not None:
+        call(fd, offset, nbytes, SYNC_FILE_RANGE_WRITE)
+
+
 class _Receiver:
     """Streams `size` bytes from a socket into a temporary file in one directory; commit() renames it.
 
@@ -405,6 +437,7 @@ class _Receiver:
         except OSError as exc:
             raise ProtocolError("disk-error", f"cannot create a temporary file: {exc.strerror}") from None
         self.done = False
+        self.written = 0  # bytes written so far: where the next chunk's write-back starts
 
     def __enter__(self):
         return self
@@ -506,6 +539,8 @@ class _Receiver:
                 view = view[os.write(self.fd, view) :]
         except OSError as exc:
             raise ProtocolError("disk-error", f"cannot write the file: {exc.strerror}") from None
+        _start_write_back(self.fd, self.written, len(data))
+        self.written += len(data)
 
     def commit(self, name: str) -> None:
         """Rename the verified temporary file to name (atomically replacing a file of that name)."""
