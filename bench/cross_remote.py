@@ -14,6 +14,8 @@ Servers (started detached by bench_cross; each prints {"ready": pid} once it lis
                                     message a receipt the size of the ring's. The Pyro4 daemon has the ring
                                     nodes' settings (labnodes.pyro_server.configure: thread pool, json, NODELAY,
                                     guarded transport) and the host's HMAC key.
+    raw-read HOST PORT DEST         each connection's bytes written to DEST (recv_into, write, fsync), then one
+                                    JSON line back: this end's CPU seconds for it and how long its fsync took
 Clients (run in the foreground, print their figures):
     ring-laps N START               N sends of RING_NUMBERS (three laps) round the ring from this host
                                     (labnodes.ring_client.send, settings from the host's labnodes.toml): each
@@ -42,6 +44,10 @@ Clients (run in the foreground, print their figures):
                                     interleaved pairs on one cluster: math 7.2-47 ms against 3.6-6.3 on
                                     uvloop, echo 9.4-129 against 4.0-7.3)
     redis-ping N                    N Redis PING round trips to the host's broker (its labnodes.toml settings)
+    raw-send HOST PORT SRC          the raw copy under the file transfer's two-core ceiling: SRC to a raw-read
+                                    server with sendfile(), timed from connect to the reader's answer (after its
+                                    fsync), as `labnodes file send` times itself; with the CPU seconds of both ends
+    sha256-cpu BYTES                CPU seconds of one thread hashing BYTES held in memory (best of two passes)
 """
 
 from __future__ import annotations
@@ -102,6 +108,10 @@ def _recv_line(sock: socket.socket, buf: bytearray) -> bytes:
     return line
 
 
+def _cpu_seconds() -> float:
+    return time.process_time()  # user + system, all threads, to the nanosecond (os.times() counts 10 ms ticks)
+
+
 # --- servers ----------------------------------------------------------------------------------------------
 
 def echo_line(host: str, port: str) -> int:
@@ -122,6 +132,35 @@ def echo_line(host: str, port: str) -> int:
         await asyncio.Event().wait()
 
     _run(main())  # the math server's event loop: the baseline runs on the same loop
+    return 0
+
+
+def _raw_reader(listener: socket.socket, dest: str, connections: int | None = None) -> None:
+    """Serve raw-read on `listener`: `connections` of them, or for ever."""
+    buf = memoryview(bytearray(1 << 20))
+    while connections is None or connections > 0:
+        conn, _ = listener.accept()
+        with conn:
+            cpu = _cpu_seconds()
+            fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+            try:
+                while n := conn.recv_into(buf):
+                    if os.write(fd, buf[:n]) != n:
+                        raise OSError(f"short write to {dest}")
+                synced = time.perf_counter()
+                os.fsync(fd)
+                synced = time.perf_counter() - synced
+            finally:
+                os.close(fd)
+            conn.sendall(json.dumps({"cpu": _cpu_seconds() - cpu, "fsync": synced}).encode() + b"\n")
+        if connections is not None:
+            connections -= 1
+
+
+def raw_read(host: str, port: str, dest: str) -> int:
+    listener = socket.create_server((host, int(port)))
+    _say({"ready": os.getpid()})
+    _raw_reader(listener, dest)
     return 0
 
 
@@ -394,8 +433,43 @@ def redis_ping(n: str) -> int:
     return 0
 
 
+def _raw_send(host: str, port: int, src: str) -> dict:
+    cpu, started = _cpu_seconds(), time.perf_counter()
+    with socket.create_connection((host, port), timeout=6 * TIMEOUT) as sock, open(src, "rb") as f:
+        sock.sendfile(f)
+        sock.shutdown(socket.SHUT_WR)
+        reader = json.loads(_recv_line(sock, bytearray()))
+    seconds = time.perf_counter() - started
+    return {"bytes": os.path.getsize(src), "seconds": seconds, "cpu": _cpu_seconds() - cpu + reader["cpu"],
+            "fsync": reader["fsync"]}
+
+
+def raw_send(host: str, port: str, src: str) -> int:
+    _say(_raw_send(host, int(port), src))
+    return 0
+
+
+def sha256_cpu_seconds(size: int) -> float:
+    """CPU seconds of one thread hashing `size` bytes held in memory: the best of two passes (also bench_sockets')."""
+    import hashlib
+
+    block, best = os.urandom(4 << 20), float("inf")
+    for _ in range(2):
+        hasher, started = hashlib.sha256(), time.thread_time()
+        for _ in range(size // len(block)):
+            hasher.update(block)
+        hasher.update(block[:size % len(block)])
+        best = min(best, time.thread_time() - started)
+    return best
+
+
+def sha256_cpu(size: str) -> int:
+    _say({"cpu": sha256_cpu_seconds(int(size))})
+    return 0
+
+
 ACTIONS = {"echo-line": echo_line, "hop": hop, "ring-laps": ring_laps, "chain": chain, "load": load, "paced": paced,
-           "redis-ping": redis_ping}
+           "redis-ping": redis_ping, "raw-read": raw_read, "raw-send": raw_send, "sha256-cpu": sha256_cpu}
 
 
 def main(argv: list[str]) -> int:

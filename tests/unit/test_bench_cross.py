@@ -1,13 +1,16 @@
 """bench_cross's pure parts: percentiles, rows and their targets, the four-worker inventory, iperf3's figure,
-and the closed-loop load generator it runs on the client host (here against servers on loopback, port 0)."""
+the file ceiling's formula and raw copy, and the load generators it runs on the client host (here against servers
+on loopback, port 0)."""
 
 from __future__ import annotations
 
 import asyncio
+import socket
+import threading
 
 import pytest
 
-from bench import bench_cross, cross_remote
+from bench import bench_cross, bench_sockets, cross_remote
 from labkit import REPO, inventory
 from labnodes.mathserver import MathServer
 
@@ -150,3 +153,33 @@ def test_the_ring_benchmarks_numbers_take_its_laps_and_its_chain_message_is_one_
     # what a middle node does with it: relays it on (its successor here answers with a receipt)
     node = ring_node.RingNode("pyro3", "pyro1", forward=lambda m, t: ring_lap.receipt(m))
     assert node.relay(msg, 5.0) == {"id": msg["id"], "lap": 2, "back_at": "pyro1"}
+
+
+def test_the_raw_copy_under_the_file_ceiling_writes_every_byte_and_counts_both_ends_cpu(tmp_path):
+    src, dest = tmp_path / "src.bin", tmp_path / "dest.bin"
+    src.write_bytes(bytes(range(256)) * 12345)  # not a multiple of the reader's buffer
+    listener = socket.create_server(("127.0.0.1", 0))
+    reader = threading.Thread(target=cross_remote._raw_reader, args=(listener, str(dest), 2))
+    reader.start()
+    try:
+        got = cross_remote._raw_send("127.0.0.1", listener.getsockname()[1], str(src))
+        assert dest.read_bytes() == src.read_bytes()
+        src.write_bytes(b"shorter")  # a second copy replaces the first whole
+        again = cross_remote._raw_send("127.0.0.1", listener.getsockname()[1], str(src))
+    finally:
+        reader.join(10)
+        listener.close()
+    assert dest.read_bytes() == b"shorter" and not reader.is_alive()
+    assert got["bytes"] == 256 * 12345 and again["bytes"] == 7
+    assert got["seconds"] > 0 and got["cpu"] > 0 and 0 <= got["fsync"] < got["seconds"]
+
+
+def test_the_two_core_ceiling_is_bound_by_the_raw_copys_time_or_by_all_the_work_on_two_cores():
+    ceiling = bench_sockets.two_core_ceiling
+    assert ceiling(1000, raw_wall=1.0, raw_cpu=0.4, hash_cpu=0.5) == 1000  # the raw copy's own time
+    assert ceiling(1000, raw_wall=0.5, raw_cpu=1.2, hash_cpu=0.9) == pytest.approx(1000 / 1.5)  # (1.2 + 2 x 0.9) / 2
+
+
+def test_one_sha256_pass_is_timed_in_cpu_seconds_for_any_size():
+    assert 0 < cross_remote.sha256_cpu_seconds(5 << 20) < 60
+    assert cross_remote.sha256_cpu_seconds(0) >= 0
