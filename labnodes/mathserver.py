@@ -66,8 +66,7 @@ import signal
 import socket
 import threading
 
-from labnodes import LabnodesError, numbers
-from labnodes.logs import room
+from labnodes import LabnodesError, logs, numbers
 
 log = logging.getLogger(__name__)
 
@@ -359,8 +358,7 @@ class _Connection(asyncio.Protocol):
 
     def _reply(self, line: bytes) -> bytes:
         reply = answer(line)
-        if room(log):  # one line per request, unless the cap (log_rate) would leave it out
-            log.info("%s %r -> %s", self.peer, line, reply)
+        logs.info(log, "%s %r -> %s", self.peer, line, reply)  # one line per request, under the cap (log_rate)
         return reply.encode() + b"\n"
 
 

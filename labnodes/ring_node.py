@@ -15,7 +15,7 @@ import time
 
 from labnodes.ring_lap import check_message, check_node_name, new_message, receipt, receive, result_of, timeouts
 from labnodes.ring_lap import done
-from labnodes.logs import room
+from labnodes import logs
 
 log = logging.getLogger("labnodes.ring")  # one logger for every part of the ring program
 ARRIVAL = "%s: message %s lap %d hop %d from %s, numbers %s -> %s"  # how a hop's log line starts
@@ -75,8 +75,7 @@ class RingNode:
                 f"ring hop {self.name} -> {self.next_name} failed: no time left "
                 f"({budget:.2f} s budget; ring too long for ring_timeout {self.ring_timeout} s?)"
             )
-        if room(log):  # a line per hop, unless the cap (log_rate) would leave it out: then not even its record
-            log.info(what + ", on to %s (timeout %.2f s)", *words, self.next_name, timeout)
+        logs.info(log, what + ", on to %s (timeout %.2f s)", *words, self.next_name, timeout)  # a line per hop
         try:
             return self.forward(msg, timeout)
         except Exception as exc:
@@ -97,8 +96,7 @@ class RingNode:
                         f"message {msg['id']} claims origin {self.name} but {self.name} did not send it"
                     )
                 self._waiting[msg["id"]] = msg  # for the start() thread waiting for this lap
-            if room(log):
-                log.info(ARRIVAL + ": back at its origin", *arrival)
+            logs.info(log, ARRIVAL + ": back at its origin", *arrival)
             return receipt(msg)
         return self._pass_on(msg, budget, ARRIVAL, arrival)
 

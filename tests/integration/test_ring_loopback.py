@@ -7,6 +7,7 @@ fixture. The client is the `labnodes ring send` CLI (a subprocess too). Waits po
 from __future__ import annotations
 
 import json
+import re
 import os
 import signal
 import socket
@@ -205,6 +206,25 @@ def test_message_visits_pyro1_pyro2_pyro3_and_returns_to_pyro1(env, ns_port, rin
         "hello ring",
         [48, 18],
     )
+
+
+def test_each_node_writes_its_hop_of_the_message_as_one_line_in_its_log(env, ns_port, ring3):
+    """The student's view: each host's log shows the message arrive, what it did and where it went next (the
+    hop's line takes configure()'s hot path in a real node, not a LogRecord)."""
+    out = send(env, ns_port, "pyro1")
+    assert out.returncode == 0, out.stderr
+    mid = json.loads(out.stdout)["id"][:8]
+    stamp = r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} labnodes\.ring INFO "
+    expect = {
+        "pyro1": rf"{stamp}pyro1: message {mid} lap 1 hop 4 from pyro3, numbers \[6, 0\] -> \[6, 0\]: back at its origin",
+        "pyro2": rf"{stamp}pyro2: message {mid} lap 1 hop 2 from pyro1, numbers \[18, 12\] -> \[12, 6\], on to pyro3 "
+        r"\(timeout \d+\.\d\d s\)",
+        "pyro3": rf"{stamp}pyro3: message {mid} lap 1 hop 3 from pyro2, numbers \[12, 6\] -> \[6, 0\], on to pyro1 "
+        r"\(timeout \d+\.\d\d s\)",
+    }
+    for node, line in expect.items():
+        wait_until(lambda: re.search(rf"^{line}$", ring3[node].log_text(), re.M), f"{node} logged its hop",
+                   procs=ring3.values())
 
 
 def test_fibonacci_neighbours_take_several_laps_and_give_gcd_1(env, ns_port, ring3):

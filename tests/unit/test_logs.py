@@ -269,3 +269,95 @@ def test_a_forked_child_writes_its_own_lines_and_not_its_parents(tmp_path):
         "INFO child",
         "INFO parent, before the fork",
     ]
+
+
+# --- a hot path's INFO line (info()) and the Formatter ----------------------------------------------------------
+
+
+@pytest.fixture
+def hot(monkeypatch):
+    """configure()'s way on the root logger, without its thread ever writing by itself: a writer that waits LATER,
+    labnodes' Formatter, capped at 2 lines a second on a fake clock; put back after. The root logger has only this
+    handler from the moment the fixture is used in the test's body: pytest adds its own when the test starts."""
+    clock, stream = Clock(), io.StringIO()
+    handler = logs.CappedHandler(stream, 2, clock=clock, delay=LATER)
+    handler.setFormatter(logs.Formatter())
+    monkeypatch.setattr(logs, "_installed", handler)
+    level = logging.root.level
+    logging.root.setLevel(logging.INFO)
+
+    def alone():
+        monkeypatch.setattr(logging.root, "handlers", [handler])
+        return logging.getLogger("test.logs.hot"), handler, stream, clock
+
+    yield alone
+    logging.root.setLevel(level)
+
+
+HOP = "%s: message %s lap %d hop %d from %s, numbers %s -> %s, on to %s (timeout %.2f s)"
+HOP_ARGS = ("pyro2", "abcdef12", 2, 2, "pyro1", [55, 34], [34, 21], "pyro3", 4.5)
+
+
+def test_a_hot_line_is_queued_without_a_record_and_written_as_logging_writes_that_record(hot, monkeypatch):
+    log, handler, stream, _ = hot()
+    monkeypatch.setattr(time, "time", lambda: 1796029305.6046426)  # the same moment for the line and the record
+    logs.info(log, HOP, *HOP_ARGS)
+    assert [type(x) for x in handler.queue] == [tuple]  # no LogRecord was made in the logging thread
+    handler.flush()
+    reference = io.StringIO()
+    plain = logging.StreamHandler(reference)
+    plain.setFormatter(logging.Formatter(logs.FORMAT))  # the logging module's own Formatter
+    plain.handle(log.makeRecord(log.name, logging.INFO, "", 0, HOP, HOP_ARGS, None))
+    assert lines(stream) == lines(reference)
+    assert lines(stream)[0].startswith(time.strftime("%Y-%m-%d %H:%M:%S,604 ", time.localtime(1796029305)))
+
+
+def test_hot_lines_count_against_the_cap_before_their_message_is_made(hot):
+    log, handler, stream, clock = hot()
+    numbers = [55, 34]
+    for i in range(5):
+        logs.info(log, "hop %d numbers %s", i, numbers)
+    numbers[:] = [0, 0]  # a queued line keeps the values it was logged with
+    clock.now += 1.0
+    logs.info(log, "hop %d", 5)
+    handler.flush()
+    assert [line.split(" INFO ")[-1] for line in lines(stream)] == [
+        "hop 0 numbers [55, 34]",
+        "hop 1 numbers [55, 34]",
+        "(3 earlier info lines were not written: more than log_rate=2 a second)",
+        "hop 5",
+    ]
+
+
+def test_a_hot_line_below_the_loggers_level_is_neither_written_nor_counted(hot):
+    log, handler, stream, _ = hot()
+    logging.root.setLevel(logging.WARNING)
+    logs.info(log, "hop %d", 1)
+    handler.flush()
+    assert lines(stream) == [] and handler.left_out == 0 and handler.written == 0
+
+
+def test_a_hot_line_goes_through_logging_when_another_handler_listens(hot, caplog):
+    log, handler, stream, _ = hot()
+    logging.root.addHandler(caplog.handler)  # say, a course's own handler beside configure()'s
+    logs.info(log, "hop %d", 7)  # it sees a record, and ours writes the line
+    handler.flush()
+    assert [r.getMessage() for r in caplog.records] == ["hop 7"]
+    assert lines(stream)[-1].endswith(" test.logs.hot INFO hop 7")
+
+
+def test_a_hot_line_with_bad_arguments_is_reported_as_logging_reports_it_and_never_raises(hot, capsys):
+    log, handler, stream, _ = hot()
+    logs.info(log, "hop %d from %s", "not a number")  # a programming error must not fail the hop itself
+    logs.info(log, "hop %d", 2)
+    handler.flush()
+    assert "--- Logging error ---" in capsys.readouterr().err
+    assert [line.split(" INFO ")[-1] for line in lines(stream)] == ["hop 2"]
+
+
+def test_the_formatter_writes_the_time_as_logging_does_across_seconds():
+    mine, theirs = logs.Formatter(), logging.Formatter(logs.FORMAT)
+    for created in (1796029305.0004, 1796029305.9996, 1796029306.5, 1796029305.25, 1796029399.001):
+        record = logging.LogRecord("x", logging.INFO, "", 0, "m", None, None)
+        record.created, record.msecs = created, int((created - int(created)) * 1000) + 0.0
+        assert mine.format(record) == theirs.format(record)
