@@ -71,7 +71,7 @@ from labnodes import output
 CLUSTER, OCTET = "xb", 83
 WORKERS = 4  # the inventory's two workers and two more
 LAPS, BLOCKS = 200, 4
-FILE_MB, FILE_RUNS = 256, 3
+FILE_MB, FILE_RUNS = 256, 5  # five: on this VM a transfer can take 2-3x as long when its file lands on cold blocks
 CLIENTS = (1, 100, 1000)
 REQUESTS = {1: 5000, 100: 100, 1000: 20}  # per client: 5000, 10000 and 20000 requests in all
 MATH_ROUNDS = 3
@@ -434,9 +434,10 @@ def measure_files(hosts: Hosts, size_mb: int = FILE_MB, runs: int = FILE_RUNS) -
     raw_name = "raw sendfile copy (write + fsync)"
     return [
         row(f"file send ({what}) against the two-core ceiling", m["send"], "MB/s",
-            f"ceiling of a copy both ends hash, {client} -> {server}, computed", up, ("ratio", ">=", 0.9)),
+            f"ceiling of a copy both ends hash, {client} -> {server}, computed", up, ("ratio", ">=", 0.9),
+            runs=figures["send"]),
         row("file get against the two-core ceiling", m["get"], "MB/s",
-            f"ceiling, {server} -> {client}, computed", down, ("ratio", ">=", 0.9)),
+            f"ceiling, {server} -> {client}, computed", down, ("ratio", ">=", 0.9), runs=figures["get"]),
         row("file get against file send", m["get"], "MB/s", "file send", m["send"], ("ratio", ">=", 0.9)),
         row("two-core ceiling, computed (the formula: bench_sockets)", up, "MB/s",
             f"{raw_name} {client} -> {server}", mb / m["raw_up"]),
