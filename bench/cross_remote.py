@@ -54,6 +54,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import hashlib
 import heapq
 import json
 import os
@@ -451,8 +452,6 @@ def raw_send(host: str, port: str, src: str) -> int:
 
 def sha256_cpu_seconds(size: int) -> float:
     """CPU seconds of one thread hashing `size` bytes held in memory: the best of two passes (also bench_sockets')."""
-    import hashlib
-
     block, best = os.urandom(4 << 20), float("inf")
     for _ in range(2):
         hasher, started = hashlib.sha256(), time.thread_time()

@@ -105,8 +105,8 @@ class CappedHandler(logging.StreamHandler):
         try:
             if self.per_second > 0 and not self._admit():
                 return  # left out, and counted: before its message is made
-            try:
-                line = (created, name, fmt % args)  # the message as the values are now; the writer formats the rest
+            try:  # the message as the values are now; the writer formats the rest
+                line = (created, name, fmt % args)
             except (TypeError, ValueError):  # the writer's Formatter reports it, as logging would
                 line = logging.LogRecord(name, logging.INFO, "", 0, fmt, args, None)
             self.queue.append(line)
@@ -228,13 +228,15 @@ class Formatter(logging.Formatter):
 
     def __init__(self):
         super().__init__(FORMAT)
-        self._second: tuple[int, str] = (-1, "")  # replaced whole: the writer and a logging call may both format
+        # (second, its text), replaced whole: the writer and a logging call may both format
+        self._second: tuple[int, str] = (-1, "")
 
     def formatTime(self, record, datefmt=None) -> str:
         second = int(record.created)
         made = self._second
         if made[0] != second:
-            made = self._second = (second, time.strftime(self.default_time_format, self.converter(record.created)))
+            text = time.strftime(self.default_time_format, self.converter(record.created))
+            made = self._second = (second, text)
         return self.default_msec_format % (made[1], record.msecs)
 
 
@@ -273,16 +275,18 @@ def info(logger: logging.Logger, fmt: str, *args) -> None:
     if not logger.isEnabledFor(logging.INFO):
         return
     handler = _installed
-    if handler is not None and handler.delay > 0 and logging.root.handlers == [handler] and _plain(logger):
+    if handler is not None and handler.delay > 0 and _only(handler, logger):
         handler.hot_info(logger.name, fmt, args)
     elif room(logger):
         logger.info(fmt, *args)
 
 
-def _plain(logger: logging.Logger) -> bool:
-    """Whether a record of `logger` meets no handler or filter on its way to the root logger's, and none there."""
+def _only(handler: logging.Handler, logger: logging.Logger) -> bool:
+    """Whether `handler`, on the root logger, is the only one a record of `logger` meets, and no filter is in the way."""
+    if logging.root.handlers != [handler] or handler.filters:
+        return False
     while logger.parent is not None:
         if logger.handlers or logger.filters or not logger.propagate:
             return False
         logger = logger.parent
-    return not logger.filters and not _installed.filters
+    return not logger.filters

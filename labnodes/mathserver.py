@@ -358,7 +358,8 @@ class _Connection(asyncio.Protocol):
 
     def _reply(self, line: bytes) -> bytes:
         reply = answer(line)
-        logs.info(log, "%s %r -> %s", self.peer, line, reply)  # one line per request, under the cap (log_rate)
+        # one line per request, under the cap (log_rate)
+        logs.info(log, "%s %r -> %s", self.peer, line, reply)
         return reply.encode() + b"\n"
 
 

@@ -75,7 +75,7 @@ class RingNode:
                 f"ring hop {self.name} -> {self.next_name} failed: no time left "
                 f"({budget:.2f} s budget; ring too long for ring_timeout {self.ring_timeout} s?)"
             )
-        logs.info(log, what + ", on to %s (timeout %.2f s)", *words, self.next_name, timeout)  # a line per hop
+        logs.info(log, what + ", on to %s (timeout %.2f s)", *words, self.next_name, timeout)
         try:
             return self.forward(msg, timeout)
         except Exception as exc:

@@ -300,7 +300,8 @@ HOP_ARGS = ("pyro2", "abcdef12", 2, 2, "pyro1", [55, 34], [34, 21], "pyro3", 4.5
 
 def test_a_hot_line_is_queued_without_a_record_and_written_as_logging_writes_that_record(hot, monkeypatch):
     log, handler, stream, _ = hot()
-    monkeypatch.setattr(time, "time", lambda: 1796029305.6046426)  # the same moment for the line and the record
+    # the same moment for the line and the record
+    monkeypatch.setattr(time, "time", lambda: 1796029305.6046426)
     logs.info(log, HOP, *HOP_ARGS)
     assert [type(x) for x in handler.queue] == [tuple]  # no LogRecord was made in the logging thread
     handler.flush()
