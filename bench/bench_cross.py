@@ -20,16 +20,23 @@ Rows (lower is better for times, higher for rates):
   and what labnodes's own code adds. Also: the send as the client host sees it (name-server lookup, connect,
   laps), and laps with the ring nodes at log level WARNING (their settings file edited and the nodes restarted,
   on this throwaway cluster only): what the one INFO line per hop costs.
-- file transfer, client host <-> sockserver host, FILE_MB MB, FILE_RUNS runs, medians: `labnodes file send`
-  and `labnodes file get` (the MB/s their JSON reports, and the wall time of the whole command) against scp
-  between the same hosts (a throwaway key made on the client host, authorized on the sockserver for the run
-  only) and iperf3 (memory to memory, TCP's ceiling). Target: both directions >= 1.5 x scp. And against the
-  two-core ceiling of a copy that both ends hash, computed as bench_sockets does (its docstring has the formula
-  and why) from figures measured in the same run between the same hosts: a raw copy each way (sendfile() to a
-  plain reader that writes and fsyncs, the destination beside the file server's root, timed as labnodes times a
-  transfer, with the CPU seconds of both ends) and one sha256 pass on the client host. Targets: both directions
-  >= 0.9 x the ceiling, get >= 0.9 x send. The hosts share this machine's cores, so the two-core ceiling is the
-  right one here; between two machines each end has cores of its own.
+- file transfer, client host <-> sockserver host, FILE_MB MB: `labnodes file send` and `labnodes file get` (the
+  MB/s their JSON reports, and the wall time of the whole command), in two phases of FILE_RUNS runs each, medians,
+  each phase after one run to warm up that is not counted (each transfer row keeps it in the JSON as `warmup`: on this VM the first
+  copies into memory or onto disk not used lately are the slowest).
+  (1) Files in memory: the file server's root (sockserver) and the client's files on tmpfs, the file server
+  restarted onto it (on this throwaway cluster only). Against the two-core ceiling of a copy that both ends hash,
+  computed as bench_sockets does (its docstring has the formula and why) from figures measured in the same run
+  between the same hosts: a raw copy each way (sendfile() to a plain reader that writes and fsyncs, the
+  destination on the same tmpfs, timed as labnodes times a transfer, with the CPU seconds of both ends) and one
+  sha256 pass on the client host. Targets: both directions >= 0.9 x the ceiling, get >= 0.9 x send. The ceiling
+  is a CPU ceiling, so it is measured where the disk is not in the way: this VM's disk writes blocks not written
+  lately several times slower than blocks just freed, so on disk the raw copy and a transfer land on blocks of
+  different speeds and their ratio is the disk's luck. The hosts share this machine's cores, so the two-core
+  ceiling is the right one here; between two machines each end has cores of its own.
+  (2) Files on disk, as users run it (the file server's root as provisioned): against the same raw copy on disk
+  (no target), scp between the same hosts (a throwaway key made on the client host, authorized on the sockserver
+  for the run only; target: both directions >= 1.5 x scp) and iperf3 (memory to memory, TCP's ceiling).
 - math server, requests/s and p99 latency with 1, 100 and 1000 concurrent clients on the client host (closed
   loop: each client sends `48,18` and waits for its answer), against the same load generator and a trivial
   asyncio echo-line server on the sockserver host. Target: >= 30,000 req/s at 1000 clients. A closed loop
@@ -84,9 +91,11 @@ REMOTE = (Path(__file__).parent / "cross_remote.py").read_text()
 WORK = "/tmp/labkit-xbench"  # on each host (its own /tmp)
 GUARD = 3600  # seconds: a helper server ends by itself after this, whatever happens to the benchmark
 CLIENT_GUARD = 600  # seconds: a client action that takes longer is killed (a hang guard, not a limit)
-RAW_PORT, PYRO_PORT, ECHO_PORT, IPERF_PORT, RAW_FILE_PORT = 5301, 5302, 5303, 5304, 5305
+RAW_PORT, PYRO_PORT, ECHO_PORT, IPERF_PORT, RAW_FILE_PORT, RAW_MEM_PORT = 5301, 5302, 5303, 5304, 5305, 5306
 OUTBOX, INBOX = "/var/lib/labnodes/outbox", "/var/lib/labnodes/inbox"
 SCP_DIR = "/var/lib/labnodes/xbench-scp"  # beside the file server's root: the same file system
+MEM = "/var/lib/labnodes/xbench-mem"  # on the client: a tmpfs for the files of the memory phase
+FILE_PROGRAM = "labnodes-file"  # the socket_servers role's file server
 WORKER_PROGRAM = "labnodes-celery-worker"
 RING_PROGRAM = "labnodes-ring"  # the pyro_ring role's supervisord program
 MATH_PROGRAM = "labnodes-math"  # the socket_servers role's
@@ -355,23 +364,50 @@ def _scp_key(hosts: Hosts, client: str, server: str):
             raise RuntimeError(f"{server}: the throwaway scp key is still in {auth}")
 
 
+@contextlib.contextmanager
+def _in_memory(hosts: Hosts, client: str, server: str, root: str, size_mb: int):
+    """The file server's root (on the server) and MEM (on the client) on tmpfs, the file server restarted onto
+    its new root; at the end, both unmounted and the server restarted onto its disk again. Only on the
+    benchmark's own throwaway cluster, as for the log levels."""
+    size = f"{4 * size_mb + 64}m"  # the source, a raw copy, a temporary file and a spare
+    mode, owner = hosts.run(server, f"stat -c '%a %U:%G' {root}").stdout.split()
+    port = hosts.setting(server, "file_port")
+    hosts.run(server, f"mount -t tmpfs -o size={size},mode={mode} xbench {root} && chown {owner} {root} "
+                      f"&& supervisorctl restart {FILE_PROGRAM}")
+    try:
+        hosts.run(client, f"mkdir -p {MEM} && mount -t tmpfs -o size={size} xbench {MEM} && mkdir {MEM}/out")
+        try:
+            hosts.run(client, f"for i in $(seq 100); do (: </dev/tcp/{hosts.address(server)}/{port}) 2>/dev/null "
+                              f"&& exit 0; sleep 0.1; done; exit 1")  # the file server listens again
+            yield
+        finally:
+            hosts.run(client, f"umount {MEM} && rmdir {MEM}", check=False)
+    finally:
+        hosts.run(server, f"umount {root}; supervisorctl restart {FILE_PROGRAM}", check=False)
+
+
 def measure_files(hosts: Hosts, size_mb: int = FILE_MB, runs: int = FILE_RUNS) -> list[dict]:
     client, server = _first(hosts, "clients"), _first(hosts, "sockservers")
     address, client_address = hosts.address(server), hosts.address(client)
     name = f"labkit-xbench-{size_mb}M.bin"
-    src, back, stored = f"{OUTBOX}/{name}", f"{INBOX}/{name}", f"{hosts.setting(server, 'file_root')}/{name}"
+    root = hosts.setting(server, "file_root")
+    src, back, stored = f"{OUTBOX}/{name}", f"{INBOX}/{name}", f"{root}/{name}"
     scp_there, scp_back = f"{SCP_DIR}/{name}", f"{SCP_DIR}/{name}"
     raw = f"{SCP_DIR}/raw-{name}"  # the raw copy's destination on either host, beside the file server's root
+    mem_src, mem_back, mem_raw = f"{MEM}/{name}", f"{MEM}/out/{name}", f"{MEM}/raw-{name}"
+    mem_raw_there = f"{root}/xbench-raw-{name}"  # in the memory phase the server's root is a tmpfs
     labnodes = hosts.labnodes_bin(client)
     size = size_mb * 10**6
-    figures: dict[str, list[float]] = {k: [] for k in
-                                       ("send", "get", "send_wall", "get_wall", "scp_up", "scp_down",
-                                        "iperf_up", "iperf_down", "raw_up", "raw_up_cpu", "raw_up_fsync",
-                                        "raw_down", "raw_down_cpu", "raw_down_fsync")}
+    figures: dict[str, list[float]] = {}
     hosts.run(client, f"mkdir -p {OUTBOX} {INBOX} {SCP_DIR} && head -c {size} /dev/urandom > {src}")
     hosts.run(server, f"mkdir -p {SCP_DIR}")
     digest = _sha256(hosts, client, src)
     hash_cpu = _remote(hosts, client, "sha256-cpu", size)["cpu"]
+
+    warming = False  # a phase's first run is not counted (below)
+
+    def add(key: str, value: float) -> None:
+        figures.setdefault(("warmup_" if warming else "") + key, []).append(value)
 
     def settle() -> None:
         """Each transfer starts with no dirty pages: labnodes' receiver fsyncs, and no run should also pay for
@@ -379,82 +415,132 @@ def measure_files(hosts: Hosts, size_mb: int = FILE_MB, runs: int = FILE_RUNS) -
         for name_ in (client, server):
             hosts.run(name_, "sync")
 
-    def raw_copy(sender: str, path: str, receiver: str, to: str, key: str) -> None:
-        """The raw copy under the ceiling: sendfile() to a plain reader that writes and fsyncs (cross_remote)."""
-        hosts.run(receiver, f"rm -f {raw}")
+    def fresh(host: str, path: str) -> None:
+        """Every copy lands as a new file, as a GET's and scp's do: replacing a 256 MB file (freeing its
+        blocks) made a PUT up to half as fast."""
+        hosts.run(host, f"rm -f {path}")
         settle()
-        got = _remote(hosts, sender, "raw-send", to, RAW_FILE_PORT, path)
-        figures[key].append(got["seconds"])
-        figures[key + "_cpu"].append(got["cpu"])
-        figures[key + "_fsync"].append(got["fsync"])
+
+    def raw_copy(sender: str, path: str, to: str, port: int, key: str) -> None:
+        """The raw copy under the ceiling: sendfile() to a plain reader that writes and fsyncs (cross_remote)."""
+        got = _remote(hosts, sender, "raw-send", to, port, path)
+        add(key, got["seconds"])
+        add(key + "_cpu", got["cpu"])
+        add(key + "_fsync", got["fsync"])
+
+    def labnodes_copy(key: str, host: str, path: str, command: str) -> dict:
+        """`labnodes file ...` into a new file at host:path; the MB/s its JSON reports and its wall time."""
+        fresh(host, path)
+        seconds, out = _timed(hosts, client, f"{labnodes} file {command} --json")
+        result = json.loads(out)
+        add(key, float(result["mb_per_s"]))
+        add(key + "_wall", size / 1e6 / seconds)
+        if result["sha256"] != digest:
+            raise RuntimeError(f"labnodes file {command}: sha256 differs from the original's")
+        return result
+
+    def copies(phase: str, src_: str, back_: str, raws: tuple[str, str], port: int) -> None:
+        """One run of a phase: a raw copy up, `labnodes file send`, a raw copy down, `labnodes file get`."""
+        fresh(server, raws[0])
+        raw_copy(client, src_, address, port, f"{phase}_raw_up")
+        labnodes_copy(f"{phase}_send", server, stored, f"send {src_}")
+        fresh(client, raws[1])
+        raw_copy(server, stored, client_address, port, f"{phase}_raw_down")
+        labnodes_copy(f"{phase}_get", client, back_, f"get {name} --out {back_.rsplit('/', 1)[0]}")
+
+    def phase(helpers: Helpers, key: str, where: str, src_: str, back_: str, raws: tuple[str, str], port: int,
+              also=lambda: None) -> None:
+        """Phase `key` ("disk", "mem"): its raw readers (the server's raw copy lands at raws[0], the client's at raws[1]), then one run
+        to warm up and `runs` runs, each `copies` and `also`."""
+        nonlocal warming
+        helpers.start(server, f"raw-read-{key}", "raw-read", address, port, raws[0])
+        helpers.start(client, f"raw-read-{key}", "raw-read", client_address, port, raws[1])
+        for i in range(runs + 1):
+            _say(f"file run {i}/{runs}, {where}" if i else f"file runs {where}: one to warm up, not counted")
+            warming = i == 0
+            copies(key, src_, back_, raws, port)
+            also()
+
+    def scp_and_iperf3() -> None:
+        fresh(server, scp_there)
+        seconds, _ = _timed(hosts, client, f"scp -q {scp} {src} root@{address}:{scp_there}")
+        add("scp_up", size / 1e6 / seconds)
+        fresh(client, scp_back)
+        seconds, _ = _timed(hosts, client, f"scp -q {scp} root@{address}:{scp_there} {scp_back}")
+        add("scp_down", size / 1e6 / seconds)
+        add("iperf_up", _iperf3(hosts, client, server, reverse=False))
+        add("iperf_down", _iperf3(hosts, client, server, reverse=True))
 
     try:
         with _scp_key(hosts, client, server) as scp, Helpers(hosts) as helpers:
-            helpers.start(server, "raw-read", "raw-read", address, RAW_FILE_PORT, raw)
-            helpers.start(client, "raw-read", "raw-read", client_address, RAW_FILE_PORT, raw)
-            for i in range(runs):
-                _say(f"file run {i + 1}/{runs}")
-                raw_copy(client, src, server, address, "raw_up")
-                hosts.run(server, f"rm -f {stored}")  # every copy lands as a new file, as a GET's and scp's do:
-                settle()  # replacing a 256 MB file (freeing its blocks) made a PUT up to half as fast
-                seconds, out = _timed(hosts, client, f"{labnodes} file send {src} --json")
-                sent = json.loads(out)
-                figures["send"].append(float(sent["mb_per_s"]))
-                figures["send_wall"].append(size / 1e6 / seconds)
-                raw_copy(server, stored, client, client_address, "raw_down")
-                hosts.run(client, f"rm -f {back}")
-                settle()
-                seconds, out = _timed(hosts, client, f"{labnodes} file get {name} --out {INBOX} --json")
-                got = json.loads(out)
-                figures["get"].append(float(got["mb_per_s"]))
-                figures["get_wall"].append(size / 1e6 / seconds)
-                if sent["sha256"] != digest or got["sha256"] != digest:
-                    raise RuntimeError("labnodes file: sha256 differs from the original's")
-                hosts.run(server, f"rm -f {scp_there}")
-                settle()
-                seconds, _ = _timed(hosts, client, f"scp -q {scp} {src} root@{address}:{scp_there}")
-                figures["scp_up"].append(size / 1e6 / seconds)
-                hosts.run(client, f"rm -f {scp_back}")
-                settle()
-                seconds, _ = _timed(hosts, client, f"scp -q {scp} root@{address}:{scp_there} {scp_back}")
-                figures["scp_down"].append(size / 1e6 / seconds)
-                figures["iperf_up"].append(_iperf3(hosts, client, server, reverse=False))
-                figures["iperf_down"].append(_iperf3(hosts, client, server, reverse=True))
-        sums = {_sha256(hosts, client, back), _sha256(hosts, server, stored), _sha256(hosts, client, scp_back),
-                _sha256(hosts, server, scp_there), _sha256(hosts, server, raw), _sha256(hosts, client, raw)}
+            phase(helpers, "disk", "on disk", src, back, (raw, raw), RAW_FILE_PORT, also=scp_and_iperf3)
+            sums = {_sha256(hosts, client, back), _sha256(hosts, server, stored), _sha256(hosts, client, scp_back),
+                    _sha256(hosts, server, scp_there), _sha256(hosts, server, raw), _sha256(hosts, client, raw)}
+            with _in_memory(hosts, client, server, root, size_mb):
+                hosts.run(client, f"cp {src} {mem_src}")
+                file_hash_cpu = _remote(hosts, client, "sha256-file-cpu", mem_src)["cpu"]
+                phase(helpers, "mem", "in memory", mem_src, mem_back, (mem_raw_there, mem_raw), RAW_MEM_PORT)
+                sums |= {_sha256(hosts, client, mem_back), _sha256(hosts, server, stored),
+                         _sha256(hosts, server, mem_raw_there), _sha256(hosts, client, mem_raw)}
         if sums != {digest}:
             raise RuntimeError("a copy's sha256 differs from the original's")
     finally:
         hosts.run(client, f"rm -rf {src} {back} {SCP_DIR}", check=False)
         hosts.run(server, f"rm -rf {stored} {SCP_DIR}", check=False)
-    m = {k: statistics.median(v) for k, v in figures.items()}
-    mb = size / 1e6
-    up, down = (two_core_ceiling(mb, m[k], m[k + "_cpu"], hash_cpu) for k in ("raw_up", "raw_down"))
+    return file_rows(figures, hash_cpu, file_hash_cpu, size_mb, runs, client, server)
+
+
+def file_rows(figures: dict[str, list[float]], hash_cpu: float, file_hash_cpu: float, size_mb: int, runs: int,
+              client: str, server: str) -> list[dict]:
+    """measure_files' rows from each run's figures: medians, the ceilings, the targets. hash_cpu: one sha256 pass
+    over bytes in memory; file_hash_cpu: over the file as a program reads it (for the rows that count the
+    sender's read)."""
+    m = {k: statistics.median(v) for k, v in figures.items() if not k.startswith("warmup_")}
+    mb = size_mb * 10**6 / 1e6
+    up, down = (two_core_ceiling(mb, m[f"mem_{k}"], m[f"mem_{k}_cpu"], hash_cpu) for k in ("raw_up", "raw_down"))
+    read_up, read_down = (two_core_ceiling(mb, m[f"mem_{k}"], m[f"mem_{k}_cpu"], hash_cpu, file_hash_cpu)
+                          for k in ("raw_up", "raw_down"))
     what = f"{size_mb} MB, {client} <-> {server}, median of {runs}"
     raw_name = "raw sendfile copy (write + fsync)"
+    counted = "ceiling also counting the sender's read of the file for its hash"
     return [
-        row(f"file send ({what}) against the two-core ceiling", m["send"], "MB/s",
+        row(f"file send, files in memory ({what}) against the two-core ceiling", m["mem_send"], "MB/s",
             f"ceiling of a copy both ends hash, {client} -> {server}, computed", up, ("ratio", ">=", 0.9),
-            runs=figures["send"]),
-        row("file get against the two-core ceiling", m["get"], "MB/s",
-            f"ceiling, {server} -> {client}, computed", down, ("ratio", ">=", 0.9), runs=figures["get"]),
-        row("file get against file send", m["get"], "MB/s", "file send", m["send"], ("ratio", ">=", 0.9)),
-        row("two-core ceiling, computed (the formula: bench_sockets)", up, "MB/s",
-            f"{raw_name} {client} -> {server}", mb / m["raw_up"]),
+            runs=figures["mem_send"], warmup=figures.get("warmup_mem_send", [])),
+        row("file get, files in memory, against the two-core ceiling", m["mem_get"], "MB/s",
+            f"ceiling, {server} -> {client}, computed", down, ("ratio", ">=", 0.9), runs=figures["mem_get"], warmup=figures.get("warmup_mem_get", [])),
+        row("file get against file send, files in memory", m["mem_get"], "MB/s", "file send", m["mem_send"],
+            ("ratio", ">=", 0.9)),
+        row("two-core ceiling, files in memory, computed (the formula: bench_sockets)", up, "MB/s",
+            f"{raw_name} {client} -> {server}, in memory", mb / m["mem_raw_up"]),
         row(f"sha256, one core ({hash_cpu:.2f} CPU s for {size_mb} MB)", mb / hash_cpu, "MB/s",
-            f"{raw_name} {client} -> {server}", mb / m["raw_up"]),
-        row(f"{raw_name}, CPU s per wall s, both ends", m["raw_up_cpu"] / m["raw_up"], "cores",
+            f"{raw_name} {client} -> {server}, in memory", mb / m["mem_raw_up"]),
+        row(f"sha256 of the file as a program reads it (read + hash), one core ({file_hash_cpu:.2f} CPU s)",
+            mb / file_hash_cpu, "MB/s", "sha256 of bytes in memory, one core", mb / hash_cpu),
+        row("file send, files in memory, against the ceiling that counts the sender's read", m["mem_send"], "MB/s",
+            f"{counted}, {client} -> {server}", read_up),
+        row("file get, files in memory, against the ceiling that counts the sender's read", m["mem_get"], "MB/s",
+            f"{counted}, {server} -> {client}", read_down),
+        row(f"{raw_name} in memory, CPU s per wall s, both ends", m["mem_raw_up_cpu"] / m["mem_raw_up"], "cores",
             "cores here", float(os.cpu_count() or 1)),
-        row(f"{raw_name}: its fsync at the end, s", m["raw_up_fsync"], "s", f"{raw_name}, all of it, s", m["raw_up"]),
-        row("file send (MB/s its JSON reports)", m["send"], "MB/s", "scp upload, the same hosts (wall)",
+        row("file send, files on disk (MB/s its JSON reports)", m["disk_send"], "MB/s",
+            f"{raw_name} on disk, {client} -> {server}", mb / m["disk_raw_up"], runs=figures["disk_send"], warmup=figures.get("warmup_disk_send", [])),
+        row("file get, files on disk", m["disk_get"], "MB/s", f"{raw_name} on disk, {server} -> {client}",
+            mb / m["disk_raw_down"], runs=figures["disk_get"], warmup=figures.get("warmup_disk_get", [])),
+        row("file get against file send, files on disk", m["disk_get"], "MB/s", "file send", m["disk_send"]),
+        row(f"{raw_name} on disk: its fsync at the end, s", m["disk_raw_up_fsync"], "s",
+            f"{raw_name}, all of it, s", m["disk_raw_up"]),
+        row("file send on disk (JSON MB/s)", m["disk_send"], "MB/s", "scp upload, the same hosts (wall)",
             m["scp_up"], ("ratio", ">=", 1.5)),
-        row("file get (MB/s its JSON reports)", m["get"], "MB/s", "scp download (wall)", m["scp_down"],
+        row("file get on disk (JSON MB/s)", m["disk_get"], "MB/s", "scp download (wall)", m["scp_down"],
             ("ratio", ">=", 1.5)),
-        row("file send, wall time of the command", m["send_wall"], "MB/s", "scp upload (wall)", m["scp_up"]),
-        row("file get, wall time of the command", m["get_wall"], "MB/s", "scp download (wall)", m["scp_down"]),
-        row("file send (JSON MB/s) against TCP's ceiling", m["send"], "MB/s",
+        row("file send on disk, wall time of the command", m["disk_send_wall"], "MB/s", "scp upload (wall)",
+            m["scp_up"]),
+        row("file get on disk, wall time of the command", m["disk_get_wall"], "MB/s", "scp download (wall)",
+            m["scp_down"]),
+        row("file send on disk (JSON MB/s) against TCP's ceiling", m["disk_send"], "MB/s",
             f"iperf3 {client} -> {server}, memory to memory", m["iperf_up"]),
-        row("file get (JSON MB/s) against TCP's ceiling", m["get"], "MB/s",
+        row("file get on disk (JSON MB/s) against TCP's ceiling", m["disk_get"], "MB/s",
             f"iperf3 -R {server} -> {client}", m["iperf_down"]),
     ]
 

@@ -235,10 +235,15 @@ def _raw_copy(src: str, dest: str) -> tuple[float, float]:
     return seconds, cpu
 
 
-def two_core_ceiling(mb: float, raw_wall: float, raw_cpu: float, hash_cpu: float) -> float:
+def two_core_ceiling(mb: float, raw_wall: float, raw_cpu: float, hash_cpu: float,
+                     send_hash_cpu: float | None = None) -> float:
     """MB/s: the two-core ceiling of a copy of `mb` MB that both ends hash, from the raw copy's wall and CPU seconds
-    (both ends) and one sha256 pass's CPU seconds (the module docstring says why). Also bench_cross's."""
-    return mb / max(raw_wall, hash_cpu, (raw_cpu + 2 * hash_cpu) / 2)
+    (both ends) and one sha256 pass's CPU seconds (the module docstring says why). Also bench_cross's.
+
+    send_hash_cpu, where given, is the sender's own pass instead of hash_cpu (bench_cross: the file read, then
+    hashed), for a ceiling that also counts what the sender must do to see the bytes it hashes."""
+    sender = hash_cpu if send_hash_cpu is None else send_hash_cpu
+    return mb / max(raw_wall, sender, hash_cpu, (raw_cpu + sender + hash_cpu) / 2)
 
 
 def _file_rows(quick: bool) -> list[dict]:

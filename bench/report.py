@@ -7,7 +7,8 @@ optional keys draw plots:
     "samples": [float, ...]                    a distribution (e.g. every ring lap's time): a histogram
     "series": {"x": [...], "y": [...], "x_label": str, "y_label": str}   a curve (e.g. requests/s by clients)
 
-Other keys go into the JSON as they are (e.g. "runs": each run's figure, where the value is their median).
+Other keys go into the JSON as they are (e.g. "runs": each run's figure, where the value is their median;
+"warmup": a run before them that the median leaves out).
 
 The HTML is one self-contained file (plots are inline SVG from matplotlib); no browser-side code.
 """

@@ -178,8 +178,46 @@ def test_the_two_core_ceiling_is_bound_by_the_raw_copys_time_or_by_all_the_work_
     ceiling = bench_sockets.two_core_ceiling
     assert ceiling(1000, raw_wall=1.0, raw_cpu=0.4, hash_cpu=0.5) == 1000  # the raw copy's own time
     assert ceiling(1000, raw_wall=0.5, raw_cpu=1.2, hash_cpu=0.9) == pytest.approx(1000 / 1.5)  # (1.2 + 2 x 0.9) / 2
+    # the sender's own pass, where given, counts instead of one of the two: (1.2 + 1.3 + 0.9) / 2
+    assert ceiling(1000, raw_wall=0.5, raw_cpu=1.2, hash_cpu=0.9, send_hash_cpu=1.3) == pytest.approx(1000 / 1.7)
+    # a hash is sequential: one slow pass bounds the copy whatever the cores
+    assert ceiling(1000, raw_wall=0.5, raw_cpu=0.1, hash_cpu=0.1, send_hash_cpu=2.0) == pytest.approx(1000 / 2.0)
+
+
+def test_hashing_a_file_as_a_program_reads_it_is_timed_in_cpu_seconds(tmp_path):
+    path = tmp_path / "f.bin"
+    path.write_bytes(b"x" * ((3 << 20) + 5))
+    assert cross_remote.sha256_file_cpu_seconds(str(path)) > 0
 
 
 def test_one_sha256_pass_is_timed_in_cpu_seconds_also_for_a_size_that_is_not_whole_blocks():
     assert cross_remote.sha256_cpu_seconds((5 << 20) + 3) > 0
     assert cross_remote.sha256_cpu_seconds(0) >= 0  # no block at all: only the remainder, empty
+
+
+def test_the_file_ceiling_comes_from_the_copies_in_memory_and_the_disk_rows_have_the_disks_own_baseline():
+    # 100 MB; in memory a raw copy takes 0.1 s wall and 0.2 s CPU; on disk the same copy took 0.5 s (new blocks)
+    one = {"mem_raw_up": 0.1, "mem_raw_up_cpu": 0.2, "mem_raw_up_fsync": 0.0, "mem_raw_down": 0.1,
+           "mem_raw_down_cpu": 0.2, "mem_raw_down_fsync": 0.0, "mem_send": 450.0, "mem_get": 420.0,
+           "mem_send_wall": 300.0, "mem_get_wall": 300.0,
+           "disk_raw_up": 0.5, "disk_raw_up_cpu": 0.2, "disk_raw_up_fsync": 0.3, "disk_raw_down": 0.25,
+           "disk_raw_down_cpu": 0.2, "disk_raw_down_fsync": 0.1, "disk_send": 150.0, "disk_get": 100.0,
+           "disk_send_wall": 140.0, "disk_get_wall": 90.0, "scp_up": 100.0, "scp_down": 80.0,
+           "iperf_up": 2000.0, "iperf_down": 2000.0}
+    figures = {k: [v * 0.9, v, v * 1.1] for k, v in one.items()}  # three runs; the medians are `one`
+    rows = {r["bench"]: r for r in bench_cross.file_rows(figures, 0.15, 0.2, 100, 3, "client", "sockserver")}
+    send = next(r for name, r in rows.items() if name.startswith("file send, files in memory"))
+    assert send["baseline"] == pytest.approx(100 / 0.25)  # (0.2 + 2 x 0.15) / 2 s: from the copy in memory
+    assert send["ok"] and send["runs"] == figures["mem_send"] and send["target"] == "ratio >= 0.9"
+    get = rows["file get, files in memory, against the two-core ceiling"]
+    assert get["ratio"] == pytest.approx(420 / 400) and get["ok"]
+    assert rows["file get against file send, files in memory"]["ok"]  # 420 / 450 = 0.93
+    on_disk = rows["file get, files on disk"]
+    assert on_disk["baseline"] == pytest.approx(100 / 0.25) and on_disk["ok"] is None  # no target on the disk
+    assert rows["file get against file send, files on disk"]["ok"] is None
+    assert rows["file get on disk (JSON MB/s)"]["ok"] is False  # 100 / 80 < 1.5: scp's target is on the disk
+    counted = rows["file send, files in memory, against the ceiling that counts the sender's read"]
+    assert counted["baseline"] == pytest.approx(100 / 0.275) and counted["ok"] is None  # (0.2 + 0.2 + 0.15) / 2
+    figures["mem_send"] = [350.0] * 3  # below 0.9 of the ceiling (360): the target fails
+    rows = bench_cross.file_rows(figures, 0.15, 0.2, 100, 3, "c", "s")
+    assert not next(r for r in rows if "send, files in memory" in r["bench"])["ok"]
