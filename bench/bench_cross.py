@@ -22,8 +22,8 @@ Rows (lower is better for times, higher for rates):
   on this throwaway cluster only): what the one INFO line per hop costs.
 - file transfer, client host <-> sockserver host, FILE_MB MB: `labnodes file send` and `labnodes file get` (the
   MB/s their JSON reports, and the wall time of the whole command), in two phases of FILE_RUNS runs each, medians,
-  each phase after one run to warm up that is not counted (each transfer row keeps it in the JSON as `warmup`: on this VM the first
-  copies into memory or onto disk not used lately are the slowest).
+  each phase after one run to warm up that is not counted (each transfer row keeps it in the JSON as `warmup`: on
+  this VM the first copies into memory or onto disk not used lately are the slowest).
   (1) Files in memory: the file server's root (sockserver) and the client's files on tmpfs, the file server
   restarted onto it (on this throwaway cluster only). Against the two-core ceiling of a copy that both ends hash,
   computed as bench_sockets does (its docstring has the formula and why) from figures measured in the same run
@@ -450,8 +450,8 @@ def measure_files(hosts: Hosts, size_mb: int = FILE_MB, runs: int = FILE_RUNS) -
 
     def phase(helpers: Helpers, key: str, where: str, src_: str, back_: str, raws: tuple[str, str], port: int,
               also=lambda: None) -> None:
-        """Phase `key` ("disk", "mem"): its raw readers (the server's raw copy lands at raws[0], the client's at raws[1]), then one run
-        to warm up and `runs` runs, each `copies` and `also`."""
+        """Phase `key` ("disk", "mem"): its raw readers (the server's raw copy lands at raws[0], the client's at
+        raws[1]), then one run to warm up and `runs` runs, each `copies` and `also`."""
         nonlocal warming
         helpers.start(server, f"raw-read-{key}", "raw-read", address, port, raws[0])
         helpers.start(client, f"raw-read-{key}", "raw-read", client_address, port, raws[1])
@@ -496,7 +496,7 @@ def file_rows(figures: dict[str, list[float]], hash_cpu: float, file_hash_cpu: f
     over bytes in memory; file_hash_cpu: over the file as a program reads it (for the rows that count the
     sender's read)."""
     m = {k: statistics.median(v) for k, v in figures.items() if not k.startswith("warmup_")}
-    mb = size_mb * 10**6 / 1e6
+    mb = float(size_mb)  # MB of 10**6 bytes, as FILE_MB counts them
     up, down = (two_core_ceiling(mb, m[f"mem_{k}"], m[f"mem_{k}_cpu"], hash_cpu) for k in ("raw_up", "raw_down"))
     read_up, read_down = (two_core_ceiling(mb, m[f"mem_{k}"], m[f"mem_{k}_cpu"], hash_cpu, file_hash_cpu)
                           for k in ("raw_up", "raw_down"))
@@ -508,7 +508,8 @@ def file_rows(figures: dict[str, list[float]], hash_cpu: float, file_hash_cpu: f
             f"ceiling of a copy both ends hash, {client} -> {server}, computed", up, ("ratio", ">=", 0.9),
             runs=figures["mem_send"], warmup=figures.get("warmup_mem_send", [])),
         row("file get, files in memory, against the two-core ceiling", m["mem_get"], "MB/s",
-            f"ceiling, {server} -> {client}, computed", down, ("ratio", ">=", 0.9), runs=figures["mem_get"], warmup=figures.get("warmup_mem_get", [])),
+            f"ceiling, {server} -> {client}, computed", down, ("ratio", ">=", 0.9), runs=figures["mem_get"],
+            warmup=figures.get("warmup_mem_get", [])),
         row("file get against file send, files in memory", m["mem_get"], "MB/s", "file send", m["mem_send"],
             ("ratio", ">=", 0.9)),
         row("two-core ceiling, files in memory, computed (the formula: bench_sockets)", up, "MB/s",
@@ -524,7 +525,8 @@ def file_rows(figures: dict[str, list[float]], hash_cpu: float, file_hash_cpu: f
         row(f"{raw_name} in memory, CPU s per wall s, both ends", m["mem_raw_up_cpu"] / m["mem_raw_up"], "cores",
             "cores here", float(os.cpu_count() or 1)),
         row("file send, files on disk (MB/s its JSON reports)", m["disk_send"], "MB/s",
-            f"{raw_name} on disk, {client} -> {server}", mb / m["disk_raw_up"], runs=figures["disk_send"], warmup=figures.get("warmup_disk_send", [])),
+            f"{raw_name} on disk, {client} -> {server}", mb / m["disk_raw_up"], runs=figures["disk_send"],
+            warmup=figures.get("warmup_disk_send", [])),
         row("file get, files on disk", m["disk_get"], "MB/s", f"{raw_name} on disk, {server} -> {client}",
             mb / m["disk_raw_down"], runs=figures["disk_get"], warmup=figures.get("warmup_disk_get", [])),
         row("file get against file send, files on disk", m["disk_get"], "MB/s", "file send", m["disk_send"]),
