@@ -372,18 +372,20 @@ def _in_memory(hosts: Hosts, client: str, server: str, root: str, size_mb: int):
     size = f"{4 * size_mb + 64}m"  # the source, a raw copy, a temporary file and a spare
     mode, owner = hosts.run(server, f"stat -c '%a %U:%G' {root}").stdout.split()
     port = hosts.setting(server, "file_port")
-    hosts.run(server, f"mount -t tmpfs -o size={size},mode={mode} xbench {root} && chown {owner} {root} "
-                      f"&& supervisorctl restart {FILE_PROGRAM}")
-    try:
-        hosts.run(client, f"mkdir -p {MEM} && mount -t tmpfs -o size={size} xbench {MEM} && mkdir {MEM}/out")
+    try:  # the finally also undoes a mount whose chown or restart failed
+        hosts.run(server, f"mount -t tmpfs -o size={size},mode={mode} xbench {root} && chown {owner} {root} "
+                          f"&& supervisorctl restart {FILE_PROGRAM}")
         try:
+            hosts.run(client, f"mkdir -p {MEM} && mount -t tmpfs -o size={size} xbench {MEM} && mkdir {MEM}/out")
             hosts.run(client, f"for i in $(seq 100); do (: </dev/tcp/{hosts.address(server)}/{port}) 2>/dev/null "
                               f"&& exit 0; sleep 0.1; done; exit 1")  # the file server listens again
             yield
         finally:
             hosts.run(client, f"umount {MEM} && rmdir {MEM}", check=False)
     finally:
-        hosts.run(server, f"umount {root}; supervisorctl restart {FILE_PROGRAM}", check=False)
+        # stopped first: the server holds its root open, and umount refuses a busy mount
+        hosts.run(server, f"supervisorctl stop {FILE_PROGRAM}; umount {root}; supervisorctl start {FILE_PROGRAM}",
+                  check=False)
 
 
 def measure_files(hosts: Hosts, size_mb: int = FILE_MB, runs: int = FILE_RUNS) -> list[dict]:
@@ -478,9 +480,10 @@ def measure_files(hosts: Hosts, size_mb: int = FILE_MB, runs: int = FILE_RUNS) -
                     _sha256(hosts, server, scp_there), _sha256(hosts, server, raw), _sha256(hosts, client, raw)}
             with _in_memory(hosts, client, server, root, size_mb):
                 hosts.run(client, f"cp {src} {mem_src}")
-                file_hash_cpu = _remote(hosts, client, "sha256-file-cpu", mem_src)["cpu"]
+                hashed = _remote(hosts, client, "sha256-file-cpu", mem_src)
+                file_hash_cpu = hashed["cpu"]
                 phase(helpers, "mem", "in memory", mem_src, mem_back, (mem_raw_there, mem_raw), RAW_MEM_PORT)
-                sums |= {_sha256(hosts, client, mem_back), _sha256(hosts, server, stored),
+                sums |= {hashed["sha256"], _sha256(hosts, client, mem_back), _sha256(hosts, server, stored),
                          _sha256(hosts, server, mem_raw_there), _sha256(hosts, client, mem_raw)}
         if sums != {digest}:
             raise RuntimeError("a copy's sha256 differs from the original's")

@@ -7,8 +7,8 @@ fixture. The client is the `labnodes ring send` CLI (a subprocess too). Waits po
 from __future__ import annotations
 
 import json
-import re
 import os
+import re
 import signal
 import socket
 import subprocess

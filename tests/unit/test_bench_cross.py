@@ -5,6 +5,7 @@ on loopback, port 0)."""
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import socket
 import threading
 
@@ -184,10 +185,13 @@ def test_the_two_core_ceiling_is_bound_by_the_raw_copys_time_or_by_all_the_work_
     assert ceiling(1000, raw_wall=0.5, raw_cpu=0.1, hash_cpu=0.1, send_hash_cpu=2.0) == pytest.approx(1000 / 2.0)
 
 
-def test_hashing_a_file_as_a_program_reads_it_is_timed_in_cpu_seconds(tmp_path):
+def test_hashing_a_file_as_a_program_reads_it_reads_it_all_and_is_timed_in_cpu_seconds(tmp_path):
     path = tmp_path / "f.bin"
-    path.write_bytes(b"x" * ((3 << 20) + 5))
-    assert cross_remote.sha256_file_cpu_seconds(str(path)) > 0
+    data = bytes(range(256)) * ((3 << 12) + 1)  # 3 MiB and 256 bytes: not whole buffers
+    path.write_bytes(data)
+    cpu, digest = cross_remote.sha256_file_cpu_seconds(str(path))
+    assert digest == hashlib.sha256(data).hexdigest()
+    assert 0 < cpu < float("inf")
 
 
 def test_one_sha256_pass_is_timed_in_cpu_seconds_also_for_a_size_that_is_not_whole_blocks():
