@@ -35,6 +35,9 @@ is; anything else of the inventory's hosts is torn down and rebuilt (its root an
 emptied as on a reboot); namespaces of the cluster that the inventory no longer lists are removed. `up` ends when
 every host's sshd accepts the cluster key, and records the inventory as the active one.
 
+`network_only` (for benchmarks, the floor `up` is measured against): the same hosts' network alone, from nothing,
+made by the same code as `up` makes it, until every address answers TCP from the box; `down` removes it.
+
 `down`: finds the cluster's things by name (`lk-c-*` namespaces, `lkv-c-*` veths, bridge `lk-c`) and by process
 (everything in those namespaces, and any process whose mount namespace holds a `.labkit/c/hosts/` bind mount),
 so it also cleans up after a crash or a half-finished `up`; it closes every ssh connection from the box to the
@@ -56,6 +59,7 @@ import os
 import shlex
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -601,6 +605,32 @@ def _ssh_hosts(cl: Cluster) -> list[ssh.SshHost]:
     return hosts
 
 
+def _plumb(cl: Cluster, nodes) -> None:
+    """The hosts' network: each one's namespace, a veth pair from the cluster's bridge to its eth0 (MAC from its
+    address), its address, and its links up."""
+    lines = []
+    for n in nodes:
+        lines += [f"netns add {n.ns}",
+                  f"link add {n.veth} type veth peer name eth0 address {_mac(n.address)} netns {n.ns}",
+                  f"link set {n.veth} master {cl.bridge} up"]
+    _ip_batch(lines)
+    for n in nodes:
+        _ip_batch([f"addr add {n.address}/{n.prefixlen} dev eth0", "link set eth0 up", "link set lo up"],
+                  netns=n.ns)
+
+
+def answers(address: str, port: int = 22, timeout: float = 0.5) -> bool:
+    """Whether the host at `address` answers a TCP connection from the box: accepted or refused (its kernel's
+    reset), either way its network works. False when nothing answers within `timeout` s."""
+    try:
+        with socket.create_connection((address, port), timeout=timeout):
+            return True
+    except ConnectionRefusedError:
+        return True
+    except OSError:
+        return False
+
+
 # --- the three verbs -----------------------------------------------------------------------------------------
 
 
@@ -661,15 +691,7 @@ def up(inv: Inventory | str | os.PathLike | None = None, echo=print) -> None:
             _write(n.root / "etc" / "hosts", hosts_text)
             _write(n.root / "root" / ".ssh" / "authorized_keys", pubkey + "\n", 0o600)
 
-        lines = []
-        for n in build:
-            lines += [f"netns add {n.ns}",
-                      f"link add {n.veth} type veth peer name eth0 address {_mac(n.address)} netns {n.ns}",
-                      f"link set {n.veth} master {cl.bridge} up"]
-        _ip_batch(lines)
-        for n in build:
-            _ip_batch([f"addr add {n.address}/{n.prefixlen} dev eth0", "link set eth0 up", "link set lo up"],
-                      netns=n.ns)
+        _plumb(cl, build)
         launchers = {n.name: _start_init(cl, n) for n in build}
         _LAUNCHERS.extend(launchers.values())
         deadline = time.monotonic() + START_TIMEOUT
@@ -695,6 +717,37 @@ def up(inv: Inventory | str | os.PathLike | None = None, echo=print) -> None:
                               progress=progress)
     echo(f"netns {cl.name}: {len(cl.nodes)} hosts up ({len(build)} started, {len(cl.nodes) - len(build)} kept) "
          f"in {time.monotonic() - t0:.2f}s; try: ssh -F {STATE / 'ssh_config'} {cl.nodes[0].address}")
+
+
+def network_only(inv: Inventory | str | os.PathLike | None = None, echo=print, timeout: float = SSH_TIMEOUT) -> float:
+    """The floor of `up`, for benchmarks (bench_cluster, `make scale-test`): the inventory's hosts with their network
+    alone, from nothing: the bridge, each host's namespace, veth, address and links, made as `up` makes them, and
+    the bridge's forwarding rule; no root, no init, no sshd. Returns the seconds until every address answers a TCP
+    connection from the box (`answers`), timed from where `up` starts its clock. `down` removes it."""
+    inv = _as_inventory(inv)
+    cl = Cluster.from_inventory(inv)
+    _check_box()
+    t0 = time.monotonic()
+    with _locked(cl):
+        links = _links()
+        if cl.bridge in links or _namespaces(cl.ns_prefix):
+            raise NetnsError(f"cluster {cl.name} exists: its network alone is measured from nothing (down first)")
+        _check_subnet_free(cl)
+        _ensure_bridge(cl, links)
+        _plumb(cl, cl.nodes)
+        _allow_bridge_forwarding(cl, echo)
+        pending, deadline = list(cl.nodes), t0 + timeout
+        while True:
+            pending = [n for n in pending if not answers(n.address)]
+            if not pending:
+                break
+            if time.monotonic() > deadline:
+                raise NetnsError(f"cluster {cl.name}: no answer within {timeout:g} s from "
+                                 f"{_names([f'{n.name} ({n.address})' for n in pending])}")
+            time.sleep(0.01)
+    seconds = time.monotonic() - t0
+    echo(f"netns {cl.name}: the network of {len(cl.nodes)} hosts alone (no root, init or sshd) in {seconds:.2f}s")
+    return seconds
 
 
 def down(inv: Inventory | str | os.PathLike | None = None, echo=print, cluster: str | None = None) -> None:

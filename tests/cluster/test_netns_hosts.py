@@ -228,6 +228,40 @@ def test_second_cluster_coexists_and_its_down_leaves_the_first_intact(t1, cluste
     assert ssh(addr(NAMES[0]), "hostname").stdout.strip() == NAMES[0]
 
 
+NETWORK_ONLY = {"n1": "10.77.14.10", "n2": "10.77.14.11", "n3": "10.77.14.12"}
+
+
+def test_network_only_makes_the_hosts_network_alone_and_down_removes_it(cluster_factory):
+    path = cluster_factory("t5", "10.77.14.0/24", NETWORK_ONLY)
+    assert netns.network_only(path, echo=lambda *a: None) > 0
+    for name, address in NETWORK_ONLY.items():
+        ns = f"lk-t5-{name}"
+        assert ("eth0", address, 24) in netns._addresses(netns=ns, dev="eth0")
+        assert netns._ns_pids(ns) == set()  # no init, no sshd: the network alone
+        assert netns.answers(address)  # its kernel refuses a TCP connection from the box: an answer
+    with pytest.raises(netns.NetnsError, match="exists"):  # measured from nothing, or not at all
+        netns.network_only(path, echo=lambda *a: None)
+    subprocess.run(["ip", "-n", "lk-t5-n2", "link", "set", "eth0", "down"], check=True)
+    assert not netns.answers(NETWORK_ONLY["n2"])  # a host whose network is down does not answer
+    assert "3 namespaces, 3 veths" in netns_cli("down", "-i", str(path)).stdout
+    assert leftovers("t5", "10.77.14.0/24") == []
+
+
+def test_network_only_names_a_host_whose_network_does_not_answer(cluster_factory, monkeypatch):
+    path = cluster_factory("t5", "10.77.14.0/24", NETWORK_ONLY)
+    plumb = netns._plumb
+
+    def plumb_then_break_n3(cl, nodes):  # what a host whose link never came up looks like
+        plumb(cl, nodes)
+        subprocess.run(["ip", "-n", "lk-t5-n3", "link", "set", "eth0", "down"], check=True)
+
+    monkeypatch.setattr(netns, "_plumb", plumb_then_break_n3)
+    with pytest.raises(netns.NetnsError, match=r"no answer within 1 s from n3 \(10\.77\.14\.12\)"):
+        netns.network_only(path, echo=lambda *a: None, timeout=1)
+    netns_cli("down", "-i", str(path))
+    assert leftovers("t5", "10.77.14.0/24") == []
+
+
 def test_down_removes_a_half_made_cluster_found_only_by_names_and_processes():
     if os.geteuid() != 0:
         pytest.skip("needs root")
