@@ -49,12 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         output.as_json({"rows": rows, "failed": failed})
     else:
-        output.table(
-            ([r["bench"], f'{r["value"]:.4g} {r["unit"]}', r["baseline_name"], f'{r["baseline"]:.4g}',
-              f'{r["ratio"]:.3g}', r.get("target", ""), {True: "ok", False: "MISSED", None: ""}[r.get("ok")]]
-             for r in rows),
-            ["benchmark", "value", "baseline", "baseline value", "ratio", "target", ""],
-        )
+        output.table((report.cells(r) for r in rows), report.HEADER)
     json_path, html_path = report.write(rows, failed, args.out)
     print(f"bench: wrote {json_path} and {html_path}", file=sys.stderr)
     missed = [r["bench"] for r in rows if r.get("ok") is False]

@@ -162,9 +162,6 @@ def run(quick: bool = False) -> list[dict]:
 if __name__ == "__main__":
     from labnodes import output
 
-    rows = run(quick="--quick" in sys.argv)
-    output.table(
-        ([r["bench"], f'{r["value"]:.4g} {r["unit"]}', r["baseline_name"], f'{r["baseline"]:.4g}',
-          f'{r["ratio"]:.3g}', r["target"], {True: "ok", False: "MISSED", None: ""}[r["ok"]]] for r in rows),
-        ["benchmark", "value", "baseline", "baseline value", "ratio", "target", ""],
-    )
+    from bench import report
+
+    output.table((report.cells(r) for r in run(quick="--quick" in sys.argv)), report.HEADER)

@@ -69,6 +69,7 @@ import time
 import traceback
 from pathlib import Path
 
+from bench import report
 from bench.bench_sockets import two_core_ceiling
 from bench.cluster import cluster
 from bench.cross_remote import RING_LAPS, RING_NUMBERS
@@ -720,10 +721,7 @@ def run(quick: bool = False) -> list[dict]:
 
 
 def main() -> int:
-    rows = run()
-    output.table(([r["bench"], f'{r["value"]:.4g} {r["unit"]}', r["baseline_name"], f'{r["baseline"]:.4g}',
-                   f'{r["ratio"]:.3g}', r["target"], {True: "ok", False: "MISSED", None: ""}[r["ok"]]]
-                  for r in rows), ["benchmark", "value", "baseline", "baseline value", "ratio", "target", ""])
+    output.table((report.cells(r) for r in run()), report.HEADER)
     return 0
 
 

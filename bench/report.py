@@ -1,8 +1,10 @@
 """The benchmark report: `reports/bench.json` (every row, for comparing runs) and `reports/bench.html` (the table,
 and a plot wherever a picture says more than a number).
 
-A row is what each `bench_*.run()` returns: bench, value, unit, baseline_name, baseline, ratio, target, ok. Two
-optional keys draw plots:
+A row is what each `bench_*.run()` returns: bench, value, unit, baseline_name, baseline, ratio, target, ok. A row
+without a baseline of its own (a step of the figure above it, e.g. one role's time in `fab up`) has baseline and
+ratio None: its cells are left empty (`cells`), not shown as a 0 that reads as measured. Two optional keys draw
+plots:
 
     "samples": [float, ...]                    a distribution (e.g. every ring lap's time): a histogram
     "series": {"x": [...], "y": [...], "x_label": str, "y_label": str}   a curve (e.g. requests/s by clients)
@@ -28,7 +30,7 @@ PAGE = jinja2.Template("""<!doctype html>
 <style>
  body { font: 14px/1.4 system-ui, sans-serif; margin: 2em; color: #222; }
  table { border-collapse: collapse; } th, td { padding: .3em .8em; border-bottom: 1px solid #ddd; text-align: left; }
- td.num { text-align: right; font-variant-numeric: tabular-nums; }
+ td.num { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
  .ok { color: #1a7f37; font-weight: 600; } .missed { color: #cf222e; font-weight: 600; }
  figure { display: inline-block; margin: 1em 1em 0 0; } figcaption { font-weight: 600; }
 </style></head><body>
@@ -36,15 +38,27 @@ PAGE = jinja2.Template("""<!doctype html>
 <p>{{ when }} on {{ machine }}. Each figure stands beside a baseline measured in the same run; the ratio is
 value / baseline. {% if failed %}<span class="missed">Failed to run: {{ failed | join(", ") }}.</span>{% endif %}</p>
 <table>
-<tr><th>benchmark</th><th>value</th><th>baseline</th><th>baseline value</th><th>ratio</th><th>target</th><th></th></tr>
-{% for r in rows %}<tr><td>{{ r.bench }}</td><td class="num">{{ "%.4g" | format(r.value) }} {{ r.unit }}</td>
-<td>{{ r.baseline_name }}</td><td class="num">{{ "%.4g" | format(r.baseline) }}</td>
-<td class="num">{{ "%.3g" | format(r.ratio) }}</td><td>{{ r.target or "" }}</td>
+<tr>{% for h in HEADER %}<th>{{ h }}</th>{% endfor %}</tr>
+{% for r, c in table %}<tr><td>{{ c[0] }}</td><td class="num">{{ c[1] }}</td><td>{{ c[2] }}</td>
+<td class="num">{{ c[3] }}</td><td class="num">{{ c[4] }}</td><td>{{ c[5] }}</td>
 <td>{% if r.ok is true %}<span class="ok">ok</span>{% elif r.ok is false %}<span class="missed">MISSED</span>{% endif %}</td></tr>
 {% endfor %}</table>
 {% for title, svg in plots %}<figure><figcaption>{{ title }}</figcaption>{{ svg }}</figure>{% endfor %}
 </body></html>
 """, autoescape=True)
+
+
+HEADER = ["benchmark", "value", "baseline", "baseline value", "ratio", "target", ""]
+VERDICT = {True: "ok", False: "MISSED", None: ""}
+
+
+def cells(r: dict) -> list[str]:
+    """A row as every table shows it (HEADER): empty baseline and ratio cells where the row has none."""
+    def num(x, spec: str) -> str:
+        return "" if x is None else format(x, spec)
+
+    return [r["bench"], f'{r["value"]:.4g} {r["unit"]}', r.get("baseline_name", ""), num(r.get("baseline"), ".4g"),
+            num(r.get("ratio"), ".3g"), r.get("target") or "", VERDICT[r.get("ok")]]
 
 
 def _svg(fig) -> str:
@@ -88,8 +102,8 @@ def write(rows: list[dict], failed: list[str], directory: Path) -> tuple[Path, P
     data = {"when": when, "machine": machine, "rows": rows, "failed": failed}
     json_path, html_path = directory / "bench.json", directory / "bench.html"
     for path, text in ((json_path, json.dumps(data, indent=1, default=str)),
-                       (html_path, PAGE.render(rows=rows, failed=failed, when=when, machine=machine,
-                                               plots=plots(rows)))):
+                       (html_path, PAGE.render(table=[(r, cells(r)) for r in rows], failed=failed, when=when,
+                                               machine=machine, plots=plots(rows), HEADER=HEADER))):
         tmp = path.with_name(path.name + ".tmp")
         tmp.write_text(text)
         tmp.replace(path)

@@ -1,6 +1,8 @@
 """`make scale-test`: the embedded cluster at a class's size, end to end, with the figures issue 10 asks for.
 
-1. a hundred hosts: `fab new-inventory` (a ring of 50, 47 workers, broker, socket server, client), `fab up`,
+1. a hundred hosts: `fab new-inventory` (a ring of 50, 47 workers, broker, socket server, client); the hosts'
+   network alone (netns.network_only), then the hosts alone up to sshd ready (netns.up, the first part of
+   `fab up`), each from nothing and taken down again; then `fab up` from a clean box,
    `fab run-ring` (the message must pass 50 distinct addresses in inventory order) and `fab run-celery` (the
    jobs must reach every worker), a re-provision that changes nothing, then `fab down`;
 2. a class on one server: CLUSTERS (20) clusters of 8 hosts (inventory/netns relocated, c01..c20), each brought
@@ -29,6 +31,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))  # a script run from scripts/: labkit is the repository's package
 
 from labkit import STATE, inventory  # noqa: E402
+from labkit.backends import netns  # noqa: E402
 
 FAB = str(REPO / ".venv" / "bin" / "fab")
 CLUSTERS = int(os.environ.get("LABKIT_SCALE_CLUSTERS", "20"))
@@ -81,12 +84,28 @@ def cluster_pss_mb(cluster: str) -> float:
     return total / 1024
 
 
+def hosts_alone(inv: Path) -> None:
+    """The hosts up to sshd ready beside the same hosts' network alone, each from nothing, then down again."""
+    quiet = lambda *a: None  # noqa: E731
+    netns.down(inv, echo=quiet)
+    network = netns.network_only(inv)
+    netns.down(inv, echo=quiet)
+    t0 = time.monotonic()
+    netns.up(inv)
+    hosts = time.monotonic() - t0
+    netns.down(inv, echo=quiet)
+    FIGURES["100 hosts: network alone s (namespaces, veths, addresses; each answering TCP)"] = round(network, 2)
+    FIGURES["100 hosts: up to sshd ready s"] = round(hosts, 2)
+    print(f"100 hosts up to sshd ready in {hosts:.1f} s, {hosts / network:.0f}x their network alone ({network:.2f} s)")
+
+
 def hundred(tmp: Path) -> None:
     inv = tmp / BIG["cluster"]
     fab("new-inventory", str(inv), "--cluster", BIG["cluster"], "--subnet", BIG["subnet"], "--ring",
         str(BIG["ring"]), "--workers", str(BIG["workers"]), inv=inv)
     loaded = inventory.load(inv)
     try:
+        hosts_alone(inv)
         timed("100 hosts: fab up (hosts and provisioning)", "up", "-i", str(inv), "--quiet", inv=inv, capture=False)
         ring = json.loads(timed("100 hosts: fab run-ring", "run-ring", "--json", inv=inv))
         first_lap = [hop for hop in ring["trace"] if hop["lap"] == 1][:-1]

@@ -10,7 +10,7 @@ ROWS = [
     {"bench": "math req/s", "value": 30000.0, "unit": "req/s", "baseline_name": "echo", "baseline": 60000.0,
      "ratio": 0.5, "target": ">= 30000", "ok": False,
      "series": {"x": [1, 100, 1000], "y": [2000, 25000, 30000], "x_label": "clients"}},
-    {"bench": "plain <script>", "value": 2.0, "unit": "s", "baseline_name": "", "baseline": 0.0, "ratio": 0.0},
+    {"bench": "plain <script>", "value": 2.0, "unit": "s", "baseline_name": "", "baseline": None, "ratio": None},
 ]
 
 
@@ -26,3 +26,11 @@ def test_report_keeps_every_row_and_draws_a_plot_per_distribution_or_series(tmp_
 def test_report_without_plots_needs_no_plotting(tmp_path):
     _, html_path = report.write(ROWS[2:], [], tmp_path)
     assert "<svg" not in html_path.read_text()
+
+
+def test_a_row_without_a_baseline_shows_empty_cells_not_a_measured_zero(tmp_path):
+    assert report.cells(ROWS[2]) == ["plain <script>", "2 s", "", "", "", "", ""]
+    assert report.cells(ROWS[1])[2:] == ["echo", "6e+04", "0.5", ">= 30000", "MISSED"]
+    _, html_path = report.write(ROWS[2:], [], tmp_path)
+    row = html_path.read_text().split("plain &lt;script&gt;")[1].split("</tr>")[0]
+    assert '<td class="num">2 s</td>' in row and row.count('<td class="num"></td>') == 2 and ">0<" not in row
