@@ -67,7 +67,9 @@ def run(quick: bool = False) -> list[dict]:
         extra = ["-e", f"labkit_wheelhouse={tmp}/wheelhouse"]
         try:
             netns.down(inv, echo=lambda *a: None)
-            network_s = netns.network_only(inv, echo=lambda *a: None)
+            start = time.monotonic()  # timed as the hosts are below: around the call
+            netns.network_only(inv, echo=lambda *a: None)
+            network_s = time.monotonic() - start
             netns.down(inv, echo=lambda *a: None)
             start = time.monotonic()
             netns.up(inv, echo=lambda *a: None)
