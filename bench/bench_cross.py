@@ -431,7 +431,7 @@ def measure_files(hosts: Hosts, size_mb: int = FILE_MB, runs: int = FILE_RUNS) -
         add(key + "_cpu", got["cpu"])
         add(key + "_fsync", got["fsync"])
 
-    def labnodes_copy(key: str, host: str, path: str, command: str) -> dict:
+    def labnodes_copy(key: str, host: str, path: str, command: str) -> None:
         """`labnodes file ...` into a new file at host:path; the MB/s its JSON reports and its wall time."""
         fresh(host, path)
         seconds, out = _timed(hosts, client, f"{labnodes} file {command} --json")
@@ -440,7 +440,6 @@ def measure_files(hosts: Hosts, size_mb: int = FILE_MB, runs: int = FILE_RUNS) -
         add(key + "_wall", size / 1e6 / seconds)
         if result["sha256"] != digest:
             raise RuntimeError(f"labnodes file {command}: sha256 differs from the original's")
-        return result
 
     def copies(phase: str, src_: str, back_: str, raws: tuple[str, str], port: int) -> None:
         """One run of a phase: a raw copy up, `labnodes file send`, a raw copy down, `labnodes file get`."""

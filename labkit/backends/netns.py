@@ -719,11 +719,13 @@ def up(inv: Inventory | str | os.PathLike | None = None, echo=print) -> None:
          f"in {time.monotonic() - t0:.2f}s; try: ssh -F {STATE / 'ssh_config'} {cl.nodes[0].address}")
 
 
-def network_only(inv: Inventory | str | os.PathLike | None = None, echo=print, timeout: float = SSH_TIMEOUT) -> float:
-    """The floor of `up`, for benchmarks (bench_cluster, `make scale-test`): the inventory's hosts with their network
-    alone, from nothing: the bridge, each host's namespace, veth, address and links, made as `up` makes them, and
-    the bridge's forwarding rule; no root, no init, no sshd. Returns the seconds until every address answers a TCP
-    connection from the box (`answers`), timed from where `up` starts its clock. `down` removes it."""
+def network_only(inv: Inventory | str | os.PathLike | None = None, echo=print,
+                 timeout: float = SSH_TIMEOUT) -> None:
+    """The floor of `up`, for benchmarks (bench_cluster, `make scale-test`, which time both calls the same way,
+    around the call): the inventory's hosts with their network alone, from nothing: the bridge, each host's
+    namespace, veth, address and links, made as `up` makes them, and the bridge's forwarding rule; no root, no
+    init, no sshd. Returns when every address answers a TCP connection from the box (`answers`). `down` removes
+    it."""
     inv = _as_inventory(inv)
     cl = Cluster.from_inventory(inv)
     _check_box()
@@ -745,9 +747,8 @@ def network_only(inv: Inventory | str | os.PathLike | None = None, echo=print, t
                 raise NetnsError(f"cluster {cl.name}: no answer within {timeout:g} s from "
                                  f"{_names([f'{n.name} ({n.address})' for n in pending])}")
             time.sleep(0.01)
-    seconds = time.monotonic() - t0
-    echo(f"netns {cl.name}: the network of {len(cl.nodes)} hosts alone (no root, init or sshd) in {seconds:.2f}s")
-    return seconds
+    echo(f"netns {cl.name}: the network of {len(cl.nodes)} hosts alone (no root, init or sshd) in "
+         f"{time.monotonic() - t0:.2f}s")
 
 
 def down(inv: Inventory | str | os.PathLike | None = None, echo=print, cluster: str | None = None) -> None:

@@ -233,7 +233,7 @@ NETWORK_ONLY = {"n1": "10.77.14.10", "n2": "10.77.14.11", "n3": "10.77.14.12"}
 
 def test_network_only_makes_the_hosts_network_alone_and_down_removes_it(cluster_factory):
     path = cluster_factory("t5", "10.77.14.0/24", NETWORK_ONLY)
-    assert netns.network_only(path, echo=lambda *a: None) > 0
+    netns.network_only(path, echo=lambda *a: None)
     for name, address in NETWORK_ONLY.items():
         ns = f"lk-t5-{name}"
         assert ("eth0", address, 24) in netns._addresses(netns=ns, dev="eth0")
