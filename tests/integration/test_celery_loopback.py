@@ -14,8 +14,9 @@ import time
 from pathlib import Path
 
 import pytest
+from celery import group
 
-from labnodes import config
+from labnodes import celery_cli, config
 from labnodes.celery_app import make_app
 
 LABNODES = [sys.executable, "-m", "labnodes"]
@@ -173,6 +174,33 @@ def test_batch_checks_every_result_and_uses_both_workers(workers, lab_env):
         assert sum(mode["workers"].values()) == 60
     assert set(report["modes"]["group"]["workers"]) == {w.node for w in workers}
     assert set(report["modes"]["one"]["workers"]) == {w.node for w in workers}
+
+
+@pytest.mark.parametrize("mode", ["group", "chunks"])
+def test_collecting_a_batch_never_naps_for_celerys_default_half_second(app, lab_env, monkeypatch, mode):
+    # Celery's ResultSet.get() reads the results once and, if one is not ready, naps one polling interval
+    # (default 0.5 s) before it listens for them: every group and chunks run paid it. Jobs sent to a queue no
+    # worker reads are never ready, so the nap is always asked for; every nap Celery's result code asks for is
+    # recorded (none is taken: each returns at once), and none may be longer than RESULT_POLL.
+    from celery.backends import base
+    from celery.exceptions import TimeoutError as CeleryTimeout
+
+    naps = []
+    real_sleep = time.sleep
+
+    def sleep(seconds):
+        if sys._getframe(1).f_globals.get("__name__", "").startswith("celery."):
+            naps.append(seconds)
+            return
+        real_sleep(seconds)
+
+    monkeypatch.setattr(base.time, "sleep", sleep)
+    task, pairs = app.tasks["lab.gcd"], [(48, 18)] * 4
+    batch = group(task.s(a, b) for a, b in pairs) if mode == "group" else task.chunks(pairs, 2).group()
+    result = batch.apply_async(queue="labkit-test-nobody", expires=30)
+    with pytest.raises(CeleryTimeout):
+        celery_cli._get_outlasting_redelivery(config.load(env=lab_env), result, 0.6, f"the {mode}", print)
+    assert naps and max(naps) <= celery_cli.RESULT_POLL, naps
 
 
 @pytest.mark.parametrize(
