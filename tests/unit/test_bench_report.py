@@ -3,6 +3,7 @@
 import json
 
 from bench import report
+from labnodes import output
 
 ROWS = [
     {"bench": "ring lap median", "value": 1.1, "unit": "ms", "baseline_name": "pyro floor", "baseline": 1.0,
@@ -34,3 +35,10 @@ def test_a_row_without_a_baseline_shows_empty_cells_not_a_measured_zero(tmp_path
     _, html_path = report.write(ROWS[2:], [], tmp_path)
     row = html_path.read_text().split("plain &lt;script&gt;")[1].split("</tr>")[0]
     assert '<td class="num">2 s</td>' in row and row.count('<td class="num"></td>') == 2 and ">0<" not in row
+
+
+def test_the_console_table_keeps_a_step_rows_indent(capsys):
+    step = {"bench": "  provision: role labnodes", "value": 1.5, "unit": "s", "baseline": None, "ratio": None}
+    output.table([report.cells(ROWS[0]), report.cells(step)], report.HEADER)
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[2].startswith("ring lap median ") and lines[3].startswith("  provision: role labnodes ")
