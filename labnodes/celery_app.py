@@ -34,8 +34,11 @@ Configuration choices, and why
     visibility_timeout = celery_visibility_timeout (default 90 s), restore sweep every 1..10 s
         Redis has no connection-bound acknowledgements: a task taken by a worker that then vanished (host
         down, SIGKILL of the worker's main process) goes back to the queue once it has been unacknowledged
-        for this long, and a live worker's next sweep hands it out again: `redelivery_after()` = visibility
-        timeout + sweep interval (99 s by default; it was 300 s + 10 s). Kombu's Redis transport has no
+        for this long, and a live worker's next sweep hands it out again. A sweep holds a lock in Redis
+        (unacked_mutex) while it runs, a few ms; a worker killed inside its sweep leaves the lock to expire,
+        and no worker sweeps until it does: after Kombu's default of 300 s. Here it expires after one sweep
+        interval, so `redelivery_after()` = visibility timeout + sweep interval + that lock's expiry (108 s by
+        default; it was 300 s + 10 s, and up to 300 s more if the lock was left). Kombu's Redis transport has no
         heartbeat that extends the timeout for a task still running, so the bound is: visibility timeout >
         the longest task (lab.sleep is capped at 60 s) + a margin (30 s), or a slow task would be handed to a
         second worker while it still runs; `labnodes celery worker` warns when the setting is below that. A
@@ -92,10 +95,19 @@ def restore_interval(visibility: float) -> float:
     return max(1.0, min(10.0, visibility / 10))
 
 
+def sweep_lock_expires(visibility: float) -> float:
+    """Seconds after which the lock of a sweep whose worker died holding it expires (Kombu's unacked_mutex_expire).
+
+    Only one sweep takes a few ms; a lock that expires while a slow sweep still holds it is harmless (each job is
+    handed back in a transaction that watches the unacked hash, so two sweeps never both hand out one job)."""
+    return restore_interval(visibility)
+
+
 def redelivery_after(settings: config.Settings) -> float:
-    """At most this many seconds after a worker took a job, Redis hands it out again if that worker is lost."""
+    """At most this many seconds after a worker took a job, Redis hands it out again if that worker is lost:
+    the visibility timeout, a lock a dying worker may have left on the sweeps, and the next sweep."""
     visibility = float(settings.celery_visibility_timeout)
-    return visibility + restore_interval(visibility)
+    return visibility + sweep_lock_expires(visibility) + restore_interval(visibility)
 
 
 def job_expires(settings: config.Settings) -> float:
@@ -130,6 +142,7 @@ def celery_config(settings: config.Settings) -> dict:
             "visibility_timeout": visibility,
             "unacked_restore_interval": restore_interval(visibility),
             "unacked_restore_throttle": 1,  # scan on every sweep: the interval above is the period
+            "unacked_mutex_expire": sweep_lock_expires(visibility),
             "socket_connect_timeout": CONNECT_TIMEOUT,
         },
         "redis_socket_connect_timeout": CONNECT_TIMEOUT,

@@ -36,8 +36,8 @@ Errors (one line on stderr, exit status 1; never a hang)
                                           runs it)"
     a worker took the job but gave no     first a notice on stderr (not an error): "job ID (lab.sleep) was taken by
     result within celery_timeout s        a worker at 14:03:12 and has no result after 30 s; if that worker is gone,
-                                          Redis hands the job to another worker by 14:04:51 (visibility timeout
-                                          90 s): waiting for redelivery until 14:05:21"; then the result, or
+                                          Redis hands the job to another worker by 14:05:00 (visibility timeout
+                                          90 s): waiting for redelivery until 14:05:30"; then the result, or
                                           "no result for job ID ... even after the time for redelivery ..."
     Jobs expire only after celery_timeout + redelivery + celery_timeout (celery_app.job_expires), so a job
     whose worker was killed is handed to another worker, never skipped as expired.
