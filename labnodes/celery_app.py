@@ -98,7 +98,7 @@ def restore_interval(visibility: float) -> float:
 def sweep_lock_expires(visibility: float) -> float:
     """Seconds after which the lock of a sweep whose worker died holding it expires (Kombu's unacked_mutex_expire).
 
-    Only one sweep takes a few ms; a lock that expires while a slow sweep still holds it is harmless (each job is
+    A sweep takes a few ms; a lock that expires while a slow sweep still holds it is harmless (each job is
     handed back in a transaction that watches the unacked hash, so two sweeps never both hand out one job)."""
     return restore_interval(visibility)
 

@@ -328,9 +328,10 @@ def test_job_of_a_sigkilled_worker_outlasts_a_client_timeout_shorter_than_redeli
     # client timeout 3 s, visibility timeout 8 s. Now the client says it is waiting for redelivery and until
     # when, and gets the result from the survivor.
     # Killed inside its sweep: a worker's sweep holds a lock in Redis; a worker killed inside it leaves the lock,
-    # and no worker sweeps until it expires (Kombu's default: 300 s, far past what the client promised; seen once
-    # in CI, the victim being killed at the moment of its sweep). The lock such a worker leaves is set here just
-    # before the job could be handed out again: the worst moment. The client's promise must still hold.
+    # and no worker sweeps until it expires (Kombu's default: 300 s, far past what the client promised; likely why
+    # the case above failed once in CI: its victim is killed about when its first sweep runs). The lock such a
+    # worker leaves is set here just before the job could be handed out again, the worst moment; the client's
+    # promise must still hold.
     env = {**lab_env, "LABNODES_REDIS_DB": "7", "LABNODES_CELERY_TIMEOUT": "3",
            "LABNODES_CELERY_VISIBILITY_TIMEOUT": "8"}
     pool = [Worker(name, env, tmp_path / f"{name}.log") for name in ("k1", "k2")]
