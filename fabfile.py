@@ -10,9 +10,8 @@ from __future__ import annotations
 import sys
 import time
 
-from fabric import task
-
 from labkit import LabkitError, backends, inventory, provision, runs
+from labkit.options import task
 from labkit.remote import Hosts, RemoteError
 from labnodes import output
 
@@ -165,19 +164,19 @@ def check(c, junit=None, html=None, grading=None, class_=None, out=None, timeout
     from labkit import checks
     from labkit.checks import classmode, grading as grading_, report
     try:
+        timeout = checks.parse_timeout(timeout)
         if class_:
             if not out:
                 _fail(LabkitError("--class needs --out FOLDER"))
             try:
-                results = classmode.run_class(class_, out, grading,
-                                              timeout=None if timeout is None else float(timeout))
+                results = classmode.run_class(class_, out, grading, timeout=timeout)
             except KeyboardInterrupt:
                 print(f"\nclass: interrupted; {out}/class.csv and class.xlsx list who was checked", file=sys.stderr)
                 sys.exit(130)
             print(f"\nclass: {len(results)} students; {out}/class.csv, {out}/class.xlsx, {out}/<student>.html")
             sys.exit(0 if all(r["status"] == "ok" for r in results.values()) else 1)
         g = grading_.load(grading)
-        result = checks.run(inventory.load(), timeout=None if timeout is None else float(timeout))
+        result = checks.run(inventory.load(), timeout=timeout)
     except LabkitError as exc:
         _fail(exc)
     score = grading_.score(result, g) if grading else None

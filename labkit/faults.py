@@ -35,7 +35,7 @@ import shlex
 import time
 from dataclasses import dataclass
 
-from labkit import LabkitError
+from labkit import LabkitError, options
 from labkit.remote import Hosts, RemoteError
 
 STATE_DIR = "/run/labkit-faults"
@@ -72,15 +72,7 @@ def parse_rate(text) -> int:
 
 
 def _number(name: str, value, low: float, high: float, *, low_open: bool = False) -> float | None:
-    if value is None or value == "":
-        return None
-    try:
-        x = float(value)
-    except (TypeError, ValueError):
-        raise FaultError(f"{name} {value!r} is not a number") from None
-    if not (low < x if low_open else low <= x) or x > high:
-        raise FaultError(f"{name} {value!r}: must be {'above' if low_open else 'at least'} {low:g} and at most {high:g}")
-    return x
+    return options.number(name, value, low, high, low_open=low_open, error=FaultError)
 
 
 def parse_for(value) -> float | None:

@@ -33,7 +33,7 @@ from pathlib import Path
 import paramiko
 from invoke.exceptions import CommandTimedOut
 
-from labkit import LabkitError
+from labkit import LabkitError, options
 from labkit.remote import Hosts
 from labnodes import selftest
 
@@ -70,6 +70,7 @@ def _first_line(text: str) -> str:
 
 
 DEFAULT_TIMEOUT = 20.0  # s per host for SSH and each remote command
+MAX_TIMEOUT = 3600.0  # s: a longer one is a typo, and a class check would wait that long per host that is down
 
 
 class Run:
@@ -411,13 +412,18 @@ class Run:
                 "time": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
 
 
+def parse_timeout(value, name: str = "--timeout") -> float | None:
+    """A per-host timeout as given (text or a number; None: not given), checked: above 0 s, at most MAX_TIMEOUT."""
+    return options.number(name, value, 0, MAX_TIMEOUT, low_open=True)
+
+
 def timeout_for(inv, timeout: float | None = None) -> float:
     """The per-host timeout: the one given, else the inventory's labkit_check_timeout (emulated VMs are slow),
     else DEFAULT_TIMEOUT."""
     if timeout is not None:
         return float(timeout)
-    found = {h.vars.get("labkit_check_timeout") for h in inv.hosts} - {None}
-    return float(max(found)) if found else DEFAULT_TIMEOUT
+    found = {parse_timeout(h.vars.get("labkit_check_timeout"), "labkit_check_timeout") for h in inv.hosts} - {None}
+    return max(found) if found else DEFAULT_TIMEOUT
 
 
 def run(inv, timeout: float | None = None) -> dict:

@@ -42,6 +42,8 @@ def check_student(path: Path, timeout: float | None) -> dict:
         return failed_report(path, str(exc))
     try:
         return run(inv, timeout=timeout)
+    except LabkitError as exc:  # an inventory that loads but says something wrong (labkit_check_timeout: abc)
+        return failed_report(path, str(exc))
     except Exception as exc:  # noqa: BLE001 -- one student's crash must not end the class
         return failed_report(path, f"check crashed: {type(exc).__name__}: {exc}")
 

@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 import xml.etree.ElementTree as ET
 from types import SimpleNamespace
 
 import pytest
 
+from labkit import LabkitError
 from labkit.checks import classmode, failed_report, grading, key, report
 from labnodes import selftest
 
@@ -204,3 +206,28 @@ def test_the_check_timeout_is_the_flag_else_the_inventorys_else_twenty_seconds()
     # each step of the probe on a host gets a sixth of it, never less than 3 s
     assert Run(inv(None), timeout=20.0).op_timeout == 3.3 and Run(inv(None), timeout=120.0).op_timeout == 20.0
     assert Run(inv(None), timeout=5.0).op_timeout == 3.0
+
+
+@pytest.mark.parametrize("value, message", [
+    ("abc", "labkit_check_timeout 'abc' is not a number"),
+    (0, "labkit_check_timeout 0: must be above 0 and at most 3600"),
+    (-5, "must be above 0"),
+    (99999, "must be above 0 and at most 3600"),
+])
+def test_a_check_timeout_in_the_inventory_that_is_not_a_sane_number_is_one_clear_error(value, message):
+    """Before, `labkit_check_timeout: abc` ended fab check in a ValueError traceback, and 0 timed every probe out."""
+    from labkit.checks import timeout_for
+
+    inv = SimpleNamespace(hosts=[SimpleNamespace(vars={"labkit_check_timeout": value})])
+    with pytest.raises(LabkitError, match=re.escape(message)):
+        timeout_for(inv)
+
+
+def test_a_student_whose_inventory_sets_a_bad_check_timeout_gets_that_line_in_the_class_files(tmp_path):
+    from labkit import inventory
+
+    student = inventory.new_sized(tmp_path / "eve", "eve", "10.77.98.0/24")
+    hosts = student / "hosts.yml"
+    hosts.write_text(hosts.read_text().replace("  vars:\n", "  vars:\n    labkit_check_timeout: abc\n", 1))
+    got = classmode.check_student(student, None)
+    assert (got["status"], got["error"]) == ("broken inventory", "labkit_check_timeout 'abc' is not a number")

@@ -4,6 +4,9 @@ one-line errors the fab tasks print."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -239,6 +242,33 @@ def test_status_rows_say_why_a_host_is_not_reachable():
 def test_send_file_refuses_a_size_out_of_range_before_touching_a_host():
     with pytest.raises(LabkitError, match="size must be 1..4096 MB"):
         runs.send_file(Hosts(_inv("netns")), size_mb=0)
+
+
+FAB = str(Path(sys.executable).parent / "fab")
+
+
+@pytest.mark.parametrize("args, message", [
+    (["run-celery", "--count", "x"], "fab: error: --count takes a whole number, got 'x'"),
+    (["send-file", "-s", "5G"], "fab: error: --size takes a whole number, got '5G'"),
+    (["send-file", "--size", "1.5"], "fab: error: --size takes a whole number, got '1.5'"),
+    (["new-inventory", "{tmp}/new", "--cluster", "zz", "--subnet", "10.77.99.0/24", "--ring", "five"],
+     "fab: error: --ring takes a whole number, got 'five'"),
+    (["check", "--timeout", "x"], "fab: error: --timeout 'x' is not a number"),
+    (["check", "--timeout", "0"], "fab: error: --timeout '0': must be above 0 and at most 3600"),
+])
+def test_a_number_option_given_something_else_is_one_line_and_exit_1(tmp_path, args, message):
+    """Invoke casts an option whose default is a whole number with int() and let the ValueError out as a
+    traceback; fab check's --timeout was float() of the text. Nothing may be written or reached."""
+    env = dict(os.environ, LABKIT_INVENTORY=str(tmp_path / "no-such-inventory"))
+    r = subprocess.run([FAB, *(a.format(tmp=tmp_path) for a in args)], cwd=REPO, env=env, capture_output=True,
+                       text=True, timeout=60)
+    assert (r.returncode, r.stderr, r.stdout) == (1, message + "\n", "")
+    assert not (tmp_path / "new").exists()
+
+
+def test_whole_number_options_still_say_int_in_fabs_help():
+    r = subprocess.run([FAB, "--help", "run-celery"], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and "--count=INT" in r.stdout, r.stdout
 
 
 def test_every_setting_the_roles_choose_reaches_labnodes_toml():

@@ -1,0 +1,55 @@
+"""The fab tasks' command-line values: each bad one is a single line and exit 1, never a traceback.
+
+- `number(name, value, low, high)`: an option given as text (`--for`, `--loss`, `--timeout`) read as a number
+  within bounds, or a one-line error naming the option.
+- `task`: Fabric's `@task`, except that an option whose default is a whole number (`--count`, `--size`,
+  `--ring`) refuses a value that is not one as invoke refuses an unknown option. Invoke casts such a value with
+  int() while it parses the command line and lets int()'s ValueError escape as a traceback (invoke 2.2); here
+  it becomes invoke's own ParseError, which `fab` prints as one line before any task runs.
+"""
+
+from __future__ import annotations
+
+import fabric
+from invoke.exceptions import ParseError
+from invoke.parser import Argument
+
+from labkit import LabkitError
+
+
+def number(name: str, value, low: float, high: float, *, low_open: bool = False,
+           error: type[LabkitError] = LabkitError) -> float | None:
+    """`value` (text from the command line, or None: not given) as a float in [low, high] ((low, high] with
+    low_open); raises `error` naming the option otherwise. Not a number, nan and inf are refused."""
+    if value is None or value == "":
+        return None
+    try:
+        x = float(value)
+    except (TypeError, ValueError):
+        raise error(f"{name} {value!r} is not a number") from None
+    if not (low < x if low_open else low <= x) or x > high:
+        raise error(f"{name} {value!r}: must be {'above' if low_open else 'at least'} {low:g} and at most {high:g}")
+    return x
+
+
+class _Argument(Argument):
+    def set_value(self, value, cast: bool = True) -> None:
+        try:
+            super().set_value(value, cast)
+        except ValueError:
+            raise ParseError(f"fab: error: --{self.name} takes a whole number, got {value!r}") from None
+
+
+class Task(fabric.Task):
+    """Fabric's Task with arguments that turn a failed cast into a ParseError (the module docstring says why)."""
+
+    def get_arguments(self, ignore_unknown_help: bool | None = None) -> list[Argument]:
+        args = super().get_arguments(ignore_unknown_help)
+        for arg in args:  # invoke builds them inline; the subclass only changes how a value is cast
+            arg.__class__ = _Argument
+        return args
+
+
+def task(*args, **kwargs):
+    """Fabric's @task (with or without options) making an options.Task."""
+    return fabric.task(*args, klass=Task, **kwargs)
