@@ -7,6 +7,7 @@ The config file is flat TOML whose keys are the field names of `Settings` (the A
 
 Its path is `--config PATH`, else `$LABNODES_CONFIG`, else `/etc/labnodes/labnodes.toml` if that exists.
 Each field can also be set as `LABNODES_<FIELD>` (for example `LABNODES_MATH_PORT=6000`).
+Every `*_port` setting is 0-65535 (0: a server takes any free port).
 Defaults bind to 127.0.0.1 and hold no secret: programs that need a secret refuse to start without one.
 """
 
@@ -86,7 +87,11 @@ def _coerce(name: str, value, source: str):
         if kind == "int":
             if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
                 raise ValueError
-            return int(value)
+            number = int(value)
+            if name.endswith("_port") and not 0 <= number <= 65535:
+                # a socket call would take 99999 as 99999 mod 65536 and reach another port without a word
+                raise ConfigError(f"{source}: {name} must be a port number 0-65535 (0: any free port), got {number}")
+            return number
         if kind == "float":
             if isinstance(value, bool):
                 raise ValueError
@@ -134,7 +139,7 @@ def load(
 
     for name, value in (overrides or {}).items():
         if value is not None and name in FIELDS:
-            values[name] = _coerce(name, value, "--" + name.replace("_", "-"))
+            values[name] = _coerce(name, value, "command line")  # a flag's help names its setting
 
     if values.get("log_rate", 0) < 0:
         raise ConfigError(f"log_rate must be 0 (no cap) or a number of lines a second, got {values['log_rate']}")

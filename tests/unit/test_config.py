@@ -52,6 +52,22 @@ def test_bad_config_file_names_the_problem(tmp_path, text, message):
         config.load(path, env={})
 
 
+@pytest.mark.parametrize("source, value", [("file", 99999), ("file", -1), ("env", "65536"), ("flag", 99999)])
+def test_a_port_out_of_range_is_refused_from_every_source(tmp_path, source, value):
+    """The socket module took port 99999 as 34463 (99999 mod 65536): `labnodes math ask --port 99999` reached
+    whatever listened there."""
+    path = tmp_path / "c.toml"
+    path.write_text(f"math_port = {value}\n" if source == "file" else "")
+    env = {"LABNODES_FILE_PORT": value} if source == "env" else {}
+    flags = {"ns_port": value} if source == "flag" else {}
+    with pytest.raises(config.ConfigError, match=r"_port must be a port number 0-65535 \(0: any free port\), got "):
+        config.load(path, env=env, overrides=flags)
+
+
+def test_port_zero_and_65535_are_ports():
+    assert config.load(env={"LABNODES_MATH_PORT": "0"}, overrides={"file_port": 65535}).file_port == 65535
+
+
 def test_missing_config_file_is_an_error_not_a_silent_default(tmp_path):
     with pytest.raises(config.ConfigError, match="cannot read config file"):
         config.load(tmp_path / "absent.toml", env={})
