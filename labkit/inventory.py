@@ -34,6 +34,7 @@ DEFAULT_INVENTORY = REPO / "inventory" / "netns"
 ACTIVE_FILE = STATE / "active"
 CLUSTER_RE = re.compile(r"[a-z0-9]{1,6}")
 HOST_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,62}")  # also a valid hostname and namespace name part
+PORT_RE = re.compile(r"[0-9]{1,5}")
 
 
 class InventoryError(LabkitError):
@@ -118,6 +119,19 @@ def _host_order(data: dict) -> tuple[list[str], dict[str, tuple[str, ...]]]:
     return order, groups
 
 
+def _check_port(path: Path, host: str, var: str, value) -> None:
+    """A *_port variable (ansible_port, labnodes_math_port, ...) is a port the hosts can listen on: 1-65535.
+
+    Checked here, before anything runs: a role would write 99999 into every host's settings and each program
+    would refuse to start, and the control side's own int() of a bad ansible_port ended in a traceback. A Jinja
+    template is left to Ansible, which renders it."""
+    if isinstance(value, str) and "{{" in value:
+        return
+    text = str(value) if isinstance(value, (int, str)) and not isinstance(value, bool) else ""
+    if not PORT_RE.fullmatch(text) or not 1 <= int(text) <= 65535:
+        raise InventoryError(f"{path}: host {host}: {var} {value!r} is not a port (a whole number 1-65535)")
+
+
 def parse(path: Path, data: dict) -> Inventory:
     """Build and validate an Inventory from `ansible-inventory --list` JSON."""
     order, groups = _host_order(data)
@@ -174,6 +188,9 @@ def parse(path: Path, data: dict) -> Inventory:
                 )
             if ip in (subnet.network_address, subnet.broadcast_address):
                 raise InventoryError(f"{path}: host {name}: address {ip} is the network or broadcast address")
+        for var, value in hv.items():
+            if var.endswith("_port"):
+                _check_port(path, name, var, value)
         if address in owner:
             raise InventoryError(f"{path}: hosts {owner[address]} and {name} have the same address {address}")
         owner[address] = name

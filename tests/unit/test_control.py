@@ -54,10 +54,24 @@ def test_parse_keeps_file_order_groups_and_variables():
     ({"a": {"ansible_host": "nowhere"}}, GOOD, "is not an IPv4 address"),
     ({"bad.name": {"ansible_host": "10.77.1.10"}}, GOOD, "must be letters, digits"),
     ({"a": {"ansible_host": "10.77.1.10"}}, {**GOOD, "labkit_subnet": "10.77.1.0/31"}, "too small"),
+    ({"a": {"ansible_host": "10.77.1.10"}}, {**GOOD, "labnodes_math_port": 99999},
+     r"host a: labnodes_math_port 99999 is not a port \(a whole number 1-65535\)"),
+    ({"a": {"ansible_host": "10.77.1.10"}}, {**GOOD, "labnodes_file_port": 0}, "labnodes_file_port 0 is not a port"),
+    ({"a": {"ansible_host": "10.77.1.10", "ansible_port": "twenty-two"}}, GOOD,
+     "ansible_port 'twenty-two' is not a port"),
+    ({"a": {"ansible_host": "10.77.1.10", "ansible_port": True}}, GOOD, "ansible_port True is not a port"),
+    ({"a": {"ansible_host": "10.77.1.10"}}, {**GOOD, "flower_port": 5555.5}, "flower_port 5555.5 is not a port"),
 ])
 def test_bad_inventory_names_what_to_fix(hosts, all_vars, message):
     with pytest.raises(InventoryError, match=message):
         inventory.parse(Path("x"), listing(hosts, {"g": list(hosts)} if hosts else {}, **all_vars))
+
+
+def test_ports_the_inventory_sets_as_numbers_text_or_templates_load():
+    inv = inventory.parse(Path("x"), listing(
+        {"a": {"ansible_host": "10.77.1.10", "ansible_port": "2222"}}, {"g": ["a"]},
+        **GOOD, labnodes_math_port=65535, redis_port="{{ labnodes_redis_port }}"))
+    assert inv.host("a").vars["ansible_port"] == "2222" and inv.host("a").vars["labnodes_math_port"] == 65535
 
 
 def test_a_setting_that_differs_between_hosts_is_refused():
