@@ -2,6 +2,8 @@
 
 - `number(name, value, low, high)`: an option given as text (`--for`, `--loss`, `--timeout`) read as a number
   within bounds, or a one-line error naming the option.
+- `load_yaml(text, source)`: a file the user names (a scenario, a grading file) as data, or one line saying
+  where its YAML is broken (PyYAML's own message spans several lines, with a caret under the place).
 - `task`: Fabric's `@task`, except that an option whose default is a whole number (`--count`, `--size`,
   `--ring`) refuses a value that is not one as invoke refuses an unknown option. Invoke casts such a value with
   int() while it parses the command line and lets int()'s ValueError escape as a traceback (invoke 2.2); here
@@ -11,6 +13,7 @@
 from __future__ import annotations
 
 import fabric
+import yaml
 from invoke.exceptions import ParseError
 from invoke.parser import Argument
 
@@ -30,6 +33,17 @@ def number(name: str, value, low: float, high: float, *, low_open: bool = False,
     if not (low < x if low_open else low <= x) or x > high:
         raise error(f"{name} {value!r}: must be {'above' if low_open else 'at least'} {low:g} and at most {high:g}")
     return x
+
+
+def load_yaml(text: str, source: str, *, error: type[LabkitError] = LabkitError):
+    """safe_load of `text`; raises `error` as "SOURCE: not valid YAML at line L, column C: what is wrong"."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        what = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise error(f"{source}: not valid YAML{where}: {what}") from None
 
 
 class _Argument(Argument):

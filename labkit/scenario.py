@@ -22,9 +22,8 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-import yaml
 
-from labkit import LabkitError, faults, runs
+from labkit import LabkitError, faults, options, runs
 from labkit.faults import FaultError, Impairment
 from labkit.remote import Hosts
 
@@ -122,10 +121,7 @@ def _step(i: int, raw) -> Step:
 
 def parse(text: str, source: str = "scenario") -> Scenario:
     """A Scenario from YAML text; every error names the source and the step."""
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise ScenarioError(f"{source}: not valid YAML: {str(exc).splitlines()[0]}") from None
+    data = options.load_yaml(text, source, error=ScenarioError)
     if not isinstance(data, dict) or not isinstance(data.get("steps"), list) or not data["steps"]:
         raise ScenarioError(f"{source}: expected a mapping with a non-empty `steps:` list")
     unknown = set(data) - {"name", "run", "end", "steps"}

@@ -14,9 +14,8 @@ from __future__ import annotations
 from fnmatch import fnmatchcase
 from pathlib import Path
 
-import yaml
 
-from labkit import LabkitError
+from labkit import LabkitError, options
 
 
 class GradingError(LabkitError):
@@ -27,9 +26,10 @@ def load(path: str | Path | None) -> dict:
     if not path:
         return {"count": ["*"], "weights": {}}
     try:
-        data = yaml.safe_load(Path(path).read_text()) or {}
-    except (OSError, yaml.YAMLError) as exc:
-        raise GradingError(f"grading file {path}: {exc}") from None
+        text = Path(path).read_text()
+    except OSError as exc:
+        raise GradingError(f"grading file {path}: {exc.strerror}") from None
+    data = options.load_yaml(text, f"grading file {path}", error=GradingError) or {}
     if not isinstance(data, dict) or not set(data) <= {"count", "weights"}:
         raise GradingError(f"grading file {path}: expected a mapping with `count` and/or `weights`")
     count, weights = data.get("count") or ["*"], data.get("weights") or {}

@@ -92,6 +92,17 @@ def test_grading_weights_and_counted_checks(tmp_path):
         grading.load(f)
 
 
+def test_a_grading_file_that_is_not_yaml_or_not_there_is_one_line_saying_where(tmp_path):
+    f = tmp_path / "g.yml"
+    f.write_text("weights:\n  app.*: [4\n")
+    with pytest.raises(grading.GradingError) as got:
+        grading.load(f)
+    assert str(got.value) == (f"grading file {f}: not valid YAML at line 3, column 1: "
+                              "expected ',' or ']', but got '<stream end>'")
+    with pytest.raises(grading.GradingError, match=r"^grading file \S+: No such file or directory$"):
+        grading.load(tmp_path / "absent.yml")
+
+
 def test_junit_has_one_case_per_check_and_host_with_failures_and_skips(tmp_path):
     path = tmp_path / "j.xml"
     report.junit(sample(), path)

@@ -200,7 +200,7 @@ def test_steps_are_sorted_by_time_and_end_defaults_to_after_the_last():
 
 
 @pytest.mark.parametrize("text, says", [
-    ("[1, 2", "not valid YAML"),
+    ("[1, 2", "not valid YAML at line 1, column 6: expected ',' or ']', but got '<stream end>'"),
     ("steps: []", "non-empty `steps:`"),
     ("steps:\n  - {at: 1, heal: all}\nrepeat: 3", "unknown key"),
     ("steps:\n  - {kill: w1}", "`at` must be seconds"),
