@@ -132,6 +132,24 @@ def _check_port(path: Path, host: str, var: str, value) -> None:
         raise InventoryError(f"{path}: host {host}: {var} {value!r} is not a port (a whole number 1-65535)")
 
 
+def _why_unparsed(stderr: str) -> str | None:
+    """Why ansible-inventory could not read a file, from its warnings (its error says only "No inventory was
+    parsed"): the file, the reason of the plugin meant for it (the YAML plugins for .yml and .yaml, ini for the
+    rest; each plugin tries every file) and where in the file, when Ansible says."""
+    files = re.findall(r"Unable to parse (\S+) as an inventory source", stderr)
+    failures = re.findall(r"Failed to parse inventory with '(\w+)' plugin: (.+)", stderr)
+    if not files or not failures:
+        return None
+    yaml_file = files[0].endswith((".yml", ".yaml"))
+    plugin, why = next(((p, w) for p, w in failures if (p != "ini") == yaml_file), failures[0])
+    at = re.search(r"^Origin: (\S+?):(\d+)(?::(\d+))?\s*$", stderr, re.M)
+    where = ""
+    if at:
+        where = f" (line {at[2]}" + (f", column {at[3]}" if at[3] else "") + ")"
+        where = where if at[1] == files[0] else f" (at {at[0][len('Origin: '):].strip()})"
+    return f"{files[0]} is not a valid inventory: {why.strip()}{where}"
+
+
 def parse(path: Path, data: dict) -> Inventory:
     """Build and validate an Inventory from `ansible-inventory --list` JSON."""
     order, groups = _host_order(data)
@@ -216,7 +234,7 @@ def load(path: str | os.PathLike | None = None) -> Inventory:
     if proc.returncode != 0:
         lines = [ln.strip() for ln in proc.stderr.splitlines() if ln.strip()]
         detail = next((ln for ln in lines if "ERROR" in ln), lines[-1] if lines else "no output")
-        raise InventoryError(f"{path}: ansible-inventory failed: {detail}")
+        raise InventoryError(_why_unparsed(proc.stderr) or f"{path}: ansible-inventory failed: {detail}")
     try:
         data = json.loads(proc.stdout)
     except json.JSONDecodeError as exc:

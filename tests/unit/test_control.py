@@ -99,6 +99,22 @@ def test_a_missing_inventory_is_one_clear_error(tmp_path):
         inventory.load(tmp_path / "nope")
 
 
+@pytest.mark.parametrize("name, text, says", [
+    ("hosts.yml", "all:\n  hosts:\n    a:\n      ansible_host: 10.1.1.5\n     bad: 1\n",
+     "hosts.yml is not a valid inventory: YAML parsing failed: While parsing a block mapping did not find expected "
+     "key. (line 5, column 6)"),
+    ("hosts.yml", "all: [this is not\n", "hosts.yml is not a valid inventory: YAML parsing failed: "),
+    ("hosts.ini", "[ring]\npyro1 ansible_host=10.1.1.5\n[ring:vars\nx=1\n", "hosts.ini is not a valid inventory: "),
+])
+def test_an_inventory_ansible_cannot_read_says_which_file_and_why(tmp_path, name, text, says):
+    """ansible-inventory's own error is "No inventory was parsed"; the reason is in its warnings."""
+    (tmp_path / name).write_text(text)
+    with pytest.raises(InventoryError) as got:
+        inventory.load(tmp_path)
+    assert str(got.value).startswith(f"{tmp_path / name} is not a valid inventory") and says in str(got.value)
+    assert "No inventory was parsed" not in str(got.value)
+
+
 def test_active_inventory_comes_from_the_environment_then_the_record_then_the_default(tmp_path, monkeypatch):
     monkeypatch.setattr(inventory, "ACTIVE_FILE", tmp_path / "active")
     monkeypatch.setattr(inventory, "STATE", tmp_path)
