@@ -141,7 +141,7 @@ def _why_unparsed(stderr: str) -> str | None:
     if not files or not failures:
         return None
     yaml_file = files[0].endswith((".yml", ".yaml"))
-    plugin, why = next(((p, w) for p, w in failures if (p != "ini") == yaml_file), failures[0])
+    _, why = next(((p, w) for p, w in failures if (p != "ini") == yaml_file), failures[0])
     at = re.search(r"^Origin: (\S+?):(\d+)(?::(\d+))?\s*$", stderr, re.M)
     where = ""
     if at:

@@ -14,7 +14,6 @@ from __future__ import annotations
 from fnmatch import fnmatchcase
 from pathlib import Path
 
-
 from labkit import LabkitError, options
 
 
