@@ -15,6 +15,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -22,7 +23,7 @@ import xml.etree.ElementTree as ET
 
 import pytest
 
-from labkit import STATE, inventory
+from labkit import REPO, STATE, inventory
 from labkit.backends import netns
 from tests.cluster.conftest import ssh
 from tests.cluster.test_lab_cluster import copy_inventory, fab
@@ -231,6 +232,43 @@ def test_stopped_ring_node_fails_on_its_host_and_blocks_the_lap(ck):
                    "service.ring.next@pyro2": "service.ring.running@pyro2",
                    "app.ring@pyro1": "service.ring.running@pyro2"})
     assert "STOPPED" in outcomes(report)["service.ring.running@pyro2"]["found"]
+    wait_healthy(ck)
+
+
+def infra_pytest(inv, junit: Path) -> tuple[subprocess.CompletedProcess, dict[str, tuple[str, str]]]:
+    """`pytest tests/infra --ansible-inventory=INV` as an instructor runs it; with each test case's outcome from
+    its JUnit XML: {check@host: (passed / failed / skipped, the message)}."""
+    proc = subprocess.run([sys.executable, "-m", "pytest", "tests/infra", f"--ansible-inventory={inv.path}", "-q",
+                           "-p", "no:cacheprovider", f"--junitxml={junit}"], cwd=REPO, capture_output=True,
+                          text=True, timeout=600, stdin=subprocess.DEVNULL)
+    cases = {}
+    for case in ET.parse(junit).getroot().iter("testcase"):
+        name = case.get("name").removeprefix("test_check[").removesuffix("]")
+        end = next((e for e in case if e.tag in ("failure", "error", "skipped")), None)
+        cases[name] = ("passed", "") if end is None else \
+            ({"error": "failed", "failure": "failed"}.get(end.tag, end.tag), end.get("message") or "")
+    return proc, cases
+
+
+def test_the_checks_as_pytest_tests_pass_fail_and_skip_as_fab_check_says(ck, tmp_path):
+    """tests/infra: one test per check and host; a broken program fails its test, its dependents are skipped as
+    blocked by it, and pytest's exit status says so. Broken: pyro2's ring node stopped."""
+    every = {f"{c['id']}@{c['host']}" for c in check(ck)["checks"]}
+    proc, cases = infra_pytest(ck, tmp_path / "healthy.xml")
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    assert set(cases) == every and {o for o, _ in cases.values()} == {"passed"}
+    blocked = {"service.ring.listens@pyro2", "service.ring.next@pyro2", "app.ring@pyro1"}
+    on(ck, "pyro2", "supervisorctl stop labnodes-ring")
+    try:
+        proc, cases = infra_pytest(ck, tmp_path / "broken.xml")
+    finally:
+        on(ck, "pyro2", "supervisorctl start labnodes-ring")
+    assert proc.returncode == 1, proc.stdout[-3000:]
+    assert {k for k, (o, _) in cases.items() if o == "failed"} == {"service.ring.running@pyro2"}
+    assert "STOPPED" in cases["service.ring.running@pyro2"][1]
+    assert {k: m for k, (o, m) in cases.items() if o == "skipped"} == \
+        {k: "blocked by service.ring.running@pyro2" for k in blocked}
+    assert {k for k, (o, _) in cases.items() if o == "passed"} == every - blocked - {"service.ring.running@pyro2"}
     wait_healthy(ck)
 
 

@@ -10,15 +10,25 @@ from __future__ import annotations
 
 import pytest
 
-from labkit import checks, inventory
+from labkit import LabkitError, checks, inventory
 
 _REPORT: dict = {}
+_INVENTORY: list = []
+
+
+def pytest_sessionstart(session):
+    """Read the inventory before collecting: one that cannot be read is one line and exit status 4 (a usage
+    error), not a collection error's traceback."""
+    try:
+        _INVENTORY.append(inventory.load(session.config.getoption("ansible_inventory", default=None)))
+    except LabkitError as exc:
+        pytest.exit(f"labkit: {exc}", returncode=pytest.ExitCode.USAGE_ERROR)
 
 
 def report(config) -> dict:
     if not _REPORT:
-        path = config.getoption("ansible_inventory", default=None)
-        _REPORT.update(checks.run(inventory.load(path)))
+        inv = _INVENTORY[0] if _INVENTORY else inventory.load(config.getoption("ansible_inventory", default=None))
+        _REPORT.update(checks.run(inv))
     return _REPORT
 
 

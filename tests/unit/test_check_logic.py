@@ -6,12 +6,14 @@ from __future__ import annotations
 import csv
 import json
 import re
+import subprocess
+import sys
 import xml.etree.ElementTree as ET
 from types import SimpleNamespace
 
 import pytest
 
-from labkit import LabkitError
+from labkit import REPO, LabkitError
 from labkit.checks import classmode, failed_report, grading, key, report
 from labnodes import selftest
 
@@ -242,3 +244,11 @@ def test_a_student_whose_inventory_sets_a_bad_check_timeout_gets_that_line_in_th
     hosts.write_text(hosts.read_text().replace("  vars:\n", "  vars:\n    labkit_check_timeout: abc\n", 1))
     got = classmode.check_student(student, None)
     assert (got["status"], got["error"]) == ("broken inventory", "labkit_check_timeout 'abc' is not a number")
+
+
+def test_the_checks_as_pytest_tests_with_an_inventory_that_is_not_there_is_one_line_and_exit_4(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "pytest", "tests/infra", f"--ansible-inventory={tmp_path}/absent",
+                           "-q", "-p", "no:cacheprovider"], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 4, proc.stdout + proc.stderr
+    assert f"labkit: inventory {tmp_path}/absent does not exist" in proc.stdout
+    assert "Traceback" not in proc.stdout + proc.stderr and "error during collection" not in proc.stdout
