@@ -33,7 +33,9 @@ Client side, written by `up` through `labkit.ssh` (shared by every backend): the
 `up`: a healthy host (namespace, supervisord as PID 1, veth on the bridge, address set, root present) is kept as it
 is; anything else of the inventory's hosts is torn down and rebuilt (its root and host key are kept, /run is
 emptied as on a reboot); namespaces of the cluster that the inventory no longer lists are removed. `up` ends when
-every host's sshd accepts the cluster key, and records the inventory as the active one.
+every host's sshd accepts the cluster key, and records the inventory as the active one. A cluster runs from one
+inventory (recorded in `.labkit/c/inventory`): `up` from another inventory naming the same cluster is refused
+while the first still runs (`_claim`).
 
 `network_only` (for benchmarks, the floor `up` is measured against): the same hosts' network alone, from nothing,
 made by the same code as `up` makes it, until every address answers TCP from the box; `down` removes it.
@@ -43,7 +45,8 @@ made by the same code as `up` makes it, until every address answers TCP from the
 so it also cleans up after a crash or a half-finished `up`; it closes every ssh connection from the box to the
 cluster's addresses (ControlPersist masters included) and removes stale control sockets, then the host roots, the
 cluster's known_hosts and ssh_config. It keeps `.labkit/c/ssh/` and `.labkit/c/secrets/`. A second `down` is a
-no-op; other clusters are untouched.
+no-op; other clusters are untouched. `down -i` from an inventory other than the one the cluster runs from is
+refused; `down --cluster NAME` goes by name and always works.
 
 Every failure is a NetnsError (a LabkitError) with one line saying what went wrong and where to look.
 """
@@ -172,6 +175,11 @@ class Cluster:
     @property
     def hosts_dir(self) -> Path:
         return self.state / "hosts"
+
+    @property
+    def owner_file(self) -> Path:
+        """The inventory the cluster runs from: written by `up`, removed by `down` (see _claim)."""
+        return self.state / "inventory"
 
     @property
     def log_dir(self) -> Path:
@@ -474,6 +482,38 @@ def _mac(address: str) -> str:
     return "02:4c:" + ":".join(f"{b:02x}" for b in ipaddress.IPv4Address(address).packed)
 
 
+def _other_owner(cl: Cluster, inv: Inventory) -> Path | None:
+    """The other inventory this cluster runs from, if it runs from one (see _claim); None if it is `inv`'s own."""
+    try:
+        recorded = Path(cl.owner_file.read_text().strip())
+    except FileNotFoundError:
+        return None
+    if recorded == inv.path.resolve() or not recorded.exists() or not _namespaces(cl.ns_prefix):
+        return None
+    try:
+        return recorded if inventory_mod.load(recorded).cluster == cl.name else None
+    except LabkitError:
+        return recorded  # cannot tell: an inventory being edited is no reason to take its cluster
+
+
+def _claim(cl: Cluster, inv: Inventory, verb: str = "up") -> None:
+    """Refuse `up` (or `down`) from `inv` while the cluster runs from another inventory; on `up`, record `inv`.
+
+    A cluster is its name: two inventories with one labkit_cluster (a copied inventory whose name was left as it
+    was) share its namespaces, so `up` of the second would rebuild the first's hosts as its own, on its own
+    addresses, and its `down` would remove them: the first would break without a word. A record is stale, and
+    taken over, when the cluster has no namespace left or its inventory no longer exists or names another
+    cluster. Nothing is changed on refusal; `down --cluster NAME` goes by name and always works.
+    """
+    other = _other_owner(cl, inv)
+    if other is not None:
+        fix = (f"give {inv.path} a labkit_cluster of its own, or take that cluster down first (fab down -i {other})"
+               if verb == "up" else f"take it down from there (fab down -i {other})")
+        raise NetnsError(f"cluster {cl.name} is running from another inventory, {other}: {fix}")
+    if verb == "up":
+        _write(cl.owner_file, f"{inv.path.resolve()}\n")
+
+
 def _check_subnet_free(cl: Cluster) -> None:
     for ifname, addr, prefixlen in _addresses():
         if ifname == cl.bridge:
@@ -642,6 +682,7 @@ def up(inv: Inventory | str | os.PathLike | None = None, echo=print) -> None:
     _reap_launchers()
     t0 = time.monotonic()
     with _locked(cl):
+        _claim(cl, inv)
         _check_subnet_free(cl)
         pubkey = ssh.public_key(cl.name)
         for rel in MOUNT_DIRS:  # mount points on the box
@@ -754,7 +795,8 @@ def network_only(inv: Inventory | str | os.PathLike | None = None, echo=print,
 def down(inv: Inventory | str | os.PathLike | None = None, echo=print, cluster: str | None = None) -> None:
     """Remove everything of the cluster (by name and by process), keeping its ssh key and secrets."""
     if cluster is None:
-        cl = Cluster.from_inventory(_as_inventory(inv))
+        inv = _as_inventory(inv)
+        cl = Cluster.from_inventory(inv)
     else:
         if not inventory_mod.CLUSTER_RE.fullmatch(cluster):
             raise NetnsError(f"cluster name {cluster!r} must be 1-6 characters of [a-z0-9]")
@@ -762,6 +804,8 @@ def down(inv: Inventory | str | os.PathLike | None = None, echo=print, cluster: 
     _check_box()
     t0 = time.monotonic()
     with _locked(cl):
+        if cluster is None:
+            _claim(cl, inv, "down")
         links = _links()
         namespaces = _namespaces(cl.ns_prefix)
         veths = [v for v in links if v.startswith(cl.veth_prefix)]
@@ -773,6 +817,7 @@ def down(inv: Inventory | str | os.PathLike | None = None, echo=print, cluster: 
         _remove_bridge_forwarding(cl)
         shutil.rmtree(cl.control_dir, ignore_errors=True)
         shutil.rmtree(cl.hosts_dir, ignore_errors=True)
+        cl.owner_file.unlink(missing_ok=True)
         ssh.remove_client_config(cl.name)
     _reap_launchers()
     removed = len(namespaces) + len(veths) + (cl.bridge in links)

@@ -228,6 +228,43 @@ def test_second_cluster_coexists_and_its_down_leaves_the_first_intact(t1, cluste
     assert ssh(addr(NAMES[0]), "hostname").stdout.strip() == NAMES[0]
 
 
+def test_an_inventory_copied_without_renaming_its_cluster_can_neither_take_its_hosts_nor_remove_them(t1, tmp_path):
+    """Two inventories with one labkit_cluster share its namespaces: before, `up` of the copy rebuilt t1's hosts on
+    the copy's addresses and its `down` removed them, and t1 broke without a word."""
+    copy = write_inventory(tmp_path / "copy", T1["cluster"], "10.77.19.0/24", {"alpha": "10.77.19.10"})
+    before = {row["host"]: row["init_pid"] for row in netns.status(t1)}
+    for verb, fix in (("up", f"give {copy} a labkit_cluster of its own, or take that cluster down first "
+                             f"(fab down -i {t1.path})"),
+                      ("down", f"take it down from there (fab down -i {t1.path})")):
+        proc = netns_cli(verb, "-i", str(copy), check=False)
+        assert proc.returncode != 0
+        assert f"cluster {T1['cluster']} is running from another inventory, {t1.path}: {fix}" in proc.stderr
+    assert {row["host"]: row["init_pid"] for row in netns.status(t1)} == before
+    assert ssh(addr(NAMES[0]), "ip -4 -o addr show dev eth0").stdout.count(f"inet {addr(NAMES[0])}/24 ") == 1
+
+
+def test_a_cluster_whose_inventory_moved_or_went_down_is_taken_by_the_next_inventory(tmp_path, keep_active_inventory):
+    """The record is stale once its inventory is gone (here: moved) or the cluster is down."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root")
+    hosts = {"golf": "10.77.18.10"}
+    first = write_inventory(tmp_path / "first", "t7", "10.77.18.0/24", hosts)
+    moved, other = tmp_path / "moved", write_inventory(tmp_path / "other", "t7", "10.77.18.0/24", hosts)
+    try:
+        netns_cli("up", "-i", str(first))
+        first.rename(moved)
+        netns_cli("up", "-i", str(moved))
+        assert (STATE / "t7" / "inventory").read_text() == f"{moved}\n"
+        netns_cli("down", "-i", str(moved))
+        assert not (STATE / "t7" / "inventory").exists()
+        netns_cli("up", "-i", str(other))
+        assert ssh(hosts["golf"], "hostname").stdout.strip() == "golf"
+    finally:
+        netns_cli("down", "--cluster", "t7", check=False)
+        shutil.rmtree(STATE / "t7", ignore_errors=True)
+    assert leftovers("t7", "10.77.18.0/24") == []
+
+
 NETWORK_ONLY = {"n1": "10.77.14.10", "n2": "10.77.14.11", "n3": "10.77.14.12"}
 
 
