@@ -15,7 +15,7 @@ from __future__ import annotations
 import fabric
 import yaml
 from invoke.exceptions import ParseError
-from invoke.parser import Argument
+from invoke import parser
 
 from labkit import LabkitError
 
@@ -46,7 +46,7 @@ def load_yaml(text: str, source: str, *, error: type[LabkitError] = LabkitError)
         raise error(f"{source}: not valid YAML{where}: {what}") from None
 
 
-class _Argument(Argument):
+class Argument(parser.Argument):  # its name shows in invoke's messages ("Flag <Argument: count (c)> ...")
     def set_value(self, value, cast: bool = True) -> None:
         try:
             super().set_value(value, cast)
@@ -57,10 +57,10 @@ class _Argument(Argument):
 class Task(fabric.Task):
     """Fabric's Task with arguments that turn a failed cast into a ParseError (the module docstring says why)."""
 
-    def get_arguments(self, ignore_unknown_help: bool | None = None) -> list[Argument]:
+    def get_arguments(self, ignore_unknown_help: bool | None = None) -> list[parser.Argument]:
         args = super().get_arguments(ignore_unknown_help)
         for arg in args:  # invoke builds them inline; the subclass only changes how a value is cast
-            arg.__class__ = _Argument
+            arg.__class__ = Argument
         return args
 
 

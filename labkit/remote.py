@@ -115,11 +115,14 @@ class Hosts:
         return f"{self.setting(name, 'venv')}/bin/{program}"
 
     def labnodes(self, name: str, *args: str):
-        """Run `labnodes ARGS --json` on a host and return its parsed JSON output.
+        """Run `labnodes ARGS --json` on a host and return its parsed JSON output (`--json` goes before a `--`
+        in ARGS, after which every word is a positional argument).
 
         A command that exits non-zero but still printed its JSON (e.g. `math ask` with an ERR reply among the
         answers) returns that JSON: the answer is the result. Without JSON, its error line is raised."""
-        command = " ".join([self.labnodes_bin(name), *map(shlex.quote, args), "--json"])
+        cut = args.index("--") if "--" in args else len(args)
+        words = [*args[:cut], "--json", *args[cut:]]
+        command = " ".join([self.labnodes_bin(name), *map(shlex.quote, words)])
         result = self.run(name, command, check=False)
         try:
             return json.loads(result.stdout)

@@ -32,7 +32,8 @@ def _where(hosts: Hosts, name: str) -> dict:
 def ring(hosts: Hosts, message: str = "hello", numbers: str = "48,18") -> dict:
     """Send a message and two numbers round the ring, from the client host, starting at the first ring host."""
     client, start = _first(hosts, "clients"), _first(hosts, "ring")
-    result = hosts.labnodes(client, "ring", "send", "--start", start, "--message", message, "--numbers", numbers)
+    # --flag=VALUE: a value may start with "-" (a message "-x", numbers "-4,2" that the ring must refuse itself)
+    result = hosts.labnodes(client, "ring", "send", f"--start={start}", f"--message={message}", f"--numbers={numbers}")
     return {"client": _where(hosts, client), "ring": list(hosts.inv.groups["ring"]), **result}
 
 
@@ -52,7 +53,7 @@ def celery(hosts: Hosts, count: int = 200, mode: str = "all") -> dict:
     """Submit `count` GCD jobs from the client host in each mode; report results and who ran them."""
     client = _first(hosts, "clients")
     single = hosts.labnodes(client, "celery", "submit", "lcm", "48", "18")
-    report = hosts.labnodes(client, "celery", "batch", "--count", str(count), "--mode", mode)
+    report = hosts.labnodes(client, "celery", "batch", f"--count={count}", f"--mode={mode}")
     return {"client": _where(hosts, client), "workers": list(hosts.inv.groups.get("workers", ())),
             "submit": single, **report}
 
@@ -72,7 +73,7 @@ CELERY_HEADERS = ["mode", "tasks", "correct", "tasks/s", "ran on (host: tasks)",
 def math(hosts: Hosts, pairs: tuple[str, ...] = ("48,18",)) -> dict:
     """Ask the math server on the sockserver host, from the client host."""
     client = _first(hosts, "clients")
-    answers = hosts.labnodes(client, "math", "ask", *pairs)
+    answers = hosts.labnodes(client, "math", "ask", "--", *pairs)  # "-1,2" is a pair for the server to refuse
     return {"client": _where(hosts, client), "server": _where(hosts, _first(hosts, "sockservers")),
             "answers": answers}
 

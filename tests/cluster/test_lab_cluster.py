@@ -110,6 +110,15 @@ def test_math_server_answers_the_client_host_and_refuses_bad_lines(lab):
     assert bad["error"] == "numbers must be decimal digits 0-9"
 
 
+def test_values_that_start_with_a_dash_are_refused_by_the_programs_not_by_the_command_line(lab):
+    """Before, labnodes on the client host read "-1,2" and "-4,2" as options and said "expected one argument"."""
+    answer = fab_json("run-math", "--pair=-1,2", inv=lab.path)["answers"][0]
+    assert (answer["pair"], answer["error"]) == ("-1,2", "negative numbers are not allowed")
+    proc = fab("run-ring", "--numbers=-4,2", inv=lab.path, check=False)
+    assert proc.returncode == 1 and proc.stderr.strip().endswith("labnodes: error: negative numbers are not allowed")
+    assert fab_json("run-ring", "--message=-x", inv=lab.path)["message"] == "-x"
+
+
 def test_file_goes_to_the_server_and_back_with_equal_sha256(lab):
     result = fab_json("send-file", "--size", "8", inv=lab.path)
     assert result["match"] and result["size"] == 8 * 1024 * 1024

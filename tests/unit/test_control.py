@@ -3,11 +3,13 @@ one-line errors the fab tasks print."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -267,6 +269,25 @@ def test_status_rows_say_why_a_host_is_not_reachable():
     assert list(runs.status_rows(result)) == [
         ["a", "1", "g", "up", "yes", "sshd RUNNING, x RUNNING"],
         ["b", "2", "", "down", "no", "nothing answers on SSH port 22"]]
+
+
+def test_values_that_start_with_a_dash_reach_labnodes_as_values(monkeypatch):
+    """A message "-x", numbers "-4,2" or a pair "-1,2" were read by labnodes' argparse as options on the client
+    host ("expected one argument"), so the ring and the math server never refused the numbers themselves."""
+    commands = []
+
+    def run(self, name, command, check=True, timeout=None):
+        commands.append(command)
+        return SimpleNamespace(stdout=json.dumps({"answers": []}), stderr="", exited=0)
+
+    monkeypatch.setattr(Hosts, "run", run)
+    monkeypatch.setattr(Hosts, "setting", lambda self, name, key: "/opt/v")
+    inv = dataclasses.replace(_inv("netns"), groups={"clients": ("h1",), "ring": ("h1",), "sockservers": ("h1",)})
+    hosts = Hosts(inv)
+    runs.ring(hosts, message="-x", numbers="-4,2")
+    runs.math(hosts, pairs=("-1,2", "48,18"))
+    assert commands == ["/opt/v/bin/labnodes ring send --start=h1 --message=-x --numbers=-4,2 --json",
+                        "/opt/v/bin/labnodes math ask --json -- -1,2 48,18"]
 
 
 def test_send_file_refuses_a_size_out_of_range_before_touching_a_host():
