@@ -35,8 +35,8 @@ def cluster(name: str, octet: int, edit=None, provisioned: bool = True):
         inv = inventory.load(inv_path)
         try:
             with contextlib.redirect_stdout(sys.stderr):
-                netns.down(cluster=name, echo=lambda *a: None)  # what a crashed earlier run left (by name: its
-                # inventory was another temporary copy)
+                # what a crashed earlier run left, by name: its inventory was another temporary copy
+                netns.down(cluster=name, echo=lambda *a: None)
                 netns.up(inv, echo=lambda *a: None)
                 if provisioned:
                     provision.provision(inv_path, quiet=True)

@@ -20,8 +20,15 @@ from invoke import parser
 from labkit import LabkitError
 
 
-def number(name: str, value, low: float, high: float, *, low_open: bool = False,
-           error: type[LabkitError] = LabkitError) -> float | None:
+def number(
+    name: str,
+    value,
+    low: float,
+    high: float,
+    *,
+    low_open: bool = False,
+    error: type[LabkitError] = LabkitError,
+) -> float | None:
     """`value` (text from the command line, or None: not given) as a float in [low, high] ((low, high] with
     low_open); raises `error` naming the option otherwise. Not a number, nan and inf are refused."""
     if value is None or value == "":
@@ -31,7 +38,9 @@ def number(name: str, value, low: float, high: float, *, low_open: bool = False,
     except (TypeError, ValueError):
         raise error(f"{name} {value!r} is not a number") from None
     if not (low < x if low_open else low <= x) or x > high:
-        raise error(f"{name} {value!r}: must be {'above' if low_open else 'at least'} {low:g} and at most {high:g}")
+        raise error(
+            f"{name} {value!r}: must be {'above' if low_open else 'at least'} {low:g} and at most {high:g}"
+        )
     return x
 
 

@@ -27,7 +27,9 @@ def pytest_sessionstart(session):
 
 def report(config) -> dict:
     if not _REPORT:
-        inv = _INVENTORY[0] if _INVENTORY else inventory.load(config.getoption("ansible_inventory", default=None))
+        if not _INVENTORY:  # collected without pytest_sessionstart (`pytest tests/`, say)
+            _INVENTORY.append(inventory.load(config.getoption("ansible_inventory", default=None)))
+        inv = _INVENTORY[0]
         _REPORT.update(checks.run(inv))
     return _REPORT
 
