@@ -34,8 +34,8 @@ Client side, written by `up` through `labkit.ssh` (shared by every backend): the
 is; anything else of the inventory's hosts is torn down and rebuilt (its root and host key are kept, /run is
 emptied as on a reboot); namespaces of the cluster that the inventory no longer lists are removed. `up` ends when
 every host's sshd accepts the cluster key, and records the inventory as the active one. A cluster runs from one
-inventory (recorded in `.labkit/c/inventory`): `up` from another inventory naming the same cluster is refused
-while the first still runs (`_claim`).
+inventory (recorded in `/run/labkit-netns/c.inventory`, box-wide as the namespaces are, so it holds between two clones of
+labkit too): `up` from another inventory naming the same cluster is refused while the first still runs (`_claim`).
 
 `network_only` (for benchmarks, the floor `up` is measured against): the same hosts' network alone, from nothing,
 made by the same code as `up` makes it, until every address answers TCP from the box; `down` removes it.
@@ -90,6 +90,9 @@ SFTP = "/usr/lib/openssh/sftp-server"
 TOOLS = ("ip", "ss", "unshare", "ssh", "ssh-keygen", INIT, SSHD)
 HOST_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 INIT_ENV = {"PATH": HOST_PATH, "HOME": "/root", "LANG": "C.UTF-8"}
+# Box-wide, as a cluster's namespaces are (every clone of labkit on the box sees it), and emptied by a reboot, as
+# they are: each cluster's lock and the record of the inventory it runs from (Cluster.lock_file, .owner_file).
+RUN = Path("/run/labkit-netns")
 BRIDGE_NF = Path("/proc/sys/net/bridge/bridge-nf-call-iptables")
 KILL_TIMEOUT = 10.0  # s, hang guard while a namespace's processes die
 START_TIMEOUT = 10.0  # s, for every init to become supervisord
@@ -177,9 +180,14 @@ class Cluster:
         return self.state / "hosts"
 
     @property
+    def lock_file(self) -> Path:
+        """Held by `up` and `down`; box-wide, as the namespaces are (RUN)."""
+        return RUN / f"{self.name}.lock"
+
+    @property
     def owner_file(self) -> Path:
-        """The inventory the cluster runs from: written by `up`, removed by `down` (see _claim)."""
-        return self.state / "inventory"
+        """The inventory the cluster runs from: written by `up`, removed by `down` (see _claim); box-wide (RUN)."""
+        return RUN / f"{self.name}.inventory"
 
     @property
     def log_dir(self) -> Path:
@@ -318,11 +326,12 @@ def _write(path: Path, text: str, mode: int = 0o644) -> None:
 @contextmanager
 def _locked(cl: Cluster):
     cl.state.mkdir(parents=True, exist_ok=True)
-    with open(cl.state / "lock", "w") as f:
+    RUN.mkdir(parents=True, exist_ok=True)
+    with open(cl.lock_file, "w") as f:
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise NetnsError(f"another up/down of cluster {cl.name} is running ({cl.state / 'lock'})") from None
+            raise NetnsError(f"another up/down of cluster {cl.name} is running ({cl.lock_file})") from None
         yield
 
 

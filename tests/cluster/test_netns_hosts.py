@@ -9,6 +9,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -16,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from labkit import inventory
+from labkit import REPO, inventory
 from labkit.backends import netns
 from tests.cluster.conftest import SSH_CONFIG, STATE, T1, leftovers, netns_cli, ssh, write_inventory
 
@@ -243,6 +244,25 @@ def test_an_inventory_copied_without_renaming_its_cluster_can_neither_take_its_h
     assert ssh(addr(NAMES[0]), "ip -4 -o addr show dev eth0").stdout.count(f"inet {addr(NAMES[0])}/24 ") == 1
 
 
+def test_a_second_clone_of_labkit_on_the_box_can_neither_take_the_cluster_nor_remove_it(t1, tmp_path):
+    """Namespaces belong to the box, not to a clone of labkit: when the record lived in the clone's .labkit/, a second
+    clone's `make demo` (cluster `lab` in both) rebuilt the first clone's hosts under its own roots, unannounced."""
+    clone = tmp_path / "clone"
+    shutil.copytree(REPO / "labkit", clone / "labkit", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(REPO / "ansible.cfg", clone / "ansible.cfg")
+    copy = write_inventory(clone / "inventory" / "netns", T1["cluster"], T1["subnet"], T1["hosts"])
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    before = {row["host"]: row["init_pid"] for row in netns.status(t1)}
+    for verb in ("up", "down"):
+        proc = subprocess.run([sys.executable, "-m", "labkit.backends.netns", verb, "-i", str(copy)], cwd=clone,
+                              env=env, capture_output=True, text=True, timeout=300)
+        assert proc.returncode != 0, proc.stdout
+        assert f"cluster {T1['cluster']} is running from another inventory, {t1.path}: " in proc.stderr
+    assert (clone / ".labkit" / T1["cluster"]).is_dir()  # it ran as the clone, with the clone's own state
+    assert not (clone / ".labkit" / T1["cluster"] / "hosts").exists()
+    assert {row["host"]: row["init_pid"] for row in netns.status(t1)} == before
+
+
 def test_a_cluster_whose_inventory_moved_or_went_down_is_taken_by_the_next_inventory(tmp_path, keep_active_inventory):
     """The record is stale once its inventory is gone (here: moved) or the cluster is down."""
     if os.geteuid() != 0:
@@ -254,9 +274,10 @@ def test_a_cluster_whose_inventory_moved_or_went_down_is_taken_by_the_next_inven
         netns_cli("up", "-i", str(first))
         first.rename(moved)
         netns_cli("up", "-i", str(moved))
-        assert (STATE / "t7" / "inventory").read_text() == f"{moved}\n"
+        record = netns.Cluster.named("t7").owner_file
+        assert record.read_text() == f"{moved}\n"
         netns_cli("down", "-i", str(moved))
-        assert not (STATE / "t7" / "inventory").exists()
+        assert not record.exists()
         netns_cli("up", "-i", str(other))
         assert ssh(hosts["golf"], "hostname").stdout.strip() == "golf"
     finally:
