@@ -16,6 +16,10 @@ from labkit.remote import Hosts, RemoteError
 from labnodes import output
 
 
+AGAIN = "run it again: it keeps what is done and finishes the rest"  # after a Ctrl-C (options.Task)
+HEAL = "fab heal undoes every fault labkit set"
+
+
 def _fail(exc: Exception):
     print(f"fab: error: {exc}", file=sys.stderr)
     sys.exit(1)
@@ -40,7 +44,7 @@ def _run(fn, headers, rows, json_, *args, **kwargs) -> dict:
 
 
 @task(help={"inventory": "inventory to bring up and make active (default: the active one)",
-            "quiet": "hide Ansible's task output"})
+            "quiet": "hide Ansible's task output"}, interrupted=AGAIN)
 def up(c, inventory_=None, quiet=False):
     """Bring the inventory's hosts up (its backend: netns, vagrant or lab) and provision them with site.yml."""
     try:
@@ -58,7 +62,7 @@ def up(c, inventory_=None, quiet=False):
     status(c)
 
 
-@task(name="provision", help={"inventory": "inventory to provision (default: the active one)"})
+@task(name="provision", help={"inventory": "inventory to provision (default: the active one)"}, interrupted=AGAIN)
 def provision_(c, inventory_=None):
     """Run playbooks/site.yml against the hosts again (a second run changes nothing)."""
     try:
@@ -69,7 +73,7 @@ def provision_(c, inventory_=None):
           f"{sum(r['changed'] for r in report['hosts'].values())} changes")
 
 
-@task(help={"inventory": "inventory whose hosts to remove (default: the active one)"})
+@task(help={"inventory": "inventory whose hosts to remove (default: the active one)"}, interrupted=AGAIN)
 def down(c, inventory_=None):
     """Take the cluster down: netns hosts removed, Vagrant VMs destroyed, labkit removed from lab machines."""
     try:
@@ -210,7 +214,7 @@ def _faults_run(fn, *args, json_=False, headers=None, rows=None, **kwargs) -> di
 @task(help={"host": "the host whose cluster link to impair", "loss": "percent of packets dropped, each way",
             "rate": "rate limit each way, like 500kbit or 10mbit", "delay": "ms added to what the host sends (netem)",
             "jitter": "ms of random variation of the delay (netem)", "for": "undo by itself after SECONDS",
-            "json": "print JSON instead of a table"})
+            "json": "print JSON instead of a table"}, interrupted=HEAL)
 def impair(c, host, loss=None, rate=None, delay=None, jitter=None, for_=None, json_=False):
     """Impair a host's cluster link both ways: packet loss, a rate limit, delay; refused where the kernel can't."""
     from labkit import faults
@@ -218,7 +222,7 @@ def impair(c, host, loss=None, rate=None, delay=None, jitter=None, for_=None, js
 
 
 @task(help={"host": "only this host and its partition peers (default: every host of the cluster)",
-            "json": "print JSON instead"})
+            "json": "print JSON instead"}, interrupted=AGAIN)
 def heal(c, host=None, json_=False):
     """Undo every fault labkit set, on every host (or on one: --host HOST)."""
     from labkit import faults
@@ -228,7 +232,7 @@ def heal(c, host=None, json_=False):
 
 
 @task(help={"host_a": "one host", "host_b": "the other host", "for": "undo by itself after SECONDS",
-            "json": "print JSON instead"})
+            "json": "print JSON instead"}, interrupted=HEAL)
 def partition(c, host_a, host_b, for_=None, json_=False):
     """Cut the link between two hosts, both ways, on both hosts (`fab heal` restores it)."""
     from labkit import faults
@@ -236,7 +240,7 @@ def partition(c, host_a, host_b, for_=None, json_=False):
 
 
 @task(help={"action": "stop, start or kill", "target": "HOST:PROGRAM, or HOST for all its labnodes programs",
-            "for": "undo (start again) by itself after SECONDS", "json": "print JSON instead"})
+            "for": "undo (start again) by itself after SECONDS", "json": "print JSON instead"}, interrupted=HEAL)
 def fault(c, action, target, for_=None, json_=False):
     """Stop, start or SIGKILL a supervised program (HOST:PROGRAM) or every labnodes program of a host (HOST)."""
     from labkit import faults

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -67,6 +68,18 @@ class TaskProgress:
             self.progress = None
 
 
+def _interrupt(proc: subprocess.Popen, grace: float = 30.0) -> None:
+    """Stop ansible-playbook as a terminal's Ctrl-C does (SIGINT: it ends its workers and says so), also when only
+    fab was interrupted (`kill -INT`), and wait for it: no playbook goes on behind a fab that has given up."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGINT)
+    try:
+        proc.communicate(timeout=grace)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 def provision(inventory: str | os.PathLike, *, quiet: bool = False, extra: list[str] | None = None,
               playbook: str | os.PathLike | None = None, hosts: int | None = None) -> dict:
     """Run site.yml (or `playbook`); stream its output unless quiet (then: one line per play, and with `hosts`,
@@ -80,19 +93,25 @@ def provision(inventory: str | os.PathLike, *, quiet: bool = False, extra: list[
                             stderr=subprocess.STDOUT, text=True)
     lines = []
     tasks = TaskProgress(hosts) if quiet and hosts else None
-    for line in proc.stdout:
-        lines.append(line)
-        if not quiet or line.startswith("PLAY ["):  # quiet still shows progress, one line per play
-            sys.stdout.write(line if not quiet else f"provision: {line[6:].split(']')[0]}\n")
-            sys.stdout.flush()
-        if tasks is not None and not line.startswith("PLAY ["):
-            if line.startswith("PLAY RECAP"):
-                tasks.close()
-                tasks = None
-            else:
-                tasks.line(line)
-    if tasks is not None:
-        tasks.close()
+    try:
+        for line in proc.stdout:
+            lines.append(line)
+            if not quiet or line.startswith("PLAY ["):  # quiet still shows progress, one line per play
+                sys.stdout.write(line if not quiet else f"provision: {line[6:].split(']')[0]}\n")
+                sys.stdout.flush()
+            if tasks is not None and not line.startswith("PLAY ["):
+                if line.startswith("PLAY RECAP"):
+                    tasks.close()
+                    tasks = None
+                else:
+                    tasks.line(line)
+    except KeyboardInterrupt:
+        _interrupt(proc)
+        timing_file.unlink(missing_ok=True)
+        raise
+    finally:
+        if tasks is not None:
+            tasks.close()
     rc = proc.wait()
     seconds = time.monotonic() - start
     text = "".join(lines)

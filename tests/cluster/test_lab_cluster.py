@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -168,6 +169,29 @@ def test_second_provisioning_changes_nothing(lab):
     report = provision.provision(lab.path, quiet=True)
     changed = {host: r["changed"] for host, r in report["hosts"].items() if r["changed"]}
     assert changed == {}, changed
+
+
+def test_a_ctrl_c_during_provisioning_stops_the_playbook_says_so_and_the_next_run_finishes(lab):
+    """Before, invoke ended an interrupted `fab provision` with exit 1 and not a word, and a SIGINT to fab alone
+    (`kill -INT`; a terminal's Ctrl-C signals ansible-playbook too) left the playbook running on behind it."""
+    env = dict(os.environ, LABKIT_INVENTORY=str(lab.path))
+    proc = subprocess.Popen([FAB, "provision"], cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, stdin=subprocess.DEVNULL)
+    seen = []
+    for line in proc.stdout:  # interrupt it while the playbook works on the hosts
+        seen.append(line)
+        if line.startswith("TASK [") and any(s.startswith("PLAY [Prepare every host") for s in seen):
+            break
+    playbook = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
+    assert len(playbook) == 1 and "ansible-playbook" in Path(f"/proc/{playbook[0]}/cmdline").read_text()
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, (out[-2000:], err[-2000:])
+    assert err.endswith("fab provision: interrupted: run it again: it keeps what is done and finishes the rest\n")
+    assert not Path(f"/proc/{playbook[0]}").exists()  # fab waited for it (fab's own child: no zombie left)
+    assert not (STATE / f"timing-{proc.pid}.json").exists()
+    report = provision.provision(lab.path, quiet=True)
+    assert report["hosts"] and all(r["failed"] == r["unreachable"] == 0 for r in report["hosts"].values())
 
 
 def _pids(lab, host: str) -> dict[str, str]:

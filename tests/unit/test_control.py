@@ -322,6 +322,26 @@ def test_whole_number_options_still_say_int_in_fabs_help():
     assert r.returncode == 0 and "--count=INT" in r.stdout, r.stdout
 
 
+def test_a_ctrl_c_in_a_task_is_one_line_saying_what_to_do_and_exit_130(capsys):
+    """Invoke ends a task interrupted by Ctrl-C with exit 1 and not a word, which reads as a failure nobody
+    explained (tests/cluster/test_lab_cluster.py interrupts a real `fab provision`)."""
+    from invoke import Context
+
+    from labkit.options import task
+
+    def run_it(c):
+        raise KeyboardInterrupt
+
+    interrupted = task(interrupted="run it again")(run_it)
+    with pytest.raises(SystemExit) as exc:
+        interrupted(Context())
+    assert exc.value.code == 130
+    assert capsys.readouterr().err == "\nfab run-it: interrupted: run it again\n"
+    with pytest.raises(SystemExit):
+        task(run_it)(Context())
+    assert capsys.readouterr().err == "\nfab run-it: interrupted\n"
+
+
 def test_every_setting_the_roles_choose_reaches_labnodes_toml():
     """The settings template of site.yml names every labnodes_* port and path of the labnodes role, and each key is
     a field of labnodes.config.Settings (so a host's labnodes.toml is where the control side finds it)."""
