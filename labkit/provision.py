@@ -5,13 +5,12 @@ from __future__ import annotations
 import json
 import os
 import re
-import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-from labkit import REPO, STATE, LabkitError
+from labkit import REPO, STATE, LabkitError, stop_child
 from labkit.progress import Progress
 
 VENV_BIN = Path(sys.executable).parent
@@ -68,18 +67,6 @@ class TaskProgress:
             self.progress = None
 
 
-def _interrupt(proc: subprocess.Popen, grace: float = 30.0) -> None:
-    """Stop ansible-playbook as a terminal's Ctrl-C does (SIGINT: it ends its workers and says so), also when only
-    fab was interrupted (`kill -INT`), and wait for it: no playbook goes on behind a fab that has given up."""
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGINT)
-    try:
-        proc.communicate(timeout=grace)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-
-
 def provision(inventory: str | os.PathLike, *, quiet: bool = False, extra: list[str] | None = None,
               playbook: str | os.PathLike | None = None, hosts: int | None = None) -> dict:
     """Run site.yml (or `playbook`); stream its output unless quiet (then: one line per play, and with `hosts`,
@@ -90,7 +77,7 @@ def provision(inventory: str | os.PathLike, *, quiet: bool = False, extra: list[
            *(extra or [])]
     start = time.monotonic()
     proc = subprocess.Popen(cmd, cwd=REPO, env=ansible_env(timing_file), stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+                            stderr=subprocess.STDOUT, text=True, stdin=subprocess.DEVNULL, process_group=0)
     lines = []
     tasks = TaskProgress(hosts) if quiet and hosts else None
     try:
@@ -106,7 +93,7 @@ def provision(inventory: str | os.PathLike, *, quiet: bool = False, extra: list[
                 else:
                     tasks.line(line)
     except KeyboardInterrupt:
-        _interrupt(proc)
+        stop_child(proc, grace=30)
         timing_file.unlink(missing_ok=True)
         raise
     finally:

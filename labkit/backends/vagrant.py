@@ -24,11 +24,12 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from labkit import REPO, STATE, LabkitError, inventory, ssh
+from labkit import REPO, STATE, LabkitError, inventory, ssh, stop_child
 from labkit.backends import shown
 
 UP_HINT = "vagrant up"
 BOOT_TIMEOUT = 1200.0  # s: under software emulation 8 VMs take minutes to boot
+VAGRANT_CLEANUP = 300.0  # s: after a Ctrl-C, how long vagrant may take to undo a VM half made
 SKIP_SITE_ENV = "LABKIT_VAGRANT_SKIP_SITE"  # set by up(): the caller (fab up) provisions itself
 
 
@@ -41,11 +42,20 @@ def _env(inv, **extra: str) -> dict[str, str]:
 
 
 def _vagrant(inv, *args: str, capture: bool = False, **extra: str) -> subprocess.CompletedProcess:
+    """Run vagrant; after a Ctrl-C let it finish its own clean-up first (labkit.stop_child): killed half-way through
+    `vagrant up`, it can leave a libvirt domain that it no longer knows is its own."""
+    pipe = subprocess.PIPE if capture else None
     try:
-        return subprocess.run(["vagrant", *args], cwd=REPO, env=_env(inv, **extra), text=True,
-                              capture_output=capture, stdin=subprocess.DEVNULL)
+        proc = subprocess.Popen(["vagrant", *args], cwd=REPO, env=_env(inv, **extra), text=True, stdout=pipe,
+                                stderr=pipe, stdin=subprocess.DEVNULL, process_group=0)
     except FileNotFoundError:
         raise VagrantError("vagrant is not installed: run `make setup`") from None
+    try:
+        out, err = proc.communicate()
+    except KeyboardInterrupt:
+        stop_child(proc, grace=VAGRANT_CLEANUP)
+        raise
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
 
 
 def _provisioned_marker(inv) -> Path:

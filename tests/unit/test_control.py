@@ -342,6 +342,53 @@ def test_a_ctrl_c_in_a_task_is_one_line_saying_what_to_do_and_exit_130(capsys):
     assert capsys.readouterr().err == "\nfab run-it: interrupted\n"
 
 
+FAKE_VAGRANT = """#!/bin/bash
+# counts the SIGINTs it gets; takes a second to clean up after the first, as vagrant does
+n=0
+trap 'n=$((n+1))' INT
+touch "$OUT.started"
+for i in $(seq 600); do
+  if [ $n -gt 0 ]; then sleep 1; echo $n > "$OUT"; exit 0; fi
+  sleep 0.1
+done
+exit 3
+"""
+
+
+def test_a_ctrl_c_during_vagrant_gives_it_one_sigint_and_waits_for_its_clean_up(tmp_path):
+    """vagrant cleans up after one SIGINT and quits at once at a second. When it shared fab's process group, a
+    terminal's Ctrl-C reached it, and subprocess.run killed it a quarter second later, clean-up or not.
+    The stand-in counts SIGINTs; the real vagrant is what make vm-test runs."""
+    import signal
+    import time
+
+    (tmp_path / "vagrant").write_text(FAKE_VAGRANT)
+    (tmp_path / "vagrant").chmod(0o755)
+    out = tmp_path / "count"
+    env = dict(os.environ, PATH=f"{tmp_path}:{os.environ['PATH']}", OUT=str(out))
+    code = ("from types import SimpleNamespace; from labkit.backends import vagrant; "
+            "vagrant._vagrant(SimpleNamespace(path='inv'), 'up')")
+    fab_like = subprocess.Popen([sys.executable, "-c", code], cwd=REPO, env=env, start_new_session=True,
+                                stderr=subprocess.PIPE, text=True)
+    while not Path(f"{out}.started").exists() and fab_like.poll() is None:
+        time.sleep(0.05)
+    os.killpg(fab_like.pid, signal.SIGINT)  # what a terminal's Ctrl-C does: the whole foreground group
+    err = fab_like.communicate(timeout=120)[1]
+    assert "KeyboardInterrupt" in err  # fab's Task turns it into its one line
+    assert out.read_text() == "1\n"  # one SIGINT, and its clean-up ran to the end
+
+
+def test_a_child_that_will_not_stop_is_killed_after_its_grace():
+    from labkit import stop_child
+
+    stubborn = subprocess.Popen([sys.executable, "-c", "import signal, time; "
+                                 "signal.signal(signal.SIGINT, signal.SIG_IGN); print('ready', flush=True); "
+                                 "time.sleep(600)"], stdout=subprocess.PIPE, text=True, process_group=0)
+    assert stubborn.stdout.readline() == "ready\n"
+    stop_child(stubborn, grace=0.5)
+    assert stubborn.returncode == -9
+
+
 def test_every_setting_the_roles_choose_reaches_labnodes_toml():
     """The settings template of site.yml names every labnodes_* port and path of the labnodes role, and each key is
     a field of labnodes.config.Settings (so a host's labnodes.toml is where the control side finds it)."""
