@@ -13,7 +13,9 @@
    `fab up -i LAB` provisions them (the same cluster and settings: it must change nothing), then every fab task
    again, then `fab down -i LAB` (playbooks/remove.yml) must leave no labkit program, file, user or /etc/hosts
    block behind on any VM, and supervisord running;
-5. `vagrant destroy -f`, and the active inventory as it was.
+5. `fab down` of the Vagrant cluster; a Ctrl-C in `fab up` while vagrant makes a VM must leave no VM; a VM vagrant
+   lost (as a vagrant killed mid-`up` leaves it) must be removed by the next `fab down`;
+6. `vagrant destroy -f` (a no-op after 5, unless a step failed), and the active inventory as it was.
 
 Timings go to the console and to build/vm-test.json. Exits non-zero at the first failure (the VMs are destroyed
 unless LABKIT_VM_TEST_KEEP=1).
@@ -26,6 +28,7 @@ import os
 import pwd
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -148,6 +151,58 @@ def forget_lab_ssh() -> None:
             config.unlink()
 
 
+def virsh(*args: str, text_in: str | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(["virsh", "-c", "qemu:///system", *args], input=text_in, capture_output=True, text=True)
+
+
+def vagrant_down_and_left_behind(tmp: Path, vinv_path: Path, env: dict[str, str]) -> None:
+    """`fab down` of the Vagrant cluster, then the two ways a VM can be left behind, on real vagrant and libvirt:
+
+    - a Ctrl-C in `fab up` while vagrant makes a VM (the cluster's client alone): fab gives vagrant one SIGINT and
+      waits for its clean-up, so no domain may be left (before, vagrant was killed mid clean-up and one was);
+    - a domain vagrant lost, as a vagrant killed half-way through `vagrant up` leaves it (here: the client's
+      domain defined again from its own XML after `fab down`): the next `fab down` must remove it."""
+    domain = f"labkit-{CLUSTER}-client"
+    xml = virsh("dumpxml", domain).stdout
+    step("vagrant: fab down", [FAB, "down", "-i", str(vinv_path)], env, capture=True)
+
+    name = "vagrant: Ctrl-C in fab up while vagrant makes a VM"
+    one = tmp / "client-alone"
+    shutil.copytree(vinv_path / "group_vars", one / "group_vars")
+    (one / "hosts.yml").write_text(
+        f"all:\n  vars:\n    labkit_cluster: {CLUSTER}\n    labkit_subnet: {SUBNET}.0/24\n  children:\n"
+        f"    clients:\n      hosts:\n        client: {{ansible_host: {SUBNET}.40}}\n")
+    print(f"\n=== vm-test: {name}", flush=True)
+    t0 = time.monotonic()
+    proc = subprocess.Popen([FAB, "up", "-i", str(one), "--quiet"], cwd=REPO, env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    lines = []
+    for line in proc.stdout:
+        sys.stdout.write(line)
+        lines.append(line)
+        if "-- Command line" in line:  # the domain's definition is listed; libvirt is about to make it
+            os.killpg(proc.pid, signal.SIGINT)  # what a terminal's Ctrl-C does: fab's whole group
+            break
+    for line in proc.stdout:
+        sys.stdout.write(line)
+        lines.append(line)
+    proc.wait()
+    TIMINGS[name] = round(time.monotonic() - t0, 1)
+    out = "".join(lines)
+    print(f"=== vm-test: {name}: {TIMINGS[name]:.1f}s, exit {proc.returncode}", flush=True)
+    if proc.returncode != 130 or "fab up: interrupted" not in out:
+        raise SystemExit(f"vm-test: {name}: exit {proc.returncode}, want 130 and fab's line")
+    if virsh("dominfo", domain).returncode == 0:
+        raise SystemExit(f"vm-test: {name}: {domain} was left behind")
+
+    defined = virsh("define", "/dev/stdin", text_in=xml)
+    if defined.returncode != 0:
+        raise SystemExit(f"vm-test: could not define {domain} again: {defined.stderr.strip()}")
+    out = step("vagrant: fab down with a VM vagrant lost", [FAB, "down", "-i", str(vinv_path)], env, capture=True)
+    if f"also removed {domain}" not in out or virsh("dominfo", domain).returncode == 0:
+        raise SystemExit(f"vm-test: fab down did not remove {domain}, which vagrant had lost")
+
+
 def main() -> int:
     t_all = time.monotonic()
     env = {k: v for k, v in os.environ.items() if not k.startswith("LABKIT_")}
@@ -219,6 +274,7 @@ def main() -> int:
                 raise SystemExit(f"vm-test: after fab down, {host.name} is not as it was: "
                                  f"{left.stdout.strip() or left.stderr.strip()}")
         print(f"vm-test: nothing of labkit left on the {len(vinv.hosts)} machines, supervisord still running there")
+        vagrant_down_and_left_behind(tmp, vinv_path, env)
         failed = False
     finally:
         forget_lab_ssh()

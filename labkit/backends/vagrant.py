@@ -4,7 +4,7 @@ The Vagrantfile reads the inventory's hosts.yml; this module drives `vagrant` fo
 `vagrant up` starts:
 
     up      `vagrant up` (the Vagrantfile's trigger then runs `after-up` below, without site.yml: fab up provisions)
-    down    `vagrant destroy -f`, then forgets how to reach the VMs
+    down    removes what vagrant lost of the hosts' VMs (libvirt: `lost`), `vagrant destroy -f`, forgets the VMs
     status  `vagrant status`: a running VM whose sshd answers is up, a running one whose sshd does not is broken
 
 `python -m labkit.backends.vagrant after-up INVENTORY [--provision]` is what the Vagrantfile's trigger runs on the
@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -30,6 +31,7 @@ from labkit.backends import shown
 UP_HINT = "vagrant up"
 BOOT_TIMEOUT = 1200.0  # s: under software emulation 8 VMs take minutes to boot
 VAGRANT_CLEANUP = 300.0  # s: after a Ctrl-C, how long vagrant may take to undo a VM half made
+LIBVIRT_URI = "qemu:///system"  # vagrant-libvirt's default, which the Vagrantfile keeps
 SKIP_SITE_ENV = "LABKIT_VAGRANT_SKIP_SITE"  # set by up(): the caller (fab up) provisions itself
 
 
@@ -137,19 +139,72 @@ def up(inv, echo=print) -> None:
     echo(f"vagrant {inv.cluster}: vagrant up ({len(inv.hosts)} VMs)")
     proc = _vagrant(inv, "up", **{SKIP_SITE_ENV: "1"})
     if proc.returncode != 0:
-        raise VagrantError(f"vagrant {inv.cluster}: `vagrant up` exited {proc.returncode} (its output is above)")
+        found = [name for things in lost(inv).values() for name in things]
+        why = (f"; in its way: {', '.join(found)}, which vagrant lost track of (`fab down -i {shown(inv.path)}` "
+               "removes them)" if found else " (its output is above)")
+        raise VagrantError(f"vagrant {inv.cluster}: `vagrant up` exited {proc.returncode}{why}")
     if not ssh.config_path(inv.cluster).exists():  # e.g. a Vagrantfile without the trigger: do its part here
         after_up(inv, echo=echo)
     inventory.record_active(inv.path)
 
 
 def down(inv, echo=print) -> None:
-    """Destroy the inventory's VMs (`vagrant destroy -f`); safe to repeat."""
+    """Destroy the inventory's VMs (`vagrant destroy -f`), and any of them vagrant lost; safe to repeat."""
+    gone = remove_lost(inv)  # first: `vagrant destroy` itself stops at such a domain ("already taken")
     proc = _vagrant(inv, "destroy", "-f")
     forget(inv)
     if proc.returncode != 0:
         raise VagrantError(f"vagrant {inv.cluster}: `vagrant destroy -f` exited {proc.returncode}")
-    echo(f"vagrant {inv.cluster}: VMs destroyed")
+    echo(f"vagrant {inv.cluster}: VMs destroyed"
+         + (f"; also removed {', '.join(gone)}, which vagrant had lost track of" if gone else ""))
+
+
+def libvirt_names(inv) -> dict[str, tuple[str, str]]:
+    """host -> (libvirt domain, its disk volume), as the Vagrantfile names them: libvirt.default_prefix
+    "labkit-<cluster>-", then the host; the disk is the domain's name + ".img" in the pool "default"."""
+    return {h.name: (f"labkit-{inv.cluster}-{h.name}", f"labkit-{inv.cluster}-{h.name}.img") for h in inv.hosts}
+
+
+def lost(inv) -> dict[str, list[str]]:
+    """host -> its libvirt domain and disk that are there while vagrant says the host's VM is not created.
+
+    vagrant killed half-way through `vagrant up` (by SIGKILL, the OOM killer, a power cut; a Ctrl-C in fab waits
+    for its clean-up: _vagrant) can leave a domain it no longer knows is its own: `vagrant status` says "not
+    created", and both the next `vagrant up` and `vagrant destroy` stop at it ("Name labkit-vm-client of domain
+    about to create is already taken"). Nothing to find without libvirt (VirtualBox)."""
+    if not shutil.which("virsh"):
+        return {}
+    states = machine_states(inv)
+    found = {}
+    for host, (domain, disk) in libvirt_names(inv).items():
+        if states.get(host) == "not_created":
+            there = [domain] if _virsh("dominfo", domain).returncode == 0 else []
+            there += [disk] if _virsh("vol-info", "--pool", "default", disk).returncode == 0 else []
+            if there:
+                found[host] = there
+    return found
+
+
+def remove_lost(inv) -> list[str]:
+    """Remove what lost() finds (only names the Vagrantfile gives this inventory's hosts); return what it removed."""
+    removed = []
+    for host, things in lost(inv).items():
+        domain, disk = libvirt_names(inv)[host]
+        if domain in things:
+            _virsh("destroy", domain)  # fails harmlessly when it is not running
+            proc = _virsh("undefine", domain, "--remove-all-storage")
+            if proc.returncode != 0:
+                raise VagrantError(f"vagrant {inv.cluster}: could not remove {domain}, which vagrant lost: "
+                                   f"{proc.stderr.strip() or proc.stdout.strip()}")
+        if disk in things:
+            _virsh("vol-delete", "--pool", "default", disk)  # gone already if undefine took it with the domain
+        removed += things
+    return removed
+
+
+def _virsh(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(["virsh", "-c", LIBVIRT_URI, *args], capture_output=True, text=True,
+                          stdin=subprocess.DEVNULL, timeout=120)
 
 
 def machine_states(inv) -> dict[str, str]:

@@ -80,3 +80,16 @@ def test_vagrant_inventory_has_the_netns_groups():
     assert vms.backend == "vagrant"
     assert vms.groups == netns.groups
     assert vms.subnet is not None and vms.subnet.subnet_of(inventory.ipaddress.IPv4Network("192.168.56.0/21"))
+
+
+def test_the_libvirt_names_fab_down_looks_for_are_the_ones_the_vagrantfile_gives():
+    """`fab down` removes the domains vagrant lost by name (labkit.backends.vagrant.lost; make vm-test makes one
+    and sees it removed); a prefix or pool changed in the Vagrantfile alone would make it look in vain."""
+    from labkit.backends import vagrant
+
+    text = (REPO / "Vagrantfile").read_text()
+    assert 'libvirt.default_prefix = "labkit-#{cluster}-"' in text
+    assert "storage_pool_name" not in text and "libvirt.uri" not in text  # libvirt's pool "default", qemu:///system
+    names = vagrant.libvirt_names(inventory.load(VAGRANT_INVENTORY))
+    assert names["client"] == ("labkit-vm-client", "labkit-vm-client.img")
+    assert len(names) == 8
