@@ -139,7 +139,10 @@ def up(inv, echo=print) -> None:
     echo(f"vagrant {inv.cluster}: vagrant up ({len(inv.hosts)} VMs)")
     proc = _vagrant(inv, "up", **{SKIP_SITE_ENV: "1"})
     if proc.returncode != 0:
-        found = [name for things in lost(inv).values() for name in things]
+        try:
+            found = [name for things in lost(inv).values() for name in things]
+        except VagrantError:  # vagrant status failing too: the output above says more than this would
+            found = []
         why = (f"; in its way: {', '.join(found)}, which vagrant lost track of (`fab down -i {shown(inv.path)}` "
                "removes them)" if found else " (its output is above)")
         raise VagrantError(f"vagrant {inv.cluster}: `vagrant up` exited {proc.returncode}{why}")
