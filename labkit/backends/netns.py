@@ -34,8 +34,9 @@ Client side, written by `up` through `labkit.ssh` (shared by every backend): the
 is; anything else of the inventory's hosts is torn down and rebuilt (its root and host key are kept, /run is
 emptied as on a reboot); namespaces of the cluster that the inventory no longer lists are removed. `up` ends when
 every host's sshd accepts the cluster key, and records the inventory as the active one. A cluster runs from one
-inventory (recorded in `/run/labkit-netns/c.inventory`, box-wide as the namespaces are, so it holds between two clones of
-labkit too): `up` from another inventory naming the same cluster is refused while the first still runs (`_claim`).
+inventory (recorded in `/run/labkit-netns/c.inventory`, box-wide as the namespaces are, so it holds between two
+clones of labkit too): `up` from another inventory naming the same cluster is refused while the first still runs
+(`_claim`).
 
 `network_only` (for benchmarks, the floor `up` is measured against): the same hosts' network alone, from nothing,
 made by the same code as `up` makes it, until every address answers TCP from the box; `down` removes it.
