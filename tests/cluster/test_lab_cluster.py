@@ -173,7 +173,8 @@ def test_second_provisioning_changes_nothing(lab):
 
 def test_a_ctrl_c_during_provisioning_stops_the_playbook_says_so_and_the_next_run_finishes(lab):
     """Before, invoke ended an interrupted `fab provision` with exit 1 and not a word, and a SIGINT to fab alone
-    (`kill -INT`; a terminal's Ctrl-C signals ansible-playbook too) left the playbook running on behind it."""
+    (`kill -INT`; and a terminal's Ctrl-C, now that ansible-playbook runs in a process group of its own) left the
+    playbook running on behind it."""
     env = dict(os.environ, LABKIT_INVENTORY=str(lab.path))
     proc = subprocess.Popen([FAB, "provision"], cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, stdin=subprocess.DEVNULL)
