@@ -23,6 +23,7 @@ unless LABKIT_VM_TEST_KEEP=1).
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import pwd
@@ -41,6 +42,7 @@ sys.path.insert(0, str(REPO))  # a script run from scripts/: labkit is the repos
 import yaml  # noqa: E402
 
 from labkit import inventory, ssh  # noqa: E402
+from labkit.backends.vagrant import virsh  # noqa: E402
 
 BOX = os.environ.get("LABKIT_VAGRANT_BOX", "labkit/bookworm64")
 CLUSTER = "vmt"
@@ -151,10 +153,6 @@ def forget_lab_ssh() -> None:
             config.unlink()
 
 
-def virsh(*args: str, text_in: str | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run(["virsh", "-c", "qemu:///system", *args], input=text_in, capture_output=True, text=True)
-
-
 def vagrant_down_and_left_behind(tmp: Path, vinv_path: Path, env: dict[str, str]) -> None:
     """`fab down` of the Vagrant cluster, then the two ways a VM can be left behind, on real vagrant and libvirt:
 
@@ -204,6 +202,9 @@ def vagrant_down_and_left_behind(tmp: Path, vinv_path: Path, env: dict[str, str]
 
 
 def main() -> int:
+    # No options: the parser is there so that --help (or a typo) says what this does rather than start 20 minutes
+    # of VMs.
+    argparse.ArgumentParser(description=__doc__.split("\n\n")[0]).parse_args()
     t_all = time.monotonic()
     env = {k: v for k, v in os.environ.items() if not k.startswith("LABKIT_")}
     env.update(VAGRANT_CHECKPOINT_DISABLE="1", LABKIT_VAGRANT_BOX=BOX, LABKIT_VAGRANT_MGMT_MODE="none")

@@ -181,8 +181,8 @@ def lost(inv) -> dict[str, list[str]]:
     found = {}
     for host, (domain, disk) in libvirt_names(inv).items():
         if states.get(host) == "not_created":
-            there = [domain] if _virsh("dominfo", domain).returncode == 0 else []
-            there += [disk] if _virsh("vol-info", "--pool", "default", disk).returncode == 0 else []
+            there = [domain] if virsh("dominfo", domain).returncode == 0 else []
+            there += [disk] if virsh("vol-info", "--pool", "default", disk).returncode == 0 else []
             if there:
                 found[host] = there
     return found
@@ -190,24 +190,25 @@ def lost(inv) -> dict[str, list[str]]:
 
 def remove_lost(inv) -> list[str]:
     """Remove what lost() finds (only names the Vagrantfile gives this inventory's hosts); return what it removed."""
-    removed = []
+    removed, names = [], libvirt_names(inv)
     for host, things in lost(inv).items():
-        domain, disk = libvirt_names(inv)[host]
+        domain, disk = names[host]
         if domain in things:
-            _virsh("destroy", domain)  # fails harmlessly when it is not running
-            proc = _virsh("undefine", domain, "--remove-all-storage")
+            virsh("destroy", domain)  # fails harmlessly when it is not running
+            proc = virsh("undefine", domain, "--remove-all-storage")
             if proc.returncode != 0:
                 raise VagrantError(f"vagrant {inv.cluster}: could not remove {domain}, which vagrant lost: "
                                    f"{proc.stderr.strip() or proc.stdout.strip()}")
         if disk in things:
-            _virsh("vol-delete", "--pool", "default", disk)  # gone already if undefine took it with the domain
+            virsh("vol-delete", "--pool", "default", disk)  # gone already if undefine took it with the domain
         removed += things
     return removed
 
 
-def _virsh(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(["virsh", "-c", LIBVIRT_URI, *args], capture_output=True, text=True,
-                          stdin=subprocess.DEVNULL, timeout=120)
+def virsh(*args: str, text_in: str | None = None) -> subprocess.CompletedProcess:
+    """virsh on the libvirt vagrant-libvirt uses (LIBVIRT_URI); its output captured."""
+    return subprocess.run(["virsh", "-c", LIBVIRT_URI, *args], input=text_in, capture_output=True, text=True,
+                          stdin=None if text_in is not None else subprocess.DEVNULL, timeout=120)
 
 
 def machine_states(inv) -> dict[str, str]:

@@ -21,5 +21,8 @@ def test_an_inventory_without_a_host_the_settings_point_at_is_refused_naming_the
     with pytest.raises(provision.ProvisionError) as exc:
         provision.provision(tmp_path, quiet=True)
     message = str(exc.value)
-    assert f"the inventory has no host in group {missing}, and every host's settings point at its first host" in message
+    assert (
+        f"the inventory has no host in group {missing}, and every host's settings point at its first host"
+        in message
+    )
     assert "failed or unreachable hosts: ['localhost']" in message  # the hosts' play never ran
