@@ -127,7 +127,7 @@ def run_ring(c, message="hello", numbers="48,18", json_=False):
               f"lcm = {result['lcm']}")
 
 
-@task(help={"count": "GCD jobs per mode", "mode": "one, group, chunks or all", "json": "print JSON instead"})
+@task(help={"count": "GCD jobs per mode, 1..10000 (labnodes celery batch's bound)", "mode": "one, group, chunks or all", "json": "print JSON instead"})
 def run_celery(c, count=200, mode="all", json_=False):
     """Submit GCD/LCM jobs from the client through the Redis broker; show results and which workers ran them."""
     result = _run(runs.celery, runs.CELERY_HEADERS, runs.celery_rows, json_, count=int(count), mode=mode)

@@ -24,6 +24,7 @@ from labkit import STATE, LabkitError
 import paramiko
 from invoke.exceptions import CommandTimedOut
 from fabric import Config, Connection
+from fabric.runners import Remote
 
 SETTINGS_FILE = "/etc/labnodes/labnodes.toml"  # labnodes' own default path (labnodes.config.DEFAULT_CONFIG)
 
@@ -41,6 +42,20 @@ class RemoteError(LabkitError):
         self.unreachable = unreachable  # SSH itself failed: the host may be down
 
 
+class _Remote(Remote):
+    """Fabric's runner of a remote command, except that a Ctrl-C closes the command's channel.
+
+    Fabric re-raises a Ctrl-C at once where there is no terminal, but invoke then waits for the command's output
+    to end, that is, for the command to finish on the host: an interrupted `fab run-celery` went on for as long
+    as its batch did. Closing the channel ends that wait, and ends the command's stdin on the host, which stops
+    a `labnodes --tethered` command there (labnodes.cli)."""
+
+    def send_interrupt(self, interrupt):
+        if not self.using_pty:
+            self.channel.close()
+        super().send_interrupt(interrupt)
+
+
 class Hosts:
     """SSH connections to the hosts of one inventory, opened on first use and reused."""
 
@@ -50,7 +65,8 @@ class Hosts:
         self._settings: dict[str, dict] = {}
         self._lock = threading.Lock()  # connections are opened from several threads (ThreadPoolExecutor)
         ssh_config = STATE / inventory.cluster / "ssh_config"
-        self._config = Config(runtime_ssh_path=str(ssh_config)) if ssh_config.exists() else Config()
+        path = str(ssh_config) if ssh_config.exists() else None
+        self._config = Config(runtime_ssh_path=path, overrides={"runners": {"remote": _Remote}})
 
     def address(self, name: str) -> str:
         return self.inv.host(name).address
@@ -118,16 +134,20 @@ class Hosts:
         """Run `labnodes ARGS --json` on a host and return its parsed JSON output (`--json` goes before a `--`
         in ARGS, after which every word is a positional argument).
 
-        A command that exits non-zero but still printed its JSON (e.g. `math ask` with an ERR reply among the
-        answers) returns that JSON: the answer is the result. Without JSON, its error line is raised."""
+        The command is `--tethered`: if fab is interrupted or killed, or the connection ends, it stops on the host
+        too, as on a Ctrl-C there. A command that exits non-zero but still printed its JSON (e.g. `math ask` with
+        an ERR reply among the answers) returns that JSON: the answer is the result. Without JSON, its error line
+        is raised."""
         cut = args.index("--") if "--" in args else len(args)
-        words = [*args[:cut], "--json", *args[cut:]]
+        words = ["--tethered", *args[:cut], "--json", *args[cut:]]  # stops on the host when fab goes (labnodes.cli)
         command = " ".join([self.labnodes_bin(name), *map(shlex.quote, words)])
         result = self.run(name, command, check=False)
         try:
             return json.loads(result.stdout)
         except json.JSONDecodeError:
             err = (result.stderr.strip() or result.stdout.strip() or "no output").splitlines()[-1]
+            if "unrecognized arguments: --tethered" in err:  # installed by an older labkit
+                err += " (the host's labnodes is older than this labkit: fab provision updates it)"
             raise RemoteError(f"{name}: labnodes {' '.join(args)}: {err}") from None
 
     def on_all(self, names, fn):

@@ -19,7 +19,9 @@ Commands
           group   all N tasks as one Celery group, results collected together;
           chunks  the N pairs cut into chunks of --chunk-size, one task per chunk (celery.starmap).
         Per mode it prints tasks, seconds, tasks/s, how many results each worker host and each worker node
-        produced, and the errors (wrong results, failed tasks, timeouts).
+        produced, and the errors (wrong results, failed tasks, timeouts). N is 1..10000 (MAX_COUNT): at
+        about 450 tasks/s one by one that is some 20 s per mode, and a mistyped count does not fill the
+        host's memory with pairs before the first job goes (a hundred million took 13 GB).
 
 Connection: redis_host, redis_port, redis_db, redis_password from the config file / LABNODES_* environment
 (--redis-host, --redis-port, --redis-db override the first three; the password has no flag, so it never shows up
@@ -72,6 +74,7 @@ log = logging.getLogger(__name__)
 
 MODES = ("one", "group", "chunks")
 NODE_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+MAX_COUNT = 10_000  # tasks per mode in a batch (see the docstring)
 MAX_LISTED_ERRORS = 20  # a batch lists at most this many error lines per mode (it counts them all)
 # s: how long Celery naps between looks at a group's results. Its default, 0.5 s, cost every group and chunks run
 # half a second: ResultSet.get() reads the results once and, if one is not ready yet (nearly always, right after
@@ -405,8 +408,8 @@ def batch(
 
     Jobs a worker took and did not answer within the wait (the worker may have been killed) are waited for
     until they could have been redelivered and run, saying so through notify(text) (default: stderr)."""
-    if count < 1:
-        raise LabnodesError(f"count must be >= 1, got {count}")
+    if not 1 <= count <= MAX_COUNT:
+        raise LabnodesError(f"count must be 1..{MAX_COUNT} tasks per mode, got {count}")
     if chunk_size < 1:
         raise LabnodesError(f"chunk size must be >= 1, got {chunk_size}")
     _check_timeout(settings)
@@ -542,7 +545,8 @@ def register(subparsers) -> None:
     p.set_defaults(func=_cmd_submit)
 
     p = sub.add_parser("batch", parents=[conn], help="run many gcd tasks per mode, check them, measure tasks/s")
-    p.add_argument("--count", type=int, default=1000, metavar="N", help="tasks per mode (default 1000)")
+    p.add_argument("--count", type=int, default=1000, metavar="N",
+                   help=f"tasks per mode, 1..{MAX_COUNT} (default 1000)")
     p.add_argument("--mode", choices=[*MODES, "all"], default="all", help="default: all")
     p.add_argument("--chunk-size", type=int, default=100, metavar="N", help="pairs per chunk task (default 100)")
     p.add_argument("--seed", type=int, default=1, help="random seed for the pairs (default 1)")

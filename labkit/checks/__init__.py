@@ -217,7 +217,8 @@ class Run:
 
     # --- layer 3: application results, all from the client host
     def labnodes(self, host: str, *args: str, timeout: float | None = None):
-        cmd = " ".join([f"{shlex.quote(self.venv(host) or '')}/bin/labnodes", *map(shlex.quote, args), "--json"])
+        cmd = " ".join([f"{shlex.quote(self.venv(host) or '')}/bin/labnodes", "--tethered", *map(shlex.quote, args),
+                        "--json"])  # a run that outlasts the timeout stops when its channel closes (labnodes.cli)
         r = self.ssh(host, cmd, timeout=timeout)
         try:
             return json.loads(r.stdout), ""

@@ -13,6 +13,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -193,6 +194,36 @@ def test_a_ctrl_c_during_provisioning_stops_the_playbook_says_so_and_the_next_ru
     assert not (STATE / f"timing-{proc.pid}.json").exists()
     report = provision.provision(lab.path, quiet=True)
     assert report["hosts"] and all(r["failed"] == r["unreachable"] == 0 for r in report["hosts"].values())
+
+
+def _wait_for(condition, what: str, seconds: float) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        if time.monotonic() > deadline:
+            pytest.fail(f"not within {seconds:g} s: {what}")
+        time.sleep(0.2)
+
+
+def test_a_ctrl_c_during_a_run_stops_it_at_once_on_the_client_host_too(lab):
+    """Before, an interrupted `fab run-celery` waited for its `labnodes celery batch` on the client host to finish
+    (invoke waits for the output to end), and a fab killed outright left the batch running there (SSH tells a
+    command without a terminal nothing when the session ends). Now fab closes the command's channel on a Ctrl-C,
+    and labnodes runs `--tethered`: it stops when its stdin ends. The batch asked for (10000 jobs in each mode)
+    takes about 40 s here, so a fab and a batch that are both gone within 15 s were stopped; that is the only
+    reason for the bounds."""
+    env = dict(os.environ, LABKIT_INVENTORY=str(lab.path))
+    client = lab.host("client").address
+    batch = "pgrep -f 'bin/labnodes .*celery batch'"  # tethered or not
+    proc = subprocess.Popen([FAB, "run-celery", "--count", "10000"], cwd=REPO, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL)
+    try:
+        _wait_for(lambda: ssh(client, batch, check=False).returncode == 0, "the batch runs on the client", 60)
+    finally:
+        proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=15)
+    assert proc.returncode == 130, (out[-2000:], err[-2000:])
+    assert err.endswith("fab run-celery: interrupted\n"), err[-2000:]
+    _wait_for(lambda: ssh(client, batch, check=False).returncode == 1, "the batch stopped on the client", 15)
 
 
 def _pids(lab, host: str) -> dict[str, str]:

@@ -247,3 +247,27 @@ def test_server_killed_mid_upload_shows_no_partial_file_and_a_retry_after_restar
         assert sha256_of(srv.root / "retry.bin") == hashlib.sha256(data).hexdigest()
     finally:
         again.stop()
+
+
+def test_a_tethered_get_stops_when_its_stdin_ends_and_leaves_no_temporary_file(tmp_path):
+    """labkit runs labnodes over SSH as `labnodes --tethered ...`: when fab is interrupted or killed, the command's
+    stdin ends, and it must stop as on a Ctrl-C, removing what it half wrote. Tried: a GET whose server sent
+    1 MB of a 10 MB body and then nothing; before the tether, the client waited out its idle timeout (30 s)."""
+    out = tmp_path / "out"
+    out.mkdir()
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        listener.settimeout(HANG_GUARD)
+        args = ["--tethered", "file", "get", "big.bin", "--out", str(out), "--host", "127.0.0.1",
+                "--port", str(listener.getsockname()[1])]
+        proc = subprocess.Popen(cli(tmp_path, *args), cwd=REPO, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+        conn, _ = listener.accept()
+        with conn:
+            assert read_frame(conn)["op"] == "GET"
+            conn.sendall(encode_frame({"status": "sending", "name": "big.bin", "size": 10 * MB}) + bytes(MB))
+            wait_until(lambda: any(p.name.startswith(".download-") for p in out.iterdir()), "the download began")
+            proc.stdin.close()
+            proc.wait(timeout=HANG_GUARD)
+    assert proc.returncode == 130, proc.stderr.read()
+    assert list(out.iterdir()) == []
+

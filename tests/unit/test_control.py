@@ -286,8 +286,23 @@ def test_values_that_start_with_a_dash_reach_labnodes_as_values(monkeypatch):
     hosts = Hosts(inv)
     runs.ring(hosts, message="-x", numbers="-4,2")
     runs.math(hosts, pairs=("-1,2", "48,18"))
-    assert commands == ["/opt/v/bin/labnodes ring send --start=h1 --message=-x --numbers=-4,2 --json",
-                        "/opt/v/bin/labnodes math ask --json -- -1,2 48,18"]
+    assert commands == ["/opt/v/bin/labnodes --tethered ring send --start=h1 --message=-x --numbers=-4,2 --json",
+                        "/opt/v/bin/labnodes --tethered math ask --json -- -1,2 48,18"]
+
+
+def test_a_ctrl_c_in_a_remote_command_closes_its_channel_and_is_raised():
+    """invoke waits for a command's output to end after a Ctrl-C; without a terminal Fabric re-raises it, but the
+    wait went on until the command finished on the host. The closed channel ends the wait, and the command's
+    stdin on the host (which stops `labnodes --tethered`)."""
+    from labkit.remote import _Remote
+
+    runner = _Remote.__new__(_Remote)
+    runner.using_pty, runner.channel = False, SimpleNamespace(closed=False)
+    runner.channel.close = lambda: setattr(runner.channel, "closed", True)
+    with pytest.raises(KeyboardInterrupt):
+        runner.send_interrupt(KeyboardInterrupt())
+    assert runner.channel.closed
+    assert Hosts(_inv("netns"))._config.runners.remote is _Remote
 
 
 def test_send_file_refuses_a_size_out_of_range_before_touching_a_host():

@@ -187,6 +187,16 @@ def test_client_refuses_bad_arguments_with_one_line(op, texts, message):
     assert str(excinfo.value) == message
 
 
+@pytest.mark.parametrize("count", [0, -1, celery_cli.MAX_COUNT + 1, 100_000_000])
+def test_batch_refuses_a_count_out_of_bounds_before_making_pairs_or_reaching_redis(count, monkeypatch):
+    """`fab run-celery --count 100000000` held 13 GB of pairs on the client host before any job went."""
+    monkeypatch.setattr(celery_cli, "random_pairs", lambda *a: pytest.fail("pairs made for a refused count"))
+    settings = config.Settings(redis_host="127.0.0.1", redis_port=1)  # nothing listens: reaching it would fail
+    with pytest.raises(LabnodesError) as excinfo:
+        celery_cli.batch(settings, count=count)
+    assert str(excinfo.value) == f"count must be 1..10000 tasks per mode, got {count}"
+
+
 def test_random_pairs_are_reproducible_for_a_seed():
     assert celery_cli.random_pairs(5, seed=7) == celery_cli.random_pairs(5, seed=7)
     assert celery_cli.random_pairs(5, seed=7) != celery_cli.random_pairs(5, seed=8)
