@@ -48,6 +48,7 @@ class Settings:
     # Pyro4: name server and ring nodes.
     ns_host: str = "127.0.0.1"
     ns_port: int = 9090
+    ns_storage: str = ""  # sqlite file where the name server keeps its names across restarts; "": in memory
     hmac_key: str = ""  # required by the name server and the ring; no default
     ring_host: str = "127.0.0.1"  # address a ring node binds and advertises
     ring_port: int = 0  # 0: any free port (the name server records the real one)

@@ -1,16 +1,19 @@
 """Pyro4 ring: a name server and ring nodes passing a message and two numbers round, one Euclid step per hop.
 
 Commands
-    labnodes nameserver [--host H] [--port P]
+    labnodes nameserver [--host H] [--port P] [--storage FILE]
         A Pyro4 name server bound to H:P (settings ns_host, ns_port; default 127.0.0.1:9090), HMAC key
-        required (setting hmac_key). Runs in the foreground until SIGTERM/SIGINT, then exits 0.
+        required (setting hmac_key). Runs in the foreground until SIGTERM/SIGINT, then exits 0. With FILE
+        (setting ns_storage; a cluster's name server has one) it keeps the names in that sqlite file, so a
+        restart forgets none (labnodes.nameserver says why).
     labnodes ring serve --name NAME --next NEXT [--host H] [--port P] [--ns-host ..] [--ns-port ..]
         One ring node (the same program on every ring host). It binds H:P (ring_host, ring_port; port 0 = any
         free port), registers itself in the name server as `labkit.ring.<NAME>` (retrying for up to
         --register-wait seconds while the name server is unreachable, so nodes may start in any order), passes
         messages to the node registered as `labkit.ring.<NEXT>`, and on SIGTERM/SIGINT unregisters itself (if
         the name still points at it) and exits 0. Every --check-interval seconds it checks that the name
-        server still knows it and registers again if not (a restarted name server forgets everything).
+        server still knows it and registers again if not (a name server restarted without storage forgets
+        everything).
     labnodes ring send --start NAME --message TEXT --numbers A,B [--timeout S] [--json] [--ns-host ..]
                        [--ns-port ..]
         Finds NAME in the name server, asks it to send the message round the ring, prints every hop (a table,
@@ -160,6 +163,8 @@ def register(subparsers) -> None:
     )
     p.add_argument("--host", dest="ns_host", metavar="H", help="address to bind (setting ns_host)")
     p.add_argument("--port", dest="ns_port", metavar="P", type=int, help="port to bind (setting ns_port)")
+    p.add_argument("--storage", dest="ns_storage", metavar="FILE",
+                   help="sqlite file that keeps the names across restarts (setting ns_storage; default: in memory)")
     p.set_defaults(func=_cmd_nameserver)
 
     ring = subparsers.add_parser(

@@ -251,6 +251,17 @@ def test_a_changed_setting_restarts_the_labnodes_programs_and_nothing_else(lab):
         assert after[host][program] == before[host][program], (host, program)
     provision.provision(lab.path, quiet=True)  # the setting as it was: the programs restart once more
     assert _pids(lab, "pyro1")["labnodes-ring"] != after["pyro1"]["labnodes-ring"]
+    ring = fab_json("run-ring", inv=lab.path)  # at once: a ring node that registered with the name server about
+    assert [hop["node"] for hop in ring["trace"]] == ["pyro1", "pyro2", "pyro3", "pyro1"]  # to stop is not lost
+
+
+def test_a_restarted_name_server_still_knows_the_ring(lab):
+    """The cluster's name server keeps its names in a file (ns_storage). In memory it forgot them all, and the ring
+    failed ("start node pyro1 is not registered") until each node's next check, up to 10 s later."""
+    ssh(lab.host("broker").address, "supervisorctl restart labnodes-nameserver")
+    ring = fab_json("run-ring", inv=lab.path)
+    assert [hop["node"] for hop in ring["trace"]] == ["pyro1", "pyro2", "pyro3", "pyro1"]
+    assert (ring["gcd"], ring["lcm"]) == (6, 144)
 
 
 def test_common_ends_early_on_a_netns_host_and_goes_on_where_a_host_needs_setting_up(lab, tmp_path):

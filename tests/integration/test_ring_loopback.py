@@ -399,6 +399,33 @@ def test_node_registers_again_after_the_name_server_restarts(launch):
     wait_until(lambda: "registered it again" in node.log_text(), "the node logged it")
 
 
+def test_a_name_server_with_storage_still_knows_the_nodes_after_a_restart(launch, tmp_path):
+    """In memory, a restarted name server knew no node until each one's next check (10 s): `fab run-ring` failed
+    right after a `fab provision` that restarted the programs. This node checks once an hour, so only the
+    storage can bring its name back."""
+    port = free_port(NS_HOST)
+    ns_args = ["nameserver", "--storage", str(tmp_path / "ns.sqlite"), "--host", NS_HOST, "--port", str(port)]
+    ns = launch(ns_args)
+    node = launch(["ring", "serve", "--name", "kept", "--next", "kept", "--host", "127.0.0.11", "--ns-host", NS_HOST,
+                   "--ns-port", str(port), "--check-interval", "3600"])
+    name = ring.registration_name("kept")
+    uri = wait_until(lambda: registered(port).get(name), "first registration", procs=[ns, node])
+    ns.terminate()
+    assert ns.wait(timeout=30) == 0
+    ns = launch(ns_args)
+    assert wait_until(lambda: registered(port).get(name), "the name after the restart", procs=[ns, node]) == uri
+    assert "registered it again" not in node.log_text()
+
+
+def test_a_name_server_whose_storage_cannot_be_opened_says_so_in_one_line(launch, tmp_path):
+    args = ["nameserver", "--storage", str(tmp_path / "missing" / "ns.sqlite"), "--host", NS_HOST,
+            "--port", str(free_port(NS_HOST))]
+    p = launch(args)
+    assert p.wait(timeout=30) == 1
+    assert f"labnodes: error: cannot keep the name server's names in {tmp_path}/missing/ns.sqlite: unable to open " \
+           "database file" in p.log_text()
+
+
 def test_node_started_before_the_name_server_registers_once_it_is_up(launch):
     port = free_port(NS_HOST)
     node = launch(
