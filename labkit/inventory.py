@@ -41,6 +41,19 @@ class InventoryError(LabkitError):
     """The inventory cannot be read or breaks a rule above."""
 
 
+PRIVATE_NETWORKS = tuple(map(ipaddress.IPv4Network, ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16")))
+
+
+def check_box_subnet(subnet: ipaddress.IPv4Network) -> None:
+    """The rule for a subnet labkit makes on this box (a netns cluster's, `fab new-inventory`'s): private address
+    space (RFC 1918). The box routes the subnet to the cluster's bridge, so a public one takes those addresses
+    from the box's view of the internet: 8.8.8.0/24 would hide Google's DNS servers behind the cluster."""
+    if not any(subnet.subnet_of(private) for private in PRIVATE_NETWORKS):
+        raise InventoryError(f"subnet {subnet} is not private address space: a cluster on this box takes a subnet "
+                             "of 10.0.0.0/8, 172.16.0.0/12 or 192.168.0.0/16 (RFC 1918), so that it hides no "
+                             "address of the internet from the box")
+
+
 @dataclass(frozen=True)
 class Host:
     name: str
@@ -288,6 +301,7 @@ def sized_hosts_yml(cluster: str, subnet: str, ring: int = 3, workers: int = 2) 
         raise InventoryError(f"subnet {subnet!r}: {exc}") from None
     if net.prefixlen != 24:
         raise InventoryError(f"subnet {subnet}: use a /24 (a sized inventory numbers hosts .10 to .254)")
+    check_box_subnet(net)
     first_ring = min(200, 255 - ring)
     if ring < 1 or workers < 1 or 100 + workers > first_ring:
         raise InventoryError(f"--ring {ring} --workers {workers}: at least one of each, and at most 155 between "

@@ -73,7 +73,7 @@ from pathlib import Path
 
 from labkit import REPO, STATE, LabkitError, ssh
 from labkit import inventory as inventory_mod
-from labkit.inventory import Inventory
+from labkit.inventory import Inventory, InventoryError, check_box_subnet
 from labkit.progress import Progress
 
 log = logging.getLogger("labkit.netns")
@@ -524,13 +524,25 @@ def _claim(cl: Cluster, inv: Inventory, verb: str = "up") -> None:
         _write(cl.owner_file, f"{inv.path.resolve()}\n")
 
 
+def _routes() -> list[tuple[str, str]]:
+    """(destination, interface) of every IPv4 route of the box's main table but the default route."""
+    proc = _run(["ip", "-j", "-4", "route", "show"], check=False)
+    if proc.returncode != 0:
+        return []
+    return [(r["dst"], r.get("dev", "")) for r in json.loads(proc.stdout or "[]") if r.get("dst") != "default"]
+
+
 def _check_subnet_free(cl: Cluster) -> None:
-    for ifname, addr, prefixlen in _addresses():
-        if ifname == cl.bridge:
-            continue
-        other = ipaddress.IPv4Network(f"{addr}/{prefixlen}", strict=False)
-        if other.overlaps(cl.subnet):
-            raise NetnsError(f"labkit_subnet {cl.subnet} overlaps {addr}/{prefixlen} on {ifname}"
+    """The subnet is private (inventory.check_box_subnet) and neither holds nor is held by an address or a route
+    of the box (another cluster, a real network, a VPN's route): the cluster's bridge would take it over."""
+    try:
+        check_box_subnet(cl.subnet)
+    except InventoryError as exc:
+        raise NetnsError(f"labkit_{exc}") from None
+    taken = [(f"{addr}/{prefixlen}", ifname) for ifname, addr, prefixlen in _addresses()] + _routes()
+    for network, ifname in taken:
+        if ifname != cl.bridge and ipaddress.IPv4Network(network, strict=False).overlaps(cl.subnet):
+            raise NetnsError(f"labkit_subnet {cl.subnet} overlaps {network} on {ifname}"
                              " (another cluster or a real network): pick another subnet")
 
 
@@ -692,8 +704,8 @@ def up(inv: Inventory | str | os.PathLike | None = None, echo=print) -> None:
     _reap_launchers()
     t0 = time.monotonic()
     with _locked(cl):
-        _claim(cl, inv)
         _check_subnet_free(cl)
+        _claim(cl, inv)
         pubkey = ssh.public_key(cl.name)
         for rel in MOUNT_DIRS:  # mount points on the box
             Path("/", rel).mkdir(parents=True, exist_ok=True)

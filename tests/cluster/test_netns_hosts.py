@@ -363,3 +363,14 @@ def test_up_with_a_bad_inventory_prints_one_error_line_and_changes_nothing(tmp_p
     assert proc.returncode == 1
     assert proc.stderr.startswith("netns: error: ") and proc.stderr.count("\n") == 1
     assert not [n for n in (os.listdir("/run/netns") if os.path.isdir("/run/netns") else []) if "toolong" in n]
+
+
+def test_up_of_a_public_subnet_is_refused_before_the_box_routes_it(tmp_path):
+    """8.8.8.0/24 came up, and the box then sent 8.8.8.8 (a public DNS server) to the cluster's bridge."""
+    path = write_inventory(tmp_path / "public", "t8", "8.8.8.0/24", {"a1": "8.8.8.10"})
+    proc = netns_cli("up", "-i", str(path), check=False)
+    assert proc.returncode == 1
+    assert proc.stderr.startswith("netns: error: labkit_subnet 8.8.8.0/24 is not private address space")
+    assert "lk-t8" not in subprocess.run(["ip", "-4", "route", "show"], capture_output=True, text=True).stdout
+    assert not [n for n in (os.listdir("/run/netns") if os.path.isdir("/run/netns") else []) if "lk-t8-" in n]
+    assert not (netns.RUN / "t8.inventory").exists()  # no record that this inventory runs the cluster

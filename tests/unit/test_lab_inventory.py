@@ -47,6 +47,7 @@ def test_a_sized_inventory_has_the_ring_and_workers_asked_for_each_at_its_own_ad
     (("big", "10.77.60.0/23", 3, 2), "use a /24"),
     (("big", "10.77.60.0/24", 0, 2), "at least one"),
     (("big", "10.77.60.0/24", 100, 56), "at most 155"),
+    (("big", "8.8.8.0/24", 3, 2), "not private address space"),
 ])
 def test_a_sized_inventory_that_cannot_be_made_says_why(args, words):
     with pytest.raises(inventory.InventoryError, match=words):
