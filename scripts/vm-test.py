@@ -4,8 +4,10 @@
 2. `vagrant up` of every host of a copy of inventory/vagrant (cluster `vmt`, 192.168.57.0/24, its own .vagrant
    directory, so a cluster you brought up yourself is left alone): the Vagrantfile's trigger provisions once;
 3. with no inventory flag (vagrant up made the copy active): fab status, run-ring, run-celery, run-math,
-   send-file, check; the fault tools on real Debian kernels (partition, fault stop, impair with netem's delay,
-   rate and loss, status showing them, heal; FAULTS below); then `fab provision`, which must change nothing;
+   send-file, check; a Ctrl-C in `fab run-celery`, which must also stop the batch on the client VM (through
+   sudo); the fault tools on real Debian kernels (partition, fault stop, impair with netem's delay, rate and
+   loss, status showing them, heal, a name-server restart the ring must not notice; FAULTS below); then `fab
+   provision`, which must change nothing;
 4. the lab path on the same VMs: the Vagrant cluster's generated SSH files are put away, a lab-style inventory
    (inventory/vagrant's settings with labkit_backend: lab: the non-root `vagrant` user with sudo and become) is
    written to a temporary directory, and the VMs are reached as a lab user reaches machines: through
@@ -67,6 +69,11 @@ FAULTS = [
     ("send-file --size 4", True, "matches on both hosts"),
     ("status", True, "faults in force"),
     ("heal", True, ""),
+    # The name server keeps its names (ns_storage, written as the service user): back at once after a restart.
+    ("fault stop broker:labnodes-nameserver", True, "broker"),
+    ("run-ring", False, "name server"),
+    ("fault start broker:labnodes-nameserver", True, "broker"),
+    ("run-ring", True, "gcd(48, 18) = 6"),
     ("check", True, ""),
 ]
 
@@ -201,6 +208,38 @@ def vagrant_down_and_left_behind(tmp: Path, vinv_path: Path, env: dict[str, str]
         raise SystemExit(f"vm-test: fab down did not remove {domain}, which vagrant had lost")
 
 
+def interrupted_run_stops_on_the_host(env: dict[str, str]) -> None:
+    """A Ctrl-C in `fab run-celery` ends fab at once, and the batch on the client VM with it, through sudo:
+    `labnodes --tethered` stops when its stdin ends with fab's SSH session."""
+    name = "vagrant: Ctrl-C in fab run-celery"
+    batch = ["ssh", "-F", str(ssh.config_path(CLUSTER)), "client", "pgrep -f 'bin/labnodes .*celery batch'"]
+
+    def running() -> bool:
+        return subprocess.run(batch, capture_output=True).returncode == 0
+
+    print(f"\n=== vm-test: {name}", flush=True)
+    proc = subprocess.Popen([FAB, "run-celery", "--count", "10000"], cwd=REPO, env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    deadline = time.monotonic() + 180
+    while not running():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise SystemExit(f"vm-test: {name}: the batch never ran on the client ({proc.poll()=})")
+        time.sleep(0.5)
+    t0 = time.monotonic()
+    os.killpg(proc.pid, signal.SIGINT)  # what a terminal's Ctrl-C does: fab's whole group
+    out = proc.communicate(timeout=120)[0]
+    TIMINGS[f"{name}: fab exits"] = round(time.monotonic() - t0, 1)
+    if proc.returncode != 130 or "fab run-celery: interrupted" not in out:
+        raise SystemExit(f"vm-test: {name}: exit {proc.returncode}, want 130 and fab's line:\n{out[-2000:]}")
+    while running():
+        if time.monotonic() > t0 + 60:
+            raise SystemExit(f"vm-test: {name}: the batch still runs on the client a minute later")
+        time.sleep(0.5)
+    TIMINGS[f"{name}: the batch gone from the client"] = round(time.monotonic() - t0, 1)
+    print(f"=== vm-test: {name}: fab exited 130 in {TIMINGS[f'{name}: fab exits']:.1f}s, the batch gone in "
+          f"{TIMINGS[f'{name}: the batch gone from the client']:.1f}s", flush=True)
+
+
 def main() -> int:
     # No options: the parser is there so that --help (or a typo) says what this does rather than start 20 minutes
     # of VMs.
@@ -236,6 +275,7 @@ def main() -> int:
             if run == "run-ring":
                 TIMINGS["vagrant up to the first ring lap"] = round(
                     TIMINGS["vagrant up (boot + provisioning)"] + TIMINGS["vagrant: fab run-ring"], 1)
+        interrupted_run_stops_on_the_host(env)
         for i, (run, ok, words) in enumerate(FAULTS, 1):
             out = step(f"vagrant faults {i:2d}: fab {run}", [FAB, *run.split()], env, capture=True, expect_ok=ok)
             if words not in out:
