@@ -44,12 +44,12 @@ class InventoryError(LabkitError):
 PRIVATE_NETWORKS = tuple(map(ipaddress.IPv4Network, ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16")))
 
 
-def check_box_subnet(subnet: ipaddress.IPv4Network) -> None:
+def check_box_subnet(subnet: ipaddress.IPv4Network, name: str = "subnet") -> None:
     """The rule for a subnet labkit makes on this box (a netns cluster's, `fab new-inventory`'s): private address
     space (RFC 1918). The box routes the subnet to the cluster's bridge, so a public one takes those addresses
     from the box's view of the internet: 8.8.8.0/24 would hide Google's DNS servers behind the cluster."""
     if not any(subnet.subnet_of(private) for private in PRIVATE_NETWORKS):
-        raise InventoryError(f"subnet {subnet} is not private address space: a cluster on this box takes a subnet "
+        raise InventoryError(f"{name} {subnet} is not private address space: a cluster on this box takes a subnet "
                              "of 10.0.0.0/8, 172.16.0.0/12 or 192.168.0.0/16 (RFC 1918), so that it hides no "
                              "address of the internet from the box")
 

@@ -536,9 +536,9 @@ def _check_subnet_free(cl: Cluster) -> None:
     """The subnet is private (inventory.check_box_subnet) and neither holds nor is held by an address or a route
     of the box (another cluster, a real network, a VPN's route): the cluster's bridge would take it over."""
     try:
-        check_box_subnet(cl.subnet)
+        check_box_subnet(cl.subnet, "labkit_subnet")
     except InventoryError as exc:
-        raise NetnsError(f"labkit_{exc}") from None
+        raise NetnsError(str(exc)) from None
     taken = [(f"{addr}/{prefixlen}", ifname) for ifname, addr, prefixlen in _addresses()] + _routes()
     for network, ifname in taken:
         if ifname != cl.bridge and ipaddress.IPv4Network(network, strict=False).overlaps(cl.subnet):

@@ -13,6 +13,7 @@ import re
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -59,6 +60,16 @@ def ssh(address: str, command: str, *options: str, check: bool = True) -> subpro
     if check and proc.returncode != 0:
         pytest.fail(f"ssh {address} {command!r} exited {proc.returncode}: {proc.stderr.strip()}")
     return proc
+
+
+def poll(predicate, timeout: float = 10.0, interval: float = 0.05) -> bool:
+    """True as soon as predicate() is; False after timeout (a hang guard, not a speed requirement)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(interval)
+    return predicate()
 
 
 def leftovers(cluster: str, subnet: str) -> list[str]:

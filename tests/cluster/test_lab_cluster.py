@@ -13,13 +13,12 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
 from labkit import REPO, STATE, inventory, provision
-from tests.cluster.conftest import leftovers, ssh
+from tests.cluster.conftest import leftovers, poll, ssh
 
 FAB = str(Path(sys.executable).parent / "fab")
 NETNS = REPO / "inventory" / "netns"
@@ -196,14 +195,6 @@ def test_a_ctrl_c_during_provisioning_stops_the_playbook_says_so_and_the_next_ru
     assert report["hosts"] and all(r["failed"] == r["unreachable"] == 0 for r in report["hosts"].values())
 
 
-def _wait_for(condition, what: str, seconds: float) -> None:
-    deadline = time.monotonic() + seconds
-    while not condition():
-        if time.monotonic() > deadline:
-            pytest.fail(f"not within {seconds:g} s: {what}")
-        time.sleep(0.2)
-
-
 def test_a_ctrl_c_during_a_run_stops_it_at_once_on_the_client_host_too(lab):
     """Before, an interrupted `fab run-celery` waited for its `labnodes celery batch` on the client host to finish
     (invoke waits for the output to end), and a fab killed outright left the batch running there (SSH tells a
@@ -217,13 +208,13 @@ def test_a_ctrl_c_during_a_run_stops_it_at_once_on_the_client_host_too(lab):
     proc = subprocess.Popen([FAB, "run-celery", "--count", "10000"], cwd=REPO, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL)
     try:
-        _wait_for(lambda: ssh(client, batch, check=False).returncode == 0, "the batch runs on the client", 60)
+        assert poll(lambda: ssh(client, batch, check=False).returncode == 0, timeout=60), "the batch never ran"
     finally:
         proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=15)
     assert proc.returncode == 130, (out[-2000:], err[-2000:])
     assert err.endswith("fab run-celery: interrupted\n"), err[-2000:]
-    _wait_for(lambda: ssh(client, batch, check=False).returncode == 1, "the batch stopped on the client", 15)
+    assert poll(lambda: ssh(client, batch, check=False).returncode == 1, timeout=15), "the batch still runs"
 
 
 def _pids(lab, host: str) -> dict[str, str]:

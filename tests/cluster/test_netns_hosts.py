@@ -11,7 +11,6 @@ import socket
 import subprocess
 import sys
 import threading
-import time
 import uuid
 from pathlib import Path
 
@@ -19,7 +18,7 @@ import pytest
 
 from labkit import REPO, inventory
 from labkit.backends import netns
-from tests.cluster.conftest import SSH_CONFIG, STATE, T1, leftovers, netns_cli, ssh, write_inventory
+from tests.cluster.conftest import SSH_CONFIG, STATE, T1, leftovers, netns_cli, poll, ssh, write_inventory
 
 pytestmark = pytest.mark.cluster
 
@@ -29,16 +28,6 @@ PAIRS = [(NAMES[i], NAMES[(i + 1) % len(NAMES)]) for i in range(len(NAMES))]
 
 def addr(name: str) -> str:
     return T1["hosts"][name]
-
-
-def poll(predicate, timeout: float = 10.0, interval: float = 0.05) -> bool:
-    """True as soon as predicate() is; False after timeout (a hang guard, not a speed requirement)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(interval)
-    return predicate()
 
 
 @pytest.mark.parametrize("name", NAMES)

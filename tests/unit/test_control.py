@@ -163,32 +163,33 @@ def test_netns_plan_names_fit_linux_limits():
     assert cl.nodes[0].root.parts[-3:] == ("abcdef", "hosts", "host00")
 
 
-def _subnet_check(subnet: str, addresses=(), routes=()):
-    """netns' check of a new cluster's subnet against the box's addresses and routes as given."""
-    cl = dataclasses.replace(netns.Cluster.named("zz"), subnet=ipaddress.IPv4Network(subnet))
-    original = netns._addresses, netns._routes
-    netns._addresses, netns._routes = (lambda: list(addresses)), (lambda: list(routes))
-    try:
-        netns._check_subnet_free(cl)
-    finally:
-        netns._addresses, netns._routes = original
+@pytest.fixture
+def subnet_check(monkeypatch):
+    """netns' check of a new cluster's subnet, against the box's addresses and routes as given."""
+
+    def check(subnet: str, addresses=(), routes=()):
+        monkeypatch.setattr(netns, "_addresses", lambda: list(addresses))
+        monkeypatch.setattr(netns, "_routes", lambda: list(routes))
+        netns._check_subnet_free(dataclasses.replace(netns.Cluster.named("zz"), subnet=ipaddress.IPv4Network(subnet)))
+
+    return check
 
 
 @pytest.mark.parametrize("subnet", ["8.8.8.0/24", "192.0.2.0/24", "100.64.1.0/24", "127.1.0.0/24"])
-def test_netns_refuses_a_subnet_that_is_not_private(subnet):
+def test_netns_refuses_a_subnet_that_is_not_private(subnet_check, subnet):
     """8.8.8.0/24 was brought up, and the box then sent 8.8.8.8 (a DNS server) to the cluster's bridge."""
     with pytest.raises(LabkitError, match=f"labkit_subnet {subnet} is not private address space"):
-        _subnet_check(subnet)
+        subnet_check(subnet)
 
 
-def test_netns_refuses_a_subnet_a_route_of_the_box_reaches_and_ignores_its_own_bridge():
+def test_netns_refuses_a_subnet_a_route_of_the_box_reaches_and_ignores_its_own_bridge(subnet_check):
     vpn = [("10.0.0.0/8", "tun0")]  # a route with no address of the box in it: only the route tells
     with pytest.raises(LabkitError, match="overlaps 10.0.0.0/8 on tun0"):
-        _subnet_check("10.77.5.0/24", routes=vpn)
-    _subnet_check("172.16.5.0/24", addresses=[("eth0", "192.168.1.7", 24)], routes=vpn)
-    _subnet_check("10.77.5.0/24", addresses=[("lk-zz", "10.77.5.1", 24)], routes=[("10.77.5.0/24", "lk-zz")])
+        subnet_check("10.77.5.0/24", routes=vpn)
+    subnet_check("172.16.5.0/24", addresses=[("eth0", "192.168.1.7", 24)], routes=vpn)
+    subnet_check("10.77.5.0/24", addresses=[("lk-zz", "10.77.5.1", 24)], routes=[("10.77.5.0/24", "lk-zz")])
     with pytest.raises(LabkitError, match="overlaps 10.77.0.9/16 on eth1"):
-        _subnet_check("10.77.5.0/24", addresses=[("eth1", "10.77.0.9", 16)])
+        subnet_check("10.77.5.0/24", addresses=[("eth1", "10.77.0.9", 16)])
 
 
 def test_netns_refuses_another_backends_inventory():
