@@ -1,6 +1,7 @@
 """labkit tasks: bring a cluster up, run each technology across its hosts, show it, take it down.
 
-Every task acts on the active inventory (the last `fab up -i ...`, or $LABKIT_INVENTORY, else inventory/netns).
+Every task acts on the inventory given with -i/--inventory, else on the active one ($LABKIT_INVENTORY, else the last
+`fab up -i ...`, else inventory/netns).
 Run tasks print a table, or JSON with --json. The work is done in labkit.runs, labkit.provision and the inventory's
 backend (labkit.backends: netns, vagrant or lab), behind the same calls: this file never asks which backend it is.
 """
@@ -10,7 +11,7 @@ from __future__ import annotations
 import sys
 import time
 
-from labkit import LabkitError, backends, inventory, provision, runs
+from labkit import LabkitError, backends, inventory, provision, runs, shown
 from labkit.options import task
 from labkit.remote import Hosts, RemoteError
 from labnodes import output
@@ -18,16 +19,18 @@ from labnodes import output
 
 AGAIN = "run it again: it keeps what is done and finishes the rest"  # after a Ctrl-C (options.Task)
 HEAL = "fab heal undoes every fault labkit set"
+INVENTORY = "the cluster's inventory (default: the active one)"  # each task's --inventory: without one, `-i X`
+# after the task's name is Fabric's --identity, and the task ran on the active cluster instead of X
 
 
 def _fail(exc: Exception):
-    print(f"fab: error: {exc}", file=sys.stderr)
+    print(f"fab: error: {shown(str(exc))}", file=sys.stderr)
     sys.exit(1)
 
 
-def _run(fn, headers, rows, json_, *args, **kwargs) -> dict:
+def _run(fn, headers, rows, json_, *args, inventory_=None, **kwargs) -> dict:
     try:
-        with Hosts(inventory.load()) as hosts:
+        with Hosts(inventory.load(inventory_)) as hosts:
             try:
                 result = fn(hosts, *args, **kwargs)
             except RemoteError as exc:
@@ -96,10 +99,10 @@ def new_inventory(c, directory, cluster, subnet, ring=3, workers=2):
           f"workers); bring it up with `fab up -i {path}`")
 
 
-@task(help={"json": "print JSON instead of a table"})
-def status(c, json_=False):
+@task(help={"json": "print JSON instead of a table", "inventory": INVENTORY})
+def status(c, json_=False, inventory_=None):
     """Hosts, groups, addresses, and the supervised programs on each host with their state."""
-    result = _run(runs.status, runs.STATUS_HEADERS, runs.status_rows, json_)
+    result = _run(runs.status, runs.STATUS_HEADERS, runs.status_rows, json_, inventory_=inventory_)
     if not json_:
         print(f"\ncluster {result['cluster']} ({result['backend']}, {result['inventory']})")
         if not result["up"]:
@@ -117,36 +120,41 @@ def status(c, json_=False):
 
 
 @task(help={"message": "text to send round the ring", "numbers": "two numbers A,B: one Euclid step per hop",
-            "json": "print JSON instead of a table"})
-def run_ring(c, message="hello", numbers="48,18", json_=False):
+            "json": "print JSON instead of a table", "inventory": INVENTORY})
+def run_ring(c, message="hello", numbers="48,18", json_=False, inventory_=None):
     """Send a message and numbers from the client round the Pyro4 ring: pyro1 -> pyro2 -> pyro3 -> pyro1."""
-    result = _run(runs.ring, runs.RING_HEADERS, runs.ring_rows, json_, message=message, numbers=numbers)
+    result = _run(runs.ring, runs.RING_HEADERS, runs.ring_rows, json_, message=message, numbers=numbers,
+                  inventory_=inventory_)
     if not json_:
         print(f"\n{result['message']!r} from {result['client']['host']} went round {result['laps']} lap(s) "
               f"in {result['total_ms']:.1f} ms: gcd{tuple(result['input'])} = {result['gcd']}, "
               f"lcm = {result['lcm']}")
 
 
-@task(help={"count": "GCD jobs per mode, 1..10000 (labnodes celery batch's bound)", "mode": "one, group, chunks or all", "json": "print JSON instead"})
-def run_celery(c, count=200, mode="all", json_=False):
+@task(help={"count": "GCD jobs per mode, 1..10000 (labnodes celery batch's bound)",
+            "mode": "one, group, chunks or all", "json": "print JSON instead", "inventory": INVENTORY})
+def run_celery(c, count=200, mode="all", json_=False, inventory_=None):
     """Submit GCD/LCM jobs from the client through the Redis broker; show results and which workers ran them."""
-    result = _run(runs.celery, runs.CELERY_HEADERS, runs.celery_rows, json_, count=int(count), mode=mode)
+    result = _run(runs.celery, runs.CELERY_HEADERS, runs.celery_rows, json_, count=int(count), mode=mode,
+                  inventory_=inventory_)
     if not json_:
         s = result["submit"]
         print(f"\nlcm(48, 18) = {s['result']}, run by {s['worker']} on {s['host']}; "
               f"workers group: {', '.join(result['workers'])}")
 
 
-@task(iterable=["pair"], help={"pair": "a request like 48,18 (repeat for more)", "json": "print JSON instead"})
-def run_math(c, pair=None, json_=False):
+@task(iterable=["pair"], help={"pair": "a request like 48,18 (repeat for more)", "json": "print JSON instead",
+                               "inventory": INVENTORY})
+def run_math(c, pair=None, json_=False, inventory_=None):
     """Ask the socket math server on the sockserver host from the client host (default: 48,18)."""
-    _run(runs.math, runs.MATH_HEADERS, runs.math_rows, json_, pairs=tuple(pair or ["48,18"]))
+    _run(runs.math, runs.MATH_HEADERS, runs.math_rows, json_, pairs=tuple(pair or ["48,18"]), inventory_=inventory_)
 
 
-@task(help={"size": "file size in MB", "json": "print JSON instead of a table"})
-def send_file(c, size=32, json_=False):
+@task(help={"size": "file size in MB", "json": "print JSON instead of a table", "inventory": INVENTORY})
+def send_file(c, size=32, json_=False, inventory_=None):
     """Send a random binary file from the client to the sockserver host and back; compare sha256 on both."""
-    result = _run(runs.send_file, runs.SEND_FILE_HEADERS, runs.send_file_rows, json_, size_mb=int(size))
+    result = _run(runs.send_file, runs.SEND_FILE_HEADERS, runs.send_file_rows, json_, size_mb=int(size),
+                  inventory_=inventory_)
     if not json_:
         print()
         output.table(([f["where"], f["path"], f["sha256"]] for f in result["files"]), ["copy", "path", "sha256"])
@@ -162,8 +170,8 @@ def send_file(c, size=32, json_=False):
             "out": "class mode: folder for class.csv, class.xlsx and each student's HTML",
             "timeout": "seconds per host for SSH and each remote command (default: the inventory's "
                        "labkit_check_timeout, else 20)",
-            "json": "print the report as JSON instead of the summary"})
-def check(c, junit=None, html=None, grading=None, class_=None, out=None, timeout=None, json_=False):
+            "json": "print the report as JSON instead of the summary", "inventory": INVENTORY})
+def check(c, junit=None, html=None, grading=None, class_=None, out=None, timeout=None, json_=False, inventory_=None):
     """Check the cluster in layers (reach, host, service, app); outcomes pass / fail / blocked-by."""
     from labkit import checks
     from labkit.checks import classmode, grading as grading_, report
@@ -172,6 +180,8 @@ def check(c, junit=None, html=None, grading=None, class_=None, out=None, timeout
         if class_:
             if not out:
                 _fail(LabkitError("--class needs --out FOLDER"))
+            if inventory_:
+                _fail(LabkitError("--class checks the inventories in its folder: give --class or --inventory"))
             try:
                 results = classmode.run_class(class_, out, grading, timeout=timeout)
             except KeyboardInterrupt:
@@ -180,14 +190,17 @@ def check(c, junit=None, html=None, grading=None, class_=None, out=None, timeout
             print(f"\nclass: {len(results)} students; {out}/class.csv, {out}/class.xlsx, {out}/<student>.html")
             sys.exit(0 if all(r["status"] == "ok" for r in results.values()) else 1)
         g = grading_.load(grading)
-        result = checks.run(inventory.load(), timeout=timeout)
+        for option, path in (("--junit", junit), ("--html", html)):
+            if path:
+                report.check_output(option, path)
+        result = checks.run(inventory.load(inventory_), timeout=timeout)
+        score = grading_.score(result, g) if grading else None
+        if junit:
+            report.save("--junit", junit, report.junit(result))
+        if html:
+            report.save("--html", html, report.html_page(result, score))
     except LabkitError as exc:
         _fail(exc)
-    score = grading_.score(result, g) if grading else None
-    if junit:
-        report.junit(result, junit)
-    if html:
-        report.write_html(result, html, score)
     if json_:
         output.as_json(dict(result, score=score))
     else:
@@ -195,13 +208,13 @@ def check(c, junit=None, html=None, grading=None, class_=None, out=None, timeout
     sys.exit(0 if result["status"] == "ok" else 1)
 
 
-@task
-def demo(c):
+@task(help={"inventory": INVENTORY})
+def demo(c, inventory_=None):
     """All the runs, one after another: ring, Celery, math server, file transfer."""
     for title, t in [("Pyro4 ring", run_ring), ("Celery through the Redis broker", run_celery),
                      ("Socket math server", run_math), ("File transfer", send_file)]:
         print(f"\n=== {title} ===\n")
-        t(c)
+        t(c, inventory_=inventory_)
 
 
 # --- Faults and impairments (labkit.faults, labkit.scenario) ---------------------------------------------------
@@ -214,43 +227,47 @@ def _faults_run(fn, *args, json_=False, headers=None, rows=None, **kwargs) -> di
 @task(help={"host": "the host whose cluster link to impair", "loss": "percent of packets dropped, each way",
             "rate": "rate limit each way, like 500kbit or 10mbit", "delay": "ms added to what the host sends (netem)",
             "jitter": "ms of random variation of the delay (netem)", "for": "undo by itself after SECONDS",
-            "json": "print JSON instead of a table"}, interrupted=HEAL)
-def impair(c, host, loss=None, rate=None, delay=None, jitter=None, for_=None, json_=False):
+            "json": "print JSON instead of a table", "inventory": INVENTORY}, interrupted=HEAL)
+def impair(c, host, loss=None, rate=None, delay=None, jitter=None, for_=None, json_=False, inventory_=None):
     """Impair a host's cluster link both ways: packet loss, a rate limit, delay; refused where the kernel can't."""
     from labkit import faults
-    _faults_run(faults.impair, host, loss=loss, rate=rate, delay=delay, jitter=jitter, for_=for_, json_=json_)
+    _faults_run(faults.impair, host, loss=loss, rate=rate, delay=delay, jitter=jitter, for_=for_, json_=json_,
+                inventory_=inventory_)
 
 
 @task(help={"host": "only this host and its partition peers (default: every host of the cluster)",
-            "json": "print JSON instead"}, interrupted=AGAIN)
-def heal(c, host=None, json_=False):
+            "json": "print JSON instead", "inventory": INVENTORY}, interrupted=AGAIN)
+def heal(c, host=None, json_=False, inventory_=None):
     """Undo every fault labkit set, on every host (or on one: --host HOST)."""
     from labkit import faults
-    result = _faults_run(faults.heal, host, json_=json_, headers=faults.HEAL_HEADERS, rows=faults.heal_rows)
+    result = _faults_run(faults.heal, host, json_=json_, headers=faults.HEAL_HEADERS, rows=faults.heal_rows,
+                         inventory_=inventory_)
     if result["failed"]:
         _fail(LabkitError("could not heal " + "; ".join(result["failed"])))
 
 
 @task(help={"host_a": "one host", "host_b": "the other host", "for": "undo by itself after SECONDS",
-            "json": "print JSON instead"}, interrupted=HEAL)
-def partition(c, host_a, host_b, for_=None, json_=False):
+            "json": "print JSON instead", "inventory": INVENTORY}, interrupted=HEAL)
+def partition(c, host_a, host_b, for_=None, json_=False, inventory_=None):
     """Cut the link between two hosts, both ways, on both hosts (`fab heal` restores it)."""
     from labkit import faults
-    _faults_run(faults.partition, host_a, host_b, for_=for_, json_=json_)
+    _faults_run(faults.partition, host_a, host_b, for_=for_, json_=json_, inventory_=inventory_)
 
 
 @task(help={"action": "stop, start or kill", "target": "HOST:PROGRAM, or HOST for all its labnodes programs",
-            "for": "undo (start again) by itself after SECONDS", "json": "print JSON instead"}, interrupted=HEAL)
-def fault(c, action, target, for_=None, json_=False):
+            "for": "undo (start again) by itself after SECONDS", "json": "print JSON instead",
+            "inventory": INVENTORY}, interrupted=HEAL)
+def fault(c, action, target, for_=None, json_=False, inventory_=None):
     """Stop, start or SIGKILL a supervised program (HOST:PROGRAM) or every labnodes program of a host (HOST)."""
     from labkit import faults
-    _faults_run(faults.fault, action, target, for_=for_, json_=json_)
+    _faults_run(faults.fault, action, target, for_=for_, json_=json_, inventory_=inventory_)
 
 
 @task(positional=["file"], help={"file": "the scenario (YAML timeline; see scenarios/)",
                                  "run": "ring, celery, math or file (default: the file's `run:`, else ring)",
-                                 "json": "print JSON at the end instead of the summary line"})
-def scenario(c, file, run=None, json_=False):
+                                 "json": "print JSON at the end instead of the summary line",
+                                 "inventory": INVENTORY})
+def scenario(c, file, run=None, json_=False, inventory_=None):
     """Play a scenario's faults on time while a run repeats; everything is healed at the end, also on Ctrl-C."""
     import signal
 
@@ -259,7 +276,7 @@ def scenario(c, file, run=None, json_=False):
     # background job of a script, `nohup`): Python then leaves it ignored, and `kill -INT` would do nothing.
     signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
-        inv = inventory.load()
+        inv = inventory.load(inventory_)
         plan = scenarios.load(file)
         result = scenarios.play(inv, plan, run or plan.run or "ring", echo=(lambda s: None) if json_ else print)
     except KeyboardInterrupt:

@@ -25,6 +25,8 @@ from pathlib import Path
 
 import jinja2
 
+from labkit import write_atomic
+
 PAGE = jinja2.Template("""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>labkit benchmarks {{ when }}</title>
 <style>
@@ -104,7 +106,5 @@ def write(rows: list[dict], failed: list[str], directory: Path) -> tuple[Path, P
     for path, text in ((json_path, json.dumps(data, indent=1, default=str)),
                        (html_path, PAGE.render(table=[(r, cells(r)) for r in rows], failed=failed, when=when,
                                                machine=machine, plots=plots(rows), HEADER=HEADER))):
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(text)
-        tmp.replace(path)
+        write_atomic(path, text)
     return json_path, html_path

@@ -6,6 +6,8 @@ Linux namespaces on this box; vagrant: VMs; lab: real machines); `labkit.ssh` is
 `<repo>/.labkit/` (git-ignored).
 """
 
+import os
+import re
 import signal
 import subprocess
 from pathlib import Path
@@ -16,6 +18,43 @@ STATE = REPO / ".labkit"  # generated keys, secrets, host roots, ssh configs; ne
 
 class LabkitError(Exception):
     """A failure to report to the user as one clear line (CLIs print it and exit 1)."""
+
+
+# What no renderer or terminal can show as it is: C0 and C1 controls (a terminal escape, NUL, a carriage return)
+# but tab and newline, lone surrogates (undecodable bytes), and U+FFFE / U+FFFF. XML 1.0 cannot carry them at all,
+# openpyxl refuses a cell with one (IllegalCharacterError ended a whole class run), and a terminal obeys an escape.
+UNSHOWABLE = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\ud800-\udfff\ufffe\uffff]")
+
+
+def shown(value):
+    """`value` (text, or a report: nested dicts and lists) with every unshowable character of every string, keys
+    too, written as a visible escape (ESC as \\x1b, a lone surrogate as \\udc80). What labkit shows comes from the
+    hosts (a student's math server's reply, a program's last line of stderr, a check probe's facts) and from
+    inventories (Ansible's error quotes the line it could not parse, even a binary one)."""
+    if isinstance(value, str):
+        return UNSHOWABLE.sub(lambda m: (f"\\x{ord(m[0]):02x}" if ord(m[0]) < 0x100 else f"\\u{ord(m[0]):04x}"),
+                              value)
+    if isinstance(value, dict):
+        return {shown(k): shown(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [shown(v) for v in value]
+    return value
+
+
+def write_atomic(path: str | os.PathLike, data: str | bytes, mode: int = 0o644) -> None:
+    """Write `data` (text as UTF-8) to `path` all or nothing: into `<path>.tmp` beside it, then renamed over it. A
+    failure (a full disk, a folder that is not there) raises OSError and leaves the old file, if any, as it was,
+    and no `.tmp`."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        with open(tmp, "wb") as fh:
+            fh.write(data.encode() if isinstance(data, str) else data)
+        os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def stop_child(proc: subprocess.Popen, grace: float) -> None:

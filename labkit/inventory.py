@@ -28,7 +28,7 @@ import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from labkit import REPO, STATE, LabkitError
+from labkit import REPO, STATE, LabkitError, write_atomic
 
 DEFAULT_INVENTORY = REPO / "inventory" / "netns"
 ACTIVE_FILE = STATE / "active"
@@ -145,6 +145,9 @@ def _check_port(path: Path, host: str, var: str, value) -> None:
         raise InventoryError(f"{path}: host {host}: {var} {value!r} is not a port (a whole number 1-65535)")
 
 
+MAX_WHY = 300  # characters of Ansible's reason kept in the one line
+
+
 def _why_unparsed(stderr: str) -> str | None:
     """Why ansible-inventory could not read a file, from its warnings (its error says only "No inventory was
     parsed"): the file, the reason of the plugin meant for it (the YAML plugins for .yml and .yaml, ini for the
@@ -160,7 +163,9 @@ def _why_unparsed(stderr: str) -> str | None:
     if at:
         where = f" (line {at[2]}" + (f", column {at[3]}" if at[3] else "") + ")"
         where = where if at[1] == files[0] else f" (at {at[0][len('Origin: '):].strip()})"
-    return f"{files[0]} is not a valid inventory: {why.strip()}{where}"
+    why = why.strip()
+    why = why if len(why) <= MAX_WHY else why[:MAX_WHY] + "..."  # it can quote a whole line of a binary file
+    return f"{files[0]} is not a valid inventory: {why}{where}"
 
 
 def parse(path: Path, data: dict) -> Inventory:
@@ -237,6 +242,9 @@ def load(path: str | os.PathLike | None = None) -> Inventory:
     path = path.absolute()
     if not path.exists():
         raise InventoryError(f"inventory {path} does not exist")
+    if path.is_dir() and not any(p.is_file() and not p.name.startswith(".") for p in path.iterdir()):
+        raise InventoryError(f"{path}: no inventory file in this folder (labkit's inventories list their hosts "
+                             "in hosts.yml)")  # ansible-inventory says only "No inventory was parsed"
     proc = subprocess.run(
         [_ansible_inventory(), "-i", str(path), "--list"],
         capture_output=True,
@@ -270,9 +278,7 @@ def active_inventory() -> Path:
 def record_active(path: str | os.PathLike) -> None:
     """Remember `path` as the active inventory (called by whatever brought a cluster up)."""
     STATE.mkdir(exist_ok=True)
-    tmp = ACTIVE_FILE.with_suffix(".tmp")
-    tmp.write_text(f"{Path(path).absolute()}\n")
-    tmp.replace(ACTIVE_FILE)
+    write_atomic(ACTIVE_FILE, f"{Path(path).absolute()}\n")
 
 
 def relocate(src: str | os.PathLike, dest: str | os.PathLike, cluster: str, third_octet: int) -> Path:

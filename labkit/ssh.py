@@ -26,7 +26,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from labkit import STATE, LabkitError
+from labkit import STATE, LabkitError, write_atomic
 
 CONTROL_ROOT = Path("/run/labkit")  # ControlPath directories, one per cluster (short: unix sockets <= 104 bytes)
 INCLUDE = STATE / "ssh_config"
@@ -83,10 +83,7 @@ def public_key(cluster: str) -> str:
 
 def _write(path: Path, text: str, mode: int = 0o644) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.chmod(tmp, mode)
-    tmp.replace(path)
+    write_atomic(path, text, mode)
 
 
 def write_client_config(cluster: str, hosts: list[SshHost], *, writer: str = "labkit") -> Path:

@@ -14,12 +14,12 @@ student, with the first failure) and a Failures sheet (every failed check: expec
 from __future__ import annotations
 
 import csv
-import os
+import io
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from pathlib import Path
 
 from labkit import LabkitError, inventory
-from labkit.checks import failed_report, grading, key, report, run
+from labkit.checks import failed_report, grading, key, report, run, shown
 
 FIXED = ["student", "status", "score", "percent", "passed", "failed", "blocked", "seconds"]
 FILL = {"pass": "C6EFCE", "fail": "FFC7CE", "blocked": "D9D9D9"}
@@ -49,6 +49,7 @@ def check_student(path: Path, timeout: float | None) -> dict:
 
 
 def _row(name: str, r: dict | None, g: dict) -> dict:
+    name = shown(name)  # a folder's name may hold anything a file name can
     if r is None:
         return {"student": name, "status": "not checked (run interrupted)"}
     s = grading.score(r, g)
@@ -68,12 +69,11 @@ def write_class(out: Path, names: list[str], results: dict[str, dict], g: dict) 
             if key(c) not in columns:
                 columns.append(key(c))
     header = FIXED + columns
-    tmp = out / "class.csv.tmp"
-    with open(tmp, "w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=header, restval="")
-        w.writeheader()
-        w.writerows(rows)
-    os.replace(tmp, out / "class.csv")
+    text = io.StringIO(newline="")
+    w = csv.DictWriter(text, fieldnames=header, restval="")
+    w.writeheader()
+    w.writerows(rows)
+    report.save("--out", out / "class.csv", text.getvalue())
     _xlsx(out, header, rows, names, results)
 
 
@@ -105,20 +105,20 @@ def _xlsx(out: Path, header: list[str], rows: list[dict], names: list[str], resu
     for n in names:
         r = results.get(n)
         if r is None:
-            failures.append([n, "", "", "", "not checked (run interrupted)", "", "", ""])
+            failures.append([shown(n), "", "", "", "not checked (run interrupted)", "", "", ""])
             continue
         if r.get("error"):
-            failures.append([n, "inventory", "", "", r["status"], "", r["error"], "fix the inventory"])
+            failures.append([shown(n), "inventory", "", "", r["status"], "", r["error"], "fix the inventory"])
         for c in r["checks"]:
             if c["outcome"] == "fail":
-                failures.append([n, c["id"], c["host"], c["layer"], c["title"], c["expected"], c["found"],
+                failures.append([shown(n), c["id"], c["host"], c["layer"], c["title"], c["expected"], c["found"],
                                  c["hint"]])
     for sheet in (ws, summary, failures):
         for cell in sheet[1]:
             cell.font = Font(bold=True)
-    tmp = out / "class.xlsx.tmp"
-    wb.save(tmp)
-    os.replace(tmp, out / "class.xlsx")
+    data = io.BytesIO()
+    wb.save(data)
+    report.save("--out", out / "class.xlsx", data.getvalue())
 
 
 def run_class(directory: str | Path, out: str | Path, grading_file: str | Path | None = None,
@@ -127,7 +127,12 @@ def run_class(directory: str | Path, out: str | Path, grading_file: str | Path |
     g = grading.load(grading_file)
     paths = students(directory)
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    if out.exists() and not out.is_dir():
+        raise LabkitError(f"--out {out}: is a file, not a folder")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise LabkitError(f"--out {out}: cannot make the folder: {exc.strerror}") from None
     names = [p.name for p in paths]
     results: dict[str, dict] = {}
     write_class(out, names, results, g)
@@ -140,9 +145,9 @@ def run_class(directory: str | Path, out: str | Path, grading_file: str | Path |
             for f in done:
                 name = futures[f]
                 r = results[name] = f.result()
-                report.write_html(r, out / f"{name}.html", grading.score(r, g))
+                report.save("--out", out / f"{name}.html", report.html_page(r, grading.score(r, g)))
                 n = r["counts"]
-                echo(f"{name:20} {r['status']:18} {n['pass']} passed, {n['fail']} failed, {n['blocked']} blocked "
+                echo(f"{shown(name):20} {r['status']:18} {n['pass']} passed, {n['fail']} failed, {n['blocked']} blocked "
                      f"({r['seconds']:.1f}s)" + (f": {r['error']}" if r.get("error") else ""))
                 write_class(out, names, results, g)
     finally:

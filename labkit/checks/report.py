@@ -8,10 +8,13 @@ the checks by layer with host, outcome and message, the last ring trace and the 
 from __future__ import annotations
 
 import html
+import tempfile
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import jinja2
+
+from labkit import LabkitError, write_atomic
 
 COLOURS = {"pass": "#2e9e44", "fail": "#d0312d", "blocked": "#9a9a9a", "": "#9a9a9a"}
 LABELS = {"pass": "PASS", "fail": "FAIL", "blocked": "BLOCKED"}
@@ -25,6 +28,28 @@ def message(c: dict) -> str:
     if c["outcome"] == "fail":
         return f"expected {c['expected']}; found {c['found']}" + (f"; hint: {c['hint']}" if c.get("hint") else "")
     return c.get("found", "")
+
+
+# --- files ---------------------------------------------------------------------------------------------------
+
+def check_output(option: str, path: str | Path) -> None:
+    """Refuse, before a check runs, a file that could not be written afterwards (its folder missing or read-only,
+    the path a folder): one line naming the option, instead of a traceback once every host has been checked."""
+    p = Path(path)
+    if p.is_dir():
+        raise LabkitError(f"{option} {p}: is a folder; give a file name")
+    try:
+        tempfile.TemporaryFile(dir=p.parent).close()  # unnamed where the file system can: nothing is left
+    except OSError as exc:
+        raise LabkitError(f"{option} {p}: cannot write in {p.parent}: {exc.strerror}") from None
+
+
+def save(option: str, path: str | Path, data: str | bytes) -> None:
+    """Write a report file whole or not at all (labkit.write_atomic); a failure is one line naming the option."""
+    try:
+        write_atomic(path, data)
+    except OSError as exc:
+        raise LabkitError(f"{option} {path}: cannot write it: {exc.strerror}") from None
 
 
 # --- console ---------------------------------------------------------------------------------------------------
@@ -65,8 +90,8 @@ def console(report: dict, score: dict | None = None) -> str:
 
 # --- JUnit ---------------------------------------------------------------------------------------------------
 
-def junit(report: dict, path: str | Path) -> None:
-    """One test case per check and host; blocked checks are skipped with the check that blocked them."""
+def junit(report: dict) -> bytes:
+    """JUnit XML: one test case per check and host; blocked checks are skipped with the check that blocked them."""
     root = ET.Element("testsuites", name=f"labkit check {report['cluster']}")
     suites: dict[str, ET.Element] = {}
     for c in report["checks"]:
@@ -89,7 +114,7 @@ def junit(report: dict, path: str | Path) -> None:
         s.set("skipped", str(sum(1 for t in s if t.find("skipped") is not None)))
         s.set("errors", str(sum(1 for t in s if t.find("error") is not None)))
     ET.indent(root)
-    ET.ElementTree(root).write(path, encoding="utf-8", xml_declaration=True)
+    return ET.tostring(root, encoding="utf-8", xml_declaration=True)
 
 
 # --- topology picture ------------------------------------------------------------------------------------------
@@ -244,7 +269,3 @@ def html_page(report: dict, score: dict | None = None) -> str:
         row["cells"][c["host"]] = c
     return PAGE.render(r=report, svg=svg, score=score, hostnames=hostnames, matrix=list(rows.values()),
                        message=message)
-
-
-def write_html(report: dict, path: str | Path, score: dict | None = None) -> None:
-    Path(path).write_text(html_page(report, score), encoding="utf-8")

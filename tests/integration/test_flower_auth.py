@@ -11,11 +11,10 @@ import time
 import urllib.error
 import urllib.request
 
+import flower as _flower  # noqa: F401 -- make setup installs labnodes' flower extra: without it this fails, never skips
 import pytest
 
 from tests.integration.conftest import REPO, _free_port
-
-pytest.importorskip("flower", reason="Flower is the flower extra of labnodes (make setup installs it)")
 
 USER, PASSWORD = "admin", "s3cret-flower-pass"
 

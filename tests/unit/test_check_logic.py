@@ -3,6 +3,7 @@ the class files, from hand-made reports."""
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import re
@@ -105,10 +106,8 @@ def test_a_grading_file_that_is_not_yaml_or_not_there_is_one_line_saying_where(t
         grading.load(tmp_path / "absent.yml")
 
 
-def test_junit_has_one_case_per_check_and_host_with_failures_and_skips(tmp_path):
-    path = tmp_path / "j.xml"
-    report.junit(sample(), path)
-    cases = list(ET.parse(path).getroot().iter("testcase"))
+def test_junit_has_one_case_per_check_and_host_with_failures_and_skips():
+    cases = list(ET.fromstring(report.junit(sample())).iter("testcase"))
     assert len(cases) == 6
     by = {(x.get("classname"), x.get("name")): x for x in cases}
     assert by[("t.reach.ssh", "b")].find("failure") is not None
@@ -132,7 +131,7 @@ def test_html_is_self_contained_and_draws_every_host_and_the_ring():
 
 
 def test_class_files_have_a_row_per_student_even_before_they_are_checked(tmp_path):
-    openpyxl = pytest.importorskip("openpyxl")
+    import openpyxl
     results = {"ana": sample(broken=False), "bob": sample(), "dan": failed_report(tmp_path / "dan", "bad yaml")}
     classmode.write_class(tmp_path, ["ana", "bob", "cem", "dan"], results, grading.load(None))
     rows = {r["student"]: r for r in csv.DictReader((tmp_path / "class.csv").open())}
@@ -152,7 +151,7 @@ def test_selftest_cli_is_registered():
 
 
 def test_an_interrupted_class_run_still_writes_the_class_files(tmp_path, monkeypatch):
-    pytest.importorskip("openpyxl")
+
     for name in ("ana", "bob", "cem"):
         (tmp_path / "class" / name).mkdir(parents=True)
 
@@ -252,3 +251,77 @@ def test_the_checks_as_pytest_tests_with_an_inventory_that_is_not_there_is_one_l
     assert proc.returncode == 4, proc.stdout + proc.stderr
     assert f"labkit: inventory {tmp_path}/absent does not exist" in proc.stdout
     assert "Traceback" not in proc.stdout + proc.stderr and "error during collection" not in proc.stdout
+
+
+# --- text from the hosts, and the report files -------------------------------------------------------------------
+
+HOSTILE = "OK \x1b[2J\x00gcd=6\r\x9b \udc80\ufffe, tab\tand é"  # a terminal escape, NUL, CR, C1 CSI, a surrogate
+
+
+def test_text_from_the_hosts_reaches_every_report_with_its_control_characters_escaped(tmp_path, monkeypatch):
+    """A student's math server can answer anything, and a check's `found` shows it. Unescaped, it cleared the
+    instructor's terminal, made the JUnit XML unreadable, and openpyxl's IllegalCharacterError ended the whole class
+    run at the first such student."""
+    from labkit import checks, inventory
+    inv = inventory.Inventory(path=tmp_path, cluster="t", subnet=None, backend="lab",
+                              hosts=(inventory.Host("a", "10.0.0.2"),), groups={"sockservers": ("a",)})
+    monkeypatch.setattr(checks, "Hosts", lambda inv: contextlib.nullcontext())
+    monkeypatch.setattr(checks.Run, "host_layers",
+                        lambda self: self.add("app.math", "a", "fail", expected="OK", found=HOSTILE, hint="h"))
+    monkeypatch.setattr(checks.Run, "app_layer", lambda self: None)
+    got = checks.run(inv)
+
+    escaped = "OK \\x1b[2J\\x00gcd=6\\x0d\\x9b \\udc80\\ufffe, tab\tand é"
+    assert got["checks"][0]["found"] == escaped
+    assert "\x1b" not in report.console(got) and escaped in report.console(got)
+    found = ET.fromstring(report.junit(got)).find(".//failure").get("message")
+    assert found.endswith(escaped)
+    assert escaped in report.html_page(got)
+    classmode.write_class(tmp_path, ["ana"], {"ana": got}, grading.load(None))
+    import openpyxl
+    assert openpyxl.load_workbook(tmp_path / "class.xlsx")["Failures"]["G2"].value == escaped
+
+
+def test_an_unreadable_student_and_a_student_folder_named_with_an_escape_still_give_the_class_files(tmp_path):
+    """Ansible's error about a binary file in a student's folder quotes the bytes it could not parse."""
+    import openpyxl
+    name = "bob\x1b[31m"
+    results = {name: failed_report(tmp_path / name, "Expected key=value, got: \x00\x00\x7fELF")}
+    classmode.write_class(tmp_path, [name], results, grading.load(None))
+    rows = list(openpyxl.load_workbook(tmp_path / "class.xlsx")["Class"].iter_rows(min_row=2, values_only=True))
+    assert rows[0][:2] == ("bob\\x1b[31m", "broken inventory: Expected key=value, got: \\x00\\x00\\x7fELF")
+
+
+def test_a_report_file_that_cannot_be_written_is_refused_before_the_check_runs(tmp_path):
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(LabkitError, match=r"^--junit \S+/no/j.xml: cannot write in \S+/no: No such file or directory$"):
+        report.check_output("--junit", tmp_path / "no" / "j.xml")
+    with pytest.raises(LabkitError, match=r"^--html \S+/file/p.html: cannot write in \S+/file: Not a directory$"):
+        report.check_output("--html", tmp_path / "file" / "p.html")
+    with pytest.raises(LabkitError, match=r"^--html \S+: is a folder; give a file name$"):
+        report.check_output("--html", tmp_path)
+    report.check_output("--html", tmp_path / "p.html")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]  # the probe leaves nothing
+
+
+def test_a_report_file_is_replaced_whole_or_left_as_it_was(tmp_path):
+    """A write that fails half-way (here a file size limit, as a full disk would) leaves the old report and no
+    temporary file."""
+    path = tmp_path / "r.html"
+    report.save("--html", path, "old")
+    code = ("import resource, signal, sys; from labkit.checks import report; from labkit import LabkitError\n"
+            "signal.signal(signal.SIGXFSZ, signal.SIG_IGN); resource.setrlimit(resource.RLIMIT_FSIZE, (100, 100))\n"
+            "try: report.save('--html', sys.argv[1], 'new ' * 1000)\n"
+            "except LabkitError as exc: print(exc)")
+    r = subprocess.run([sys.executable, "-c", code, str(path)], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert (r.returncode, r.stdout, r.stderr) == (0, f"--html {path}: cannot write it: File too large\n", "")
+    assert path.read_text() == "old" and sorted(p.name for p in tmp_path.iterdir()) == ["r.html"]
+
+
+def test_a_class_out_that_is_a_file_or_cannot_be_made_is_one_line_before_any_student_is_checked(tmp_path):
+    (tmp_path / "class" / "ana").mkdir(parents=True)
+    (tmp_path / "out").write_text("x")
+    with pytest.raises(LabkitError, match=r"^--out \S+/out: is a file, not a folder$"):
+        classmode.run_class(tmp_path / "class", tmp_path / "out")
+    with pytest.raises(LabkitError, match=r"^--out \S+/out/sub: cannot make the folder: Not a directory$"):
+        classmode.run_class(tmp_path / "class", tmp_path / "out" / "sub")

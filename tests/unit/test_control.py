@@ -4,6 +4,7 @@ one-line errors the fab tasks print."""
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import ipaddress
 import json
 import os
@@ -116,6 +117,25 @@ def test_an_inventory_ansible_cannot_read_says_which_file_and_why(tmp_path, name
         inventory.load(tmp_path)
     assert str(got.value).startswith(f"{tmp_path / name} is not a valid inventory") and says in str(got.value)
     assert "No inventory was parsed" not in str(got.value)
+
+
+def test_a_folder_without_an_inventory_file_says_so(tmp_path):
+    """ansible-inventory's own words are "No inventory was parsed, please check your configuration and options"."""
+    (tmp_path / "group_vars").mkdir()
+    (tmp_path / ".hidden").write_text("x")
+    with pytest.raises(InventoryError) as got:
+        inventory.load(tmp_path)
+    assert str(got.value) == (f"{tmp_path}: no inventory file in this folder (labkit's inventories list their hosts "
+                              "in hosts.yml)")
+
+
+def test_ansibles_reason_is_cut_where_it_quotes_a_long_line(tmp_path):
+    """A binary file in an inventory folder (a student's wheel): Ansible quotes the line it could not parse."""
+    (tmp_path / "thing.whl").write_bytes(b"PK\x03\x04" + bytes(range(256)) * 40)
+    with pytest.raises(InventoryError) as got:
+        inventory.load(tmp_path)
+    assert str(got.value).startswith(f"{tmp_path / 'thing.whl'} is not a valid inventory: ")
+    assert len(str(got.value)) <= len(str(tmp_path)) + 60 + inventory.MAX_WHY, str(got.value)
 
 
 def test_active_inventory_comes_from_the_environment_then_the_record_then_the_default(tmp_path, monkeypatch):
@@ -360,6 +380,28 @@ def test_a_number_option_given_something_else_is_one_line_and_exit_1(tmp_path, a
                        text=True, timeout=60)
     assert (r.returncode, r.stderr, r.stdout) == (1, message + "\n", "")
     assert not (tmp_path / "new").exists()
+
+
+def test_every_task_that_acts_on_a_cluster_takes_its_inventory():
+    """Without its own --inventory, `fab check -i students/ana` took `-i` as Fabric's --identity and checked the
+    active cluster instead: a pass for the wrong cluster."""
+    from invoke import Collection
+    import fabfile
+    tasks = Collection.from_module(fabfile).tasks
+    without = {name for name, t in tasks.items() if "inventory_" not in inspect.signature(t.body).parameters}
+    assert without == {"new-inventory"}
+
+
+@pytest.mark.parametrize("args", [
+    ["status"], ["run-ring"], ["run-celery"], ["run-math"], ["send-file"], ["demo"], ["check"],
+    ["impair", "worker1", "--loss", "5"], ["heal"], ["partition", "pyro1", "pyro2"], ["fault", "stop", "pyro1"],
+    ["scenario", "scenarios/ride-through.yml"], ["up"], ["provision"], ["down"],
+])
+def test_a_task_given_an_inventory_acts_on_it_not_on_the_active_one(tmp_path, args):
+    env = dict(os.environ, LABKIT_INVENTORY=str(tmp_path / "active"))
+    r = subprocess.run([FAB, *args, "-i", str(tmp_path / "given")], cwd=REPO, env=env, capture_output=True,
+                       text=True, timeout=60)
+    assert (r.returncode, r.stderr) == (1, f"fab: error: inventory {tmp_path / 'given'} does not exist\n")
 
 
 def test_whole_number_options_still_say_int_in_fabs_help():
