@@ -11,7 +11,7 @@ from __future__ import annotations
 import sys
 import time
 
-from labkit import LabkitError, backends, inventory, provision, runs, shown
+from labkit import LabkitError, backends, inventory, printable, provision, runs
 from labkit.options import task
 from labkit.remote import Hosts, RemoteError
 from labnodes import output
@@ -24,7 +24,7 @@ INVENTORY = "the cluster's inventory (default: the active one)"  # each task's -
 
 
 def _fail(exc: Exception):
-    print(f"fab: error: {shown(str(exc))}", file=sys.stderr)
+    print(f"fab: error: {printable(str(exc))}", file=sys.stderr)
     sys.exit(1)
 
 

@@ -26,7 +26,7 @@ class LabkitError(Exception):
 UNSHOWABLE = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\ud800-\udfff\ufffe\uffff]")
 
 
-def shown(value):
+def printable(value):
     """`value` (text, or a report: nested dicts and lists) with every unshowable character of every string, keys
     too, written as a visible escape (ESC as \\x1b, a lone surrogate as \\udc80). What labkit shows comes from the
     hosts (a student's math server's reply, a program's last line of stderr, a check probe's facts) and from
@@ -35,9 +35,9 @@ def shown(value):
         return UNSHOWABLE.sub(lambda m: (f"\\x{ord(m[0]):02x}" if ord(m[0]) < 0x100 else f"\\u{ord(m[0]):04x}"),
                               value)
     if isinstance(value, dict):
-        return {shown(k): shown(v) for k, v in value.items()}
+        return {printable(k): printable(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [shown(v) for v in value]
+        return [printable(v) for v in value]
     return value
 
 

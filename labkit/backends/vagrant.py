@@ -7,6 +7,10 @@ The Vagrantfile reads the inventory's hosts.yml; this module drives `vagrant` fo
     down    removes what vagrant lost of the hosts' VMs (libvirt: `lost`), `vagrant destroy -f`, forgets the VMs
     status  `vagrant status`: a running VM whose sshd answers is up, a running one whose sshd does not is broken
 
+`python -m labkit.backends.vagrant check INVENTORY` is what the Vagrantfile runs first at `vagrant up`, `reload`,
+`provision` and `validate`: the inventory with every rule of labkit.inventory, and its labkit_subnet private
+(inventory.check_box_subnet), since libvirt makes that network on this box and routes it to the VMs.
+
 `python -m labkit.backends.vagrant after-up INVENTORY [--provision]` is what the Vagrantfile's trigger runs on the
 last VM once it is up: it waits until every VM accepts SSH with the cluster's key, collects their host keys,
 writes the SSH client files (.labkit/<cluster>/), records the inventory as active, and runs site.yml the first
@@ -134,8 +138,23 @@ def forget(inv) -> None:
         ssh.close_connections([inv.subnet], [ssh.control_dir(inv.cluster), *ssh.ansible_control_dirs()])
 
 
+def check(inv) -> None:
+    """What a Vagrant inventory must be beyond inventory.load's rules: one network, labkit_subnet, that is private
+    address space (libvirt gives this box an address in it and routes it to the VMs: a public subnet would hide
+    those addresses of the internet from the box). The Vagrantfile runs it before Vagrant makes anything."""
+    if inv.backend != "vagrant":
+        raise VagrantError(f"{shown(inv.path)} is a {inv.backend} inventory, not a vagrant one")
+    if inv.subnet is None:
+        raise VagrantError(f"{shown(inv.path)}: labkit_subnet is not set (the VMs' network, a private /24)")
+    try:
+        inventory.check_box_subnet(inv.subnet, "labkit_subnet")
+    except LabkitError as exc:
+        raise VagrantError(f"{shown(inv.path)}: {exc}") from None
+
+
 def up(inv, echo=print) -> None:
     """`vagrant up` the inventory's VMs; return when all accept SSH (site.yml is left to the caller)."""
+    check(inv)
     echo(f"vagrant {inv.cluster}: vagrant up ({len(inv.hosts)} VMs)")
     proc = _vagrant(inv, "up", **{SKIP_SITE_ENV: "1"})
     if proc.returncode != 0:
@@ -251,14 +270,16 @@ def status(inv) -> list[dict]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m labkit.backends.vagrant",
-                                     description="The Vagrantfile's triggers (after up, after destroy).")
-    parser.add_argument("step", choices=["after-up", "after-destroy"])
+                                     description="The Vagrantfile's steps (check, after up, after destroy).")
+    parser.add_argument("step", choices=["check", "after-up", "after-destroy"])
     parser.add_argument("inventory", help="the Vagrant inventory directory")
     parser.add_argument("--provision", action="store_true", help="run site.yml even if it ran before")
     args = parser.parse_args(argv)
     try:
         inv = inventory.load(args.inventory)
-        if args.step == "after-up":
+        if args.step == "check":
+            check(inv)
+        elif args.step == "after-up":
             after_up(inv, provision=args.provision)
         else:
             forget(inv)

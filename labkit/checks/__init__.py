@@ -33,7 +33,7 @@ from pathlib import Path
 import paramiko
 from invoke.exceptions import CommandTimedOut
 
-from labkit import LabkitError, options, shown
+from labkit import LabkitError, options, printable
 from labkit.remote import Hosts
 from labnodes import selftest
 
@@ -387,7 +387,7 @@ class Run:
             self.app_layer()
             self.phases["app"] = round(time.monotonic() - start - self.phases["hosts"], 2)
         self.resolve()
-        return shown(dict(self.report(time.monotonic() - start), phases=self.phases))
+        return printable(dict(self.report(time.monotonic() - start), phases=self.phases))
 
     def report(self, seconds: float) -> dict:
         hosts = []
@@ -434,10 +434,10 @@ def run(inv, timeout: float | None = None) -> dict:
 
 def failed_report(path, error: str) -> dict:
     """The report of a cluster whose inventory cannot be read."""
-    return shown({"cluster": Path(path).name, "inventory": str(path), "backend": "", "status": "broken inventory",
+    return printable({"cluster": Path(path).name, "inventory": str(path), "backend": "", "status": "broken inventory",
                   "error": error, "seconds": 0.0, "counts": {"pass": 0, "fail": 0, "blocked": 0}, "hosts": [],
                   "groups": {}, "ring": [], "checks": [], "ring_trace": None, "celery": None,
                   "time": time.strftime("%Y-%m-%d %H:%M:%S %Z")})
 
 
-__all__ = ["run", "failed_report", "key", "shown", "LabkitError"]
+__all__ = ["run", "failed_report", "key", "printable", "LabkitError"]

@@ -19,7 +19,7 @@ from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from pathlib import Path
 
 from labkit import LabkitError, inventory
-from labkit.checks import failed_report, grading, key, report, run, shown
+from labkit.checks import failed_report, grading, key, printable, report, run
 
 FIXED = ["student", "status", "score", "percent", "passed", "failed", "blocked", "seconds"]
 FILL = {"pass": "C6EFCE", "fail": "FFC7CE", "blocked": "D9D9D9"}
@@ -49,7 +49,7 @@ def check_student(path: Path, timeout: float | None) -> dict:
 
 
 def _row(name: str, r: dict | None, g: dict) -> dict:
-    name = shown(name)  # a folder's name may hold anything a file name can
+    name = printable(name)  # a folder's name may hold anything a file name can
     if r is None:
         return {"student": name, "status": "not checked (run interrupted)"}
     s = grading.score(r, g)
@@ -105,13 +105,13 @@ def _xlsx(out: Path, header: list[str], rows: list[dict], names: list[str], resu
     for n in names:
         r = results.get(n)
         if r is None:
-            failures.append([shown(n), "", "", "", "not checked (run interrupted)", "", "", ""])
+            failures.append([printable(n), "", "", "", "not checked (run interrupted)", "", "", ""])
             continue
         if r.get("error"):
-            failures.append([shown(n), "inventory", "", "", r["status"], "", r["error"], "fix the inventory"])
+            failures.append([printable(n), "inventory", "", "", r["status"], "", r["error"], "fix the inventory"])
         for c in r["checks"]:
             if c["outcome"] == "fail":
-                failures.append([shown(n), c["id"], c["host"], c["layer"], c["title"], c["expected"], c["found"],
+                failures.append([printable(n), c["id"], c["host"], c["layer"], c["title"], c["expected"], c["found"],
                                  c["hint"]])
     for sheet in (ws, summary, failures):
         for cell in sheet[1]:
@@ -147,7 +147,7 @@ def run_class(directory: str | Path, out: str | Path, grading_file: str | Path |
                 r = results[name] = f.result()
                 report.save("--out", out / f"{name}.html", report.html_page(r, grading.score(r, g)))
                 n = r["counts"]
-                echo(f"{shown(name):20} {r['status']:18} {n['pass']} passed, {n['fail']} failed, {n['blocked']} blocked "
+                echo(f"{printable(name):20} {r['status']:18} {n['pass']} passed, {n['fail']} failed, {n['blocked']} blocked "
                      f"({r['seconds']:.1f}s)" + (f": {r['error']}" if r.get("error") else ""))
                 write_class(out, names, results, g)
     finally:

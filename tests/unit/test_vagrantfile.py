@@ -3,8 +3,8 @@
 `vagrant validate` needs a usable provider. libvirt's config validates without a running libvirtd; VirtualBox is
 not installed on the build machines, so its check puts a stub `VBoxManage` (it only answers `--version`) first on
 PATH: Vagrant then validates the VirtualBox settings of every VM, which is what this test is for. The machines'
-list comes from `vagrant status` under that stub, run on a copy of the Vagrantfile in a throwaway directory (its
-own .vagrant), so no VM of a running cluster is touched or locked.
+list comes from `vagrant status` under that stub, with Vagrant's state in a throwaway directory
+(VAGRANT_DOTFILE_PATH), so no VM of a running cluster is touched or locked.
 """
 
 from __future__ import annotations
@@ -18,7 +18,12 @@ import pytest
 
 from labkit import REPO, inventory
 
-pytestmark = pytest.mark.skipif(shutil.which("vagrant") is None, reason="vagrant is not installed (make setup)")
+
+
+@pytest.fixture(autouse=True)
+def _vagrant_is_installed():
+    """make setup installs Vagrant; without it these tests fail (a skip would read as a pass)."""
+    assert shutil.which("vagrant"), "vagrant is not installed (make setup installs it)"
 
 VAGRANT_INVENTORY = REPO / "inventory" / "vagrant"
 
@@ -29,12 +34,10 @@ def vagrant_env(tmp_path: Path) -> dict[str, str]:
     stub.parent.mkdir()
     stub.write_text("#!/bin/sh\necho 7.0.14r161095\n")
     stub.chmod(0o755)
-    # A copy of the Vagrantfile in its own directory: nothing here can lock or touch the VMs of a running cluster.
-    project = tmp_path / "project"
-    project.mkdir()
-    shutil.copy(REPO / "Vagrantfile", project / "Vagrantfile")
+    # Vagrant's state (.vagrant) in its own directory: nothing here can lock or touch the VMs of a running cluster.
     env = {k: v for k, v in os.environ.items() if not k.startswith(("VAGRANT_", "LABKIT_VAGRANT_"))}
-    env.update(PATH=f"{stub.parent}{os.pathsep}{env['PATH']}", VAGRANT_CWD=str(project),
+    env.update(PATH=f"{stub.parent}{os.pathsep}{env['PATH']}", VAGRANT_CWD=str(REPO),
+               VAGRANT_DOTFILE_PATH=str(tmp_path / "dot-vagrant"),
                LABKIT_VAGRANT_INVENTORY=str(VAGRANT_INVENTORY), VAGRANT_CHECKPOINT_DISABLE="1")
     return env
 
@@ -93,3 +96,21 @@ def test_the_libvirt_names_fab_down_looks_for_are_the_ones_the_vagrantfile_gives
     names = vagrant.libvirt_names(inventory.load(VAGRANT_INVENTORY))
     assert names["client"] == ("labkit-vm-client", "labkit-vm-client.img")
     assert len(names) == 8
+
+
+@pytest.mark.parametrize("change, says", [
+    (("192.168.56.", "8.8.8."), "labkit: {inv}: labkit_subnet 8.8.8.0/24 is not private address space"),
+    (("worker2: {ansible_host: 192.168.56.12}", "worker2: {ansible_host: 192.168.56.11}"),
+     "labkit: {inv}: hosts worker1 and worker2 have the same address 192.168.56.11"),
+])
+def test_vagrant_refuses_an_inventory_against_labkits_rules_before_making_anything(vagrant_env, tmp_path, change, says):
+    """libvirt makes the VMs' network on this box and routes it there: 8.8.8.0/24 would have hidden Google's DNS
+    servers from the box. The same check runs first at `vagrant up` (the Vagrantfile's list of commands)."""
+    copy = tmp_path / "inventory"
+    shutil.copytree(VAGRANT_INVENTORY, copy)
+    hosts = copy / "hosts.yml"
+    assert change[0] in hosts.read_text()
+    hosts.write_text(hosts.read_text().replace(*change))
+    proc = vagrant(vagrant_env, "validate", VAGRANT_DEFAULT_PROVIDER="libvirt", LABKIT_VAGRANT_INVENTORY=str(copy))
+    assert proc.returncode == 1 and "Message: RuntimeError: " + says.format(inv=copy) in proc.stderr, proc.stderr
+    assert not (tmp_path / "dot-vagrant" / "machines" / "broker" / "libvirt").exists()
