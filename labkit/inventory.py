@@ -25,6 +25,7 @@ import os
 import re
 import shutil
 import subprocess
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -343,6 +344,19 @@ def new_sized(dest: str | os.PathLike, cluster: str, subnet: str, ring: int = 3,
     dest = Path(dest)
     if dest.exists():
         raise InventoryError(f"{dest} already exists: choose a new directory")
-    shutil.copytree(DEFAULT_INVENTORY / "group_vars", dest / "group_vars")
-    (dest / "hosts.yml").write_text(text)
+    above = next((a for a in dest.absolute().parents if a.exists()), None)
+    if above is not None and not above.is_dir():
+        raise InventoryError(f"{dest}: {above} is a file, not a folder")
+    tmp = None
+    try:  # made beside it, then renamed: a failure half-way leaves no half inventory to be brought up
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
+        shutil.copytree(DEFAULT_INVENTORY / "group_vars", tmp / "group_vars")
+        (tmp / "hosts.yml").write_text(text)
+        tmp.chmod(0o755)
+        tmp.rename(dest)
+    except OSError as exc:
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+        raise InventoryError(f"{dest}: cannot write the inventory there: {exc.strerror}") from None
     return dest

@@ -47,6 +47,19 @@ def number(
     return x
 
 
+def read_yaml(path, source: str, *, error: type[LabkitError] = LabkitError):
+    """load_yaml of the file at `path`; a file that cannot be read, or is not UTF-8 text (a binary file given by
+    mistake), is one line too: "SOURCE: No such file or directory", "SOURCE: not UTF-8 text (byte 24)"."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except OSError as exc:
+        raise error(f"{source}: {exc.strerror}") from None
+    except UnicodeDecodeError as exc:
+        raise error(f"{source}: not UTF-8 text (byte {exc.start})") from None
+    return load_yaml(text, source, error=error)
+
+
 def load_yaml(text: str, source: str, *, error: type[LabkitError] = LabkitError):
     """safe_load of `text`; raises `error` as "SOURCE: not valid YAML at line L, column C: what is wrong"."""
     try:

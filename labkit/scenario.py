@@ -121,7 +121,11 @@ def _step(i: int, raw) -> Step:
 
 def parse(text: str, source: str = "scenario") -> Scenario:
     """A Scenario from YAML text; every error names the source and the step."""
-    data = options.load_yaml(text, source, error=ScenarioError)
+    return build(options.load_yaml(text, source, error=ScenarioError), source)
+
+
+def build(data, source: str) -> Scenario:
+    """A Scenario from YAML's data; every error names the source and the step."""
     if not isinstance(data, dict) or not isinstance(data.get("steps"), list) or not data["steps"]:
         raise ScenarioError(f"{source}: expected a mapping with a non-empty `steps:` list")
     unknown = set(data) - {"name", "run", "end", "steps"}
@@ -141,12 +145,8 @@ def parse(text: str, source: str = "scenario") -> Scenario:
 
 
 def load(path) -> Scenario:
-    try:
-        with open(path, encoding="utf-8") as f:
-            text = f.read()
-    except OSError as exc:
-        raise ScenarioError(f"scenario {path}: {exc.strerror}") from None
-    return parse(text, str(path))
+    source = f"scenario {path}"
+    return build(options.read_yaml(path, source, error=ScenarioError), source)
 
 
 def check_hosts(scenario: Scenario, names) -> None:

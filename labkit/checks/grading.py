@@ -24,11 +24,7 @@ class GradingError(LabkitError):
 def load(path: str | Path | None) -> dict:
     if not path:
         return {"count": ["*"], "weights": {}}
-    try:
-        text = Path(path).read_text()
-    except OSError as exc:
-        raise GradingError(f"grading file {path}: {exc.strerror}") from None
-    data = options.load_yaml(text, f"grading file {path}", error=GradingError) or {}
+    data = options.read_yaml(path, f"grading file {path}", error=GradingError) or {}
     if not isinstance(data, dict) or not set(data) <= {"count", "weights"}:
         raise GradingError(f"grading file {path}: expected a mapping with `count` and/or `weights`")
     count, weights = data.get("count") or ["*"], data.get("weights") or {}

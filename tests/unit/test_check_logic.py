@@ -104,6 +104,9 @@ def test_a_grading_file_that_is_not_yaml_or_not_there_is_one_line_saying_where(t
                               "expected ',' or ']', but got '<stream end>'")
     with pytest.raises(grading.GradingError, match=r"^grading file \S+: No such file or directory$"):
         grading.load(tmp_path / "absent.yml")
+    (tmp_path / "binary.yml").write_bytes(b"count: [\xd0\x00]")
+    with pytest.raises(grading.GradingError, match=r"^grading file \S+/binary.yml: not UTF-8 text \(byte 8\)$"):
+        grading.load(tmp_path / "binary.yml")
 
 
 def test_junit_has_one_case_per_check_and_host_with_failures_and_skips():

@@ -242,6 +242,15 @@ def test_a_missing_file_is_one_line():
         scenario.load("/nonexistent/scenario.yml")
 
 
+def test_a_binary_file_given_as_a_scenario_is_one_line(tmp_path):
+    """It was a UnicodeDecodeError traceback (say, `fab scenario` given a program instead of its YAML)."""
+    path = tmp_path / "s.yml"
+    path.write_bytes(b"steps:\n  - {at: 1, heal: all}\n\xd0\x00\xff")
+    with pytest.raises(ScenarioError) as err:
+        scenario.load(path)
+    assert str(err.value) == f"scenario {path}: not UTF-8 text (byte 30)"
+
+
 # --- the control side's decisions, against hosts that only record what they are asked ------------------------
 
 class FakeResult:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 
 from labkit import REPO, backends, inventory
@@ -57,3 +60,19 @@ def test_a_sized_inventory_that_cannot_be_made_says_why(args, words):
 def test_a_sized_inventory_never_overwrites_a_directory(tmp_path):
     with pytest.raises(inventory.InventoryError, match="already exists"):
         inventory.new_sized(tmp_path, "big", "10.77.60.0/24")
+
+
+def test_a_sized_inventory_is_written_whole_or_not_at_all(tmp_path):
+    """A write that fails half-way (a file size limit here, as a full disk would: group_vars copied, hosts.yml not)
+    leaves neither the inventory nor its temporary folder; a folder that cannot be made is one line."""
+    code = ("import resource, signal, sys; from labkit import inventory\n"
+            "signal.signal(signal.SIGXFSZ, signal.SIG_IGN); resource.setrlimit(resource.RLIMIT_FSIZE, (2000, 2000))\n"
+            "try: inventory.new_sized(sys.argv[1], 'big', '10.77.60.0/24', ring=50, workers=47)\n"
+            "except inventory.InventoryError as exc: print(exc)")
+    dest = tmp_path / "class" / "big"
+    r = subprocess.run([sys.executable, "-c", code, str(dest)], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert (r.returncode, r.stdout, r.stderr) == (0, f"{dest}: cannot write the inventory there: File too large\n", "")
+    assert list((tmp_path / "class").iterdir()) == []
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(inventory.InventoryError, match=r"/file/big: \S+/file is a file, not a folder$"):
+        inventory.new_sized(tmp_path / "file" / "big", "big", "10.77.60.0/24")
