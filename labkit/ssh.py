@@ -127,12 +127,25 @@ def remove_client_config(cluster: str) -> None:
 
 
 def sshd_open(address: str, port: int = 22, timeout: float = 0.5) -> bool:
-    """True if something accepts TCP connections on the host's SSH port."""
+    """True if an SSH server answers on the host's SSH port: its identification line ("SSH-2.0-...", RFC 4253
+    section 4.2, which lets a server send other lines first) arrives within `timeout` s of connecting. A TCP
+    connection alone proves nothing: a firewall or proxy that accepts every connection (this project's build
+    machines have one) made every machine of a lab inventory "up" whose sshd nobody could reach."""
+    deadline = time.monotonic() + timeout
     try:
-        with socket.create_connection((address, port), timeout=timeout):
-            return True
+        with socket.create_connection((address, port), timeout=timeout) as sock:
+            seen = b""
+            while len(seen) < 8192:
+                sock.settimeout(max(0.01, deadline - time.monotonic()))
+                got = sock.recv(1024)
+                if not got:
+                    return False
+                seen += got
+                if any(line.startswith(b"SSH-") for line in seen.split(b"\n")):
+                    return True
     except OSError:
         return False
+    return False
 
 
 def login(address: str, *, timeout: float = 10.0) -> subprocess.CompletedProcess:

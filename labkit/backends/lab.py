@@ -38,7 +38,7 @@ def up(inv, echo=print) -> None:
         deadline = time.monotonic() + SSH_TIMEOUT
         while not ssh.sshd_open(host.address, _port(host)):
             if time.monotonic() > deadline:
-                return f"{host.name} ({host.address}): nothing answers on port {_port(host)}"
+                return f"{host.name} ({host.address}): no SSH server answers on port {_port(host)}"
             time.sleep(0.5)
         err = _login(host)
         return f"{host.name} ({host.address}): {err}" if err else None
@@ -66,5 +66,5 @@ def status(inv) -> list[dict]:
     with ThreadPoolExecutor(max_workers=min(32, len(inv.hosts))) as pool:
         answers = list(pool.map(lambda h: ssh.sshd_open(h.address, _port(h), timeout=2), inv.hosts))
     return [{"host": h.name, "address": h.address, "state": "up" if ok else "down",
-             "problem": "" if ok else f"nothing answers on SSH port {_port(h)}"}
+             "problem": "" if ok else f"no SSH server answers on port {_port(h)}"}
             for h, ok in zip(inv.hosts, answers, strict=True)]

@@ -67,6 +67,7 @@ import socket
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -855,13 +856,14 @@ def status(inv: Inventory | str | os.PathLike | None = None) -> list[dict]:
     namespaces = set(_namespaces(cl.ns_prefix))
     links = _links()
     rows = []
-    for n in cl.nodes:
-        problem = _problem(cl, n, namespaces, links)
-        sshd = problem is None and ssh.sshd_open(n.address)
+    problems = [_problem(cl, n, namespaces, links) for n in cl.nodes]
+    with ThreadPoolExecutor(max_workers=min(32, len(cl.nodes) or 1)) as pool:  # each waits for sshd's banner
+        answers = list(pool.map(lambda n, problem: problem is None and ssh.sshd_open(n.address), cl.nodes, problems))
+    for n, problem, sshd in zip(cl.nodes, problems, answers, strict=True):
         if problem == "absent":
             state, problem = "down", ""
         elif problem is None and not sshd:
-            state, problem = "broken", "sshd is not listening"
+            state, problem = "broken", "sshd does not answer"
         else:
             state = "broken" if problem else "up"
         rows.append({"host": n.name, "address": n.address, "namespace": n.ns, "state": state,

@@ -259,7 +259,7 @@ def status(inv) -> list[dict]:
                          "problem": f"VM {state.replace('_', ' ')}"})
         elif not answers_ssh:
             rows.append({"host": h.name, "address": h.address, "state": "broken",
-                         "problem": "VM running, but nothing answers on SSH port 22"})
+                         "problem": "VM running, but no SSH server answers on port 22"})
         elif not ssh.config_path(inv.cluster).exists():
             rows.append({"host": h.name, "address": h.address, "state": "broken",
                          "problem": "VM running, but no SSH client files: run `vagrant up` again"})

@@ -252,6 +252,37 @@ def test_sshd_open_is_false_for_a_closed_port():
     assert not ssh.sshd_open("127.0.0.1", 1, timeout=0.2)
 
 
+@pytest.mark.parametrize("says, answers", [
+    (None, False),  # accepts and says nothing: a firewall or proxy that takes every connection
+    (b"HTTP/1.1 400 Bad Request\r\n\r\n", False),
+    (b"SSH-2.0-OpenSSH_9.2p1 Debian-2+deb12u3\r\n", True),
+    (b"a line some servers send first\r\nSSH-2.0-OpenSSH_9.2\r\n", True),
+])
+def test_sshd_open_wants_an_ssh_servers_identification_not_only_a_connection(says, answers):
+    """On this project's build machines every address accepts TCP on port 22: a lab inventory of addresses nobody
+    can reach was "up" in fab status, and fab up waited for logins instead of saying nothing answers."""
+    import socket
+    import threading
+    server = socket.create_server(("127.0.0.1", 0))
+    held = []
+
+    def serve():
+        conn, _ = server.accept()
+        held.append(conn)
+        if says:
+            conn.sendall(says)
+
+    t = threading.Thread(target=serve, daemon=True)
+    t.start()
+    try:
+        assert ssh.sshd_open("127.0.0.1", server.getsockname()[1], timeout=0.5) is answers
+    finally:
+        t.join(5)
+        for conn in held:
+            conn.close()
+        server.close()
+
+
 # --- what the fab tasks print ----------------------------------------------------------------------------------
 
 
