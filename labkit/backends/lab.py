@@ -36,7 +36,7 @@ def up(inv, echo=print) -> None:
     """Wait until every machine accepts SSH; record the inventory as active."""
     def probe(host):
         deadline = time.monotonic() + SSH_TIMEOUT
-        while not ssh.sshd_open(host.address, _port(host)):
+        while not ssh.sshd_open(host.address, _port(host), timeout=5):
             if time.monotonic() > deadline:
                 return f"{host.name} ({host.address}): no SSH server answers on port {_port(host)}"
             time.sleep(0.5)
@@ -64,7 +64,7 @@ def down(inv, echo=print) -> None:
 
 def status(inv) -> list[dict]:
     with ThreadPoolExecutor(max_workers=min(32, len(inv.hosts))) as pool:
-        answers = list(pool.map(lambda h: ssh.sshd_open(h.address, _port(h), timeout=2), inv.hosts))
+        answers = list(pool.map(lambda h: ssh.sshd_open(h.address, _port(h)), inv.hosts))
     return [{"host": h.name, "address": h.address, "state": "up" if ok else "down",
              "problem": "" if ok else f"no SSH server answers on port {_port(h)}"}
             for h, ok in zip(inv.hosts, answers, strict=True)]

@@ -88,7 +88,7 @@ def collect_host_keys(inv, timeout: float = BOOT_TIMEOUT) -> dict[str, str]:
     def scan(host) -> tuple[str, str | None]:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if ssh.sshd_open(host.address, timeout=2):
+            if ssh.sshd_open(host.address):
                 key = _keyscan(host.address)
                 if key:
                     return host.name, key
@@ -250,7 +250,7 @@ def status(inv) -> list[dict]:
     except VagrantError as exc:
         return [{"host": h.name, "address": h.address, "state": "broken", "problem": str(exc)} for h in inv.hosts]
     with ThreadPoolExecutor(max_workers=min(32, len(inv.hosts))) as pool:
-        answers = list(pool.map(lambda h: ssh.sshd_open(h.address, timeout=2), inv.hosts))
+        answers = list(pool.map(lambda h: ssh.sshd_open(h.address), inv.hosts))
     rows = []
     for h, answers_ssh in zip(inv.hosts, answers, strict=True):
         state = states.get(h.name, "not_created")
