@@ -6,15 +6,19 @@
       app.*: 5
       service.ring.*: 2
 
-A check scores its weight when it passes; a failed or blocked check scores 0.
+A check scores its weight when it passes; a failed or blocked check scores 0. Every pattern must match some
+check `fab check` makes (the id part of `id@host`; the host is not known before the run): a typo would count or
+weigh nothing for every student, silently.
 """
 
 from __future__ import annotations
 
+import math
 from fnmatch import fnmatchcase
 from pathlib import Path
 
 from labkit import LabkitError, options
+from labkit.checks import check_ids
 
 
 class GradingError(LabkitError):
@@ -28,9 +32,16 @@ def load(path: str | Path | None) -> dict:
     if not isinstance(data, dict) or not set(data) <= {"count", "weights"}:
         raise GradingError(f"grading file {path}: expected a mapping with `count` and/or `weights`")
     count, weights = data.get("count") or ["*"], data.get("weights") or {}
-    if not isinstance(count, list) or not isinstance(weights, dict) or \
-            not all(isinstance(w, (int, float)) and w >= 0 for w in weights.values()):
-        raise GradingError(f"grading file {path}: `count` is a list of patterns, `weights` maps patterns to numbers")
+    if not isinstance(count, list) or not isinstance(weights, dict) or not all(
+            isinstance(w, (int, float)) and not isinstance(w, bool) and math.isfinite(w) and w >= 0
+            for w in weights.values()):
+        raise GradingError(f"grading file {path}: `count` is a list of patterns, `weights` maps patterns to numbers "
+                           "(0 or more)")
+    known = check_ids()
+    for pattern in [*count, *weights]:  # a typo would count nothing, or weigh nothing, and say nothing
+        if not any(fnmatchcase(cid, str(pattern).split("@")[0]) for cid in known):
+            raise GradingError(f"grading file {path}: {pattern!r} matches no check (their ids: "
+                               f"{', '.join(sorted(known))})")
     return {"count": [str(p) for p in count], "weights": {str(k): float(v) for k, v in weights.items()}}
 
 

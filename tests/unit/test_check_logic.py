@@ -93,6 +93,26 @@ def test_grading_weights_and_counted_checks(tmp_path):
     f.write_text("weights: [1]\n")
     with pytest.raises(grading.GradingError):
         grading.load(f)
+    f.write_text("count: ['reach.*', 'app.ring@pyro1', 'service.*.running@*']\nweights: {'app.*@client': 0.5}\n")
+    assert grading.load(f)["weights"] == {"app.*@client": 0.5}
+
+
+@pytest.mark.parametrize("text, says", [
+    ("count: ['reach.*', 'apps.*']", "'apps.*' matches no check (their ids: app.celery, app.file, "),
+    ("weights: {service.rign.*: 2}", "'service.rign.*' matches no check"),
+    ("count: ['app.ring@pyro1', 'ring@pyro1']", "'ring@pyro1' matches no check"),
+    ("weights: {app.*: .inf}", "`weights` maps patterns to numbers (0 or more)"),
+    ("weights: {app.*: -1}", "`weights` maps patterns to numbers (0 or more)"),
+    ("weights: {app.*: true}", "`weights` maps patterns to numbers (0 or more)"),
+])
+def test_a_grading_pattern_that_matches_no_check_or_a_weight_that_is_no_number_is_refused(tmp_path, text, says):
+    """A typo in a pattern counted or weighed nothing, for every student, without a word; an infinite weight made
+    every score NaN."""
+    f = tmp_path / "g.yml"
+    f.write_text(text + "\n")
+    with pytest.raises(grading.GradingError) as got:
+        grading.load(f)
+    assert str(got.value).startswith(f"grading file {f}: ") and says in str(got.value)
 
 
 def test_a_grading_file_that_is_not_yaml_or_not_there_is_one_line_saying_where(tmp_path):
