@@ -147,8 +147,8 @@ def run_class(directory: str | Path, out: str | Path, grading_file: str | Path |
                 r = results[name] = f.result()
                 report.save("--out", out / f"{name}.html", report.html_page(r, grading.score(r, g)))
                 n = r["counts"]
-                echo(f"{printable(name):20} {r['status']:18} {n['pass']} passed, {n['fail']} failed, {n['blocked']} blocked "
-                     f"({r['seconds']:.1f}s)" + (f": {r['error']}" if r.get("error") else ""))
+                echo(f"{printable(name):20} {r['status']:18} {n['pass']} passed, {n['fail']} failed, "
+                     f"{n['blocked']} blocked ({r['seconds']:.1f}s)" + (f": {r['error']}" if r.get("error") else ""))
                 write_class(out, names, results, g)
     finally:
         pool.shutdown(wait=False, cancel_futures=True)

@@ -191,7 +191,7 @@ def test_healthy_cluster_passes_every_check_and_writes_junit_and_html(ck, tmp_pa
 
 def test_html_report_renders_in_headless_chromium_with_every_host(ck, tmp_path):
     chromium = shutil.which("chromium")
-    assert chromium, "Debian's chromium is not installed (scripts/setup.sh installs it): the report needs a real browser"
+    assert chromium, "Debian's chromium is not installed (scripts/setup.sh installs it): the report needs a browser"
     page, shot = tmp_path / "check.html", tmp_path / "check.png"
     fab("check", "--html", str(page), inv=ck.path)
     flags = [*CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'profile'}", "--window-size=1400,1800"]
