@@ -124,8 +124,9 @@ def parse(text: str, source: str = "scenario") -> Scenario:
     return build(options.load_yaml(text, source, error=ScenarioError), source)
 
 
-def build(data, source: str) -> Scenario:
-    """A Scenario from YAML's data; every error names the source and the step."""
+def build(data, source: str, name: str | None = None) -> Scenario:
+    """A Scenario from YAML's data; every error names the source and the step. Without a `name:` it is named
+    `name`, else `source`."""
     if not isinstance(data, dict) or not isinstance(data.get("steps"), list) or not data["steps"]:
         raise ScenarioError(f"{source}: expected a mapping with a non-empty `steps:` list")
     unknown = set(data) - {"name", "run", "end", "steps"}
@@ -141,12 +142,12 @@ def build(data, source: str) -> Scenario:
     end = data.get("end", steps[-1].at + TAIL)
     if isinstance(end, bool) or not isinstance(end, (int, float)) or not steps[-1].at <= end <= MAX_AT:
         raise ScenarioError(f"{source}: end must be seconds, not before the last step ({steps[-1].at:g}), got {end!r}")
-    return Scenario(str(data.get("name") or source), steps, float(end), run)
+    return Scenario(str(data.get("name") or name or source), steps, float(end), run)
 
 
 def load(path) -> Scenario:
     source = f"scenario {path}"
-    return build(options.read_yaml(path, source, error=ScenarioError), source)
+    return build(options.read_yaml(path, source, error=ScenarioError), source, name=str(path))
 
 
 def check_hosts(scenario: Scenario, names) -> None:

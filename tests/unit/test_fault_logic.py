@@ -249,6 +249,8 @@ def test_a_binary_file_given_as_a_scenario_is_one_line(tmp_path):
     with pytest.raises(ScenarioError) as err:
         scenario.load(path)
     assert str(err.value) == f"scenario {path}: not UTF-8 text (byte 30)"
+    path.write_text("steps:\n  - {at: 1, heal: all}\n")
+    assert scenario.load(path).name == str(path)  # a scenario without a name: its file's
 
 
 # --- the control side's decisions, against hosts that only record what they are asked ------------------------
