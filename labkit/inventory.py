@@ -248,6 +248,7 @@ def load(path: str | os.PathLike | None = None) -> Inventory:
                              "in hosts.yml)")  # ansible-inventory says only "No inventory was parsed"
     proc = subprocess.run(
         [_ansible_inventory(), "-i", str(path), "--list"],
+        stdin=subprocess.DEVNULL,  # not fab's: Ansible refuses to start on a non-blocking one (an ssh beside it)
         capture_output=True,
         text=True,
         cwd=REPO,

@@ -126,7 +126,7 @@ def remove_client_config(cluster: str) -> None:
     config_path(cluster).unlink(missing_ok=True)
 
 
-def sshd_open(address: str, port: int = 22, timeout: float = 2.0) -> bool:
+def sshd_open(address: str, port: int = 22, timeout: float = 5.0) -> bool:
     """True if an SSH server answers on the host's SSH port: its identification line ("SSH-2.0-...", RFC 4253
     section 4.2, which lets a server send other lines first) arrives within `timeout` s of connecting. A TCP
     connection alone proves nothing: a firewall or proxy that accepts every connection (this project's build
@@ -175,7 +175,7 @@ def wait_for_sshd(cluster: str, hosts: list[SshHost], timeout: float = 60.0, hin
         deadline = time.monotonic() + timeout
         err = "sshd never listened"
         while time.monotonic() < deadline:
-            if not sshd_open(h.address, h.port, timeout=5):  # a refusal is at once; a busy sshd may be slow
+            if not sshd_open(h.address, h.port):  # a refusal is at once; a busy sshd may be slow to answer
                 time.sleep(0.02)
                 continue
             proc = login(h.address, timeout=5)

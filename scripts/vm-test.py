@@ -215,7 +215,7 @@ def interrupted_run_stops_on_the_host(env: dict[str, str]) -> None:
     batch = ["ssh", "-F", str(ssh.config_path(CLUSTER)), "client", "pgrep -f 'bin/labnodes .*celery batch'"]
 
     def running() -> bool:
-        return subprocess.run(batch, capture_output=True).returncode == 0
+        return subprocess.run(batch, stdin=subprocess.DEVNULL, capture_output=True).returncode == 0
 
     print(f"\n=== vm-test: {name}", flush=True)
     proc = subprocess.Popen([FAB, "run-celery", "--count", "10000"], cwd=REPO, env=env, text=True,
@@ -223,7 +223,8 @@ def interrupted_run_stops_on_the_host(env: dict[str, str]) -> None:
     deadline = time.monotonic() + 180
     while not running():
         if proc.poll() is not None or time.monotonic() > deadline:
-            raise SystemExit(f"vm-test: {name}: the batch never ran on the client ({proc.poll()=})")
+            out = proc.communicate()[0] if proc.poll() is not None else ""
+            raise SystemExit(f"vm-test: {name}: the batch never ran on the client ({proc.poll()=}):\n{out[-2000:]}")
         time.sleep(0.5)
     t0 = time.monotonic()
     os.killpg(proc.pid, signal.SIGINT)  # what a terminal's Ctrl-C does: fab's whole group

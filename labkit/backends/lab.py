@@ -36,7 +36,7 @@ def up(inv, echo=print) -> None:
     """Wait until every machine accepts SSH; record the inventory as active."""
     def probe(host):
         deadline = time.monotonic() + SSH_TIMEOUT
-        while not ssh.sshd_open(host.address, _port(host), timeout=5):
+        while not ssh.sshd_open(host.address, _port(host)):
             if time.monotonic() > deadline:
                 return f"{host.name} ({host.address}): no SSH server answers on port {_port(host)}"
             time.sleep(0.5)

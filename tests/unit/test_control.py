@@ -119,6 +119,16 @@ def test_an_inventory_ansible_cannot_read_says_which_file_and_why(tmp_path, name
     assert "No inventory was parsed" not in str(got.value)
 
 
+def test_an_inventory_loads_when_fabs_standard_input_is_non_blocking():
+    """ssh sets O_NONBLOCK on the standard input it shares; ansible-inventory started meanwhile refused ("Ansible
+    requires blocking IO on stdin/stdout/stderr"), and `fab run-celery` failed in make vm-test."""
+    code = ("import os; from labkit import inventory; os.set_blocking(0, False); "
+            "print(inventory.load('inventory/netns').cluster)")
+    r = subprocess.run([sys.executable, "-c", code], cwd=REPO, stdin=subprocess.PIPE, capture_output=True,
+                       text=True, timeout=60)
+    assert (r.returncode, r.stdout, r.stderr) == (0, "lab\n", "")
+
+
 def test_a_folder_without_an_inventory_file_says_so(tmp_path):
     """ansible-inventory's own words are "No inventory was parsed, please check your configuration and options"."""
     (tmp_path / "group_vars").mkdir()
