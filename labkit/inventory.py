@@ -349,15 +349,17 @@ def new_sized(dest: str | os.PathLike, cluster: str, subnet: str, ring: int = 3,
     if above is not None and not above.is_dir():
         raise InventoryError(f"{dest}: {above} is a file, not a folder")
     tmp = None
-    try:  # made beside it, then renamed: a failure half-way leaves no half inventory to be brought up
+    try:  # made beside it, then renamed: a failure half-way (or a Ctrl-C) leaves no half inventory to bring up
         dest.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
         shutil.copytree(DEFAULT_INVENTORY / "group_vars", tmp / "group_vars")
         (tmp / "hosts.yml").write_text(text)
         tmp.chmod(0o755)
         tmp.rename(dest)
-    except OSError as exc:
+    except BaseException as exc:
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)
-        raise InventoryError(f"{dest}: cannot write the inventory there: {exc.strerror}") from None
+        if isinstance(exc, OSError):
+            raise InventoryError(f"{dest}: cannot write the inventory there: {exc.strerror}") from None
+        raise
     return dest
