@@ -32,8 +32,9 @@ def printable(value):
     hosts (a student's math server's reply, a program's last line of stderr, a check probe's facts) and from
     inventories (Ansible's error quotes the line it could not parse, even a binary one)."""
     if isinstance(value, str):
-        return UNSHOWABLE.sub(lambda m: (f"\\x{ord(m[0]):02x}" if ord(m[0]) < 0x100 else f"\\u{ord(m[0]):04x}"),
-                              value)
+        return UNSHOWABLE.sub(
+            lambda m: (f"\\x{ord(m[0]):02x}" if ord(m[0]) < 0x100 else f"\\u{ord(m[0]):04x}"), value
+        )
     if isinstance(value, dict):
         return {printable(k): printable(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
