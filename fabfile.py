@@ -147,7 +147,10 @@ def run_celery(c, count=200, mode="all", json_=False, inventory_=None):
                                "inventory": INVENTORY})
 def run_math(c, pair=None, json_=False, inventory_=None):
     """Ask the socket math server on the sockserver host from the client host (default: 48,18)."""
-    _run(runs.math, runs.MATH_HEADERS, runs.math_rows, json_, pairs=tuple(pair or ["48,18"]), inventory_=inventory_)
+    result = _run(runs.math, runs.MATH_HEADERS, runs.math_rows, json_, pairs=tuple(pair or ["48,18"]),
+                  inventory_=inventory_)
+    if any("error" in a for a in result["answers"]):  # as `labnodes math ask`: a refused request fails the run
+        sys.exit(1)
 
 
 @task(help={"size": "file size in MB", "json": "print JSON instead of a table", "inventory": INVENTORY})

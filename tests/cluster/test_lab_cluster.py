@@ -104,8 +104,9 @@ def test_celery_jobs_are_right_and_run_on_every_worker_host(lab):
 
 
 def test_math_server_answers_the_client_host_and_refuses_bad_lines(lab):
-    result = fab_json("run-math", "--pair", "48,18", "--pair", "12,oops", inv=lab.path)
-    good, bad = result["answers"]
+    proc = fab("run-math", "--pair", "48,18", "--pair", "12,oops", "--json", inv=lab.path, check=False)
+    assert proc.returncode == 1, "a refused request fails the run, as `labnodes math ask` does"
+    good, bad = json.loads(proc.stdout)["answers"]
     assert (good["gcd"], good["lcm"]) == (6, 144)
     assert good["server"].startswith(lab.host("sockserver").address + ":")
     assert bad["error"] == "numbers must be decimal digits 0-9"
@@ -113,7 +114,9 @@ def test_math_server_answers_the_client_host_and_refuses_bad_lines(lab):
 
 def test_values_that_start_with_a_dash_are_refused_by_the_programs_not_by_the_command_line(lab):
     """Before, labnodes on the client host read "-1,2" and "-4,2" as options and said "expected one argument"."""
-    answer = fab_json("run-math", "--pair=-1,2", inv=lab.path)["answers"][0]
+    proc = fab("run-math", "--pair=-1,2", "--json", inv=lab.path, check=False)
+    assert proc.returncode == 1
+    answer = json.loads(proc.stdout)["answers"][0]
     assert (answer["pair"], answer["error"]) == ("-1,2", "negative numbers are not allowed")
     proc = fab("run-ring", "--numbers=-4,2", inv=lab.path, check=False)
     assert proc.returncode == 1 and proc.stderr.strip().endswith("labnodes: error: negative numbers are not allowed")
