@@ -34,6 +34,23 @@ logging.getLogger("paramiko").addHandler(logging.NullHandler())
 logging.getLogger("paramiko").propagate = False
 
 
+WORD = 60  # characters of one word of a command an error quotes; a longer word is cut, saying how long it was
+
+
+def shown(words) -> str:
+    """A command's words as an error quotes them, each cut at about WORD characters: a 1001-character ring
+    message is not repeated in full before the line saying it is too long. An option's value (`--opt=VALUE`)
+    is cut and measured by itself."""
+
+    def cut(word: str) -> str:
+        if len(word) <= WORD:
+            return word
+        option, eq, value = word.partition("=") if word.startswith("--") else ("", "", word)
+        return f"{option}{eq}{value[: WORD - 20]}... ({len(value)} characters)"
+
+    return " ".join(map(cut, words))
+
+
 class RemoteError(LabkitError):
     """A command on a cluster host failed; the message names the host, the command and its stderr."""
 
@@ -107,7 +124,8 @@ class Hosts:
                               unreachable=True) from None
         if check and result.exited != 0:
             err = (result.stderr.strip() or result.stdout.strip()).splitlines()
-            raise RemoteError(f"{name}: `{command}` exited {result.exited}: {err[-1] if err else 'no output'}")
+            why = err[-1] if err else "no output"
+            raise RemoteError(f"{name}: `{shown(command.split(' '))}` exited {result.exited}: {why}")
         return result
 
     def settings(self, name: str) -> dict:
@@ -148,7 +166,7 @@ class Hosts:
             err = (result.stderr.strip() or result.stdout.strip() or "no output").splitlines()[-1]
             if "unrecognized arguments: --tethered" in err:  # installed by an older labkit
                 err += " (the host's labnodes is older than this labkit: fab provision updates it)"
-            raise RemoteError(f"{name}: labnodes {' '.join(args)}: {err}") from None
+            raise RemoteError(f"{name}: labnodes {shown(args)}: {err}") from None
 
     def on_all(self, names, fn):
         """Call fn(name) for every host at once; return {name: result or the exception raised}."""

@@ -381,6 +381,23 @@ def test_values_that_start_with_a_dash_reach_labnodes_as_values(monkeypatch):
                         "/opt/v/bin/labnodes --tethered math ask --json -- -1,2 48,18"]
 
 
+def test_an_error_quotes_a_long_value_cut_and_measured_then_the_hosts_reason(monkeypatch):
+    """A 1001-character ring message was repeated in full in the error line that said it was too long."""
+    def run(self, name, command, check=True, timeout=None):
+        return SimpleNamespace(stdout="", stderr="labnodes: error: message text longer than 1000 characters",
+                               exited=2)
+
+    monkeypatch.setattr(Hosts, "run", run)
+    monkeypatch.setattr(Hosts, "setting", lambda self, name, key: "/opt/v")
+    inv = dataclasses.replace(_inv("netns"), groups={"clients": ("h1",), "ring": ("h1",)})
+    with pytest.raises(RemoteError) as err:
+        runs.ring(Hosts(inv), message="x" * 1001, numbers="48,18")
+    assert str(err.value) == (f"h1: labnodes ring send --start=h1 --message={'x' * 40}... (1001 characters) "
+                              "--numbers=48,18: labnodes: error: message text longer than 1000 characters")
+    shown = remote.shown(["a" * 60, "--x=" + "b" * 56, "c" * 61])
+    assert shown == f"{'a' * 60} --x={'b' * 56} {'c' * 40}... (61 characters)"
+
+
 def test_a_ctrl_c_in_a_remote_command_closes_its_channel_and_is_raised():
     """invoke waits for a command's output to end after a Ctrl-C; without a terminal Fabric re-raises it, but the
     wait went on until the command finished on the host. The closed channel ends the wait, and the command's
