@@ -141,6 +141,11 @@ def run_celery(c, count=200, mode="all", json_=False, inventory_=None):
         s = result["submit"]
         print(f"\nlcm(48, 18) = {s['result']}, run by {s['worker']} on {s['host']}; "
               f"workers group: {', '.join(result['workers'])}")
+        for r in result["modes"].values():
+            for line in r["errors"]:
+                print(f"error: {printable(line)}", file=sys.stderr)
+    if any(r["error_count"] for r in result["modes"].values()):  # as `labnodes celery batch`: wrong or missing
+        sys.exit(1)
 
 
 @task(iterable=["pair"], help={"pair": "a request like 48,18 (repeat for more)", "json": "print JSON instead",

@@ -3,6 +3,7 @@ one-line errors the fab tasks print."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import inspect
 import ipaddress
@@ -460,6 +461,36 @@ def test_a_task_given_an_inventory_acts_on_it_not_on_the_active_one(tmp_path, ar
     r = subprocess.run([FAB, *args, "-i", str(tmp_path / "given")], cwd=REPO, env=env, capture_output=True,
                        text=True, timeout=60)
     assert (r.returncode, r.stderr) == (1, f"fab: error: inventory {tmp_path / 'given'} does not exist\n")
+
+
+CELERY_REPORT = {"submit": {"result": 144, "worker": "w@worker1", "host": "worker1"}, "workers": ["worker1"],
+                 "modes": {"one": {"tasks": 3, "ok": 3, "tasks_per_s": 9.0, "hosts": {"worker1": 3}, "error_count": 0,
+                                   "errors": []},
+                           "group": {"tasks": 3, "ok": 1, "tasks_per_s": 9.0, "hosts": {"worker1": 1}, "error_count": 2,
+                                     "errors": ["group: gcd(4, 2) expected 2, got 3",
+                                                "group: no result within 5 s after 2 of 3 tasks"]}}}
+
+
+@pytest.mark.parametrize("task, result, code", [
+    ("run_math", {"answers": [{"pair": "48,18", "gcd": 6, "lcm": 144, "server": "s"}]}, None),
+    ("run_math", {"answers": [{"pair": "48,18", "gcd": 6, "lcm": 144, "server": "s"},
+                              {"pair": "1,2,3", "error": "expected two numbers", "server": "s"}]}, 1),
+    ("run_celery", {**CELERY_REPORT, "modes": {"one": CELERY_REPORT["modes"]["one"]}}, None),
+    ("run_celery", CELERY_REPORT, 1),
+])
+def test_a_run_whose_answers_hold_an_error_exits_1_after_showing_them(monkeypatch, capsys, task, result, code):
+    """`fab run-math --pair 1,2,3` printed the server's ERR and exited 0, and `fab run-celery` with wrong or
+    missing results did too, where `labnodes math ask` and `labnodes celery batch` exit 1: a script (or a
+    student's `&&`) took a refused request for a good run."""
+    import fabfile
+
+    monkeypatch.setattr(fabfile, "_run", lambda *args, **kwargs: result)
+    with pytest.raises(SystemExit) if code else contextlib.nullcontext() as exc:
+        getattr(fabfile, task).body(None)
+    assert (exc.value.code if code else None) == code
+    if task == "run_celery":
+        assert capsys.readouterr().err == "".join(f"error: {e}\n" for e in result["modes"].get("group", {})
+                                                  .get("errors", []))
 
 
 def test_whole_number_options_still_say_int_in_fabs_help():
