@@ -3,8 +3,11 @@
 DIR holds one inventory per student, one subfolder each (the subfolder's name is the student's). Clusters are
 checked in parallel, each with per-host SSH timeouts, so a student whose hosts are down costs one timeout, not
 one per check. A student whose inventory cannot be read, or whose cluster does not answer, gets a row saying so.
-The class files are rewritten after every student, so they exist (with the students not yet checked marked so)
-even when the run is interrupted.
+The class files are written at the start (every student "not checked"), again at most every REWRITE seconds
+as students finish, and at the end, also when the run is interrupted: a Ctrl-C leaves them whole, with who was
+not checked; a run killed outright leaves them at most REWRITE seconds behind. Not after every student: one
+write of class.xlsx takes 0.2 s for 30 students and 0.5 s for 200 here, so rewriting it per student cost
+O(students^2) (about 50 s for 200) on the thread that collects results.
 
 class.csv / the Class sheet: one row per student: student, status, score, percent, passed, failed, blocked,
 seconds, then one column per check (`id@host`) with its outcome. class.xlsx adds a Summary sheet (one row per
@@ -15,6 +18,7 @@ from __future__ import annotations
 
 import csv
 import io
+import time
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from pathlib import Path
 
@@ -23,6 +27,7 @@ from labkit.checks import failed_report, grading, key, printable, report, run
 
 FIXED = ["student", "status", "score", "percent", "passed", "failed", "blocked", "seconds"]
 FILL = {"pass": "C6EFCE", "fail": "FFC7CE", "blocked": "D9D9D9"}
+REWRITE = 10.0  # seconds at most between two writes of the class files while students finish
 
 
 def students(directory: str | Path) -> list[Path]:
@@ -122,7 +127,7 @@ def _xlsx(out: Path, header: list[str], rows: list[dict], names: list[str], resu
 
 
 def run_class(directory: str | Path, out: str | Path, grading_file: str | Path | None = None,
-              timeout: float | None = None, parallel: int = 10, echo=print) -> dict[str, dict]:
+              timeout: float | None = None, parallel: int = 10, echo=print, clock=time.monotonic) -> dict[str, dict]:
     """Check every student's cluster; write OUT/class.csv, OUT/class.xlsx and OUT/<student>.html."""
     g = grading.load(grading_file)
     paths = students(directory)
@@ -136,12 +141,14 @@ def run_class(directory: str | Path, out: str | Path, grading_file: str | Path |
     names = [p.name for p in paths]
     results: dict[str, dict] = {}
     write_class(out, names, results, g)
+    written = clock()
     pool = ThreadPoolExecutor(max_workers=max(1, min(parallel, len(paths))))
     futures = {pool.submit(check_student, p, timeout): p.name for p in paths}
     try:
-        pending = set(futures)
+        pending, unwritten = set(futures), False
         while pending:
-            done, pending = wait(pending, return_when=FIRST_COMPLETED)
+            due = max(0.0, REWRITE - (clock() - written)) if unwritten else None  # write results within REWRITE s
+            done, pending = wait(pending, timeout=due, return_when=FIRST_COMPLETED)
             for f in done:
                 name = futures[f]
                 r = results[name] = f.result()
@@ -149,7 +156,10 @@ def run_class(directory: str | Path, out: str | Path, grading_file: str | Path |
                 n = r["counts"]
                 echo(f"{printable(name):20} {r['status']:18} {n['pass']} passed, {n['fail']} failed, "
                      f"{n['blocked']} blocked ({r['seconds']:.1f}s)" + (f": {r['error']}" if r.get("error") else ""))
+                unwritten = True
+            if unwritten and pending and clock() - written >= REWRITE:
                 write_class(out, names, results, g)
+                written, unwritten = clock(), False
     finally:
         pool.shutdown(wait=False, cancel_futures=True)
         write_class(out, names, results, g)

@@ -191,6 +191,62 @@ def test_an_interrupted_class_run_still_writes_the_class_files(tmp_path, monkeyp
     assert (tmp_path / "out" / "class.xlsx").exists() and (tmp_path / "out" / "ana.html").exists()
 
 
+def test_a_class_run_rewrites_its_class_files_every_few_seconds_not_after_every_student(tmp_path, monkeypatch):
+    """class.xlsx was rewritten after each student: 0.2-0.5 s a write here, so O(students^2) (about 50 s for
+    200 students) on the thread collecting results. Each fake student takes 3 s of a fake clock."""
+    names = [f"s{i:02}" for i in range(30)]
+    for name in names:
+        (tmp_path / "class" / name).mkdir(parents=True)
+    now = [0.0]
+
+    def fake(path, timeout):
+        now[0] += 3.0
+        return sample(broken=False)
+
+    writes = []
+    real_write = classmode.write_class
+    monkeypatch.setattr(classmode, "check_student", fake)
+    monkeypatch.setattr(classmode, "write_class", lambda out, n, results, g: writes.append(len(results)) or
+                        real_write(out, n, results, g))
+    classmode.run_class(tmp_path / "class", tmp_path / "out", parallel=1, echo=lambda *a: None, clock=lambda: now[0])
+    assert writes[0] == 0 and writes[-1] == 30 and len(writes) <= 2 + 90 / classmode.REWRITE, writes
+    rows = {r["student"]: r["status"] for r in csv.DictReader((tmp_path / "out" / "class.csv").open())}
+    assert rows == dict.fromkeys(names, "ok")
+
+
+def test_a_finished_students_row_is_written_while_the_others_are_still_being_checked(tmp_path, monkeypatch):
+    """A run killed outright (not a Ctrl-C, which writes at the end) leaves the class files at most REWRITE
+    seconds behind, even while no other student finishes."""
+    import threading
+
+    for name in ("ana", "bob"):
+        (tmp_path / "class" / name).mkdir(parents=True)
+    release = threading.Event()
+
+    def fake(path, timeout):
+        if path.name == "bob":
+            release.wait(30)
+        return sample(broken=False)
+
+    monkeypatch.setattr(classmode, "check_student", fake)
+    monkeypatch.setattr(classmode, "REWRITE", 0.05)
+    run = threading.Thread(target=classmode.run_class, args=(tmp_path / "class", tmp_path / "out"),
+                           kwargs={"echo": lambda *a: None})
+    run.start()
+    try:
+        class_csv, rows = tmp_path / "out" / "class.csv", {}
+        for _ in range(200):  # up to 10 s
+            if class_csv.exists():
+                rows = {r["student"]: r["status"] for r in csv.DictReader(class_csv.open())}
+                if rows["ana"] == "ok":
+                    break
+            release.wait(0.05)
+        assert rows == {"ana": "ok", "bob": "not checked (run interrupted)"}
+    finally:
+        release.set()
+        run.join()
+
+
 def test_selftest_reports_unreadable_settings_as_a_failed_check_instead_of_stopping(tmp_path, monkeypatch, capsys):
     from labnodes import cli
     bad = tmp_path / "labnodes.toml"
