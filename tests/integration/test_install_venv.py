@@ -140,7 +140,24 @@ def _corrupt_copy(archive: Path, dest: Path, victim_prefix: str) -> Path:
     return dest
 
 
-@pytest.mark.parametrize("bad", ["a damaged wheel", "an unknown extra", "a missing archive"])
+def _retagged_copy(archive: Path, dest: Path, victim_prefix: str) -> Path:
+    """A copy of the archive whose `victim_prefix` wheel is named as built for CPython 3.99 (its file name, in the
+    archive and its manifest, is all that says so)."""
+    with tarfile.open(archive) as src, tarfile.open(dest, "w") as out:
+        for member in src.getmembers():
+            data = src.extractfile(member).read()
+            if member.name.startswith(victim_prefix):
+                member.name = member.name.replace("cp311", "cp399")
+            elif member.name == "manifest.json":
+                data = data.replace(b"cp311-cp311", b"cp399-cp399")
+                member.size = len(data)
+            out.addfile(member, io.BytesIO(data))
+    return dest
+
+
+@pytest.mark.parametrize(
+    "bad", ["a damaged wheel", "an unknown extra", "a missing archive", "a wheel for another Python"]
+)
 def test_a_failed_install_leaves_the_installed_venv_as_it_was(wheelhouse, tmp_path, bad):
     venv = tmp_path / "venv"
     assert install(wheelhouse / "wheelhouse.tar", venv).returncode == 0
@@ -150,9 +167,13 @@ def test_a_failed_install_leaves_the_installed_venv_as_it_was(wheelhouse, tmp_pa
         archive = _corrupt_copy(archive, tmp_path / "bad.tar", "tabulate-")
     elif bad == "an unknown extra":
         extras = ("grafana",)
+    elif bad == "a wheel for another Python":
+        archive = _retagged_copy(archive, tmp_path / "other.tar", "uvloop-")
     else:
         archive = tmp_path / "nowhere.tar"
     failed = install(archive, venv, *extras, stamp="build-2")
+    if bad == "a wheel for another Python":
+        assert "uvloop-0" in failed.stderr and "does not run on this host (CPython 3.11 on x86_64)" in failed.stderr
     assert failed.returncode == 1 and failed.stderr.startswith("install_venv: "), failed.stderr
     assert len(failed.stderr.strip().splitlines()) == 1  # one clear line, no traceback
     assert sorted(str(p.relative_to(venv)) for p in venv.rglob("*")) == before

@@ -101,3 +101,30 @@ def test_an_unknown_extra_is_refused_naming_the_ones_there_are():
         install_venv.InstallError, match="unknown labnodes extra grafana; the wheelhouse has: flower"
     ):
         install_venv.wheels_for(MANIFEST, ["flower", "grafana"])
+
+
+WHEELS = [
+    "celery-5.7.0-py3-none-any.whl",
+    "six-1.17.0-py2.py3-none-any.whl",
+    "tornado-6.6.1-cp311-abi3-manylinux1_x86_64.manylinux_2_28_x86_64.manylinux_2_5_x86_64.whl",
+    "uvloop-0.23.0-cp311-cp311-manylinux2014_x86_64.manylinux_2_17_x86_64.manylinux_2_28_x86_64.whl",
+]
+
+
+@pytest.mark.parametrize("version, impl, machine, refused", [
+    ((3, 11), "cpython", "x86_64", None),  # Debian 12 on a PC, as the control machine
+    ((3, 12), "cpython", "x86_64", "uvloop-"),  # Ubuntu 24.04: abi3 tornado runs, cp311 uvloop does not
+    ((3, 10), "cpython", "x86_64", "tornado-"),  # Ubuntu 22.04: not even the abi3 wheel (3.11 or later)
+    ((3, 11), "cpython", "aarch64", "tornado-"),  # a Raspberry Pi with Debian 12
+    ((3, 11), "pypy", "x86_64", "tornado-"),
+])
+def test_a_wheel_built_for_another_python_or_machine_is_refused_before_anything_is_made(version, impl, machine,
+                                                                                        refused):
+    """PyPA's installer does not check tags: a host with Python 3.12 or an ARM CPU got the control machine's
+    compiled wheels installed, and every program importing them failed to start."""
+    if refused is None:
+        install_venv.check_compatible(WHEELS, version, impl, machine)
+        return
+    with pytest.raises(install_venv.InstallError) as err:
+        install_venv.check_compatible(WHEELS, version, impl, machine)
+    assert str(err.value).startswith(refused) and f"{version[0]}.{version[1]} on {machine}" in str(err.value)

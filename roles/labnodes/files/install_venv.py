@@ -12,11 +12,18 @@ compile what they import on first start), writes STAMP to VENV/.labkit-installed
 failure at any step leaves the installed venv as it was, and the next run starts again from nothing. A changed
 dependency set needs no uninstall step either. Prints one line naming what it installed; errors go to stderr with
 exit status 1.
+
+Before anything is made, every wheel's tags (its file name: PYTHON-ABI-PLATFORM) are checked against this
+interpreter and machine, because `installer` does not check them: the archive's compiled wheels (uvloop,
+tornado) are built on the control machine for its own CPython and machine, so on a host with another Python
+(Ubuntu 24.04's 3.12) or another machine (a Raspberry Pi's aarch64) they would install, and every program
+importing them would fail to start.
 """
 
 from __future__ import annotations
 
 import json
+import platform
 import shutil
 import sys
 import sysconfig
@@ -26,6 +33,7 @@ import venv
 from pathlib import Path
 
 STAMP = ".labkit-installed"
+IMPLEMENTATIONS = {"cpython": "CPython", "pypy": "PyPy"}  # sys.implementation.name as people write it
 
 
 class InstallError(Exception):
@@ -42,6 +50,44 @@ def wheels_for(manifest: dict, extras: list[str]) -> list[str]:
             f"{', '.join(sorted(k for k in sets if k)) or 'none'}"
         )
     return sorted({w for key in ("", *extras) for w in sets[key]})
+
+
+def _runs_here(python: str, abi: str, plat: str, version: tuple[int, int], impl: str, machine: str) -> bool:
+    """Whether one tag triple (PEP 425) suits this interpreter and machine. Simplified to what wheelhouses hold:
+    pyX / pyXY (pure Python, this major version, XY or later), cpXY with abi3 (CPython XY or later), cpXY with
+    another ABI (CPython XY exactly); platform `any` or a Linux tag ending in this machine's name."""
+    if plat != "any" and not plat.endswith("_" + machine):
+        return False
+    kind, digits = python[:2], python[2:]
+    if kind not in ("py", "cp") or not digits.isdigit() or int(digits[0]) != version[0]:
+        return False
+    wanted = (int(digits[0]), int(digits[1:] or 0))
+    if kind == "py":
+        return version >= wanted
+    if impl != "cpython":
+        return False
+    return version >= wanted if abi == "abi3" else version == wanted
+
+
+def check_compatible(files: list[str], version=None, impl=None, machine=None) -> None:
+    """Refuse wheels built for another Python or machine, naming the first and what this host is."""
+    version = version or sys.version_info[:2]
+    impl = impl or sys.implementation.name
+    machine = machine or platform.machine()
+    for name in files:
+        python, abi, plat = name[: -len(".whl")].split("-")[-3:]
+        if not any(
+            _runs_here(p, a, pl, version, impl, machine)
+            for p in python.split(".")
+            for a in abi.split(".")
+            for pl in plat.split(".")
+        ):
+            here = f"{IMPLEMENTATIONS.get(impl, impl)} {version[0]}.{version[1]} on {machine}"
+            raise InstallError(
+                f"{name} does not run on this host ({here}): the wheelhouse holds builds for the control "
+                "machine's Python and machine, and every host needs the same (Debian 12 on x86_64, as labkit's "
+                "control machine; or set labnodes_python to such an interpreter on the host)"
+            )
 
 
 def _retarget(stage: Path, final: Path) -> None:
@@ -106,6 +152,7 @@ def main(argv: list[str]) -> int:
                 tar.extractall(wheels, **({"filter": "data"} if hasattr(tarfile, "data_filter") else {}))
             manifest = json.loads((wheels / "manifest.json").read_text())
             files = wheels_for(manifest, extras)
+            check_compatible([*files, manifest["installer"]])
             shutil.rmtree(stage, ignore_errors=True)
             build(wheels, manifest["installer"], stage, final, files)
             (stage / STAMP).write_text(stamp + "\n")
