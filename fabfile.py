@@ -28,9 +28,16 @@ def _fail(exc: Exception):
     sys.exit(1)
 
 
+def _inventory(path=None):
+    """The inventory a task acts on (default: the active one), once its backend says this user may act on it."""
+    inv = inventory.load(path)
+    backends.preflight(inv)  # netns: root only, said at once (as anyone else, every host looked broken)
+    return inv
+
+
 def _run(fn, headers, rows, json_, *args, inventory_=None, **kwargs) -> dict:
     try:
-        with Hosts(inventory.load(inventory_)) as hosts:
+        with Hosts(_inventory(inventory_)) as hosts:
             try:
                 result = fn(hosts, *args, **kwargs)
             except RemoteError as exc:
@@ -51,7 +58,7 @@ def _run(fn, headers, rows, json_, *args, inventory_=None, **kwargs) -> dict:
 def up(c, inventory_=None, quiet=False):
     """Bring the inventory's hosts up (its backend: netns, vagrant or lab) and provision them with site.yml."""
     try:
-        inv = inventory.load(inventory_)
+        inv = _inventory(inventory_)
         start = time.monotonic()
         backends.for_inventory(inv).up(inv)
         hosts_s = time.monotonic() - start
@@ -69,7 +76,7 @@ def up(c, inventory_=None, quiet=False):
 def provision_(c, inventory_=None):
     """Run playbooks/site.yml against the hosts again (a second run changes nothing)."""
     try:
-        report = provision.provision(inventory.load(inventory_).path)
+        report = provision.provision(_inventory(inventory_).path)
     except LabkitError as exc:
         _fail(exc)
     print(f"provision: {report['seconds']:.1f}s, "
@@ -80,7 +87,7 @@ def provision_(c, inventory_=None):
 def down(c, inventory_=None):
     """Take the cluster down: netns hosts removed, Vagrant VMs destroyed, labkit removed from lab machines."""
     try:
-        inv = inventory.load(inventory_)
+        inv = _inventory(inventory_)
         backends.for_inventory(inv).down(inv)
     except LabkitError as exc:
         _fail(exc)
@@ -201,7 +208,7 @@ def check(c, junit=None, html=None, grading=None, class_=None, out=None, timeout
         for option, path in (("--junit", junit), ("--html", html)):
             if path:
                 report.check_output(option, path)
-        result = checks.run(inventory.load(inventory_), timeout=timeout)
+        result = checks.run(_inventory(inventory_), timeout=timeout)
         score = grading_.score(result, g) if grading else None
         if junit:
             report.save("--junit", junit, report.junit(result))
@@ -284,7 +291,7 @@ def scenario(c, file, run=None, json_=False, inventory_=None):
     # background job of a script, `nohup`): Python then leaves it ignored, and `kill -INT` would do nothing.
     signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
-        inv = inventory.load(inventory_)
+        inv = _inventory(inventory_)
         plan = scenarios.load(file)
         result = scenarios.play(inv, plan, run or plan.run or "ring", echo=(lambda s: None) if json_ else print)
     except KeyboardInterrupt:

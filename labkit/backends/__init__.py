@@ -4,6 +4,8 @@
     down(inv, echo=print) -> None   take them away (netns: remove; vagrant: destroy; lab: remove labkit from them)
     status(inv) -> list[dict]       one row per inventory host: host, address, state (up|down|broken), problem
     UP_HINT                         the command that brings such a cluster up ({inventory} is filled in)
+    preflight(inv) -> None          (optional) refuse at once what this user cannot do with such a cluster
+                                    (netns: anyone but root), before any host is tried; `preflight` below calls it
 
 The inventory's `labkit_backend` picks the module (`for_inventory`). Provisioning (playbooks/site.yml) and the SSH
 client side (labkit/ssh.py) are the same for every backend, so a new backend is one new module here.
@@ -24,6 +26,13 @@ def for_inventory(inv) -> ModuleType:
     if inv.backend not in NAMES:
         raise LabkitError(f"{inv.path}: labkit_backend {inv.backend!r} is not one of {', '.join(NAMES)}")
     return importlib.import_module(f"labkit.backends.{inv.backend}")
+
+
+def preflight(inv) -> None:
+    """Raise the backend's one-line refusal if this user cannot act on the inventory's cluster at all."""
+    check = getattr(for_inventory(inv), "preflight", None)
+    if check is not None:
+        check(inv)
 
 
 def up_hint(inv) -> str:

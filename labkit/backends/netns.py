@@ -337,9 +337,19 @@ def _locked(cl: Cluster):
         yield
 
 
-def _check_box() -> None:
+def _check_root() -> None:
     if os.geteuid() != 0:
-        raise NetnsError("the netns backend must run as root (it creates namespaces, veths and a bridge)")
+        raise NetnsError("the netns backend must run as root (it creates namespaces, veths and a bridge, and its "
+                         "hosts' keys and state are root's): run fab as root, e.g. with sudo")
+
+
+def preflight(inv) -> None:
+    """Only root can look into or reach a netns cluster: another user saw every host "broken", or unreachable."""
+    _check_root()
+
+
+def _check_box() -> None:
+    _check_root()
     missing = [t for t in TOOLS if not shutil.which(t)]
     if missing:
         raise NetnsError(f"missing on this box: {', '.join(missing)} (run `make setup`)")
@@ -850,7 +860,10 @@ def down(inv: Inventory | str | os.PathLike | None = None, echo=print, cluster: 
 
 
 def status(inv: Inventory | str | os.PathLike | None = None) -> list[dict]:
-    """One dict per inventory host: host, address, namespace, state (up|down|broken), init_pid, sshd, problem."""
+    """One dict per inventory host: host, address, namespace, state (up|down|broken), init_pid, sshd, problem.
+
+    Root only: another user cannot see into the namespaces, and every host looked "broken" to it."""
+    _check_root()
     inv = _as_inventory(inv)
     cl = Cluster.from_inventory(inv)
     namespaces = set(_namespaces(cl.ns_prefix))

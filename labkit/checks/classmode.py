@@ -22,7 +22,7 @@ import time
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from pathlib import Path
 
-from labkit import LabkitError, inventory
+from labkit import LabkitError, backends, inventory
 from labkit.checks import failed_report, grading, key, printable, report, run
 
 FIXED = ["student", "status", "score", "percent", "passed", "failed", "blocked", "seconds"]
@@ -43,6 +43,7 @@ def students(directory: str | Path) -> list[Path]:
 def check_student(path: Path, timeout: float | None) -> dict:
     try:
         inv = inventory.load(path)
+        backends.preflight(inv)
     except LabkitError as exc:
         return failed_report(path, str(exc))
     try:

@@ -9,8 +9,10 @@ import inspect
 import ipaddress
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -491,6 +493,35 @@ def test_a_run_whose_answers_hold_an_error_exits_1_after_showing_them(monkeypatc
     if task == "run_celery":
         assert capsys.readouterr().err == "".join(f"error: {e}\n" for e in result["modes"].get("group", {})
                                                   .get("errors", []))
+
+
+def test_a_netns_cluster_is_refused_in_one_line_to_anyone_but_root():
+    """As another user, `fab status` called every host of a running netns cluster "broken: its init
+    (supervisord) is not running", `fab run-ring` said the cluster was not up, and `fab scenario` played 13 s of
+    failures: that user can neither see into the namespaces nor read the cluster's SSH key. Run as nobody."""
+    home = tempfile.mkdtemp(prefix="labkit-nobody-")  # Ansible writes ~/.ansible
+    os.chmod(home, 0o777)
+    drop = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"] if os.geteuid() == 0 else []
+    env = dict(os.environ, HOME=home, LABKIT_INVENTORY=str(REPO / "inventory" / "netns"))
+    try:
+        for task in (["status"], ["run-ring"], ["check"], ["scenario", "scenarios/ride-through.yml"], ["provision"]):
+            r = subprocess.run([*drop, FAB, *task], cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+            assert (r.returncode, r.stdout) == (1, ""), (task, r.stdout[-2000:], r.stderr[-2000:])
+            assert r.stderr.startswith("fab: error: the netns backend must run as root"), (task, r.stderr[-2000:])
+    finally:
+        shutil.rmtree(home, ignore_errors=True)
+
+
+def test_only_the_netns_backend_refuses_a_user_who_is_not_root(monkeypatch):
+    from labkit.backends import netns as netns_backend
+
+    monkeypatch.setattr(netns_backend.os, "geteuid", lambda: 1000)
+    with pytest.raises(LabkitError, match="must run as root"):
+        backends.preflight(_inv("netns"))
+    with pytest.raises(LabkitError, match="must run as root"):
+        netns_backend.status(_inv("netns"))
+    for backend in ("vagrant", "lab"):
+        assert backends.preflight(_inv(backend)) is None
 
 
 def test_whole_number_options_still_say_int_in_fabs_help():
