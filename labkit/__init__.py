@@ -6,10 +6,13 @@ Linux namespaces on this box; vagrant: VMs; lab: real machines); `labkit.ssh` is
 `<repo>/.labkit/` (git-ignored).
 """
 
+import contextlib
+import fcntl
 import os
 import re
 import signal
 import subprocess
+import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent  # the repository holding this package
@@ -56,6 +59,21 @@ def write_atomic(path: str | os.PathLike, data: str | bytes, mode: int = 0o644) 
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+@contextlib.contextmanager
+def one_at_a_time(path: str | os.PathLike, waiting: str):
+    """Hold an exclusive lock on the file `path` (made if missing) for the block: a second holder waits for the
+    first, after printing `waiting` on stderr once. The lock goes with the process (flock), also when it is killed."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            print(waiting, file=sys.stderr, flush=True)
+            fcntl.flock(f, fcntl.LOCK_EX)
+        yield
 
 
 def stop_child(proc: subprocess.Popen, grace: float) -> None:

@@ -9,7 +9,7 @@ port) is asked of the host (its labnodes.toml), never read from a role's files.
 from __future__ import annotations
 
 import shlex
-from labkit import LabkitError, backends
+from labkit import STATE, LabkitError, backends, one_at_a_time
 from labkit.remote import Hosts
 
 OUTBOX = "/var/lib/labnodes/outbox"  # where send-file makes its file on the client host
@@ -93,9 +93,20 @@ def _sha256(hosts: Hosts, name: str, path: str) -> str:
 
 
 def send_file(hosts: Hosts, size_mb: int = 32) -> dict:
-    """Make a random file on the client host, send it to the sockserver host, fetch it back; sha256 everywhere."""
+    """Make a random file on the client host, send it to the sockserver host, fetch it back; sha256 everywhere.
+
+    One run at a time per cluster from this machine: the copies have fixed names (one per size, so runs do not
+    pile files up on the hosts and the table's paths stay there to look at), and two runs at once (`fab
+    send-file` in two terminals, or beside a scenario's file runs) replaced each other's files mid-way: one
+    failed in `mv`, or compared another run's copies."""
     if not 1 <= size_mb <= 4096:
         raise LabkitError(f"size must be 1..4096 MB, got {size_mb}")
+    lock = STATE / hosts.inv.cluster / "send-file.lock"
+    with one_at_a_time(lock, f"send-file: waiting for another send-file on cluster {hosts.inv.cluster} ({lock})"):
+        return _send_file(hosts, size_mb)
+
+
+def _send_file(hosts: Hosts, size_mb: int) -> dict:
     client, server = _first(hosts, "clients"), _first(hosts, "sockservers")
     name = f"labkit-demo-{size_mb}M.bin"
     src, back = f"{OUTBOX}/{name}", f"{INBOX}/{name}"

@@ -134,6 +134,21 @@ def test_file_goes_to_the_server_and_back_with_equal_sha256(lab):
     assert ssh(lab.host("client").address, f"test -e {stored}", check=False).returncode != 0
 
 
+def test_send_files_run_at_once_each_compare_their_own_copies(lab):
+    """Three `fab send-file` at once wrote the same temporary file on the client: two failed in `mv` ("cannot
+    stat"), and a run could compare another run's copies. Runs on one cluster now take turns."""
+    env = dict(os.environ, LABKIT_INVENTORY=str(lab.path))
+    procs = [subprocess.Popen([FAB, "send-file", "--size", "32", "--json"], cwd=REPO, env=env, text=True,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
+             for _ in range(3)]
+    outs = [p.communicate(timeout=600) for p in procs]
+    for p, (out, err) in zip(procs, outs):
+        assert p.returncode == 0, err[-2000:]
+        result = json.loads(out)
+        assert result["match"] and len({f["sha256"] for f in result["files"]}) == 1
+    print(f"\n{sum('send-file: waiting for another send-file' in err for _, err in outs)} of 3 runs waited")
+
+
 def test_remote_checks_of_every_host_pass(lab):
     proc = fab("check", inv=lab.path, check=False)
     summary = proc.stdout.strip().splitlines()[-1]

@@ -524,6 +524,37 @@ def test_only_the_netns_backend_refuses_a_user_who_is_not_root(monkeypatch):
         assert backends.preflight(_inv(backend)) is None
 
 
+HOLD_LOCK = """
+import sys, time
+from labkit import one_at_a_time
+with one_at_a_time(sys.argv[1], "second: waiting"):
+    print("holding", flush=True)
+    sys.stdin.readline()
+"""
+
+
+def test_a_second_holder_of_a_run_lock_says_it_waits_and_goes_on_when_the_first_ends(tmp_path, capsys):
+    from labkit import one_at_a_time
+
+    lock = tmp_path / "state" / "send-file.lock"
+    first = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(lock)], cwd=REPO, text=True,
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    try:
+        assert first.stdout.readline() == "holding\n"
+        second = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(lock)], cwd=REPO, text=True,
+                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        assert second.stderr.readline() == "second: waiting\n"  # said before it blocks, while the first holds
+        first.communicate("\n", timeout=30)
+        assert second.stdout.readline() == "holding\n"
+        second.communicate("\n", timeout=30)
+        assert second.returncode == 0
+    finally:
+        first.kill()
+    with one_at_a_time(lock, "nobody holds it: never said"):
+        pass
+    assert capsys.readouterr().err == ""
+
+
 def test_whole_number_options_still_say_int_in_fabs_help():
     r = subprocess.run([FAB, "--help", "run-celery"], cwd=REPO, capture_output=True, text=True, timeout=60)
     assert r.returncode == 0 and "--count=INT" in r.stdout, r.stdout
