@@ -62,7 +62,7 @@ def up(c, inventory_=None, quiet=False):
         start = time.monotonic()
         backends.for_inventory(inv).up(inv)
         hosts_s = time.monotonic() - start
-        report = provision.provision(inv.path, quiet=quiet, hosts=len(inv.hosts))
+        report = provision.provision(inv.path, quiet=quiet, hosts=len(inv.hosts), cluster=inv.cluster)
     except LabkitError as exc:
         _fail(exc)
     timing = ", ".join(f"{k} {v:.1f}s" for k, v in report["timing"].get("roles", {}).items())
@@ -76,7 +76,8 @@ def up(c, inventory_=None, quiet=False):
 def provision_(c, inventory_=None):
     """Run playbooks/site.yml against the hosts again (a second run changes nothing)."""
     try:
-        report = provision.provision(_inventory(inventory_).path)
+        inv = _inventory(inventory_)
+        report = provision.provision(inv.path, cluster=inv.cluster)
     except LabkitError as exc:
         _fail(exc)
     print(f"provision: {report['seconds']:.1f}s, "

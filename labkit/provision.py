@@ -10,7 +10,7 @@ import sys
 import time
 from pathlib import Path
 
-from labkit import REPO, STATE, LabkitError, stop_child
+from labkit import REPO, STATE, LabkitError, one_at_a_time, stop_child
 from labkit.progress import Progress
 
 VENV_BIN = Path(sys.executable).parent
@@ -68,9 +68,21 @@ class TaskProgress:
 
 
 def provision(inventory: str | os.PathLike, *, quiet: bool = False, extra: list[str] | None = None,
-              playbook: str | os.PathLike | None = None, hosts: int | None = None) -> dict:
+              playbook: str | os.PathLike | None = None, hosts: int | None = None, cluster: str | None = None) -> dict:
     """Run site.yml (or `playbook`); stream its output unless quiet (then: one line per play, and with `hosts`,
-    the number of hosts, how far each task is); return {"seconds", "hosts": recap, "timing": per play/role}."""
+    the number of hosts, how far each task is); return {"seconds", "hosts": recap, "timing": per play/role}.
+
+    With `cluster` (fab's tasks give it), runs for one cluster take turns on this machine: two at once (`fab
+    provision` in two terminals, a `fab up` beside it) each restarted the programs the other was starting
+    (supervisord: STILL_RUNNING) and both failed. The second says it waits."""
+    if cluster is None:
+        return _provision(inventory, quiet=quiet, extra=extra, playbook=playbook, hosts=hosts)
+    with one_at_a_time(STATE / cluster / "provision.lock",
+                       f"provision: waiting for another provisioning of cluster {cluster} to end"):
+        return _provision(inventory, quiet=quiet, extra=extra, playbook=playbook, hosts=hosts)
+
+
+def _provision(inventory, *, quiet, extra, playbook, hosts) -> dict:
     timing_file = STATE / f"timing-{os.getpid()}.json"
     timing_file.parent.mkdir(exist_ok=True)
     cmd = [str(VENV_BIN / "ansible-playbook"), "-i", str(inventory), str(playbook or REPO / "playbooks" / "site.yml"),

@@ -58,7 +58,7 @@ def down(inv, echo=print) -> None:
     playbook = REPO / "playbooks" / "remove.yml"
     if not playbook.exists():
         raise LabkitError(f"{playbook} is missing: labkit cannot remove itself from lab machines")
-    provision.provision(inv.path, playbook=playbook, quiet=True)
+    provision.provision(inv.path, playbook=playbook, quiet=True, cluster=inv.cluster)
     echo(f"lab {inv.cluster}: labkit removed from {len(inv.hosts)} machines")
 
 

@@ -114,8 +114,28 @@ def test_fresh_install_runs_labnodes_from_the_venv_with_scripts_pointing_at_it(w
     for path in [venv / "pyvenv.cfg", *(venv / "bin").glob("activate*")]:
         assert f"{venv}.new" not in path.read_text(), path
     assert sorted(p.name for p in venv.parent.iterdir()) == [
-        "venv"
+        ".labkit-install.lock",
+        "venv",
     ]  # no staging or old venv, no unpacked wheels
+
+
+def test_two_installs_at_once_take_turns_and_the_second_finds_the_build_installed(wheelhouse, tmp_path):
+    """Two provisionings at once both built in VENV.new: one failed with FileExistsError inside it, the other with
+    FileNotFoundError (seen on all 8 hosts of a netns cluster)."""
+    venv = tmp_path / "venv"
+    script = INSTALL.read_text()
+    procs = [
+        subprocess.Popen(
+            [HOST_PYTHON, "-", str(wheelhouse / "wheelhouse.tar"), str(venv), "build-1", ""],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )
+        for _ in range(2)
+    ]
+    outs = [p.communicate(script, timeout=300) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], [err for _, err in outs]
+    said = sorted(out.split()[0] for out, _ in outs)
+    assert said == ["already", "installed"], outs
+    assert subprocess.run([str(venv / "bin" / "python"), "-c", "import labnodes"]).returncode == 0
 
 
 def test_reinstall_with_other_extras_leaves_nothing_of_the_old_set(wheelhouse, tmp_path):

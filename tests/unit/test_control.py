@@ -9,6 +9,7 @@ import inspect
 import ipaddress
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -553,6 +554,33 @@ def test_a_second_holder_of_a_run_lock_says_it_waits_and_goes_on_when_the_first_
     with one_at_a_time(lock, "nobody holds it: never said"):
         pass
     assert capsys.readouterr().err == ""
+
+
+def test_provisioning_a_cluster_holds_its_lock_and_fab_names_the_cluster(tmp_path, monkeypatch):
+    """Two `fab provision` at once restarted each other's programs (supervisord: STILL_RUNNING) and both failed;
+    fab's provisionings now hold the cluster's lock, so a second one waits (the lock: the test above)."""
+    import fcntl
+
+    from labkit import provision
+
+    held = []
+
+    def fake(inventory, **kwargs):
+        with open(tmp_path / "c1" / "provision.lock") as f:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                held.append(False)
+            except BlockingIOError:
+                held.append(True)
+        return {"seconds": 0.0, "hosts": {}, "timing": {}}
+
+    monkeypatch.setattr(provision, "STATE", tmp_path)
+    monkeypatch.setattr(provision, "_provision", fake)
+    provision.provision("inventory/x", cluster="c1")
+    assert held == [True]
+    fab_source = (REPO / "fabfile.py").read_text() + (REPO / "labkit/backends/lab.py").read_text()
+    calls = re.findall(r"provision\.provision\((.*)\)$", fab_source, re.M)
+    assert len(calls) == 3 and all("cluster=inv.cluster" in c for c in calls), calls
 
 
 def test_whole_number_options_still_say_int_in_fabs_help():

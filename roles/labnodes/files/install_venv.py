@@ -10,8 +10,10 @@ builder resolved them; nothing is resolved here). Every install builds a new ven
 (VENV.new), installs the wheels into it with `installer` (scripts point at VENV/bin/python; no bytecode: programs
 compile what they import on first start), writes STAMP to VENV/.labkit-installed, and only then swaps it in. So a
 failure at any step leaves the installed venv as it was, and the next run starts again from nothing. A changed
-dependency set needs no uninstall step either. Prints one line naming what it installed; errors go to stderr with
-exit status 1.
+dependency set needs no uninstall step either. Installs of one venv take turns (a lock file beside it, LOCK): two
+provisionings at once, from one control machine or two, both built in VENV.new and both failed; the second now
+waits, and finds the build the first installed (its STAMP) already there. Prints one line naming what it
+installed; errors go to stderr with exit status 1.
 
 Before anything is made, every wheel's tags (its file name: PYTHON-ABI-PLATFORM) are checked against this
 interpreter and machine, because `installer` does not check them: the archive's compiled wheels (uvloop,
@@ -22,6 +24,7 @@ importing them would fail to start.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import platform
 import shutil
@@ -33,6 +36,7 @@ import venv
 from pathlib import Path
 
 STAMP = ".labkit-installed"
+LOCK = ".labkit-install.lock"  # beside the venv: one install at a time (two provisionings at once clashed in VENV.new)
 IMPLEMENTATIONS = {"cpython": "CPython", "pypy": "PyPy"}  # sys.implementation.name as people write it
 
 
@@ -146,6 +150,11 @@ def main(argv: list[str]) -> int:
     extras = [e for e in (argv[3] if len(argv) > 3 else "").split(",") if e]
     stage = final.with_name(final.name + ".new")
     try:
+        lock = open(final.with_name(LOCK), "a")  # noqa: SIM115 -- held until the process ends
+        fcntl.flock(lock, fcntl.LOCK_EX)  # another install of this venv (a second provisioning) goes first
+        if (final / STAMP).is_file() and (final / STAMP).read_text().strip() == stamp:
+            print(f"already installed in {final} (by a provisioning that ran at the same time)")
+            return 0
         with tempfile.TemporaryDirectory(prefix="labnodes-wheels-", dir=final.parent) as tmp:
             wheels = Path(tmp)
             with tarfile.open(archive) as tar:  # PEP 706's filter where this Python has it (3.11.4 and later)
