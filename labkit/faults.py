@@ -239,21 +239,33 @@ def record(fid: str, host: str, kind: str, what: str, for_s: float | None, **ext
             "until": now + for_s if for_s else None, **extra}
 
 
-def apply_script(rec: dict, apply: list[str], undo: list[str], for_s: float | None) -> str:
+ALREADY = "labkit: already in force:"  # what apply_script says when an `exclusive` fault is there
+
+
+def apply_script(rec: dict, apply: list[str], undo: list[str], for_s: float | None,
+                 exclusive: str | None = None) -> str:
     """One shell script: write the undo script, apply step by step (any failure runs the undo and exits non-zero,
-    so nothing stays half-applied), write the record, then start the --for timer detached from this session."""
+    so nothing stays half-applied), write the record, then start the --for timer detached from this session.
+
+    The host's faults are changed one script at a time (flock on STATE_DIR.lock; the timer does not hold it).
+    With `exclusive` (a fault id prefix), a fault whose id starts with it already recorded refuses this one,
+    exit 3 and ALREADY with its id on stderr: the control side checks that too, but two fabs at once both
+    passed that check, and two `fab impair client --loss` stacked their losses."""
     d, fid = STATE_DIR, rec["id"]
     undo_text = "\n".join([*(f"{u} || true" for u in undo),
                            f"rm -f {d}/{fid}.json {d}/{fid}.undo {d}/{fid}.timer", ""])
-    lines = ["set -e", f"mkdir -p {d}", f"chmod 700 {d}",
-             f"cat > {d}/{fid}.undo <<'LABKIT_UNDO'\n{undo_text}LABKIT_UNDO",
+    lines = ["set -e", f"mkdir -p {d}", f"chmod 700 {d}", f"exec 9>{d}.lock", "flock 9"]
+    if exclusive:
+        lines.append(f'for f in {d}/{exclusive}*.json; do [ -f "$f" ] || continue; '
+                     f'echo "{ALREADY} $(basename "$f" .json)" >&2; exit 3; done')
+    lines += [f"cat > {d}/{fid}.undo <<'LABKIT_UNDO'\n{undo_text}LABKIT_UNDO",
              f"trap 'sh {d}/{fid}.undo >/dev/null 2>&1' EXIT",
              *apply,
              f"printf '%s\\n' {shlex.quote(json.dumps(rec, sort_keys=True))} > {d}/{fid}.json",
              "trap - EXIT"]
     if for_s:
         timer = f"echo $$ > {d}/{fid}.timer; sleep {for_s:g}; sh {d}/{fid}.undo"
-        lines.append(f"setsid sh -c {shlex.quote(timer)} </dev/null >/dev/null 2>&1 &")
+        lines.append(f"setsid sh -c {shlex.quote(timer)} </dev/null >/dev/null 2>&1 9>&- &")
     return "\n".join(lines) + "\n"
 
 
@@ -261,7 +273,8 @@ def heal_script(fids: list[str] | None = None) -> str:
     """Undo the given faults (all recorded ones if None): kill each one's timer, run its undo script."""
     d = STATE_DIR
     which = " ".join(f"{d}/{f}.undo" for f in fids) if fids is not None else f"{d}/*.undo"
-    return (f"for u in {which}; do [ -f \"$u\" ] || continue; id=$(basename \"$u\" .undo); "
+    return (f"exec 9>{d}.lock; flock 9; "  # not while a fault is being applied (apply_script)
+            f"for u in {which}; do [ -f \"$u\" ] || continue; id=$(basename \"$u\" .undo); "
             f"[ -f {d}/$id.timer ] && kill -TERM -- -$(cat {d}/$id.timer) 2>/dev/null; "
             f"echo \"healed $id\"; sh \"$u\" >/dev/null 2>&1; done; true\n")
 
@@ -323,7 +336,7 @@ NETEM_PROBE = ("if ip link add lkf-probe type ifb 2>/dev/null; then d=lkf-probe;
                "ip link del lkf-probe 2>/dev/null; true")
 IFB_PROBE = ("if out=$(ip link add lkf-probe type ifb 2>&1); then ip link del lkf-probe; echo ifb=yes; "
              "else echo \"ifb=no $out\"; fi")
-TOOLS_PROBE = "for t in iptables tc setsid; do command -v $t >/dev/null || echo \"missing $t\"; done; true"
+TOOLS_PROBE = "for t in iptables tc setsid flock; do command -v $t >/dev/null || echo \"missing $t\"; done; true"
 
 
 def probe(hosts: Hosts, name: str, imp: Impairment | None = None) -> dict:
@@ -372,8 +385,12 @@ def impair(hosts: Hosts, name: str, loss=None, rate=None, delay=None, jitter=Non
         apply, undo = a + apply, undo + u
     rec = record(fid, name, "impair", f"{imp.describe()} on {iface}", for_s, interface=iface)
     try:
-        hosts.run(name, apply_script(rec, apply, undo, for_s))
+        hosts.run(name, apply_script(rec, apply, undo, for_s, exclusive=fid.rsplit("-", 1)[0] + "-"))
     except RemoteError as exc:
+        if ALREADY in str(exc):  # another fab impaired it since the check above
+            other = str(exc).rsplit(ALREADY, 1)[1].split()[0]  # the last: the command quotes ALREADY too
+            raise FaultError(f"{name} is already impaired (fault {other}, set by another fab a moment ago): "
+                             f"`fab heal {name}` first; nothing was changed") from None
         raise FaultError(f"{name}: could not impair {iface} ({exc}); what had been applied was rolled back") from None
     return {"faults": [rec]}
 

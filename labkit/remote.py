@@ -51,6 +51,13 @@ def shown(words) -> str:
     return " ".join(map(cut, words))
 
 
+def shown_command(command: str) -> str:
+    """A shell command as an error quotes it: its words cut (shown), and of a script only the first line."""
+    lines = command.strip().splitlines() or [""]
+    first = shown(lines[0].split(" "))
+    return first if len(lines) == 1 else f"{first} ... ({len(lines)} lines)"
+
+
 class RemoteError(LabkitError):
     """A command on a cluster host failed; the message names the host, the command and its stderr."""
 
@@ -125,7 +132,7 @@ class Hosts:
         if check and result.exited != 0:
             err = (result.stderr.strip() or result.stdout.strip()).splitlines()
             why = err[-1] if err else "no output"
-            raise RemoteError(f"{name}: `{shown(command.split(' '))}` exited {result.exited}: {why}")
+            raise RemoteError(f"{name}: `{shown_command(command)}` exited {result.exited}: {why}")
         return result
 
     def settings(self, name: str) -> dict:

@@ -126,6 +126,19 @@ def test_impairing_a_host_twice_asks_to_heal_first(lab, hosts):
     assert proc.returncode == 1 and "already impaired" in proc.stderr and "fab heal pyro1" in proc.stderr
 
 
+def test_two_impairs_of_one_host_at_once_leave_one(lab, hosts):
+    """Both passed the control side's "already impaired" check and stacked their losses (5% and 10%: about 14.5%),
+    both recorded; the host now applies its faults one at a time and refuses the second."""
+    env = dict(os.environ, LABKIT_INVENTORY=str(lab.path))
+    procs = [subprocess.Popen([FAB, "impair", "pyro1", "--loss", loss], cwd=REPO, env=env, text=True,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
+             for loss in ("5", "10")]
+    outs = [p.communicate(timeout=300) for p in procs]
+    assert sorted(p.returncode for p in procs) == [0, 1], outs
+    assert "already impaired" in "".join(err for _, err in outs)
+    assert [r["kind"] for r in faults.in_force(hosts, ["pyro1"])] == ["impair"]
+
+
 @pytest.mark.parametrize("loss", ["1", "5"])
 def test_the_ring_completes_with_loss_on_a_ring_host(lab, hosts, loss):
     fab("impair", "pyro2", "--loss", loss, inv=lab.path)

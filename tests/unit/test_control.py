@@ -398,6 +398,8 @@ def test_an_error_quotes_a_long_value_cut_and_measured_then_the_hosts_reason(mon
         runs.ring(Hosts(inv), message="x" * 1001, numbers="48,18")
     assert str(err.value) == (f"h1: labnodes ring send --start=h1 --message={'x' * 40}... (1001 characters) "
                               "--numbers=48,18: labnodes: error: message text longer than 1000 characters")
+    assert remote.shown_command("set -e\nmkdir -p /run/x\nflock 9\n") == "set -e ... (3 lines)"
+    assert remote.shown_command("sha256sum /a") == "sha256sum /a"
     shown = remote.shown(["a" * 60, "--x=" + "b" * 56, "c" * 61])
     assert shown == f"{'a' * 60} --x={'b' * 56} {'c' * 40}... (61 characters)"
 

@@ -171,6 +171,45 @@ def test_for_undoes_the_fault_by_itself_after_the_script_has_exited(tmp_path):
     assert list((tmp_path / "faults").iterdir()) == []
 
 
+def test_an_exclusive_fault_is_refused_on_the_host_when_one_of_its_kind_is_recorded(tmp_path):
+    first, second = tmp_path / "first", tmp_path / "second"
+    rec = faults.record("impair-h-1", "h", "impair", "loss 5%", None)
+    assert _sh(faults.apply_script(rec, [f"touch {first}"], [f"rm -f {first}"], None, exclusive="impair-h-"),
+               tmp_path).returncode == 0
+    rec2 = faults.record("impair-h-2", "h", "impair", "loss 10%", None)
+    proc = _sh(faults.apply_script(rec2, [f"touch {second}"], [f"rm -f {second}"], None, exclusive="impair-h-"),
+               tmp_path)
+    assert (proc.returncode, proc.stderr) == (3, f"{faults.ALREADY} impair-h-1\n")
+    assert first.exists() and not second.exists()
+    assert sorted(p.name for p in (tmp_path / "faults").iterdir()) == ["impair-h-1.json", "impair-h-1.undo"]
+
+
+def test_two_exclusive_faults_applied_at_once_on_one_host_leave_one(tmp_path):
+    """Two `fab impair client --loss` at once both passed the control side's check and stacked their losses: the
+    host now changes its faults one script at a time, so the second sees the first's record."""
+    scripts = [faults.apply_script(faults.record(f"impair-h-{i}", "h", "impair", "loss", None),
+                                   ["sleep 0.5", f"touch {tmp_path}/applied-{i}"], [], None, exclusive="impair-h-")
+               for i in (1, 2)]
+    procs = [subprocess.Popen(["sh", "-c", s.replace(faults.STATE_DIR, str(tmp_path / "faults"))], text=True,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE) for s in scripts]
+    for p in procs:
+        p.communicate(timeout=60)
+    assert sorted(p.returncode for p in procs) == [0, 3]
+    assert len(list(tmp_path.glob("applied-*"))) == 1
+
+
+def test_a_for_timer_does_not_hold_the_hosts_fault_lock(tmp_path):
+    rec = faults.record("stop-t-4", "h", "stop", "test", 300)
+    assert _sh(faults.apply_script(rec, ["true"], [], 300), tmp_path).returncode == 0
+    try:
+        other = faults.record("stop-t-5", "h", "stop", "test", None)
+        proc = subprocess.run(["sh", "-c", faults.apply_script(other, ["true"], [], None).replace(
+            faults.STATE_DIR, str(tmp_path / "faults"))], capture_output=True, text=True, timeout=60)
+        assert proc.returncode == 0, proc.stderr  # a timeout here: the timer of stop-t-4 held the lock
+    finally:
+        assert "healed stop-t-4" in _sh(faults.heal_script(), tmp_path).stdout
+
+
 def test_fault_rows_show_where_what_since_and_until():
     rec = {"id": "i", "host": "pyro2", "kind": "impair", "what": "loss 5%", "since": 1000.0, "until": 1030.0}
     row = next(faults.fault_rows([rec], now=1010.0))
