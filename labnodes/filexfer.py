@@ -130,8 +130,9 @@ any hashing at the sender, 1.06 GB/s). sendfile() keeps the one copy fewer that 
 1 MiB a quarter of the memory of 4 MiB per GET.
 
 Names are confined to the root: plain names only, opened relative to the root directory with O_NOFOLLOW. At
-start-up the server removes ".upload-*.part" files left by a killed server (so two servers must not share one
-root). On SIGTERM/SIGINT the server stops accepting, closes every connection, removes in-flight temporary
+start-up the server removes ".upload-*.part" files left by a killed server, so two servers must not share one
+root: a server holds a lock (flock) on its root while it runs, and a second one on the same root is refused in
+one line. On SIGTERM/SIGINT the server stops accepting, closes every connection, removes in-flight temporary
 files and exits 0. Log (INFO, logger `labnodes.filexfer`): one line per transfer with the peer, op, name,
 size, sha256 prefix, MB/s and result.
 
@@ -149,6 +150,7 @@ port and returns (host, port).
 from __future__ import annotations
 
 import errno
+import fcntl
 import functools
 import hashlib
 import json
@@ -669,6 +671,14 @@ class FileServer:
         self.max_size, self.idle_timeout = max_size, idle_timeout
         self.max_connections, self.min_rate = max(1, max_connections), min_rate
         self._root_fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:  # held while this server lives: the stale files removed next could be another server's uploads
+            fcntl.flock(self._root_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(self._root_fd)
+            raise LabnodesError(
+                f"another file server serves {self.root}: two must not share a root (each removes the other's "
+                "unfinished uploads when it starts); give this one another --root"
+            ) from None
         self._remove_stale_temp_files()
         self._sock = socket.create_server((host, port), backlog=128)
         self._sock.settimeout(0.5)  # the accept loop checks for shutdown and deadlines at least this often
@@ -681,6 +691,7 @@ class FileServer:
         self._lingering: list[tuple[socket.socket, float]] = []  # refused as busy: drained, then closed
         self._buffer_budget = threading.Semaphore(SHARED_BUFFERS)
         self._thread: threading.Thread | None = None
+        self._served = False
 
     def connections(self) -> int:
         """Connections being served now (not counting refused ones)."""
@@ -747,6 +758,7 @@ class FileServer:
                 os.unlink(entry.name, dir_fd=self._root_fd)
 
     def serve_forever(self) -> None:
+        self._served = True  # from here, serve_forever's end closes the socket and the root
         log.info("file server listening on %s:%d, root %s", *self.address, self.root)
         try:
             while not self._stopping.is_set():
@@ -821,6 +833,9 @@ class FileServer:
         self.stop()
         if self._thread is not None:
             self._thread.join(timeout)
+        elif not self._served:  # never served: its listening socket and root (and the root's lock) end here
+            self._served = True
+            self._close_all()
 
     def _serve_one(self, conn: socket.socket, peer) -> None:
         peer = "%s:%d" % peer[:2]

@@ -222,6 +222,18 @@ def test_forty_stalled_uploads_hold_about_what_they_sent_not_16_mib_each(tmp_pat
         srv.stop()
 
 
+def test_a_second_file_serve_on_the_root_of_a_running_one_is_one_line_and_exit_1(tmp_path):
+    srv = file_server(tmp_path)
+    try:
+        second = labnodes(tmp_path, "file", "serve", "--host", HOST, "--port", "0", "--root", str(srv.root))
+        assert second.returncode == 1
+        assert second.stderr == (f"labnodes: error: another file server serves {srv.root}: two must not share a "
+                                 "root (each removes the other's unfinished uploads when it starts); give this one "
+                                 "another --root\n")
+    finally:
+        srv.stop()
+
+
 def test_server_killed_mid_upload_shows_no_partial_file_and_a_retry_after_restart_succeeds(tmp_path):
     srv = file_server(tmp_path)
     data = os.urandom(3 * MB)

@@ -372,6 +372,22 @@ def test_stale_temp_files_of_a_killed_server_are_removed_at_start(root):
     assert leftovers(root) == ["kept"]
 
 
+def test_a_second_server_on_the_same_root_is_refused_until_the_first_closes(root, tmp_path):
+    """The second server's start-up removed the first one's unfinished uploads (.upload-*.part) as stale."""
+    from labnodes import LabnodesError
+
+    first = FileServer(root, "127.0.0.1", 0)
+    try:
+        (root / ".upload-inflight.part").write_bytes(b"the first server's upload, under way")
+        with pytest.raises(LabnodesError, match=f"another file server serves {root}: two must not share a root"):
+            FileServer(root, "127.0.0.1", 0)
+        assert leftovers(root) == [".upload-inflight.part"]
+        FileServer(tmp_path / "elsewhere", "127.0.0.1", 0).close()  # another root: no conflict
+    finally:
+        first.close()
+    FileServer(root, "127.0.0.1", 0).close()  # the lock went with the first server
+
+
 # --- the client against peers that misbehave ---------------------------------------------------------------
 
 
