@@ -25,6 +25,7 @@ in neither is whichever port the program itself listens on.
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 import re
@@ -490,10 +491,26 @@ class Probe:
                      f"a TCP connection to {addr}:{port}", err or "connected",
                      f"is the {title} up, and is this host's network up (ip addr; ping {addr})?")
 
+    def faults(self):
+        """labkit's own faults in force on this host (`fab impair`, `partition`, `fault`): their records, from the
+        directory the control side names (labkit.faults.STATE_DIR), so `fab check` can say a failure is one."""
+        where = self.ctx.get("faults_dir")
+        if not where:
+            return
+        records = []
+        for path in sorted(glob.glob(os.path.join(where, "*.json"))):
+            try:
+                with open(path) as f:
+                    records.append(json.load(f))
+            except (OSError, ValueError):
+                continue  # removed by a heal meanwhile, or half-written: not in force
+        self.facts["faults"] = [r for r in records if isinstance(r, dict)]
+
     def run(self):
         self.reach()
         self.host_checks()
         self.services()
+        self.faults()
         return {"checks": self.checks, "facts": self.facts, "time": time.time()}
 
 

@@ -33,7 +33,7 @@ from pathlib import Path
 import paramiko
 from invoke.exceptions import CommandTimedOut
 
-from labkit import LabkitError, options, printable
+from labkit import LabkitError, faults, options, printable
 from labkit.remote import Hosts
 from labnodes import selftest
 
@@ -110,7 +110,7 @@ class Run:
         vars_ = {k: v for k, v in h.vars.items() if k.endswith(("_port", "_venv")) and not isinstance(v, dict)}
         return {"host": h.name, "timeout": self.op_timeout, "address": h.address, "services": self.services_of(h.name), "peers": peers,
                 "ring_next": ring[(ring.index(h.name) + 1) % len(ring)] if h.name in ring else None,
-                "vars": vars_}
+                "vars": vars_, "faults_dir": faults.STATE_DIR}
 
     def add(self, cid, host, outcome, title=None, expected="", found="", hint="", deps=(), layer=None):
         self.checks.append({"id": cid, "host": host, "layer": layer or cid.split(".")[0],
@@ -416,6 +416,8 @@ class Run:
                 "groups": {g: list(m) for g, m in self.inv.groups.items()},
                 "ring": list(self.inv.groups.get("ring", ())), "checks": self.checks,
                 "ring_trace": self.extra["ring"], "celery": self.extra["celery"],
+                "faults": sorted((r for f in self.facts.values() for r in f.get("faults") or []),
+                                 key=lambda r: (str(r.get("host")), str(r.get("id")))),
                 "time": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
 
 
@@ -442,7 +444,7 @@ def failed_report(path, error: str) -> dict:
     """The report of a cluster whose inventory cannot be read."""
     return printable({"cluster": Path(path).name, "inventory": str(path), "backend": "", "status": "broken inventory",
                   "error": error, "seconds": 0.0, "counts": {"pass": 0, "fail": 0, "blocked": 0}, "hosts": [],
-                  "groups": {}, "ring": [], "checks": [], "ring_trace": None, "celery": None,
+                  "groups": {}, "ring": [], "checks": [], "ring_trace": None, "celery": None, "faults": [],
                   "time": time.strftime("%Y-%m-%d %H:%M:%S %Z")})
 
 

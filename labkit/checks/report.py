@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import html
 import tempfile
+import time
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -54,10 +55,19 @@ def save(option: str, path: str | Path, data: str | bytes) -> None:
 
 # --- console ---------------------------------------------------------------------------------------------------
 
+def fault_line(f: dict) -> str:
+    """One of labkit's own faults in force, as the reports show it."""
+    until = time.strftime("%H:%M:%S", time.localtime(f["until"])) if f.get("until") else "healed"
+    return f"{f.get('kind')} on {f.get('host')}: {f.get('what')} (fault {f.get('id')}, until {until})"
+
+
 def console(report: dict, score: dict | None = None) -> str:
     lines = [f"cluster {report['cluster']} ({report.get('backend') or '?'}, {report['inventory']})"]
     if report.get("error"):
         lines.append(f"  {report['status']}: {report['error']}")
+    if report.get("faults"):
+        lines.append("\nlabkit faults in force: failures below may be these (`fab heal` undoes them)")
+        lines += [f"  FAULT   {fault_line(f)}" for f in report["faults"]]
     by_layer: dict[str, list] = {}
     for c in report["checks"]:
         by_layer.setdefault(c["layer"], []).append(c)
@@ -216,6 +226,9 @@ tr.fail td.m { background: #fdecea; } .hint { color: #8a4b00; }
  {% if score %} · score {{ "%g"|format(score.points) }} / {{ "%g"|format(score.max) }}
  ({{ "%.0f"|format(score.percent) }}%){% endif %}</p>
 {% if r.error %}<p class="fail o">{{ r.error }}</p>{% endif %}
+{% if r.faults %}<h2>labkit faults in force</h2>
+<p>Set on purpose with fab (impair, partition, fault): failures below may be these. <code>fab heal</code> undoes
+them.</p><ul>{% for f in r.faults %}<li>{{ fault_line(f) }}</li>{% endfor %}</ul>{% endif %}
 {% if r.hosts %}<h2>Topology</h2>
 <div class="svg">{{ svg|safe }}</div>
 <p class="sub">Border: blue = SSH answers, dashed grey/red = no SSH. Pills: each service, green = all its checks
@@ -268,4 +281,4 @@ def html_page(report: dict, score: dict | None = None) -> str:
         row = rows.setdefault(c["id"], {"id": c["id"], "layer": c["layer"], "title": c["title"], "cells": {}})
         row["cells"][c["host"]] = c
     return PAGE.render(r=report, svg=svg, score=score, hostnames=hostnames, matrix=list(rows.values()),
-                       message=message)
+                       message=message, fault_line=fault_line)

@@ -139,6 +139,18 @@ def test_two_impairs_of_one_host_at_once_leave_one(lab, hosts):
     assert [r["kind"] for r in faults.in_force(hosts, ["pyro1"])] == ["impair"]
 
 
+def test_check_lists_the_faults_labkit_set_and_forgets_them_once_healed(lab, hosts):
+    fab("partition", "client", "sockserver", inv=lab.path)
+    report = json.loads(fab("check", "--json", inv=lab.path, check=False).stdout)
+    assert report["status"] == "failing"  # the partition breaks the apps: a fault is still a failure
+    assert sorted((f["host"], f["kind"]) for f in report["faults"]) == [("client", "partition"),
+                                                                        ("sockserver", "partition")]
+    text = fab("check", inv=lab.path, check=False).stdout
+    assert "labkit faults in force" in text and "FAULT   partition on client: cut from sockserver" in text
+    fab("heal", inv=lab.path)
+    assert json.loads(fab("check", "--json", inv=lab.path).stdout)["faults"] == []
+
+
 @pytest.mark.parametrize("loss", ["1", "5"])
 def test_the_ring_completes_with_loss_on_a_ring_host(lab, hosts, loss):
     fab("impair", "pyro2", "--loss", loss, inv=lab.path)

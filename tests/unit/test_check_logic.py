@@ -145,6 +145,34 @@ def test_console_names_failures_with_expected_found_hint_and_groups_blocked():
     assert report.console(sample(broken=False)).splitlines()[-1] == "6 passed in 1.5s"
 
 
+FAULT = {"id": "part-ab-1", "host": "a", "kind": "partition", "what": "cut from b (10.0.0.3), both ways",
+         "since": 1000.0, "until": None}
+
+
+def test_labkits_own_faults_in_force_head_the_console_and_the_html_report():
+    """An instructor who forgot a `fab partition` saw app checks fail with "timed out" and nothing saying why."""
+    text = report.console(dict(sample(), faults=[FAULT]))
+    assert text.splitlines()[2:4] == [
+        "labkit faults in force: failures below may be these (`fab heal` undoes them)",
+        "  FAULT   partition on a: cut from b (10.0.0.3), both ways (fault part-ab-1, until healed)"]
+    assert "faults in force" not in report.console(sample())
+    page = report.html_page(dict(sample(), faults=[FAULT]))
+    assert "<h2>labkit faults in force</h2>" in page and "partition on a: cut from b" in page
+    assert "faults in force" not in report.html_page(sample())
+
+
+def test_the_host_probe_reads_labkits_fault_records_from_the_directory_it_is_given(tmp_path):
+    (tmp_path / "part-ab-1.json").write_text(json.dumps(FAULT))
+    (tmp_path / "part-ab-1.undo").write_text("iptables ...")
+    (tmp_path / "impair-a-2.json").write_text('{"id": "impair-a-2", "what": "loss')  # half-written: not in force
+    probe = selftest.Probe({"faults_dir": str(tmp_path)})
+    probe.faults()
+    assert probe.facts["faults"] == [FAULT]
+    unasked = selftest.Probe({})
+    unasked.faults()
+    assert "faults" not in unasked.facts  # `labnodes selftest` on a host: no control side, no fault records
+
+
 def test_html_is_self_contained_and_draws_every_host_and_the_ring():
     page = report.html_page(sample())
     assert "<script" not in page and "<link" not in page
