@@ -239,10 +239,11 @@ def parse(path: Path, data: dict) -> Inventory:
 
 def load(path: str | os.PathLike | None = None) -> Inventory:
     """Load and validate the inventory at `path` (a file or a directory); default: the active inventory."""
-    path = Path(path) if path is not None else active_inventory()
+    given = path is not None
+    path = Path(path) if given else active_inventory()
     path = path.absolute()
     if not path.exists():
-        raise InventoryError(f"inventory {path} does not exist")
+        raise InventoryError(f"inventory {path} does not exist" + ("" if given else _whence_active()))
     if path.is_dir() and not any(p.is_file() and not p.name.startswith(".") for p in path.iterdir()):
         raise InventoryError(f"{path}: no inventory file in this folder (labkit's inventories list their hosts "
                              "in hosts.yml)")  # ansible-inventory says only "No inventory was parsed"
@@ -275,6 +276,16 @@ def active_inventory() -> Path:
     except FileNotFoundError:
         recorded = ""
     return Path(recorded) if recorded else DEFAULT_INVENTORY
+
+
+def _whence_active() -> str:
+    """Why the active inventory is the one it is, for an error about it (it may be an inventory since deleted)."""
+    if os.environ.get("LABKIT_INVENTORY"):
+        return " ($LABKIT_INVENTORY names it)"
+    if ACTIVE_FILE.exists():
+        return (f" (the active inventory, recorded by the last `fab up` in {ACTIVE_FILE}: give -i INVENTORY, or "
+                "make another one active with `fab up -i INVENTORY`)")
+    return ""
 
 
 def record_active(path: str | os.PathLike) -> None:

@@ -107,6 +107,21 @@ def test_a_missing_inventory_is_one_clear_error(tmp_path):
         inventory.load(tmp_path / "nope")
 
 
+def test_a_missing_active_inventory_says_where_it_was_recorded_and_how_to_choose_another(tmp_path, monkeypatch):
+    """After `fab up -i /tmp/x` and `rm -rf /tmp/x`, every task said only "inventory /tmp/x does not exist"."""
+    monkeypatch.delenv("LABKIT_INVENTORY", raising=False)
+    monkeypatch.setattr(inventory, "ACTIVE_FILE", tmp_path / "active")
+    (tmp_path / "active").write_text(f"{tmp_path / 'gone'}\n")
+    with pytest.raises(InventoryError) as err:
+        inventory.load()
+    assert str(err.value) == (f"inventory {tmp_path / 'gone'} does not exist (the active inventory, recorded by the "
+                              f"last `fab up` in {tmp_path / 'active'}: give -i INVENTORY, or make another one "
+                              "active with `fab up -i INVENTORY`)")
+    monkeypatch.setenv("LABKIT_INVENTORY", str(tmp_path / "gone2"))
+    with pytest.raises(InventoryError, match=r"gone2 does not exist \(\$LABKIT_INVENTORY names it\)$"):
+        inventory.load()
+
+
 @pytest.mark.parametrize("name, text, says", [
     ("hosts.yml", "all:\n  hosts:\n    a:\n      ansible_host: 10.1.1.5\n     bad: 1\n",
      "hosts.yml is not a valid inventory: YAML parsing failed: While parsing a block mapping did not find expected "
