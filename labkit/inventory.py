@@ -65,6 +65,12 @@ class Host:
     def user(self) -> str | None:
         return self.vars.get("ansible_user")
 
+    @property
+    def sudo(self) -> bool:
+        """Whether labkit's commands on this host go through sudo: a non-root login with ansible_become."""
+        become = str(self.vars.get("ansible_become", False)).lower() in ("1", "true", "yes")
+        return become and (self.user or "root") != "root"
+
 
 @dataclass(frozen=True)
 class Inventory:

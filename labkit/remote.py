@@ -115,9 +115,7 @@ class Hosts:
 
     def sudo(self, name: str) -> bool:
         """Whether commands on this host go through sudo (a non-root login with ansible_become)."""
-        host = self.inv.host(name)
-        become = str(host.vars.get("ansible_become", False)).lower() in ("1", "true", "yes")
-        return become and (host.user or "root") != "root"
+        return self.inv.host(name).sudo
 
     def run(self, name: str, command: str, *, check: bool = True, timeout: float | None = None):
         """Run a shell command on a host; with `timeout`, a command still running then is a RemoteError."""

@@ -3,7 +3,8 @@
 labkit neither creates nor destroys these machines. They are reached as Ansible reaches them: `ansible_host`,
 `ansible_user` and `ansible_port` from the inventory, keys and known hosts from the user's own ~/.ssh.
 
-    up      waits until every host accepts SSH, then records the inventory as the active one
+    up      waits until every host accepts SSH (and, with ansible_become, runs sudo without a password), then
+            records the inventory as the active one
     down    removes what labkit put on the hosts (playbooks/remove.yml), nothing else
     status  a host is up when its SSH port answers
 """
@@ -25,11 +26,19 @@ def _port(host) -> int:
 
 
 def _login(host) -> str | None:
-    """None if the machine accepts our login (the user's own ssh settings), else the reason it does not."""
+    """None if the machine accepts our login (the user's own ssh settings) and, where the inventory logs in as
+    another user with ansible_become, sudo without a password; else the reason it does not."""
     target = f"{host.user}@{host.address}" if host.user else host.address
     proc = subprocess.run(["ssh", "-o", "BatchMode=yes", "-o", "ConnectTimeout=5", "-p", str(_port(host)), target,
-                           "true"], stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=30)
-    return None if proc.returncode == 0 else ((proc.stderr.strip().splitlines() or ["ssh failed"])[-1])
+                           "sudo -n true" if host.sudo else "true"],
+                          stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=30)
+    if proc.returncode == 0:
+        return None
+    why = (proc.stderr.strip().splitlines() or ["ssh failed"])[-1]
+    if host.sudo and why.startswith("sudo:"):  # logged in; sudo refused (Ansible would stop at "Missing sudo password")
+        return (f"logs in as {host.user}, but sudo will not run without a password ({why}): labkit needs passwordless "
+                f"sudo there, e.g. `echo '{host.user} ALL=(ALL) NOPASSWD: ALL' > /etc/sudoers.d/labkit` as root")
+    return why
 
 
 def up(inv, echo=print) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -76,3 +77,37 @@ def test_a_sized_inventory_is_written_whole_or_not_at_all(tmp_path):
     (tmp_path / "file").write_text("x")
     with pytest.raises(inventory.InventoryError, match=r"/file/big: \S+/file is a file, not a folder$"):
         inventory.new_sized(tmp_path / "file" / "big", "big", "10.77.60.0/24")
+
+
+FAKE_SSH = """#!/bin/sh
+# the machine: accepts the login; its sudo wants a password (as on a machine where the user's sudo is not NOPASSWD)
+for last; do :; done
+case "$last" in
+  "sudo -n true") echo "sudo: a password is required" >&2; exit 1 ;;
+  true) exit 0 ;;
+esac
+exit 255
+"""
+
+
+@pytest.mark.parametrize("become, refused", [(True, True), (False, False)])
+def test_fab_up_of_a_lab_refuses_a_login_whose_sudo_wants_a_password(tmp_path, monkeypatch, become, refused):
+    """Before, `fab up` went on to provision and Ansible stopped on every host with "Missing sudo password"."""
+    from labkit import LabkitError, ssh
+    from labkit.backends import lab as lab_backend
+
+    (tmp_path / "ssh").write_text(FAKE_SSH)
+    (tmp_path / "ssh").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}:{os.environ['PATH']}")
+    monkeypatch.setattr(ssh, "sshd_open", lambda *args, **kwargs: True)
+    monkeypatch.setattr(inventory, "record_active", lambda path: None)
+    host = inventory.Host("pc1", "10.20.30.11", {"ansible_user": "labadmin", "ansible_become": become})
+    inv = inventory.Inventory(path=tmp_path, cluster="room1", subnet=None, backend="lab", hosts=(host,),
+                              groups={"clients": ("pc1",)})
+    if not refused:
+        lab_backend.up(inv, echo=lambda *a: None)
+        return
+    with pytest.raises(LabkitError) as err:
+        lab_backend.up(inv, echo=lambda *a: None)
+    assert ("pc1 (10.20.30.11): logs in as labadmin, but sudo will not run without a password (sudo: a password "
+            "is required): labkit needs passwordless sudo there") in str(err.value)
