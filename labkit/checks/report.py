@@ -56,8 +56,12 @@ def save(option: str, path: str | Path, data: str | bytes) -> None:
 # --- console ---------------------------------------------------------------------------------------------------
 
 def fault_line(f: dict) -> str:
-    """One of labkit's own faults in force, as the reports show it."""
-    until = time.strftime("%H:%M:%S", time.localtime(f["until"])) if f.get("until") else "healed"
+    """One of labkit's own faults in force, as the reports show it (from a host's record: never trusted to be
+    well formed; one odd record must not end a class run)."""
+    try:
+        until = time.strftime("%H:%M:%S", time.localtime(float(f["until"]))) if f.get("until") else "healed"
+    except (TypeError, ValueError, OverflowError, OSError):
+        until = repr(f.get("until"))
     return f"{f.get('kind')} on {f.get('host')}: {f.get('what')} (fault {f.get('id')}, until {until})"
 
 

@@ -159,6 +159,8 @@ def test_labkits_own_faults_in_force_head_the_console_and_the_html_report():
     page = report.html_page(dict(sample(), faults=[FAULT]))
     assert "<h2>labkit faults in force</h2>" in page and "partition on a: cut from b" in page
     assert "faults in force" not in report.html_page(sample())
+    for odd in ("soon", 1e300, float("nan"), [1]):  # a record is the host's word: none may end the report
+        assert f"until {odd!r})" in report.console(dict(sample(), faults=[dict(FAULT, until=odd)]))
 
 
 def test_the_host_probe_reads_labkits_fault_records_from_the_directory_it_is_given(tmp_path):
