@@ -127,7 +127,10 @@ def test_two_installs_at_once_take_turns_and_the_second_finds_the_build_installe
     procs = [
         subprocess.Popen(
             [HOST_PYTHON, "-", str(wheelhouse / "wheelhouse.tar"), str(venv), "build-1", ""],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
         )
         for _ in range(2)
     ]
@@ -193,7 +196,10 @@ def test_a_failed_install_leaves_the_installed_venv_as_it_was(wheelhouse, tmp_pa
         archive = tmp_path / "nowhere.tar"
     failed = install(archive, venv, *extras, stamp="build-2")
     if bad == "a wheel for another Python":
-        assert "uvloop-0" in failed.stderr and "does not run on this host (CPython 3.11 on x86_64)" in failed.stderr
+        assert (
+            "uvloop-0" in failed.stderr
+            and "does not run on this host (CPython 3.11 on x86_64)" in failed.stderr
+        )
     assert failed.returncode == 1 and failed.stderr.startswith("install_venv: "), failed.stderr
     assert len(failed.stderr.strip().splitlines()) == 1  # one clear line, no traceback
     assert sorted(str(p.relative_to(venv)) for p in venv.rglob("*")) == before

@@ -111,15 +111,19 @@ WHEELS = [
 ]
 
 
-@pytest.mark.parametrize("version, impl, machine, refused", [
-    ((3, 11), "cpython", "x86_64", None),  # Debian 12 on a PC, as the control machine
-    ((3, 12), "cpython", "x86_64", "uvloop-"),  # Ubuntu 24.04: abi3 tornado runs, cp311 uvloop does not
-    ((3, 10), "cpython", "x86_64", "tornado-"),  # Ubuntu 22.04: not even the abi3 wheel (3.11 or later)
-    ((3, 11), "cpython", "aarch64", "tornado-"),  # a Raspberry Pi with Debian 12
-    ((3, 11), "pypy", "x86_64", "tornado-"),
-])
-def test_a_wheel_built_for_another_python_or_machine_is_refused_before_anything_is_made(version, impl, machine,
-                                                                                        refused):
+@pytest.mark.parametrize(
+    "version, impl, machine, refused",
+    [
+        ((3, 11), "cpython", "x86_64", None),  # Debian 12 on a PC, as the control machine
+        ((3, 12), "cpython", "x86_64", "uvloop-"),  # Ubuntu 24.04: abi3 tornado runs, cp311 uvloop does not
+        ((3, 10), "cpython", "x86_64", "tornado-"),  # Ubuntu 22.04: not even the abi3 wheel (3.11 or later)
+        ((3, 11), "cpython", "aarch64", "tornado-"),  # a Raspberry Pi with Debian 12
+        ((3, 11), "pypy", "x86_64", "tornado-"),
+    ],
+)
+def test_a_wheel_built_for_another_python_or_machine_is_refused_before_anything_is_made(
+    version, impl, machine, refused
+):
     """PyPA's installer does not check tags: a host with Python 3.12 or an ARM CPU got the control machine's
     compiled wheels installed, and every program importing them failed to start."""
     if refused is None:
