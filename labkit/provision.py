@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -75,10 +76,10 @@ def provision(inventory: str | os.PathLike, *, quiet: bool = False, extra: list[
     With `cluster` (fab's tasks give it), runs for one cluster take turns on this machine: two at once (`fab
     provision` in two terminals, a `fab up` beside it) each restarted the programs the other was starting
     (supervisord: STILL_RUNNING) and both failed. The second says it waits."""
-    if cluster is None:
-        return _provision(inventory, quiet=quiet, extra=extra, playbook=playbook, hosts=hosts)
-    with one_at_a_time(STATE / cluster / "provision.lock",
-                       f"provision: waiting for another provisioning of cluster {cluster} to end"):
+    turn = (one_at_a_time(STATE / cluster / "provision.lock",
+                          f"provision: waiting for another provisioning of cluster {cluster} to end")
+            if cluster is not None else contextlib.nullcontext())
+    with turn:
         return _provision(inventory, quiet=quiet, extra=extra, playbook=playbook, hosts=hosts)
 
 
