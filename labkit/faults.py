@@ -269,6 +269,14 @@ def apply_script(rec: dict, apply: list[str], undo: list[str], for_s: float | No
     return "\n".join(lines) + "\n"
 
 
+def already_in_force(exc: RemoteError) -> str | None:
+    """The id of the fault an `exclusive` apply_script was refused for (its exit 3), else None."""
+    if exc.exited != 3:
+        return None
+    found = [ln[len(ALREADY):].split() for ln in exc.stderr.splitlines() if ln.startswith(ALREADY)]
+    return found[-1][0] if found and found[-1] else None
+
+
 def heal_script(fids: list[str] | None = None) -> str:
     """Undo the given faults (all recorded ones if None): kill each one's timer, run its undo script."""
     d = STATE_DIR
@@ -387,8 +395,8 @@ def impair(hosts: Hosts, name: str, loss=None, rate=None, delay=None, jitter=Non
     try:
         hosts.run(name, apply_script(rec, apply, undo, for_s, exclusive=fid.rsplit("-", 1)[0] + "-"))
     except RemoteError as exc:
-        if ALREADY in str(exc):  # another fab impaired it since the check above
-            other = str(exc).rsplit(ALREADY, 1)[1].split()[0]  # the last: the command quotes ALREADY too
+        other = already_in_force(exc)
+        if other:  # another fab impaired it since the check above
             raise FaultError(f"{name} is already impaired (fault {other}, set by another fab a moment ago): "
                              f"`fab heal {name}` first; nothing was changed") from None
         raise FaultError(f"{name}: could not impair {iface} ({exc}); what had been applied was rolled back") from None

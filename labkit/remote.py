@@ -59,11 +59,16 @@ def shown_command(command: str) -> str:
 
 
 class RemoteError(LabkitError):
-    """A command on a cluster host failed; the message names the host, the command and its stderr."""
+    """A command on a cluster host failed; the message names the host, the command and its stderr.
 
-    def __init__(self, message: str, *, unreachable: bool = False):
+    `exited` and `stderr` are the command's exit status and standard error where it ran and ended (None and ""
+    when SSH failed or the command timed out), for callers whose command says what went wrong by its status."""
+
+    def __init__(self, message: str, *, unreachable: bool = False, exited: int | None = None, stderr: str = ""):
         super().__init__(message)
         self.unreachable = unreachable  # SSH itself failed: the host may be down
+        self.exited = exited
+        self.stderr = stderr
 
 
 class _Remote(Remote):
@@ -130,7 +135,8 @@ class Hosts:
         if check and result.exited != 0:
             err = (result.stderr.strip() or result.stdout.strip()).splitlines()
             why = err[-1] if err else "no output"
-            raise RemoteError(f"{name}: `{shown_command(command)}` exited {result.exited}: {why}")
+            raise RemoteError(f"{name}: `{shown_command(command)}` exited {result.exited}: {why}",
+                              exited=result.exited, stderr=result.stderr)
         return result
 
     def settings(self, name: str) -> dict:

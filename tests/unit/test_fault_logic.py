@@ -184,6 +184,23 @@ def test_an_exclusive_fault_is_refused_on_the_host_when_one_of_its_kind_is_recor
     assert sorted(p.name for p in (tmp_path / "faults").iterdir()) == ["impair-h-1.json", "impair-h-1.undo"]
 
 
+def test_the_control_side_reads_a_refused_exclusive_fault_from_the_exit_status_and_stderr(tmp_path):
+    rec = faults.record("impair-h-1", "h", "impair", "loss 5%", None)
+    _sh(faults.apply_script(rec, ["true"], ["true"], None, exclusive="impair-h-"), tmp_path)
+    rec2 = faults.record("impair-h-2", "h", "impair", "loss 10%", None)
+    proc = _sh(faults.apply_script(rec2, ["true"], ["true"], None, exclusive="impair-h-"), tmp_path)
+    refused = RemoteError("h: `set -e` exited 3: ...", exited=proc.returncode, stderr=proc.stderr)
+    assert faults.already_in_force(refused) == "impair-h-1"
+
+
+def test_a_failure_that_only_quotes_the_refusal_is_not_taken_for_one():
+    """The error quotes the script, which holds ALREADY itself: only exit 3 with ALREADY on stderr is a refusal."""
+    quoted = f'h: `set -e ... echo "{faults.ALREADY} $(basename ...)"` exited 1: tc: RTNETLINK answers: Invalid'
+    assert faults.already_in_force(RemoteError(quoted, exited=1, stderr="RTNETLINK answers: Invalid\n")) is None
+    assert faults.already_in_force(RemoteError(quoted, exited=3, stderr="something else\n")) is None
+    assert faults.already_in_force(RemoteError("h: cannot connect over SSH", unreachable=True)) is None
+
+
 def test_two_exclusive_faults_applied_at_once_on_one_host_leave_one(tmp_path):
     """Two `fab impair client --loss` at once both passed the control side's check and stacked their losses: the
     host now changes its faults one script at a time, so the second sees the first's record."""
