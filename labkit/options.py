@@ -8,7 +8,9 @@
   `--ring`) refuses a value that is not one as invoke refuses an unknown option. Invoke casts such a value with
   int() while it parses the command line and lets int()'s ValueError escape as a traceback (invoke 2.2); here
   it becomes invoke's own ParseError, which `fab` prints as one line before any task runs. A Ctrl-C is one line
-  too (`fab up: interrupted: ...`), exit 130.
+  too (`fab up: interrupted: ...`), exit 130. Fabric's own options that choose hosts or keys (`-H`, `-i`, `-S`
+  before the task's name) are refused in one line (`fabric_flags_refused`): labkit's tasks take their hosts from
+  an inventory, and `fab -i students/ana check` had checked the active cluster, `-i` being Fabric's --identity.
 """
 
 from __future__ import annotations
@@ -71,12 +73,43 @@ def load_yaml(text: str, source: str, *, error: type[LabkitError] = LabkitError)
         raise error(f"{source}: not valid YAML{where}: {what}") from None
 
 
-class Argument(parser.Argument):  # its name shows in invoke's messages ("Flag <Argument: count (c)> ...")
+class Argument(parser.Argument):
+    def __repr__(self) -> str:  # in invoke's messages: "Flag --numbers needed value", not "<Argument: ...>"
+        return "--" + self.name.strip("_").replace("_", "-")
+
     def set_value(self, value, cast: bool = True) -> None:
         try:
             super().set_value(value, cast)
         except ValueError:
             raise ParseError(f"fab: error: --{self.name} takes a whole number, got {value!r}") from None
+
+
+def fabric_flags_refused(ctx, task: str) -> str | None:
+    """Why `task` must not run with the context Fabric built from its own command-line options, or None.
+
+    Fabric's -H runs a task once per host given, with a Connection to it; -i (an SSH key) and -S (an ssh_config
+    file) go into the configuration's overrides. Labkit's tasks use none of them (each reaches the hosts of its
+    cluster's inventory with the cluster's key), so each task ran on the active cluster as if they were not there."""
+    if ctx is None:
+        return None
+    keys = getattr(ctx.config, "_overrides", {}).get("connect_kwargs", {}).get("key_filename")
+    ssh_config = getattr(ctx.config, "_runtime_ssh_path", None)
+    if isinstance(ctx, fabric.Connection):
+        return (
+            f"`-H {ctx.original_host}` is Fabric's --hosts, which labkit's tasks do not use: `fab {task}` acts on "
+            "the hosts of the cluster's inventory (choose it with -i INVENTORY after the task's name)"
+        )
+    if keys:
+        return (
+            f"`-i {' '.join(keys)}` before the task's name is Fabric's --identity (an SSH key), not an "
+            f"inventory: write it after the task's name, `fab {task} -i {' '.join(keys)}`"
+        )
+    if ssh_config:
+        return (
+            f"`-S {ssh_config}` is Fabric's --ssh-config, which labkit's tasks do not use: they reach the hosts "
+            "with the cluster's own ssh_config (.labkit/CLUSTER/ssh_config)"
+        )
+    return None
 
 
 class Task(fabric.Task):
@@ -89,6 +122,10 @@ class Task(fabric.Task):
         self.interrupted = interrupted
 
     def __call__(self, *args, **kwargs):
+        refused = fabric_flags_refused(args[0] if args else None, self.name.replace("_", "-"))
+        if refused:
+            print(f"fab: error: {refused}", file=sys.stderr)
+            sys.exit(1)
         try:
             return super().__call__(*args, **kwargs)
         except KeyboardInterrupt:

@@ -483,6 +483,25 @@ def test_a_task_given_an_inventory_acts_on_it_not_on_the_active_one(tmp_path, ar
     assert (r.returncode, r.stderr) == (1, f"fab: error: inventory {tmp_path / 'given'} does not exist\n")
 
 
+@pytest.mark.parametrize("args, message", [
+    (["-i", "{tmp}/ana", "check"], "fab: error: `-i {tmp}/ana` before the task's name is Fabric's --identity (an SSH "
+     "key), not an inventory: write it after the task's name, `fab check -i {tmp}/ana`"),
+    (["-H", "pyro2,pyro3", "run-ring"], "fab: error: `-H pyro2` is Fabric's --hosts, which labkit's tasks do not use: "
+     "`fab run-ring` acts on the hosts of the cluster's inventory (choose it with -i INVENTORY after the task's name)"),
+    (["-S", "/dev/null", "status"], "fab: error: `-S /dev/null` is Fabric's --ssh-config, which labkit's tasks do not "
+     "use: they reach the hosts with the cluster's own ssh_config (.labkit/CLUSTER/ssh_config)"),
+    (["run-ring", "--numbers"], "Flag --numbers needed value and was not given one!"),
+])
+def test_fabrics_own_host_and_key_options_are_refused_before_anything_runs(tmp_path, args, message):
+    """`fab -i students/ana check` took -i as Fabric's --identity and checked the active cluster: a pass for the
+    wrong cluster. -H ran the task once per host given, each time on the whole active cluster. An option without
+    its value named invoke's `<Argument: numbers (n)>`."""
+    env = dict(os.environ, LABKIT_INVENTORY=str(tmp_path / "active"))
+    r = subprocess.run([FAB, *(a.format(tmp=tmp_path) for a in args)], cwd=REPO, env=env, capture_output=True,
+                       text=True, timeout=60)
+    assert (r.returncode, r.stderr, r.stdout) == (1, message.format(tmp=tmp_path) + "\n", "")
+
+
 CELERY_REPORT = {"submit": {"result": 144, "worker": "w@worker1", "host": "worker1"}, "workers": ["worker1"],
                  "modes": {"one": {"tasks": 3, "ok": 3, "tasks_per_s": 9.0, "hosts": {"worker1": 3}, "error_count": 0,
                                    "errors": []},
