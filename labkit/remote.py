@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import shlex
 import threading
 import tomllib
@@ -56,6 +57,10 @@ def shown_command(command: str) -> str:
     lines = command.strip().splitlines() or [""]
     first = shown(lines[0].split(" "))
     return first if len(lines) == 1 else f"{first} ... ({len(lines)} lines)"
+
+
+# How a host's labnodes installed by an older labkit refuses a command or subcommand it does not have yet
+OLDER_LABNODES = re.compile(r"argument (COMMAND|ACTION): invalid choice")
 
 
 class RemoteError(LabkitError):
@@ -175,7 +180,7 @@ class Hosts:
             return json.loads(result.stdout)
         except json.JSONDecodeError:
             err = (result.stderr.strip() or result.stdout.strip() or "no output").splitlines()[-1]
-            if "unrecognized arguments: --tethered" in err:  # installed by an older labkit
+            if "unrecognized arguments: --tethered" in err or OLDER_LABNODES.search(err):  # an older labkit's
                 err += " (the host's labnodes is older than this labkit: fab provision updates it)"
             raise RemoteError(f"{name}: labnodes {shown(args)}: {err}") from None
 

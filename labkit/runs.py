@@ -110,8 +110,8 @@ def _send_file(hosts: Hosts, size_mb: int) -> dict:
     client, server = _first(hosts, "clients"), _first(hosts, "sockservers")
     name = f"labkit-demo-{size_mb}M.bin"
     src, back = f"{OUTBOX}/{name}", f"{INBOX}/{name}"
-    hosts.run(client, f"mkdir -p {OUTBOX} {INBOX} && rm -f {back} && "
-                      f"head -c {size_mb * 1024 * 1024} /dev/urandom > {src}.tmp && mv {src}.tmp {src}")
+    hosts.run(client, f"mkdir -p {OUTBOX} {INBOX} && rm -f {back}")
+    hosts.labnodes(client, "file", "make", src, "--size", str(size_mb))  # tethered: stops when fab does
     stored = f"{hosts.setting(server, 'file_root')}/{name}"
     sent = hosts.labnodes(client, "file", "send", src)
     fetched = hosts.labnodes(client, "file", "get", name, "--out", INBOX)

@@ -140,6 +140,11 @@ Commands (send and get print a table, or JSON with --json; any refusal is one li
     labnodes file serve [--host H] [--port P] [--root DIR]
     labnodes file send [--host H] [--port P] [--json] PATH [--name N]
     labnodes file get [--host H] [--port P] [--json] NAME --out DIR
+    labnodes file make PATH --size MB [--json]
+        A file of MB MiB of random bytes to send (1 up to file_max_size), written whole or not at all: into a
+        temporary file beside PATH, renamed over PATH once complete, removed if anything stops it (a full
+        disk, an interrupt, the end of a `--tethered` session). `fab send-file` makes its file this way; its
+        `head -c ... > PATH.tmp` went on writing after fab was stopped, into the file the next run made.
 
 Library use (tests, Fabric): `send(host, port, path, name=None, sha256=None) -> dict`, `get(host, port,
 name, out_dir) -> dict` (both report the sha256 of the bytes moved); both raise TransferError (a
@@ -149,6 +154,7 @@ port and returns (host, port).
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import functools
@@ -164,6 +170,7 @@ import signal
 import socket
 import stat
 import struct
+import tempfile
 import threading
 import time
 import unicodedata
@@ -1131,6 +1138,31 @@ def get(host: str, port: int, name: str, out_dir, timeout: float = 60.0, max_siz
     }
 
 
+def make_random(path, size: int) -> dict:
+    """Write `size` random bytes to `path` whole or not at all (`labnodes file make`: the module docstring)."""
+    path = os.fspath(path)
+    try:
+        fd, temp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp",
+                                    dir=os.path.dirname(path) or ".")
+    except OSError as exc:
+        raise LabnodesError(f"cannot make {path}: {exc.strerror}") from None
+    umask = os.umask(0)
+    os.umask(umask)
+    try:
+        os.fchmod(fd, 0o666 & ~umask)  # as a file made by `>` (mkstemp makes it 0600)
+        with open(fd, "wb", buffering=0) as f:
+            for offset in range(0, size, CHUNK):
+                f.write(os.urandom(min(CHUNK, size - offset)))
+        os.replace(temp, path)
+    except BaseException as exc:
+        with contextlib.suppress(OSError):
+            os.unlink(temp)
+        if isinstance(exc, OSError):
+            raise LabnodesError(f"cannot make {path}: {exc.strerror}") from None
+        raise
+    return {"op": "MAKE", "path": path, "size": size}
+
+
 # --- CLI --------------------------------------------------------------------------------------------------
 
 
@@ -1160,6 +1192,12 @@ def register(subparsers) -> None:
     get_.add_argument("--out", required=True, metavar="DIR", help="existing directory to write NAME into")
     get_.add_argument("--json", action="store_true", help="print JSON instead of a table")
     get_.set_defaults(func=_cmd_get)
+
+    make = sub.add_parser("make", help="make a file of random bytes to send")
+    make.add_argument("path", metavar="PATH", help="file to write (replaced whole once complete)")
+    make.add_argument("--size", required=True, type=int, metavar="MB", help="size in MiB")
+    make.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    make.set_defaults(func=_cmd_make)
 
 
 def _cmd_serve(args, settings) -> int:
@@ -1203,6 +1241,20 @@ def _cmd_send(args, settings) -> int:
         send(settings.file_host, settings.file_port, args.path, args.name, settings.file_idle_timeout),
         args.json,
     )
+    return 0
+
+
+def _cmd_make(args, settings) -> int:
+    largest = settings.file_max_size >> 20
+    if not 1 <= args.size <= largest:
+        raise LabnodesError(f"--size must be 1..{largest} MB (file_max_size), got {args.size}")
+    result = make_random(args.path, args.size << 20)
+    if args.json:
+        from labnodes import output
+
+        output.as_json(result)
+    else:
+        print(f"{result['path']}: {result['size']} random bytes")
     return 0
 
 

@@ -419,6 +419,24 @@ def test_an_error_quotes_a_long_value_cut_and_measured_then_the_hosts_reason(mon
     assert shown == f"{'a' * 60} --x={'b' * 56} {'c' * 40}... (61 characters)"
 
 
+@pytest.mark.parametrize("stderr, hint", [
+    ("labnodes file: error: argument ACTION: invalid choice: 'make' (choose from 'serve', 'send', 'get')", True),
+    ("labnodes: error: argument COMMAND: invalid choice: 'file' (choose from 'ring')", True),
+    ("labnodes: error: unrecognized arguments: --tethered", True),
+    ("labnodes celery batch: error: argument --mode: invalid choice: 'bogus' (choose from 'one', 'all')", False),
+])
+def test_a_host_whose_labnodes_lacks_a_command_is_told_to_provision(monkeypatch, stderr, hint):
+    """After an update of labkit, `fab send-file` on hosts provisioned before it ran `labnodes file make`, which
+    their labnodes did not have yet: argparse's "invalid choice" said nothing of why. A user's bad value is not
+    taken for that."""
+    monkeypatch.setattr(Hosts, "run", lambda *a, **k: SimpleNamespace(stdout="", stderr=stderr + "\n", exited=2))
+    monkeypatch.setattr(Hosts, "setting", lambda self, name, key: "/opt/v")
+    with pytest.raises(RemoteError) as err:
+        Hosts(_inv("netns")).labnodes("h1", "file", "make", "/x", "--size", "1")
+    assert str(err.value).endswith(stderr + " (the host's labnodes is older than this labkit: fab provision updates it)"
+                                   if hint else stderr)
+
+
 def test_a_ctrl_c_in_a_remote_command_closes_its_channel_and_is_raised():
     """invoke waits for a command's output to end after a Ctrl-C; without a terminal Fabric re-raises it, but the
     wait went on until the command finished on the host. The closed channel ends the wait, and the command's
