@@ -75,11 +75,11 @@ def run(quick: bool = False) -> list[dict]:
             netns.up(inv, echo=lambda *a: None)
             hosts_s = time.monotonic() - start
             with contextlib.redirect_stdout(sys.stderr):  # progress lines; stdout is the benchmark's table
-                first = provision.provision(inv_path, quiet=True, extra=extra)
+                first = provision.provision(inv_path, cluster=CLUSTER, quiet=True, extra=extra)
             up_s = time.monotonic() - start
             ping_s = _ping(inv_path)
             with contextlib.redirect_stdout(sys.stderr):
-                again = [provision.provision(inv_path, quiet=True, extra=extra) for _ in range(REPROVISIONS)]
+                again = [provision.provision(inv_path, cluster=CLUSTER, quiet=True, extra=extra) for _ in range(REPROVISIONS)]
             changed = sum(r["changed"] for run in again for r in run["hosts"].values())
         finally:
             netns.down(inv, echo=lambda *a: None)

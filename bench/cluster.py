@@ -39,7 +39,7 @@ def cluster(name: str, octet: int, edit=None, provisioned: bool = True):
                 netns.down(cluster=name, echo=lambda *a: None)
                 netns.up(inv, echo=lambda *a: None)
                 if provisioned:
-                    provision.provision(inv_path, quiet=True)
+                    provision.provision(inv_path, cluster=name, quiet=True)
             yield inv, Path(tmp)
         finally:
             with contextlib.redirect_stdout(sys.stderr):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import re
@@ -68,18 +67,17 @@ class TaskProgress:
             self.progress = None
 
 
-def provision(inventory: str | os.PathLike, *, quiet: bool = False, extra: list[str] | None = None,
-              playbook: str | os.PathLike | None = None, hosts: int | None = None, cluster: str | None = None) -> dict:
-    """Run site.yml (or `playbook`); stream its output unless quiet (then: one line per play, and with `hosts`,
-    the number of hosts, how far each task is); return {"seconds", "hosts": recap, "timing": per play/role}.
+def provision(inventory: str | os.PathLike, *, cluster: str, quiet: bool = False, extra: list[str] | None = None,
+              playbook: str | os.PathLike | None = None, hosts: int | None = None) -> dict:
+    """Run site.yml (or `playbook`) on the inventory of `cluster`; stream its output unless quiet (then: one line
+    per play, and with `hosts`, the number of hosts, how far each task is); return {"seconds", "hosts": recap,
+    "timing": per play/role}.
 
-    With `cluster` (fab's tasks give it), runs for one cluster take turns on this machine: two at once (`fab
-    provision` in two terminals, a `fab up` beside it) each restarted the programs the other was starting
-    (supervisord: STILL_RUNNING) and both failed. The second says it waits."""
-    turn = (one_at_a_time(STATE / cluster / "provision.lock",
-                          f"provision: waiting for another provisioning of cluster {cluster} to end")
-            if cluster is not None else contextlib.nullcontext())
-    with turn:
+    Runs for one cluster take turns on this machine (`cluster` is required so that no caller forgets it): two at
+    once (`fab provision` in two terminals, a `fab up` or `vagrant provision` beside it) each restarted the
+    programs the other was starting (supervisord: STILL_RUNNING) and both failed. The second says it waits."""
+    wait = f"provision: waiting for another provisioning of cluster {cluster} to end"
+    with one_at_a_time(STATE / cluster / "provision.lock", wait):
         return _provision(inventory, quiet=quiet, extra=extra, playbook=playbook, hosts=hosts)
 
 

@@ -121,7 +121,7 @@ def after_up(inv, *, provision: bool = False, echo=print, timeout: float = BOOT_
     marker = _provisioned_marker(inv)
     if provision or not marker.exists():
         from labkit import provision as prov
-        report = prov.provision(inv.path)
+        report = prov.provision(inv.path, cluster=inv.cluster)
         marker.write_text(f"{time.time():.0f}\n")
         changed = sum(r["changed"] for r in report["hosts"].values())
         echo(f"labkit: provisioned in {report['seconds']:.0f}s ({changed} changes); try: . .venv/bin/activate; "

@@ -184,7 +184,7 @@ def test_celerys_redis_user_may_not_run_administrative_commands(lab):
 
 
 def test_second_provisioning_changes_nothing(lab):
-    report = provision.provision(lab.path, quiet=True)
+    report = provision.provision(lab.path, cluster=lab.cluster, quiet=True)
     changed = {host: r["changed"] for host, r in report["hosts"].items() if r["changed"]}
     assert changed == {}, changed
 
@@ -209,7 +209,7 @@ def test_a_ctrl_c_during_provisioning_stops_the_playbook_says_so_and_the_next_ru
     assert err.endswith("fab provision: interrupted: run it again: it keeps what is done and finishes the rest\n")
     assert not Path(f"/proc/{playbook[0]}").exists()  # fab waited for it (fab's own child: no zombie left)
     assert not (STATE / f"timing-{proc.pid}.json").exists()
-    report = provision.provision(lab.path, quiet=True)
+    report = provision.provision(lab.path, cluster=lab.cluster, quiet=True)
     assert report["hosts"] and all(r["failed"] == r["unreachable"] == 0 for r in report["hosts"].values())
 
 
@@ -249,7 +249,7 @@ def test_a_changed_setting_restarts_the_labnodes_programs_and_nothing_else(lab):
     before = {h: _pids(lab, h) for h in ("pyro1", "broker")}
     group_vars.write_text(original + "labnodes_config_extra: {log_rate: 99}\n")
     try:
-        report = provision.provision(lab.path, quiet=True)
+        report = provision.provision(lab.path, cluster=lab.cluster, quiet=True)
         after = {h: _pids(lab, h) for h in ("pyro1", "broker")}
     finally:
         group_vars.write_text(original)
@@ -258,7 +258,7 @@ def test_a_changed_setting_restarts_the_labnodes_programs_and_nothing_else(lab):
     assert after["broker"]["labnodes-flower"] != before["broker"]["labnodes-flower"]
     for host, program in (("pyro1", "sshd"), ("broker", "sshd"), ("broker", "labnodes-redis")):
         assert after[host][program] == before[host][program], (host, program)
-    provision.provision(lab.path, quiet=True)  # the setting as it was: the programs restart once more
+    provision.provision(lab.path, cluster=lab.cluster, quiet=True)  # the setting as it was: the programs restart again
     assert _pids(lab, "pyro1")["labnodes-ring"] != after["pyro1"]["labnodes-ring"]
     ring = fab_json("run-ring", inv=lab.path)  # at once: a ring node that registered with the name server about
     assert [hop["node"] for hop in ring["trace"]] == ["pyro1", "pyro2", "pyro3", "pyro1"]  # to stop is not lost
@@ -307,13 +307,13 @@ def test_a_host_that_leaves_its_group_loses_its_programs_and_regains_them_when_i
     client = next(x for x in original.splitlines(keepends=True) if x.strip().startswith("client:"))
     hosts_yml.write_text(original.replace(line, "").replace(client, client + line))  # worker2: workers -> clients
     try:
-        provision.provision(lab.path, quiet=True)
+        provision.provision(lab.path, cluster=lab.cluster, quiet=True)
         assert _programs(lab, "worker2") == {"sshd"}
         result = fab_json("run-celery", "--count", "40", inv=lab.path)
         assert {h for r in result["modes"].values() for h in r["hosts"]} == {"worker1"}
     finally:
         hosts_yml.write_text(original)
-    provision.provision(lab.path, quiet=True)
+    provision.provision(lab.path, cluster=lab.cluster, quiet=True)
     assert _programs(lab, "worker2") == {"sshd", "labnodes-celery-worker"}
 
 

@@ -19,7 +19,7 @@ def test_an_inventory_without_a_host_the_settings_point_at_is_refused_naming_the
         lines += [f"    {group}:", "      hosts:", f"        {host}: {{ansible_host: '{addresses[host]}'}}"]
     (tmp_path / "hosts.yml").write_text("\n".join(lines) + "\n")
     with pytest.raises(provision.ProvisionError) as exc:
-        provision.provision(tmp_path, quiet=True)
+        provision.provision(tmp_path, cluster="gq", quiet=True)
     message = str(exc.value)
     assert (
         f"the inventory has no host in group {missing}, and every host's settings point at its first host"
