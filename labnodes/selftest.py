@@ -21,6 +21,13 @@ What each service check looks at, on the host itself:
             answers 401 without credentials; a Celery host's password is accepted by the broker.
 Ports and addresses come from /etc/labnodes/labnodes.toml, then the context's inventory variables; a port found
 in neither is whichever port the program itself listens on.
+
+The settings file is judged by labnodes' own rules (labnodes.config: every setting known, of its type, ports
+0-65535), run by the venv's python in the same call that checks labnodes imports: valid TOML with a wrong value
+(`ring_port = "abc"`, which stops the program from starting) fails host.settings with labnodes' own message,
+and the file's values are then not used, as when it is not TOML at all. Where the venv cannot run, only the TOML
+and the file's owner and mode are judged, and a value the checks cannot use is a finding of the check that
+needed it, never a crash of the probe (a crash showed as host.probe failing, "install python3").
 """
 
 from __future__ import annotations
@@ -36,6 +43,16 @@ import sys
 import time
 
 SETTINGS = "/etc/labnodes/labnodes.toml"  # labnodes.config.DEFAULT_CONFIG (not imported: stdlib only)
+# Run by the venv's python (argv[1]: the settings file): labnodes' version, then its verdict on the settings.
+VENV_CHECK = """import sys, labnodes
+print("labnodes", labnodes.__version__, flush=True)
+from labnodes import config
+try:
+    config.load(sys.argv[1], env={})
+    print("settings: ok")
+except config.ConfigError as exc:
+    print("settings:", exc)
+"""
 
 # service -> (supervisord program-name fragment, command-line fragment, *_host key, *_port key, title)
 SERVICES = {
@@ -249,6 +266,8 @@ def connect(address, port, timeout=None):
             return ""
     except OSError as exc:
         return exc.strerror or str(exc)
+    except (TypeError, ValueError):
+        return f"not an address and port: {address!r}, {port!r}"
 
 
 def talk(address, port, payload: bytes, timeout=None) -> str:
@@ -265,6 +284,8 @@ def talk(address, port, payload: bytes, timeout=None) -> str:
             return data.decode(errors="replace").strip().splitlines()[0] if data.strip() else "<no reply>"
     except OSError as exc:
         return f"<{exc.strerror or exc}>"
+    except (TypeError, ValueError):
+        return f"<not an address and port: {address!r}, {port!r}>"
 
 
 def resp(*words: str) -> bytes:
@@ -285,7 +306,13 @@ class Probe:
         self.progs = programs()
         self.listen = listeners()
         self.checks: list[dict] = []
-        self.facts: dict = {"programs": self.progs or {}, "venv": None}
+        self.venv = self.find_venv()
+        self.facts: dict = {"programs": self.progs or {}, "venv": self.venv}
+        self.installed = self.run_venv() if self.venv else None  # (exit status, output) of VENV_CHECK
+        judged = next((ln for ln in (self.installed or (0, ""))[1].splitlines() if ln.startswith("settings: ")), "")
+        if self.settings is not None and judged and judged != "settings: ok":
+            self.settings_error = judged.removeprefix("settings: ")  # labnodes' own rules refuse a value
+            self.settings, self.s = None, {}  # as when the file is not TOML: its values are not used
 
     def add(self, *a, **kw):
         self.checks.append(check(*a, **kw))
@@ -299,6 +326,24 @@ class Probe:
 
     def address(self):
         return self.ctx.get("address") or self.s.get("ring_host")
+
+    def find_venv(self):
+        venv = self.s.get("venv") or self.vars.get("labnodes_venv")
+        venv = venv if isinstance(venv, str) else None  # a wrong value: labnodes' rules judge it below
+        if not venv and not self.ctx.get("host") and sys.prefix != sys.base_prefix:
+            venv = sys.prefix  # `labnodes selftest` itself runs from the venv
+        if not venv:
+            for p in (self.progs or {}).values():
+                exe = p["cmdline"].split(" ")[0]
+                if exe.endswith("/bin/python") or exe.endswith("/bin/python3"):
+                    if "labnodes" in p["cmdline"] or "celery" in p["cmdline"]:
+                        return os.path.dirname(os.path.dirname(exe))
+        return venv
+
+    def run_venv(self):
+        # the package imports in the venv (running `labnodes --version` imports every program module, Celery
+        # included: 3x the cost; the services and app runs run the CLI itself), and its rules judge the settings
+        return sh([f"{self.venv}/bin/python", "-c", VENV_CHECK, SETTINGS], stderr=True)
 
     # host layer
     def host_checks(self):
@@ -315,7 +360,8 @@ class Probe:
                                         if self.st else "")
         self.add("host.settings", "labnodes settings file is valid and readable by root (and the service group) only",
                  "host", "pass" if ok else "fail",
-                 f"{SETTINGS}: valid TOML, owner root, mode 0600 (or 0640 with the service user's group)", found,
+                 f"{SETTINGS}: TOML that labnodes accepts, owner root, mode 0600 (or 0640 with the service user's "
+                 "group)", found,
                  "re-run provisioning (fab provision); never chmod the settings file wider: it holds secrets")
         if self.progs is None:
             self.add("host.supervisord", "supervisord answers", "host", "fail", "supervisorctl status answers",
@@ -323,28 +369,16 @@ class Probe:
         else:
             self.add("host.supervisord", "supervisord answers", "host", "pass", "supervisorctl status answers",
                      f"{len(self.progs)} programs")
-        venv = self.s.get("venv") or self.vars.get("labnodes_venv")
-        if not venv and not self.ctx.get("host") and sys.prefix != sys.base_prefix:
-            venv = sys.prefix  # `labnodes selftest` itself runs from the venv
-        if not venv:
-            for p in (self.progs or {}).values():
-                exe = p["cmdline"].split(" ")[0]
-                if exe.endswith("/bin/python") or exe.endswith("/bin/python3"):
-                    if "labnodes" in p["cmdline"] or "celery" in p["cmdline"]:
-                        venv = os.path.dirname(os.path.dirname(exe))
-                        break
-        self.facts["venv"] = venv
         self.facts["file_root"] = self.s.get("file_root")
-        if venv:
-            self.labnodes_check(venv)
+        if self.venv:
+            self.labnodes_check(self.venv)
 
     def labnodes_check(self, venv):
-        # the package imports in the venv and the CLI script is there (running `labnodes --version` imports
-        # every program module, Celery included: 3x the cost; the services and app runs run the CLI itself)
-        rc, out = sh([f"{venv}/bin/python", "-c", "import labnodes; print('labnodes', labnodes.__version__)"],
-                     stderr=True)
+        rc, out = self.installed
         ok = rc == 0 and out.startswith("labnodes ") and os.access(f"{venv}/bin/labnodes", os.X_OK)
-        last = (out.strip().splitlines() or [f"exit {rc}"])[-1]  # the version, or the error's last line
+        lines = [ln for ln in out.strip().splitlines() if not ln.startswith("settings: ")]
+        last = (lines[:1] if ok else lines[-1:]) or [f"exit {rc}"]  # the version, or the error's last line
+        last = last[0]
         self.add("host.labnodes", "", "host", "pass" if ok else "fail",
                  f"labnodes importable by {venv}/bin/python and {venv}/bin/labnodes executable",
                  last.strip()[:200] + ("" if os.access(f"{venv}/bin/labnodes", os.X_OK)
@@ -394,7 +428,13 @@ class Probe:
             self.ring_next(base, p)
         address = self.address()
         port = self.setting(port_key)
-        port = int(port) if port not in (None, "", 0, "0") else None
+        try:
+            port = int(port) if port not in (None, "", 0, "0") else None
+        except (TypeError, ValueError):  # only where the venv could not judge the settings (the module docstring)
+            self.add(f"{base}.listens", f"{title} listens on the cluster address", "service", "fail",
+                     f"{port_key} in {SETTINGS}: a port number", f"{port_key} = {port!r}",
+                     "re-run provisioning (fab provision)", deps=[f"{base}.running"])
+            return
         mine = family(p["pid"]) if p and p["pid"] else set()
         own = [(a, pt) for a, pt, pids in self.listen if mine & set(pids)]
         want = f"{address or '<no address: ring_host missing from the settings>'}:{port if port else '<any port>'}"

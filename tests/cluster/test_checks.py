@@ -348,6 +348,17 @@ def test_settings_readable_by_everyone_fail_the_settings_check_of_that_host_only
     assert "mode 0644" in outcomes(report)["host.settings@client"]["found"]
 
 
+def test_a_setting_of_the_wrong_type_fails_the_settings_check_in_labnodes_own_words(ck):
+    """Valid TOML that labnodes refuses (the ring node would not start again with it): the probe passed
+    host.settings, then crashed on the value, which showed as host.probe failing ("install python3")."""
+    settings = "/etc/labnodes/labnodes.toml"
+    with done_then_undone(ck, "pyro3", f"cp -p {settings} /root/labnodes.toml.cx && sed -i '/^ring_port/d' {settings} "
+                                       f"&& echo 'ring_port = \"abc\"' >> {settings}",
+                          f"cp -p /root/labnodes.toml.cx {settings}"):
+        report = check_broken(ck, {"host.settings@pyro3"}, {})
+    assert outcomes(report)["host.settings@pyro3"]["found"] == f"{settings}: ring_port must be int, got 'abc'"
+
+
 def test_hostname_changed_on_one_host_fails_its_hostname_check_only(ck):
     with done_then_undone(ck, "client", "hostname cxwrong", "hostname client"):
         report = check_broken(ck, {"host.hostname@client"}, {})

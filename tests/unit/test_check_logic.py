@@ -299,6 +299,45 @@ def test_selftest_reports_unreadable_settings_as_a_failed_check_instead_of_stopp
     assert got["service.ring.listens"]["blocked_by"] == "host.settings"
 
 
+def test_selftest_judges_the_settings_by_labnodes_own_rules(tmp_path, monkeypatch, capsys):
+    """`ring_port = "abc"` is valid TOML, and the ring node would not start with it: the probe passed
+    host.settings, then crashed on int("abc") (fab check: host.probe failing, "install python3"; labnodes
+    selftest: a traceback)."""
+    from labnodes import cli
+    bad = tmp_path / "labnodes.toml"
+    bad.write_text('ring_host = "10.0.0.3"\nring_port = "abc"\n')
+    bad.chmod(0o600)
+    monkeypatch.setenv("LABNODES_CONFIG", str(bad))
+    monkeypatch.setattr(selftest, "SETTINGS", str(bad))
+    monkeypatch.setattr(selftest, "programs", lambda: {
+        "labnodes-ring": {"state": "RUNNING", "pid": 50, "cmdline": "labnodes ring serve"}})
+    monkeypatch.setattr(selftest, "listeners", lambda: [("10.0.0.3", 4100, {50: "labnodes"})])
+    monkeypatch.setattr(selftest, "family", lambda pid: {pid})
+    assert cli.main(["selftest", "--json"]) == 1
+    out = capsys.readouterr()
+    got = {x["id"]: x for x in json.loads(out.out)["checks"]}
+    assert got["host.settings"]["outcome"] == "fail"
+    assert got["host.settings"]["found"] == f"{bad}: ring_port must be int, got 'abc'"  # labnodes.config's words
+    assert got["host.labnodes"]["outcome"] == "pass" and got["host.labnodes"]["found"].startswith("labnodes ")
+    assert got["service.ring.listens"]["blocked_by"] == "host.settings"  # the file's values are not used
+
+
+def test_a_setting_the_checks_cannot_use_is_a_finding_where_the_venv_cannot_judge_it(monkeypatch):
+    monkeypatch.setattr(selftest, "read_settings", lambda path=None: (
+        {"ring_host": "10.0.0.3", "ring_port": "abc", "ns_host": "10.0.0.1", "ns_port": "x"},
+        SimpleNamespace(st_uid=0, st_gid=0, st_mode=0o100600), ""))
+    monkeypatch.setattr(selftest, "programs", lambda: {
+        "labnodes-ring": {"state": "RUNNING", "pid": 50, "cmdline": "labnodes ring serve"}})
+    monkeypatch.setattr(selftest, "listeners", lambda: [("10.0.0.3", 4100, {50: "labnodes"})])
+    monkeypatch.setattr(selftest, "family", lambda pid: {pid})
+    result = selftest.probe({"services": ["ring"], "vars": {"labnodes_venv": "/nonexistent/venv"}})
+    got = {x["id"]: x for x in selftest.resolve(result["checks"])}
+    assert got["host.labnodes"]["outcome"] == "fail"
+    listens = got["service.ring.listens"]
+    assert (listens["outcome"], listens["found"]) == ("fail", "ring_port = 'abc'")
+    assert got["reach.nameserver"]["found"] == "not an address and port: '10.0.0.1', 'x'"
+
+
 def test_a_silent_supervisord_blocks_the_service_checks_of_its_host_but_not_the_broker_password(monkeypatch):
     monkeypatch.setattr(selftest, "read_settings", lambda path=None: (
         {"redis_host": "10.0.0.1", "redis_port": 6379, "redis_password": "pw"},
