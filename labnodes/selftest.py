@@ -195,8 +195,23 @@ def programs_rpc(conf="/etc/supervisor/supervisord.conf"):
     for i in infos:
         name = i["name"] if i["group"] == i["name"] else f"{i['group']}:{i['name']}"
         pid = i["pid"] or None
-        progs[name] = {"state": i["statename"], "pid": pid, "cmdline": cmdline(pid) if pid else ""}
+        progs[name] = {"state": i["statename"], "pid": pid, "cmdline": cmdline(pid) if pid else "",
+                       "log": i.get("stdout_logfile") or ""}
     return progs
+
+
+CRASHED = ("BACKOFF", "FATAL", "EXITED")  # states of a program that ended by itself: its log says why
+
+
+def log_ends(path, limit=4096) -> str:
+    """The last non-empty line of a program's log ("" if there is none): why a crashed program ended."""
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(max(0, fh.seek(0, os.SEEK_END) - limit))
+            lines = [ln.strip() for ln in fh.read().decode(errors="replace").splitlines() if ln.strip()]
+    except (OSError, ValueError):
+        return ""
+    return lines[-1][:300] if lines else ""
 
 
 def programs():
@@ -418,9 +433,13 @@ class Probe:
         hint_run = f"supervisorctl start {name}; its log is in /var/log/labnodes/" if name else \
             f"the {title} is not a supervisord program here: re-run provisioning (fab provision)"
         running = p is not None and p["state"] == "RUNNING"
+        found = f"{name} {p['state']}" if p else "no such program"
+        why = log_ends(p.get("log")) if p and p["state"] in CRASHED and p.get("log") else ""
+        if why:  # starting it again would end the same way
+            hint_run = f"it ends by itself: fix what its log ({p['log']}) says, then supervisorctl start {name}"
         self.add(f"{base}.running", f"{title} is supervised and running", "service",
                  "pass" if running else "fail", f"a supervisord program for the {title}, RUNNING",
-                 f"{name} {p['state']}" if p else "no such program", hint_run, deps=["host.supervisord"])
+                 found + (f"; its log ends: {why}" if why else ""), hint_run, deps=["host.supervisord"])
         if svc == "celery":
             self.celery(base, p)
             return

@@ -235,6 +235,24 @@ def test_stopped_ring_node_fails_on_its_host_and_blocks_the_lap(ck):
     wait_healthy(ck)
 
 
+def test_a_ring_node_that_cannot_start_says_why_in_its_running_check(ck):
+    """A ring node with another HMAC key than the name server's exits at start, again and again: the check said
+    only "labnodes-ring BACKOFF" and "supervisorctl start labnodes-ring", which would end the same way."""
+    settings = "/etc/labnodes/labnodes.toml"
+    with done_then_undone(ck, "pyro2", f"cp -p {settings} /root/labnodes.toml.cx && sed -i "
+                                       f"'s/^hmac_key = .*/hmac_key = \"not-the-clusters\"/' {settings} && "
+                                       "supervisorctl restart labnodes-ring >/dev/null || true",
+                          f"cp -p /root/labnodes.toml.cx {settings} && supervisorctl restart labnodes-ring"):
+        report = check_broken(ck, {"service.ring.running@pyro2"},
+                              {"service.ring.listens@pyro2": "service.ring.running@pyro2",
+                               "service.ring.next@pyro2": "service.ring.running@pyro2",
+                               "app.ring@pyro1": "service.ring.running@pyro2"})
+    running = outcomes(report)["service.ring.running@pyro2"]
+    assert "its log ends: labnodes: error: cannot register labkit.ring.pyro2" in running["found"], running
+    assert "hmac mismatch" in running["found"] and "fix what its log" in running["hint"]
+    wait_healthy(ck)
+
+
 def infra_pytest(inv, junit: Path) -> tuple[subprocess.CompletedProcess, dict[str, tuple[str, str]]]:
     """`pytest tests/infra --ansible-inventory=INV` as an instructor runs it; with each test case's outcome from
     its JUnit XML: {check@host: (passed / failed / skipped, the message)}."""

@@ -83,6 +83,22 @@ def test_a_listener_of_another_program_on_the_same_address_does_not_count(monkey
     assert next(x for x in p.checks if x["id"] == "service.ring.listens")["outcome"] == "fail"
 
 
+def test_a_program_that_ended_by_itself_shows_the_last_line_of_its_log(tmp_path):
+    log = tmp_path / "ring.log"
+    log.write_text("x" * 10000 + "\nring node pyro2 up\nlabnodes: error: cannot register: message hmac mismatch\n\n")
+    p = selftest.Probe.__new__(selftest.Probe)
+    p.ctx, p.s, p.vars, p.checks, p.listen = {"address": "10.0.0.3"}, {}, {}, [], []
+    for state, shown in (("BACKOFF", True), ("FATAL", True), ("EXITED", True), ("STOPPED", False)):
+        p.checks = []
+        p.progs = {"labnodes-ring": {"state": state, "pid": None, "cmdline": "", "log": str(log)}}
+        p.service("ring")
+        running = next(x for x in p.checks if x["id"] == "service.ring.running")
+        ends = "; its log ends: labnodes: error: cannot register: message hmac mismatch"
+        assert running["found"] == f"labnodes-ring {state}" + (ends if shown else ""), state
+        assert ("fix what its log" in running["hint"]) is shown
+    assert selftest.log_ends(tmp_path / "missing.log") == "" and selftest.log_ends(tmp_path) == ""
+
+
 def test_grading_weights_and_counted_checks(tmp_path):
     r = sample()
     assert grading.score(r, grading.load(None)) == {"points": 1.0, "max": 6.0, "percent": pytest.approx(100 / 6)}
