@@ -286,12 +286,26 @@ class Run:
                 f"the worker on {idle[0]} takes no jobs: is it connected to the broker? (its log, its settings)"
         return "pass", workers[0] if workers else client, expected, f"ran on {found}", ""
 
+    def unreachable_hint(self, err: str, server: str, svc: str) -> str | None:
+        """For a run that could not connect to its server: where the client went, and where the server listens
+        (its own listens check, which passed: both come from each host's labnodes.toml, which can disagree)."""
+        asked = re.search(r"server (\S+:\d+): cannot connect", err)
+        if not asked:
+            return None
+        listens = next((c["found"] for c in self.checks if c["id"] == f"service.{svc}.listens"
+                        and c["host"] == server and c["outcome"] == "pass"), "")
+        there = listens.split(" (pid")[0]
+        if there and asked[1] not in there.split(", "):
+            return (f"the client asks {asked[1]}, but the {svc} server listens on {there}: {svc}_host/{svc}_port "
+                    f"differ between the client's and {server}'s labnodes.toml (fab provision writes both)")
+        return f"nothing answers at {asked[1]}: is the {svc} server running there? (the service checks of {server})"
+
     def app_math(self, client, server):
         data, err = self.labnodes(client, "math", "ask", "48,18", "12,oops")
         expected = "48,18 -> OK gcd=6 lcm=144; 12,oops -> ERR <reason>"
         hint = "the math protocol: '48,18' -> 'OK gcd=6 lcm=144', anything else -> 'ERR <reason>'"
         if data is None:
-            return "fail", server, expected, err, hint
+            return "fail", server, expected, err, self.unreachable_hint(err, server, "math") or hint
         first, second = (data + [{}, {}])[:2]
         one = first.get("error") or f"gcd={first.get('gcd')} lcm={first.get('lcm')}"
         two = f"ERR {second['error']}" if second.get("error") else json.dumps(second)
@@ -312,7 +326,7 @@ class Run:
             sent_sum = r.stdout.split()[0]
             sent, err = self.labnodes(client, "file", "send", f"{tmp}/{name}", "--name", name)
             if sent is None:
-                return "fail", server, expected, f"send: {err}", hint
+                return "fail", server, expected, f"send: {err}", self.unreachable_hint(err, server, "file") or hint
             got, err = self.labnodes(client, "file", "get", name, "--out", f"{tmp}/back")
             if got is None:
                 return "fail", server, expected, f"get: {err}", hint

@@ -331,6 +331,22 @@ def test_cut_network_fails_reach_of_that_host_and_blocks_its_checks(ck):
     wait_healthy(ck)
 
 
+def test_a_math_server_moved_to_another_port_than_the_clients_is_named_in_the_hint(ck):
+    """The math server's math_port edited by hand on its host: it listens (its own checks pass) where the client
+    does not ask. The hint was the math protocol's; it now names both addresses and the two settings files."""
+    settings = "/etc/labnodes/labnodes.toml"
+    with done_then_undone(ck, "sockserver", f"cp -p {settings} /root/labnodes.toml.cx && sed -i "
+                                            f"'s/^math_port = .*/math_port = 6011/' {settings} && "
+                                            "supervisorctl restart labnodes-math >/dev/null",
+                          f"cp -p /root/labnodes.toml.cx {settings} && supervisorctl restart labnodes-math"):
+        report = check_broken(ck, {"app.math@sockserver"}, {})
+    math = outcomes(report)["app.math@sockserver"]
+    address = ck.host("sockserver").address
+    assert "cannot connect" in math["found"]
+    assert math["hint"].startswith(f"the client asks {address}:") and f"listens on {address}:6011" in math["hint"]
+    wait_healthy(ck)
+
+
 def test_math_server_that_answers_wrongly_fails_the_math_run_only(ck):
     conf = on(ck, "sockserver", "grep -l '^\\[program:labnodes-math\\]' /etc/supervisor/conf.d/*.conf").strip()
     python = "$(tr '\\0' '\\n' < /proc/$(supervisorctl pid labnodes-math)/cmdline | head -1)"

@@ -99,6 +99,21 @@ def test_a_program_that_ended_by_itself_shows_the_last_line_of_its_log(tmp_path)
     assert selftest.log_ends(tmp_path / "missing.log") == "" and selftest.log_ends(tmp_path) == ""
 
 
+@pytest.mark.parametrize("listens, err, hint", [
+    ("10.0.0.3:6001 (pid 76)", "labnodes: error: math server 10.0.0.3:5050: cannot connect: Connection refused",
+     "the client asks 10.0.0.3:5050, but the math server listens on 10.0.0.3:6001: math_host/math_port differ "
+     "between the client's and s's labnodes.toml (fab provision writes both)"),
+    ("10.0.0.3:5050 (pid 76)", "labnodes: error: math server 10.0.0.3:5050: cannot connect: No route to host",
+     "nothing answers at 10.0.0.3:5050: is the math server running there? (the service checks of s)"),
+    ("10.0.0.3:5050 (pid 76)", "labnodes: error: math server 10.0.0.3:5050: no reply within 5 s", None),
+])
+def test_a_run_that_cannot_reach_its_server_says_where_each_side_is(listens, err, hint):
+    from labkit.checks import Run
+    run = Run.__new__(Run)
+    run.checks = [{"id": "service.math.listens", "host": "s", "outcome": "pass", "found": listens}]
+    assert run.unreachable_hint(err, "s", "math") == hint
+
+
 def test_grading_weights_and_counted_checks(tmp_path):
     r = sample()
     assert grading.score(r, grading.load(None)) == {"points": 1.0, "max": 6.0, "percent": pytest.approx(100 / 6)}
