@@ -238,6 +238,10 @@ class Run:
         expected = (f"hops {' -> '.join(want)} (each at its inventory address), back at {ring[0]}, "
                     f"gcd=6 lcm=144")
         if data is None:
+            if "hop " not in err and re.search(r"name server at \S+: refused: wrong HMAC key", err):
+                return "fail", client, expected, err, \
+                    "the client's hmac_key differs from the name server's: fab provision writes the cluster's key " \
+                    f"into every host's labnodes.toml (on {client} too)"
             named = [n for n in re.findall(r"[\w-]+", err) if n in ring]
             return "fail", named[-1] if named else ring[0], expected, err, \
                 "the ring broke at the hop named: supervisorctl status and /var/log/labnodes/ on that host"

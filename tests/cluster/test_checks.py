@@ -347,6 +347,16 @@ def test_a_math_server_moved_to_another_port_than_the_clients_is_named_in_the_hi
     wait_healthy(ck)
 
 
+def test_a_client_with_another_hmac_key_is_told_so_not_sent_to_a_ring_hop(ck):
+    settings = "/etc/labnodes/labnodes.toml"
+    with done_then_undone(ck, "client", f"cp -p {settings} /root/labnodes.toml.cx && sed -i "
+                                        f"'s/^hmac_key = .*/hmac_key = \"not-the-clusters\"/' {settings}",
+                          f"cp -p /root/labnodes.toml.cx {settings}"):
+        report = check_broken(ck, {"app.ring@pyro1"}, {})
+    ring = outcomes(report)["app.ring@pyro1"]
+    assert "wrong HMAC key" in ring["found"] and ring["hint"].startswith("the client's hmac_key differs"), ring
+
+
 def test_math_server_that_answers_wrongly_fails_the_math_run_only(ck):
     conf = on(ck, "sockserver", "grep -l '^\\[program:labnodes-math\\]' /etc/supervisor/conf.d/*.conf").strip()
     python = "$(tr '\\0' '\\n' < /proc/$(supervisorctl pid labnodes-math)/cmdline | head -1)"

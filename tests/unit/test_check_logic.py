@@ -114,6 +114,21 @@ def test_a_run_that_cannot_reach_its_server_says_where_each_side_is(listens, err
     assert run.unreachable_hint(err, "s", "math") == hint
 
 
+@pytest.mark.parametrize("err, where, hint", [
+    ("labnodes: error: name server at 10.0.0.1:9090: refused: wrong HMAC key? (cannot connect to ('10.0.0.1', "
+     "9090): message hmac mismatch)", "client", "the client's hmac_key differs from the name server's"),
+    ("labnodes: error: ring hop p1 -> p2 failed: p2 refused the connection: HMAC key mismatch (...)", "p2",
+     "the ring broke at the hop named"),
+])
+def test_a_ring_run_that_fails_points_at_the_host_to_look_at(err, where, hint):
+    """A client with another HMAC key than the cluster's was told "the ring broke at the hop named" (none was)."""
+    from labkit.checks import Run
+    run = Run.__new__(Run)
+    run.labnodes = lambda *a, **kw: (None, err)
+    outcome, host, _, found, got_hint = run.app_ring("client", ["p1", "p2", "p3"])
+    assert (outcome, host, found) == ("fail", where, err) and got_hint.startswith(hint)
+
+
 def test_grading_weights_and_counted_checks(tmp_path):
     r = sample()
     assert grading.score(r, grading.load(None)) == {"points": 1.0, "max": 6.0, "percent": pytest.approx(100 / 6)}
