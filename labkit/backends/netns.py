@@ -68,7 +68,7 @@ import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -327,14 +327,23 @@ def _write(path: Path, text: str, mode: int = 0o644) -> None:
 
 @contextmanager
 def _locked(cl: Cluster):
+    """One up/down of the cluster at a time. The cluster's state folder is made here; one made for an up that was
+    then refused (another cluster's subnet, its name taken) is removed if still empty: nothing is left of it."""
+    made = not cl.state.exists()
     cl.state.mkdir(parents=True, exist_ok=True)
     RUN.mkdir(parents=True, exist_ok=True)
-    with open(cl.lock_file, "w") as f:
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise NetnsError(f"another up/down of cluster {cl.name} is running ({cl.lock_file})") from None
-        yield
+    try:
+        with open(cl.lock_file, "w") as f:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise NetnsError(f"another up/down of cluster {cl.name} is running ({cl.lock_file})") from None
+            yield
+    except BaseException:
+        if made:
+            with suppress(OSError):
+                cl.state.rmdir()  # only if empty
+        raise
 
 
 def _check_root() -> None:

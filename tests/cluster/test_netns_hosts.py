@@ -233,6 +233,15 @@ def test_an_inventory_copied_without_renaming_its_cluster_can_neither_take_its_h
     assert ssh(addr(NAMES[0]), "ip -4 -o addr show dev eth0").stdout.count(f"inet {addr(NAMES[0])}/24 ") == 1
 
 
+def test_an_up_refused_for_another_clusters_subnet_leaves_nothing_of_its_cluster(t1, tmp_path):
+    """It left an empty .labkit/<cluster>/ behind, one per name tried."""
+    name = f"z{uuid.uuid4().hex[:5]}"
+    copy = write_inventory(tmp_path / "copy", name, T1["subnet"], {"alpha": T1["hosts"][NAMES[0]]})
+    proc = netns_cli("up", "-i", str(copy), check=False)
+    assert proc.returncode != 0 and "pick another subnet" in proc.stderr, proc.stderr
+    assert not (STATE / name).exists()
+
+
 def test_a_second_clone_of_labkit_on_the_box_can_neither_take_the_cluster_nor_remove_it(t1, tmp_path):
     """Namespaces belong to the box, not to a clone of labkit: when the record lived in the clone's .labkit/, a second
     clone's `make demo` (cluster `lab` in both) rebuilt the first clone's hosts under its own roots, unannounced."""
@@ -247,8 +256,8 @@ def test_a_second_clone_of_labkit_on_the_box_can_neither_take_the_cluster_nor_re
                               env=env, capture_output=True, text=True, timeout=300)
         assert proc.returncode != 0, proc.stdout
         assert f"cluster {T1['cluster']} is running from another inventory, {t1.path}: " in proc.stderr
-    assert (clone / ".labkit" / T1["cluster"]).is_dir()  # it ran as the clone, with the clone's own state
-    assert not (clone / ".labkit" / T1["cluster"] / "hosts").exists()
+    assert (clone / ".labkit").is_dir()  # it ran as the clone, with the clone's own state folder ...
+    assert not (clone / ".labkit" / T1["cluster"]).exists()  # ... and, refused, left nothing of the cluster there
     assert {row["host"]: row["init_pid"] for row in netns.status(t1)} == before
 
 
