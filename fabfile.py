@@ -113,6 +113,9 @@ def status(c, json_=False, inventory_=None):
     result = _run(runs.status, runs.STATUS_HEADERS, runs.status_rows, json_, inventory_=inventory_)
     if not json_:
         print(f"\ncluster {result['cluster']} ({result['backend']}, {result['inventory']})")
+        for h in result["hosts"]:  # a program that ended by itself: why, from its log
+            for prog, why in h.get("log_ends", {}).items():
+                print(f"{h['host']}: {prog} {h['programs'][prog]}: its log ends: {why or '(empty)'}")
         if not result["up"]:
             print(f"the cluster is not {'fully ' if any(h['state'] == 'up' for h in result['hosts']) else ''}up: "
                   f"bring it up with `{result['up_hint']}`")

@@ -9,8 +9,9 @@ port) is asked of the host (its labnodes.toml), never read from a role's files.
 from __future__ import annotations
 
 import shlex
-from labkit import STATE, LabkitError, backends, one_at_a_time
+from labkit import STATE, LabkitError, backends, one_at_a_time, printable
 from labkit.remote import Hosts
+from labnodes.selftest import CRASHED
 
 OUTBOX = "/var/lib/labnodes/outbox"  # where send-file makes its file on the client host
 INBOX = "/var/lib/labnodes/inbox"  # where send-file fetches it back to
@@ -147,8 +148,17 @@ def status(hosts: Hosts) -> dict:
         out = hosts.run(name, "supervisorctl status", check=False).stdout
         return {line.split()[0]: line.split()[1] for line in out.splitlines() if len(line.split()) >= 2}
 
+    def seen(name):  # the programs and, for one that ended by itself, the last line of its log: why
+        progs = programs(name)
+        why = {}
+        for prog in sorted(p for p, state in progs.items() if state in CRASHED):
+            tail = hosts.run(name, f"supervisorctl tail -1600 {shlex.quote(prog)}", check=False).stdout
+            lines = [ln.strip() for ln in tail.splitlines() if ln.strip()]
+            why[prog] = printable(lines[-1][:300]) if lines else ""
+        return progs, why
+
     reachable = [h.name for h in inv.hosts if machines.get(h.name, {}).get("state") == "up"]
-    states = hosts.on_all(reachable, programs)
+    states = hosts.on_all(reachable, seen)
     rows = []
     for h in inv.hosts:
         machine = machines.get(h.name, {"state": "down", "problem": ""})
@@ -158,7 +168,7 @@ def status(hosts: Hosts) -> dict:
             "host": h.name, "address": h.address,
             "groups": [g for g, members in inv.groups.items() if h.name in members],
             "state": machine["state"], "ssh": ssh_ok,
-            "programs": got if ssh_ok else {},
+            "programs": got[0] if ssh_ok else {}, "log_ends": got[1] if ssh_ok else {},
             "error": str(got) if isinstance(got, Exception) else (machine.get("problem") or None),
         })
     broker = (inv.groups.get("brokers") or [None])[0]

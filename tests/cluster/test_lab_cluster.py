@@ -73,7 +73,31 @@ def test_status_shows_every_host_up_with_its_programs_running(lab):
         expected = {"sshd"}.union(*(EXPECTED_PROGRAMS.get(g, set()) for g in row["groups"]))
         assert set(row["programs"]) == expected, row["host"]
         assert set(row["programs"].values()) == {"RUNNING"}, row
+        assert row["log_ends"] == {}, row
     assert status["flower"] == f"http://{lab.host('broker').address}:5555/"
+
+
+def test_status_says_why_a_program_that_ended_by_itself_did(lab):
+    """A ring node with another HMAC key than the name server's exits at start, again and again: `fab status` said
+    `labnodes-ring BACKOFF` and nothing of why."""
+    pyro2, settings = lab.host("pyro2").address, "/etc/labnodes/labnodes.toml"
+    ssh(pyro2, f"cp -p {settings} /root/labnodes.toml.orig && sed -i "
+               f"'s/^hmac_key = .*/hmac_key = \"not-the-clusters\"/' {settings} && supervisorctl restart labnodes-ring",
+        check=False)
+    def pyro2_row():
+        rows.append(next(h for h in fab_json("status", inv=lab.path)["hosts"] if h["host"] == "pyro2"))
+        return rows[-1]["log_ends"]  # empty while supervisord starts it again (STARTING) between its exits
+
+    try:
+        rows = []
+        assert poll(pyro2_row, timeout=120, interval=1), rows[-1]
+        row = rows[-1]
+        assert row["programs"]["labnodes-ring"] in ("BACKOFF", "FATAL", "EXITED")
+        assert "hmac mismatch" in row["log_ends"]["labnodes-ring"], row
+        shown = fab("status", inv=lab.path, check=False).stdout
+        assert "pyro2: labnodes-ring " in shown and ": its log ends: labnodes: error: cannot register" in shown
+    finally:
+        ssh(pyro2, f"cp -p /root/labnodes.toml.orig {settings} && supervisorctl restart labnodes-ring")
 
 
 def test_message_visits_every_ring_host_in_order_and_returns(lab):
