@@ -47,6 +47,13 @@ class SshHost:
     port: int = 22
 
 
+def sudo_refused(user: str, why: str) -> str:
+    """What to say when `user` logs in but sudo asks for a password (`why`: sudo's own line); labkit runs every
+    command on such a host through `sudo -n`, as Ansible's become does."""
+    return (f"logs in as {user}, but sudo will not run without a password ({why}): labkit needs passwordless sudo "
+            f"there, e.g. `echo '{user} ALL=(ALL) NOPASSWD: ALL' > /etc/sudoers.d/labkit` as root")
+
+
 def key_path(cluster: str) -> Path:
     return STATE / cluster / "ssh" / "id_ed25519"
 

@@ -36,8 +36,7 @@ def _login(host) -> str | None:
         return None
     why = (proc.stderr.strip().splitlines() or ["ssh failed"])[-1]
     if host.sudo and why.startswith("sudo:"):  # logged in; sudo refused (Ansible would stop at "Missing sudo password")
-        return (f"logs in as {host.user}, but sudo will not run without a password ({why}): labkit needs passwordless "
-                f"sudo there, e.g. `echo '{host.user} ALL=(ALL) NOPASSWD: ALL' > /etc/sudoers.d/labkit` as root")
+        return ssh.sudo_refused(host.user, why)
     return why
 
 

@@ -34,6 +34,7 @@ import paramiko
 from invoke.exceptions import CommandTimedOut
 
 from labkit import LabkitError, faults, options, printable
+from labkit.ssh import sudo_refused
 from labkit.remote import Hosts
 from labnodes import selftest
 
@@ -142,7 +143,11 @@ class Run:
         try:
             return json.loads(r.stdout)
         except json.JSONDecodeError:
-            return {"ran": True, "error": f"{python} exited {r.exited}: {_first_line(r.stderr or r.stdout)}"}
+            why = _first_line(r.stderr or r.stdout)
+            sudo = getattr(self.hosts, "sudo", None)
+            if sudo and sudo(h.name) and why.startswith("sudo:"):  # logged in; the probe never ran
+                return {"ran": True, "error": why, "hint": sudo_refused(h.user, why)}
+            return {"ran": True, "error": f"{python} exited {r.exited}: {why}"}
 
     def host_layers(self):
         with ThreadPoolExecutor(max_workers=max(1, len(self.inv.hosts))) as pool:
@@ -161,8 +166,8 @@ class Run:
             self.add("host.probe", h.name, "pass" if "checks" in res else "fail", title=PROBE_TITLE,
                      expected=f"{python} answers the probe with JSON",
                      found=f"{len(res['checks'])} checks" if "checks" in res else res["error"],
-                     hint="install python3 on the host (Debian: apt-get install python3), or set "
-                          "ansible_python_interpreter to a working one",
+                     hint=res.get("hint") or "install python3 on the host (Debian: apt-get install python3), or "
+                                             "set ansible_python_interpreter to a working one",
                      deps=["reach.ssh"], layer="host")
             base = ["reach.ssh", "host.probe"]
             if "checks" in res:

@@ -129,6 +129,22 @@ def test_a_ring_run_that_fails_points_at_the_host_to_look_at(err, where, hint):
     assert (outcome, host, found) == ("fail", where, err) and got_hint.startswith(hint)
 
 
+def test_a_lab_machine_whose_sudo_wants_a_password_gets_the_sudoers_line_not_install_python3():
+    """The probe runs through `sudo -n`: where sudo wanted a password, host.probe failed with "python3 exited 1:
+    sudo: a password is required" and the hint to install python3."""
+    from labkit.checks import Run
+    h = SimpleNamespace(name="pc1", address="10.20.30.11", user="labadmin", vars={"ansible_user": "labadmin"})
+    run = Run(SimpleNamespace(groups={"clients": ("pc1",)}, hosts=[h]))
+    run.hosts = SimpleNamespace(sudo=lambda name: True)
+    run.ssh = lambda host, command, timeout=None: SimpleNamespace(
+        stdout="", stderr="sudo: a password is required\n", exited=1)
+    run.host_layers()
+    probe = next(c for c in run.checks if c["id"] == "host.probe")
+    assert (probe["outcome"], probe["found"]) == ("fail", "sudo: a password is required")
+    assert probe["hint"].startswith("logs in as labadmin, but sudo will not run without a password")
+    assert "labadmin ALL=(ALL) NOPASSWD: ALL" in probe["hint"]
+
+
 def test_grading_weights_and_counted_checks(tmp_path):
     r = sample()
     assert grading.score(r, grading.load(None)) == {"points": 1.0, "max": 6.0, "percent": pytest.approx(100 / 6)}
