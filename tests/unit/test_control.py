@@ -436,6 +436,26 @@ def test_a_host_whose_labnodes_lacks_a_command_is_told_to_provision(monkeypatch,
                                    if hint else stderr)
 
 
+@pytest.mark.parametrize("command", ["run", "labnodes"])
+def test_a_command_refused_by_a_sudo_that_wants_a_password_says_what_fixes_it(monkeypatch, command):
+    """After `fab up` (which checks sudo), a machine's sudoers changed: every run said only "sudo: a password is
+    required"."""
+    inv = dataclasses.replace(_inv("lab"), hosts=(inventory.Host("pc1", "10.20.30.11", {
+        "ansible_user": "labadmin", "ansible_become": True}),), groups={"clients": ("pc1",)})
+    ran = []
+    conn = SimpleNamespace(run=lambda cmd, **kw: ran.append(cmd) or SimpleNamespace(
+        exited=1, stdout="", stderr="sudo: a password is required\n"))
+    monkeypatch.setattr(Hosts, "connection", lambda self, name: conn)
+    monkeypatch.setattr(Hosts, "setting", lambda self, name, key: "/opt/v")
+    hosts = Hosts(inv)
+    with pytest.raises(RemoteError) as err:
+        hosts.run("pc1", "true") if command == "run" else hosts.labnodes("pc1", "math", "ask", "48,18")
+    assert ran[0].startswith("sudo -n sh -c ")
+    assert str(err.value).endswith("logs in as labadmin, but sudo will not run without a password (sudo: a password "
+                                   "is required): labkit needs passwordless sudo there, e.g. `echo 'labadmin ALL=(ALL) "
+                                   "NOPASSWD: ALL' > /etc/sudoers.d/labkit` as root")
+
+
 def test_a_ctrl_c_in_a_remote_command_closes_its_channel_and_is_raised():
     """invoke waits for a command's output to end after a Ctrl-C; without a terminal Fabric re-raises it, but the
     wait went on until the command finished on the host. The closed channel ends the wait, and the command's
