@@ -25,7 +25,7 @@ import pytest
 
 from labkit import REPO, STATE, checks, inventory
 from labkit.backends import netns
-from tests.cluster.conftest import ssh
+from tests.cluster.conftest import poll, ssh
 from tests.cluster.test_lab_cluster import copy_inventory, fab
 
 # Every check id, and the test below that breaks it and sees it fail (the healthy test wants one for each id).
@@ -243,11 +243,14 @@ def test_a_ring_node_that_cannot_start_says_why_in_its_running_check(ck):
                                        f"'s/^hmac_key = .*/hmac_key = \"not-the-clusters\"/' {settings} && "
                                        "supervisorctl restart labnodes-ring >/dev/null || true",
                           f"cp -p /root/labnodes.toml.cx {settings} && supervisorctl restart labnodes-ring"):
-        report = check_broken(ck, {"service.ring.running@pyro2"},
-                              {"service.ring.listens@pyro2": "service.ring.running@pyro2",
-                               "service.ring.next@pyro2": "service.ring.running@pyro2",
-                               "app.ring@pyro1": "service.ring.running@pyro2"})
-    running = outcomes(report)["service.ring.running@pyro2"]
+        check_broken(ck, {"service.ring.running@pyro2"},
+                     {"service.ring.listens@pyro2": "service.ring.running@pyro2",
+                      "service.ring.next@pyro2": "service.ring.running@pyro2",
+                      "app.ring@pyro1": "service.ring.running@pyro2"})
+        reports = []  # between two of supervisord's starts (BACKOFF), not during one (STARTING: no log line)
+        poll(lambda: reports.append(check(ck)) or "its log ends" in outcomes(reports[-1])[
+            "service.ring.running@pyro2"]["found"], timeout=90, interval=1)
+    running = outcomes(reports[-1])["service.ring.running@pyro2"]
     assert "its log ends: labnodes: error: cannot register labkit.ring.pyro2" in running["found"], running
     assert "hmac mismatch" in running["found"] and "fix what its log" in running["hint"]
     wait_healthy(ck)
