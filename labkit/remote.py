@@ -140,15 +140,16 @@ class Hosts:
                               unreachable=True) from None
         if check and result.exited != 0:
             err = (result.stderr.strip() or result.stdout.strip()).splitlines()
-            why = self._sudo_refused(name, err[-1] if err else "no output")
+            why = err[-1] if err else "no output"
+            why = self.sudo_refused(name, why) or why
             raise RemoteError(f"{name}: `{shown_command(command)}` exited {result.exited}: {why}",
                               exited=result.exited, stderr=result.stderr)
         return result
 
-    def _sudo_refused(self, name: str, why: str) -> str:
-        """`why` (a command's last line of stderr), or, where it is sudo refusing to run without a password, what
-        to do about it (the sudoers line)."""
-        return sudo_refused(self.inv.host(name).user, why) if self.sudo(name) and why.startswith("sudo:") else why
+    def sudo_refused(self, name: str, why: str) -> str | None:
+        """Where `why` (a command's last line of stderr) is this host's sudo refusing to run without a password,
+        what to do about it (the sudoers line); else None. fab's commands and `fab check`'s probe both ask."""
+        return sudo_refused(self.inv.host(name).user, why) if self.sudo(name) and why.startswith("sudo:") else None
 
     def settings(self, name: str) -> dict:
         """The host's labnodes settings (its labnodes.toml), read once per connection."""
@@ -186,7 +187,7 @@ class Hosts:
             return json.loads(result.stdout)
         except json.JSONDecodeError:
             err = (result.stderr.strip() or result.stdout.strip() or "no output").splitlines()[-1]
-            err = self._sudo_refused(name, err)
+            err = self.sudo_refused(name, err) or err
             if "unrecognized arguments: --tethered" in err or OLDER_LABNODES.search(err):  # an older labkit's
                 err += " (the host's labnodes is older than this labkit: fab provision updates it)"
             raise RemoteError(f"{name}: labnodes {shown(args)}: {err}") from None

@@ -34,7 +34,6 @@ import paramiko
 from invoke.exceptions import CommandTimedOut
 
 from labkit import LabkitError, faults, options, printable
-from labkit.ssh import sudo_refused
 from labkit.remote import Hosts
 from labnodes import selftest
 
@@ -144,9 +143,9 @@ class Run:
             return json.loads(r.stdout)
         except json.JSONDecodeError:
             why = _first_line(r.stderr or r.stdout)
-            sudo = getattr(self.hosts, "sudo", None)
-            if sudo and sudo(h.name) and why.startswith("sudo:"):  # logged in; the probe never ran
-                return {"ran": True, "error": why, "hint": sudo_refused(h.user, why)}
+            refused = self.hosts.sudo_refused(h.name, why)
+            if refused:  # logged in; sudo would not run the probe
+                return {"ran": True, "error": why, "hint": refused}
             return {"ran": True, "error": f"{python} exited {r.exited}: {why}"}
 
     def host_layers(self):

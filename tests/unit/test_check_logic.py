@@ -132,10 +132,14 @@ def test_a_ring_run_that_fails_points_at_the_host_to_look_at(err, where, hint):
 def test_a_lab_machine_whose_sudo_wants_a_password_gets_the_sudoers_line_not_install_python3():
     """The probe runs through `sudo -n`: where sudo wanted a password, host.probe failed with "python3 exited 1:
     sudo: a password is required" and the hint to install python3."""
+    from labkit import inventory
     from labkit.checks import Run
-    h = SimpleNamespace(name="pc1", address="10.20.30.11", user="labadmin", vars={"ansible_user": "labadmin"})
-    run = Run(SimpleNamespace(groups={"clients": ("pc1",)}, hosts=[h]))
-    run.hosts = SimpleNamespace(sudo=lambda name: True)
+    from labkit.remote import Hosts
+    h = inventory.Host("pc1", "10.20.30.11", {"ansible_user": "labadmin", "ansible_become": True})
+    inv = inventory.Inventory(path=REPO / "inventory/x", cluster="c1", subnet=None, backend="lab", hosts=(h,),
+                              groups={"clients": ("pc1",)})
+    run = Run(inv)
+    run.hosts = Hosts(inv)
     run.ssh = lambda host, command, timeout=None: SimpleNamespace(
         stdout="", stderr="sudo: a password is required\n", exited=1)
     run.host_layers()
