@@ -14,11 +14,13 @@ import shutil
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import pytest
 
 from labkit import REPO, STATE, inventory
+from labkit.backends import netns
 
 SSH_CONFIG = STATE / "ssh_config"
 T1 = {"cluster": "t1", "subnet": "10.77.9.0/24",
@@ -114,15 +116,37 @@ def leftovers(cluster: str, subnet: str) -> list[str]:
     return found
 
 
+def left_by_ended_sessions(records: Path, pytest_root: Path, ours: Path) -> list[str]:
+    """The clusters whose recorded inventory (netns.RUN/NAME.inventory) lies in a pytest temporary directory of
+    another session than `ours`: an earlier run of these tests that was killed before its teardown."""
+    stale = []
+    for record in sorted(records.glob("*.inventory")):
+        try:
+            owner = Path(record.read_text().strip())
+        except OSError:
+            continue
+        if owner.is_relative_to(pytest_root) and not owner.is_relative_to(ours):
+            stale.append(record.stem)
+    return stale
+
+
 @pytest.fixture(scope="session", autouse=True)
-def one_cluster_suite_at_a_time():
+def one_cluster_suite_at_a_time(tmp_path_factory):
     """Cluster names and subnets are global on the box: two checkouts running these tests at once would collide,
-    so a second run waits here for the first (a lock in /run, released when the process ends)."""
+    so a second run waits here for the first (a lock in /run, released when the process ends).
+
+    Holding the lock, a cluster made by another session of these tests is one whose run ended without taking it
+    down (killed: a CI timeout, a reboot of the sandbox but not of /run): its namespaces hold the names and subnets
+    this run needs (`fab up` refused them, "running from another inventory"), so it goes down by name first."""
     if os.geteuid() != 0:  # the tests skip themselves
         yield
         return
     with open("/run/labkit-cluster-tests.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
+        ours = tmp_path_factory.getbasetemp()
+        for name in left_by_ended_sessions(netns.RUN, ours.parent, ours):
+            netns_cli("down", "--cluster", name)
+            warnings.warn(f"took down cluster {name}, left up by an earlier test session that was killed", stacklevel=1)
         yield
 
 

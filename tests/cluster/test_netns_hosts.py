@@ -18,7 +18,8 @@ import pytest
 
 from labkit import REPO, inventory
 from labkit.backends import netns
-from tests.cluster.conftest import SSH_CONFIG, STATE, T1, leftovers, netns_cli, poll, ssh, write_inventory
+from tests.cluster.conftest import (SSH_CONFIG, STATE, T1, left_by_ended_sessions, leftovers, netns_cli, poll, ssh,
+                                   write_inventory)
 
 pytestmark = pytest.mark.cluster
 
@@ -372,3 +373,14 @@ def test_up_of_a_public_subnet_is_refused_before_the_box_routes_it(tmp_path):
     assert "lk-t8" not in subprocess.run(["ip", "-4", "route", "show"], capture_output=True, text=True).stdout
     assert not [n for n in (os.listdir("/run/netns") if os.path.isdir("/run/netns") else []) if "lk-t8-" in n]
     assert not (netns.RUN / "t8.inventory").exists()  # no record that this inventory runs the cluster
+
+
+def test_a_cluster_left_by_a_killed_test_session_is_found_and_ours_and_users_are_not(tmp_path):
+    """CI failed so once: a run killed mid-way left `ckt` up, and every test of the next run that needed it erred."""
+    records, root = tmp_path / "run", tmp_path / "pytest-of-root"
+    records.mkdir()
+    for name, owner in {"ckt": root / "pytest-251/inv0/ckt", "t1": root / "pytest-252/inv0/t1",
+                        "lab": Path("/work/main/inventory/netns"), "gone": root / "pytest-9/inv3/gone"}.items():
+        (records / f"{name}.inventory").write_text(f"{owner}\n")
+    (records / "t1.lock").write_text("")
+    assert left_by_ended_sessions(records, root, root / "pytest-252") == ["ckt", "gone"]
