@@ -11,6 +11,7 @@ Where labnodes lives on a host, and every setting its programs run with, is aske
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import re
@@ -75,6 +76,32 @@ class RemoteError(LabkitError):
         self.unreachable = unreachable  # SSH itself failed: the host may be down
         self.exited = exited
         self.stderr = stderr
+
+
+@dataclasses.dataclass(frozen=True)
+class Failure:
+    """A labnodes command's failure as it said it: its one line, and, with `--json`, its code and the address it
+    concerns (labnodes.LabnodesError: "connect", "timeout", "wrong-key", "settings", a file-transfer code).
+    A labnodes older than the code and address leaves both empty."""
+
+    message: str
+    code: str = ""
+    address: str = ""
+
+
+def labnodes_output(stdout: str, stderr: str) -> tuple[object, Failure | None]:
+    """What `labnodes ... --json` printed: (its JSON, None), or (None, the Failure) when it failed: its error
+    object on stdout, else (a labnodes too old to print one, or no labnodes at all) the last line of its output.
+    A command that exits non-zero but printed a result (`math ask` with an ERR among its answers) succeeded here:
+    the answer is the result."""
+    try:
+        data = json.loads(stdout)
+    except json.JSONDecodeError:
+        return None, Failure((stderr.strip() or stdout.strip() or "no output").splitlines()[-1].strip())
+    error = data.get("error") if isinstance(data, dict) else None
+    if isinstance(error, dict):
+        return None, Failure(str(error.get("message", "")), str(error.get("code", "")), str(error.get("address", "")))
+    return data, None
 
 
 class _Remote(Remote):
@@ -177,20 +204,19 @@ class Hosts:
 
         The command is `--tethered`: if fab is interrupted or killed, or the connection ends, it stops on the host
         too, as on a Ctrl-C there. A command that exits non-zero but still printed its JSON (e.g. `math ask` with
-        an ERR reply among the answers) returns that JSON: the answer is the result. Without JSON, its error line
-        is raised."""
+        an ERR reply among the answers) returns that JSON: the answer is the result. A failure is raised as
+        RemoteError with labnodes' own line (labnodes_output)."""
         cut = args.index("--") if "--" in args else len(args)
         words = ["--tethered", *args[:cut], "--json", *args[cut:]]  # stops on the host when fab goes (labnodes.cli)
         command = " ".join([self.labnodes_bin(name), *map(shlex.quote, words)])
         result = self.run(name, command, check=False)
-        try:
-            return json.loads(result.stdout)
-        except json.JSONDecodeError:
-            err = (result.stderr.strip() or result.stdout.strip() or "no output").splitlines()[-1]
-            err = self.sudo_refused(name, err) or err
-            if "unrecognized arguments: --tethered" in err or OLDER_LABNODES.search(err):  # an older labkit's
-                err += " (the host's labnodes is older than this labkit: fab provision updates it)"
-            raise RemoteError(f"{name}: labnodes {shown(args)}: {err}") from None
+        data, failure = labnodes_output(result.stdout, result.stderr)
+        if failure is None:
+            return data
+        err = self.sudo_refused(name, failure.message) or failure.message
+        if "unrecognized arguments: --tethered" in err or OLDER_LABNODES.search(err):  # an older labkit's
+            err += " (the host's labnodes is older than this labkit: fab provision updates it)"
+        raise RemoteError(f"{name}: labnodes {shown(args)}: {err}", exited=result.exited, stderr=result.stderr)
 
     def on_all(self, names, fn):
         """Call fn(name) for every host at once; return {name: result or the exception raised}."""

@@ -5,6 +5,10 @@ status 130) when its standard input reaches its end. labkit runs every labnodes 
 gives a command without a terminal no signal when the session ends, only the end of its standard input, so
 without the tether a fab task interrupted or killed on the control machine left its command running on the
 host (a `celery batch` went on submitting jobs; one of a hundred million pairs held 13 GB before it sent any).
+
+A command given `--json` that fails prints, besides its error line on stderr, `{"error": {"message": ...,
+"code": ..., "address": ...}}` on stdout (exit 1; 2 for bad settings): `code` is the kind of failure
+(LabnodesError), for programs such as labkit's checks to act on without reading the message.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ import signal
 import sys
 import threading
 
-from labnodes import LabnodesError, __version__, config, logs
+from labnodes import LabnodesError, __version__, config, logs, output
 
 # Each module has register(subparsers): it adds its subcommands and sets `func(args, settings) -> int`.
 # Flags whose dest is a Settings field (e.g. dest="math_port") override the config file and environment.
@@ -71,16 +75,23 @@ def main(argv: list[str] | None = None) -> int:
     except LabnodesError as exc:
         if args.command == "selftest":  # broken settings are what selftest reports (host.settings), not a stop
             return args.func(args, None)
-        print(f"labnodes: error: {exc}", file=sys.stderr)
-        return 2
+        return fail(args, exc, 2)
     logs.configure(settings.log_level, settings.log_rate)
     try:
         return args.func(args, settings)
     except LabnodesError as exc:
-        print(f"labnodes: error: {exc}", file=sys.stderr)
-        return 1
+        return fail(args, exc, 1)
     except KeyboardInterrupt:
         return 130
+
+
+def fail(args: argparse.Namespace, exc: LabnodesError, status: int) -> int:
+    """The error's one line on stderr; with `--json`, also on stdout as {"error": {"message", "code", "address"}}
+    (see LabnodesError: a program tells failures apart by their code, never by their wording)."""
+    if getattr(args, "json", False):
+        output.as_json({"error": {"message": str(exc), "code": exc.code, "address": exc.address}})
+    print(f"labnodes: error: {exc}", file=sys.stderr)
+    return status
 
 
 if __name__ == "__main__":

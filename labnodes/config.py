@@ -28,6 +28,9 @@ ENV_PREFIX = "LABNODES_"
 class ConfigError(LabnodesError):
     """A setting is missing, unknown or of the wrong type; the message says which and where."""
 
+    def __init__(self, message: str):
+        super().__init__(message, code="settings")
+
 
 @dataclasses.dataclass(frozen=True)
 class Settings:

@@ -231,9 +231,8 @@ class TransferError(LabnodesError):
     check the client made itself (bad-name, bad-frame, bad-request, short-stream, bad-trailer,
     checksum-mismatch, source-changed, disk-error)."""
 
-    def __init__(self, code: str, message: str):
-        super().__init__(message)
-        self.code = code
+    def __init__(self, code: str, message: str, address: str = ""):
+        super().__init__(message, code=code, address=address)
 
 
 # --- framing ----------------------------------------------------------------------------------------------
@@ -992,11 +991,11 @@ def _connect(host: str, port: int, timeout: float) -> socket.socket:
     try:
         return socket.create_connection((host, port), timeout=timeout)
     except TimeoutError:
-        raise TransferError("timeout", f"file server {host}:{port}: no answer within {timeout:g} s") from None
+        raise TransferError("timeout", f"file server {host}:{port}: no answer within {timeout:g} s",
+                            f"{host}:{port}") from None
     except OSError as exc:
-        raise TransferError(
-            "connect", f"file server {host}:{port}: cannot connect: {exc.strerror or exc}"
-        ) from None
+        raise TransferError("connect", f"file server {host}:{port}: cannot connect: {exc.strerror or exc}",
+                            f"{host}:{port}") from None
 
 
 def _reply(sock: socket.socket, where: str, what: str) -> dict:

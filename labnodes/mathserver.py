@@ -382,9 +382,13 @@ def ask(host: str, port: int, pairs, timeout: float = 5.0) -> list[dict]:
     try:
         sock = socket.create_connection((host, port), timeout=timeout)
     except TimeoutError:
-        raise LabnodesError(f"math server {server}: no answer within {timeout:g} s") from None
+        raise LabnodesError(
+            f"math server {server}: no answer within {timeout:g} s", code="timeout", address=server
+        ) from None
     except OSError as exc:
-        raise LabnodesError(f"math server {server}: cannot connect: {exc.strerror or exc}") from None
+        raise LabnodesError(
+            f"math server {server}: cannot connect: {exc.strerror or exc}", code="connect", address=server
+        ) from None
     results = []
     with sock, sock.makefile("rb") as replies:
         for text in lines:

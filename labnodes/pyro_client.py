@@ -93,9 +93,14 @@ def is_remote(exc: BaseException) -> bool:
     return getattr(exc, "_pyroTraceback", None) is not None
 
 
+def wrong_key(exc: BaseException) -> bool:
+    """True for a Pyro error that is a refused HMAC key (Pyro4 says so only in its message: "hmac mismatch")."""
+    return "hmac" in str(exc).lower()
+
+
 def describe(exc: BaseException) -> str:
     """One line for a Pyro error, naming a likely key mismatch."""
     text = str(exc)
-    if "hmac" in text.lower():
+    if wrong_key(exc):
         return f"refused: wrong HMAC key? ({text})"
     return text or type(exc).__name__

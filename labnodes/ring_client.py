@@ -6,7 +6,7 @@ from __future__ import annotations
 import time
 
 from labnodes import LabnodesError
-from labnodes.pyro_client import describe, is_remote, ns_proxy, proxy, pyro
+from labnodes.pyro_client import describe, is_remote, ns_proxy, proxy, pyro, wrong_key
 from labnodes.ring_lap import check_node_name, check_numbers, check_text, parse_numbers, registration_name
 
 
@@ -36,7 +36,11 @@ def send(
             f"start node {start} is not registered in the name server at {ns_host}:{ns_port}"
         ) from None
     except Pyro4.errors.PyroError as exc:
-        raise LabnodesError(f"name server at {ns_host}:{ns_port}: {describe(exc)}") from None
+        raise LabnodesError(
+            f"name server at {ns_host}:{ns_port}: {describe(exc)}",
+            code=_code(exc),
+            address=f"{ns_host}:{ns_port}",
+        ) from None
     timeout = deadline - time.monotonic()  # what is left for the start node
     if timeout <= 0:
         raise LabnodesError(f"name server at {ns_host}:{ns_port} took the whole timeout to answer")
@@ -50,4 +54,17 @@ def send(
     except Pyro4.errors.TimeoutError:
         raise LabnodesError(f"start node {start} did not answer within {timeout:.2f} s") from None
     except Pyro4.errors.PyroError as exc:
-        raise LabnodesError(f"start node {start} at {str(uri).split('@')[-1]}: {describe(exc)}") from None
+        where = str(uri).split("@")[-1]
+        raise LabnodesError(
+            f"start node {start} at {where}: {describe(exc)}", code=_code(exc), address=where
+        ) from None
+
+
+def _code(exc: BaseException) -> str:
+    """LabnodesError's code for a Pyro error from the name server or the start node."""
+    Pyro4 = pyro()
+    if wrong_key(exc):
+        return "wrong-key"
+    if isinstance(exc, Pyro4.errors.TimeoutError):
+        return "timeout"
+    return "connect" if isinstance(exc, Pyro4.errors.CommunicationError) else ""

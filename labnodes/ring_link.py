@@ -22,7 +22,7 @@ import logging
 import threading
 import time
 
-from labnodes.pyro_client import is_remote, ns_proxy, proxy, pyro
+from labnodes.pyro_client import is_remote, ns_proxy, proxy, pyro, wrong_key
 from labnodes.ring_lap import registration_name
 
 log = logging.getLogger("labnodes.ring")
@@ -102,7 +102,7 @@ class Link:
                 raise self._fail(f"{self.dst} did not answer within {timeout:.2f} s") from None
             if not isinstance(exc, Pyro4.errors.CommunicationError):
                 raise self._fail(f"{type(exc).__name__}: {exc}") from None
-            if "hmac" in str(exc).lower():
+            if wrong_key(exc):
                 self._forget(uri)
                 raise self._fail(f"{self.dst} refused the connection: HMAC key mismatch ({exc})") from None
             return None, exc

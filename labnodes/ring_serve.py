@@ -13,7 +13,7 @@ import threading
 import time
 
 from labnodes import LabnodesError, config, pyro_server
-from labnodes.pyro_client import ns_proxy, pyro
+from labnodes.pyro_client import ns_proxy, pyro, wrong_key
 from labnodes.ring_lap import check_node_name, registration_name
 from labnodes.ring_link import Link
 from labnodes.ring_node import RingNode
@@ -33,9 +33,10 @@ def _register(ns_args, name: str, uri: str, wait: float, stopping: threading.Eve
                 ns.register(name, uri, safe=False)
             return
         except Pyro4.errors.CommunicationError as exc:
-            if "hmac" in str(exc).lower() or time.monotonic() + delay > deadline:
+            if wrong_key(exc) or time.monotonic() + delay > deadline:
                 raise LabnodesError(
-                    f"cannot register {name} in the name server at {ns_args[0]}:{ns_args[1]}: {exc}"
+                    f"cannot register {name} in the name server at {ns_args[0]}:{ns_args[1]}: {exc}",
+                    code="wrong-key" if wrong_key(exc) else "connect", address=f"{ns_args[0]}:{ns_args[1]}",
                 ) from None
             log.info("name server at %s:%s not reachable yet (%s), retrying", ns_args[0], ns_args[1], exc)
             stopping.wait(delay)

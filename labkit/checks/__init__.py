@@ -20,6 +20,7 @@ the running programs themselves say where things are.
 from __future__ import annotations
 
 import base64
+import dataclasses
 import json
 import math as _math
 import re
@@ -34,7 +35,7 @@ import paramiko
 from invoke.exceptions import CommandTimedOut
 
 from labkit import LabkitError, faults, options, printable
-from labkit.remote import Hosts
+from labkit.remote import Failure, Hosts, labnodes_output
 from labnodes import selftest
 
 # What each inventory group runs (the course's spec; playbooks/site.yml's labkit_group_roles makes it so).
@@ -230,10 +231,10 @@ class Run:
         cmd = " ".join([f"{shlex.quote(self.venv(host) or '')}/bin/labnodes", "--tethered", *map(shlex.quote, args),
                         "--json"])  # a run that outlasts the timeout stops when its channel closes (labnodes.cli)
         r = self.ssh(host, cmd, timeout=timeout)
-        try:
-            return json.loads(r.stdout), ""
-        except json.JSONDecodeError:
-            return None, _first_line(r.stderr or r.stdout)
+        data, failure = labnodes_output(r.stdout, r.stderr)
+        if failure is not None:
+            failure = dataclasses.replace(failure, message=failure.message[:300])
+        return data, failure
 
     def app_ring(self, client, ring):
         data, err = self.labnodes(client, "ring", "send", "--start", ring[0], "--message", "labkit check",
@@ -242,12 +243,12 @@ class Run:
         expected = (f"hops {' -> '.join(want)} (each at its inventory address), back at {ring[0]}, "
                     f"gcd=6 lcm=144")
         if data is None:
-            if "hop " not in err and re.search(r"name server at \S+: refused: wrong HMAC key", err):
-                return "fail", client, expected, err, \
-                    "the client's hmac_key differs from the name server's: fab provision writes the cluster's key " \
-                    f"into every host's labnodes.toml (on {client} too)"
-            named = [n for n in re.findall(r"[\w-]+", err) if n in ring]
-            return "fail", named[-1] if named else ring[0], expected, err, \
+            if err.code == "wrong-key":  # the client's key: the name server or the start node refused it
+                return "fail", client, expected, err.message, \
+                    f"{err.address} refused the client's hmac_key: fab provision writes the cluster's key into " \
+                    f"every host's labnodes.toml (on {client} too)"
+            named = [n for n in re.findall(r"[\w-]+", err.message) if n in ring]
+            return "fail", named[-1] if named else ring[0], expected, err.message, \
                 "the ring broke at the hop named: supervisorctl status and /var/log/labnodes/ on that host"
         self.extra["ring"] = data
         trace = data.get("trace") or []
@@ -274,7 +275,7 @@ class Run:
             data, err = self.labnodes(client, "celery", "batch", "--count", "60", "--mode", "group",
                                       "--timeout", str(int(self.timeout)), timeout=self.timeout + 10)
             if data is None:
-                return "fail", self.first("brokers") or client, expected, err, \
+                return "fail", self.first("brokers") or client, expected, err.message, \
                     "the client cannot use the broker: redis_host/redis_password in the client's labnodes.toml"
             r = data["modes"]["group"]
             for h, n in r["hosts"].items():
@@ -294,26 +295,26 @@ class Run:
                 f"the worker on {idle[0]} takes no jobs: is it connected to the broker? (its log, its settings)"
         return "pass", workers[0] if workers else client, expected, f"ran on {found}", ""
 
-    def unreachable_hint(self, err: str, server: str, svc: str) -> str | None:
+    def unreachable_hint(self, err: Failure, server: str, svc: str) -> str | None:
         """For a run that could not connect to its server: where the client went, and where the server listens
         (its own listens check, which passed: both come from each host's labnodes.toml, which can disagree)."""
-        asked = re.search(r"server (\S+:\d+): cannot connect", err)
-        if not asked:
+        if err.code != "connect" or not err.address:
             return None
+        asked = err.address
         listens = next((c["found"] for c in self.checks if c["id"] == f"service.{svc}.listens"
                         and c["host"] == server and c["outcome"] == "pass"), "")
         there = listens.split(" (pid")[0]
-        if there and asked[1] not in there.split(", "):
-            return (f"the client asks {asked[1]}, but the {svc} server listens on {there}: {svc}_host/{svc}_port "
+        if there and asked not in there.split(", "):
+            return (f"the client asks {asked}, but the {svc} server listens on {there}: {svc}_host/{svc}_port "
                     f"differ between the client's and {server}'s labnodes.toml (fab provision writes both)")
-        return f"nothing answers at {asked[1]}: is the {svc} server running there? (the service checks of {server})"
+        return f"nothing answers at {asked}: is the {svc} server running there? (the service checks of {server})"
 
     def app_math(self, client, server):
         data, err = self.labnodes(client, "math", "ask", "48,18", "12,oops")
         expected = "48,18 -> OK gcd=6 lcm=144; 12,oops -> ERR <reason>"
         hint = "the math protocol: '48,18' -> 'OK gcd=6 lcm=144', anything else -> 'ERR <reason>'"
         if data is None:
-            return "fail", server, expected, err, self.unreachable_hint(err, server, "math") or hint
+            return "fail", server, expected, err.message, self.unreachable_hint(err, server, "math") or hint
         first, second = (data + [{}, {}])[:2]
         one = first.get("error") or f"gcd={first.get('gcd')} lcm={first.get('lcm')}"
         two = f"ERR {second['error']}" if second.get("error") else json.dumps(second)
@@ -334,10 +335,11 @@ class Run:
             sent_sum = r.stdout.split()[0]
             sent, err = self.labnodes(client, "file", "send", f"{tmp}/{name}", "--name", name)
             if sent is None:
-                return "fail", server, expected, f"send: {err}", self.unreachable_hint(err, server, "file") or hint
+                return "fail", server, expected, f"send: {err.message}", \
+                    self.unreachable_hint(err, server, "file") or hint
             got, err = self.labnodes(client, "file", "get", name, "--out", f"{tmp}/back")
             if got is None:
-                return "fail", server, expected, f"get: {err}", hint
+                return "fail", server, expected, f"get: {err.message}", hint
             back = self.ssh(client, f"sha256sum {tmp}/back/{name}").stdout.split()[:1]
             root = (self.facts.get(server) or {}).get("file_root")
             if not root:

@@ -145,7 +145,7 @@ def test_values_that_start_with_a_dash_are_refused_by_the_programs_not_by_the_co
     answer = json.loads(proc.stdout)["answers"][0]
     assert (answer["pair"], answer["error"]) == ("-1,2", "negative numbers are not allowed")
     proc = fab("run-ring", "--numbers=-4,2", inv=lab.path, check=False)
-    assert proc.returncode == 1 and proc.stderr.strip().endswith("labnodes: error: negative numbers are not allowed")
+    assert proc.returncode == 1 and proc.stderr.strip().endswith("--numbers=-4,2: negative numbers are not allowed")
     assert fab_json("run-ring", "--message=-x", inv=lab.path)["message"] == "-x"
 
 

@@ -1,5 +1,6 @@
 """Math server on loopback: the real `labnodes math serve` process, real clients, SIGTERM/SIGINT shutdown."""
 
+import json
 import math
 import os
 import random
@@ -114,7 +115,11 @@ def test_ask_command_reports_a_refused_connection_in_one_line(tmp_path):
         port = probe.getsockname()[1]
     done = labnodes(tmp_path, "math", "ask", "--host", HOST, "--port", str(port), "48,18")
     assert done.returncode == 1
-    assert done.stderr.count("\n") == 1 and "cannot connect" in done.stderr
+    assert done.stderr.count("\n") == 1 and "cannot connect" in done.stderr and done.stdout == ""
+    with_json = labnodes(tmp_path, "math", "ask", "--host", HOST, "--port", str(port), "--json", "48,18")
+    assert json.loads(with_json.stdout) == {"error": {"message": done.stderr.removeprefix("labnodes: error: ").strip(),
+                                                      "code": "connect", "address": f"{HOST}:{port}"}}
+    assert (with_json.returncode, with_json.stderr) == (1, done.stderr)
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])

@@ -262,9 +262,13 @@ def test_bad_numbers_are_refused_with_one_line(env, ns_port, ring3, numbers, rea
 
 
 def test_client_with_a_wrong_hmac_key_is_refused(env, ns_port, ring3):
-    out = send(env, ns_port, "pyro1", key="not-the-key")
+    out = send(env, ns_port, "pyro1", key="not-the-key", json_out=False)
     assert out.returncode == 1
     assert "HMAC" in out.stderr and out.stdout == ""
+    with_json = send(env, ns_port, "pyro1", key="not-the-key", json_out=True)
+    error = json.loads(with_json.stdout)["error"]  # what labkit's check picks its hint by: the code, not the words
+    assert (with_json.returncode, error["code"], error["address"]) == (1, "wrong-key", f"{NS_HOST}:{ns_port}")
+    assert error["message"] in with_json.stderr
 
 
 def test_ring_node_with_a_wrong_hmac_key_is_refused_by_the_name_server(launch, ns_port):

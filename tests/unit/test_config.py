@@ -1,5 +1,7 @@
 """Settings precedence and validation: defaults < file < LABNODES_* environment < flags."""
 
+import json
+
 import pytest
 
 from labnodes import config
@@ -86,3 +88,21 @@ def test_bad_environment_names_the_variable(env, message):
 def test_required_secret_says_how_to_provide_it():
     with pytest.raises(config.ConfigError, match="LABNODES_HMAC_KEY"):
         config.require(config.load(env={}), "hmac_key")
+
+
+@pytest.mark.parametrize("json_out", [False, True])
+def test_bad_settings_end_a_command_in_one_line_and_with_json_as_an_error_object(tmp_path, capsys, json_out):
+    """Exit 2 and labnodes' line on stderr; a program that asked for `--json` also gets {"error": {...}} with the
+    code "settings", so it can tell bad settings from an unreachable server without reading the message."""
+    from labnodes import cli
+
+    path = tmp_path / "labnodes.toml"
+    path.write_text('math_port = "abc"\n')
+    status = cli.main(["--config", str(path), "math", "ask", *(["--json"] if json_out else []), "48,18"])
+    out = capsys.readouterr()
+    message = f"{path}: math_port must be int, got 'abc'"
+    assert (status, out.err) == (2, f"labnodes: error: {message}\n")
+    if json_out:
+        assert json.loads(out.out) == {"error": {"message": message, "code": "settings", "address": ""}}
+    else:
+        assert out.out == ""

@@ -418,6 +418,29 @@ def test_an_error_quotes_a_long_value_cut_and_measured_then_the_hosts_reason(mon
     assert shown == f"{'a' * 60} --x={'b' * 56} {'c' * 40}... (61 characters)"
 
 
+def test_labnodes_output_is_the_result_or_the_failure_with_its_code(monkeypatch):
+    """`labnodes ... --json` that fails prints {"error": {message, code, address}}: fab raises its message (it once
+    took any JSON for a result), and the checks get its code. An older labnodes prints no JSON: its last line."""
+    failed = json.dumps({"error": {"message": "math server 10.0.0.3:5050: cannot connect: Connection refused",
+                                   "code": "connect", "address": "10.0.0.3:5050"}})
+    said = "labnodes: error: math server 10.0.0.3:5050: cannot connect: Connection refused\n"
+    assert remote.labnodes_output(failed, said) == (None, remote.Failure(
+        "math server 10.0.0.3:5050: cannot connect: Connection refused", "connect", "10.0.0.3:5050"))
+    assert remote.labnodes_output("", said) == (None, remote.Failure(said.strip()))
+    assert remote.labnodes_output("", "") == (None, remote.Failure("no output"))
+    answers = [{"pair": "48,18", "gcd": 6, "lcm": 144}, {"pair": "x,1", "error": "numbers must be decimal digits"}]
+    assert remote.labnodes_output(json.dumps(answers), "") == (answers, None)  # an ERR answer is a result
+    assert remote.labnodes_output('{"error": "a result\'s own field", "n": 1}', "")[1] is None
+
+    monkeypatch.setattr(Hosts, "run", lambda *a, **k: SimpleNamespace(stdout=failed, stderr=said, exited=1))
+    monkeypatch.setattr(Hosts, "setting", lambda self, name, key: "/opt/v")
+    with pytest.raises(RemoteError) as err:
+        Hosts(_inv("netns")).labnodes("h1", "math", "ask", "--", "48,18")
+    assert str(err.value) == "h1: labnodes math ask -- 48,18: math server 10.0.0.3:5050: cannot connect: " \
+                             "Connection refused"
+    assert (err.value.exited, err.value.stderr) == (1, said)
+
+
 @pytest.mark.parametrize("stderr, hint", [
     ("labnodes file: error: argument ACTION: invalid choice: 'make' (choose from 'serve', 'send', 'get')", True),
     ("labnodes: error: argument COMMAND: invalid choice: 'file' (choose from 'ring')", True),

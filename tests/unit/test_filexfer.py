@@ -446,10 +446,10 @@ def test_send_and_get_report_a_refused_connection(tmp_path):
     with socket.create_server(("127.0.0.1", 0)) as probe:
         address = probe.getsockname()[:2]
     (tmp_path / "f").write_bytes(b"x")
-    with pytest.raises(TransferError, match="cannot connect"):
-        send(*address, tmp_path / "f")
-    with pytest.raises(TransferError, match="cannot connect"):
-        get(*address, "f", tmp_path)
+    for attempt in (lambda: send(*address, tmp_path / "f"), lambda: get(*address, "f", tmp_path)):
+        with pytest.raises(TransferError, match="cannot connect") as info:
+            attempt()
+        assert (info.value.code, info.value.address) == ("connect", "%s:%d" % address)
 
 
 def test_send_refuses_a_missing_file_and_get_a_missing_directory(server, tmp_path):
