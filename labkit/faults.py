@@ -425,13 +425,8 @@ def partition(hosts: Hosts, a: str, b: str, for_=None) -> dict:
     return {"faults": recs}
 
 
-def programs(hosts: Hosts, name: str) -> dict[str, str]:
-    out = hosts.run(name, "supervisorctl status", check=False).stdout
-    return {ln.split()[0]: ln.split()[1] for ln in out.splitlines() if len(ln.split()) >= 2}
-
-
 def _targets(hosts: Hosts, name: str, program: str | None) -> list[str]:
-    progs = programs(hosts, name)
+    progs = hosts.programs(name)
     if program is None:
         chosen = sorted(p for p in progs if p.startswith(PROGRAM_PREFIX))
         if not chosen:
@@ -462,7 +457,7 @@ def fault(hosts: Hosts, action: str, target: str, for_=None) -> dict:
         if healed:
             hosts.run(name, heal_script(healed))
         hosts.run(name, f"supervisorctl start {names}", check=False)
-        now = programs(hosts, name)
+        now = hosts.programs(name)
         what = ", ".join(f"{p} {now.get(p, '?')}" for p in progs) + (f" (healed {', '.join(healed)})" if healed else "")
         return {"faults": [], "events": [{"host": name, "kind": "start", "what": what, "since": time.time()}],
                 "started": progs, "healed": healed}

@@ -194,6 +194,12 @@ class Hosts:
             raise RemoteError(f"{name}: {SETTINGS_FILE} has no {key!r}: provision the host (fab provision)")
         return value
 
+    def programs(self, name: str) -> dict[str, str]:
+        """supervisord's programs on the host and their states ({"labnodes-ring": "RUNNING", ...}); {} if it
+        does not answer."""
+        out = self.run(name, "supervisorctl status", check=False).stdout
+        return {ln.split()[0]: ln.split()[1] for ln in out.splitlines() if len(ln.split()) >= 2}
+
     def labnodes_bin(self, name: str, program: str = "labnodes") -> str:
         """Where a program of the labnodes venv is on this host (the venv its settings name)."""
         return f"{self.setting(name, 'venv')}/bin/{program}"

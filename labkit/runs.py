@@ -144,12 +144,8 @@ def status(hosts: Hosts) -> dict:
     backend = backends.for_inventory(inv)
     machines = {row["host"]: row for row in backend.status(inv)}
 
-    def programs(name):
-        out = hosts.run(name, "supervisorctl status", check=False).stdout
-        return {line.split()[0]: line.split()[1] for line in out.splitlines() if len(line.split()) >= 2}
-
     def seen(name):  # the programs and, for one that ended by itself, the last line of its log: why
-        progs = programs(name)
+        progs = hosts.programs(name)
         why = {}
         for prog in sorted(p for p, state in progs.items() if state in CRASHED):
             tail = hosts.run(name, f"supervisorctl tail -1600 {shlex.quote(prog)}", check=False).stdout
