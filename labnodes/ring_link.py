@@ -8,7 +8,8 @@ the successor becomes RuntimeError("ring hop SRC -> DST failed: why"), why being
     "DST refused the connection: HMAC key mismatch (...)"
     "DST is not registered in the name server"
     "name server at H:P unreachable (...)"
-    "DST is registered at ADDR but does not answer (process gone?): ..."
+    "DST is registered at ADDR but does not answer (process gone?): ..."  (refused: nothing listens there)
+    "DST is registered at ADDR but does not answer (the network or a firewall between them?): ..."  (timed out)
 At most two retries, within the same timeout, each for one reason:
     1. a pooled link the successor had closed (its idle timeout, COMMTIMEOUT): one fresh connection to the
        same address;
@@ -116,7 +117,13 @@ class Link:
 
     def _gone(self, uri: str, exc: BaseException) -> RuntimeError:
         where = uri.split("@")[-1]
-        return self._fail(f"{self.dst} is registered at {where} but does not answer (process gone?): {exc}")
+        # refused: nothing listens there (a node that ended); no answer at all: packets dropped on the way
+        why = (
+            "the network or a firewall between them?"
+            if isinstance(exc.__cause__, TimeoutError)
+            else "process gone?"
+        )
+        return self._fail(f"{self.dst} is registered at {where} but does not answer ({why}): {exc}")
 
     def _lookup(self, timeout: float) -> str:
         Pyro4 = pyro()

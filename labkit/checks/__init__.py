@@ -189,11 +189,16 @@ class Run:
                          deps=[("reach.ssh", o.name) for o in self.inv.hosts if o.name != h.name][:1])
                 continue
             port = int(h.vars.get("ansible_port", SSH_PORT))
+            hint = f"{h.name}'s cluster interface is down or firewalled: ip addr and ip route on {h.name}"
+            if bad and len(bad) < len(seen):  # others reach it: not its interface, something between these hosts
+                hint = (f"{len(seen) - len(bad)} other hosts reach {h.name}, {', '.join(bad)} cannot: a firewall "
+                        f"rule between them (iptables -S on {h.name} and on {', '.join(bad)}; fab heal removes the "
+                        "ones labkit's faults set) or a route on either side")
             self.add("reach.network", h.name, "fail" if bad else "pass",
                      expected=f"every other host connects to {h.address}:{port}",
                      found=("not from " + ", ".join(f"{o} ({e})" for o, e in bad.items())) if bad
                      else f"from {len(seen)} hosts",
-                     hint=f"{h.name}'s cluster interface is down or firewalled: ip addr and ip route on {h.name}")
+                     hint=hint)
         self.fill_labnodes_checks()
 
     def venv(self, host: str | None = None) -> str | None:
@@ -238,7 +243,7 @@ class Run:
 
     def app_ring(self, client, ring):
         data, err = self.labnodes(client, "ring", "send", "--start", ring[0], "--message", "labkit check",
-                                  "--numbers", "48,18")
+                                  "--numbers", "48,18", "--timeout", f"{self.timeout:g}", timeout=self.timeout + 10)
         want = [*ring, ring[0]]
         expected = (f"hops {' -> '.join(want)} (each at its inventory address), back at {ring[0]}, "
                     f"gcd=6 lcm=144")
@@ -308,6 +313,17 @@ class Run:
             return (f"the client asks {asked}, but the {svc} server listens on {there}: {svc}_host/{svc}_port "
                     f"differ between the client's and {server}'s labnodes.toml (fab provision writes both)")
         return f"nothing answers at {asked}: is the {svc} server running there? (the service checks of {server})"
+
+    def cut_hint(self, pairs) -> str | None:
+        """For a run that failed: the connections it makes that the hosts' own probes saw fail on the cluster
+        network (reach.network), which are then the cause to look at first, not the programs."""
+        cut = [(a, b) for a, b in dict.fromkeys(pairs)
+               if a and b and a != b and ((self.facts.get(a) or {}).get("reach") or {}).get(b)]
+        if not cut:
+            return None
+        return (f"{'; '.join(f'{a} cannot connect to {b} (reach.network@{b})' for a, b in cut)} on the cluster "
+                f"network, and this run needs {'that connection' if len(cut) == 1 else 'those connections'}: fix "
+                "the network first")
 
     def app_math(self, client, server):
         data, err = self.labnodes(client, "math", "ask", "48,18", "12,oops")
@@ -384,15 +400,26 @@ class Run:
             cid, (fn, args, _deps) = item
             try:
                 return fn(*args)
+            except CommandTimedOut:  # its text holds the whole command and its output: not a finding's line
+                return "fail", args[0], APP_TITLES[cid], f"the run did not finish within {self.timeout:g} s", \
+                    "a slow host, or a run that hangs: fab check --timeout S gives it longer"
             except Exception as exc:  # noqa: BLE001 -- reported as the check's finding
-                return "fail", args[0], "", f"{type(exc).__name__}: {exc}", "the run could not finish"
+                return "fail", args[0], APP_TITLES[cid], f"{type(exc).__name__}: {exc}".splitlines()[0][:300], \
+                    "the run could not finish"
 
         with ThreadPoolExecutor(max_workers=max(1, len(runnable))) as pool:
             results = dict(zip(runnable, pool.map(go, runnable.items())))
         blame = {"app.ring": ring[:1], "app.celery": [broker], "app.math": [sock], "app.file": [sock]}
+        crossed = {  # (from, to): the connections each run makes between hosts
+            "app.ring": [(client, ns), (client, ring[0] if ring else None), *((r, ns) for r in ring),
+                         *zip(ring, ring[1:] + ring[:1])],
+            "app.celery": [(client, broker), *((w, broker) for w in workers)],
+            "app.math": [(client, sock)], "app.file": [(client, sock)]}
         for cid, (_fn, _args, deps) in plans.items():
             # not run: its prerequisites did not pass, so resolve() reports it blocked by them
             out, host, expected, found, hint = results.get(cid, ("fail", blame[cid][0], "", "", ""))
+            if cid in results and out == "fail":
+                hint = self.cut_hint(crossed[cid]) or hint
             if host != blame[cid][0] and out == "fail":  # the key stays stable (class columns); the text names it
                 found = f"{host}: {found}"
             self.add(cid, blame[cid][0], out, expected=expected, found=found, hint=hint, deps=deps)

@@ -334,6 +334,24 @@ def test_cut_network_fails_reach_of_that_host_and_blocks_its_checks(ck):
     wait_healthy(ck)
 
 
+def test_a_link_cut_between_two_ring_hosts_sends_the_instructor_to_the_network_not_the_ring(ck):
+    """`fab partition pyro2 pyro3`: both hosts' reach.network said "cluster interface is down" (every other host
+    reached them), and app.ring said the ring broke (ring programs: look at supervisorctl) and "process gone?"."""
+    fab("partition", "pyro2", "pyro3", inv=ck.path)
+    try:
+        report = check_broken(ck, {"reach.network@pyro2", "reach.network@pyro3", "app.ring@pyro1"}, {}, 90,
+                              "--timeout", "8")
+    finally:
+        fab("heal", inv=ck.path)
+    got = outcomes(report)
+    assert got["reach.network@pyro3"]["hint"].startswith("6 other hosts reach pyro3, pyro2 cannot: a firewall rule")
+    ring = got["app.ring@pyro1"]
+    assert ring["hint"] == ("pyro2 cannot connect to pyro3 (reach.network@pyro3) on the cluster network, and this run "
+                            "needs that connection: fix the network first"), ring
+    assert "pyro2 -> pyro3" in ring["found"] and "process gone" not in ring["found"], ring
+    wait_healthy(ck)
+
+
 def test_a_math_server_moved_to_another_port_than_the_clients_is_named_in_the_hint(ck):
     """The math server's math_port edited by hand on its host: it listens (its own checks pass) where the client
     does not ask. The hint was the math protocol's; it now names both addresses and the two settings files."""

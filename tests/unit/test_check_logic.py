@@ -119,6 +119,56 @@ def test_a_run_that_cannot_reach_its_server_says_where_each_side_is(listens, err
     assert run.unreachable_hint(Failure(message), "s", "math") is None
 
 
+def test_a_run_across_a_link_the_hosts_saw_cut_is_sent_to_the_network():
+    from labkit.checks import Run
+    run = Run.__new__(Run)
+    run.facts = {"pyro2": {"reach": {"pyro1": None, "pyro3": "timed out"}}, "pyro3": {"reach": {"pyro2": "timed out"}},
+                 "client": {"reach": {"sockserver": None}}, "broker": {}}
+    ring = [("client", "broker"), ("pyro1", "pyro2"), ("pyro2", "pyro3"), ("pyro3", "pyro1"), ("pyro2", "pyro3")]
+    assert run.cut_hint(ring) == ("pyro2 cannot connect to pyro3 (reach.network@pyro3) on the cluster network, and "
+                                  "this run needs that connection: fix the network first")
+    both = run.cut_hint([("pyro2", "pyro3"), ("pyro3", "pyro2")])
+    assert both.startswith("pyro2 cannot connect to pyro3 (reach.network@pyro3); pyro3 cannot connect to pyro2")
+    assert both.endswith("needs those connections: fix the network first")
+    assert run.cut_hint([("client", "sockserver"), ("broker", "pyro2"), (None, "x")]) is None  # nothing cut
+
+
+def test_a_run_that_times_out_or_crashes_is_one_line_with_what_was_expected(monkeypatch):
+    """A ring lap longer than `fab check --timeout` was reported as invoke's whole CommandTimedOut text (the
+    command, its stdout and stderr) under an empty "expected"; a failing run across a cut link says so."""
+    from invoke.exceptions import CommandTimedOut
+
+    from labkit import checks, inventory
+    names = {"client": "clients", "broker": "nameservers", "p1": "ring", "p2": "ring", "s": "sockservers"}
+    hosts = tuple(inventory.Host(n, f"10.0.0.{i}") for i, n in enumerate(names, 2))
+    groups = {}
+    for n, g in names.items():
+        groups[g] = (*groups.get(g, ()), n)
+    run = checks.Run(inventory.Inventory(path=REPO / "inv", cluster="t", subnet=None, backend="lab", hosts=hosts,
+                                         groups=groups), timeout=8)
+    for cid in ("reach.ssh", "host.labnodes", "service.nameserver.listens", "service.ring.listens",
+                "service.ring.next", "service.math.listens", "service.file.listens"):
+        for n in names:
+            run.add(cid, n, "pass")
+    run.facts = {"p1": {"reach": {"p2": "timed out"}}}
+
+    def timed_out(*args):
+        raise CommandTimedOut(SimpleNamespace(command="labnodes ring send ...", stdout="", stderr=""), 8)
+
+    def crashed(*args):
+        raise RuntimeError("first line\nsecond line")
+    monkeypatch.setattr(checks.Run, "app_ring", timed_out)
+    monkeypatch.setattr(checks.Run, "app_math", crashed)
+    monkeypatch.setattr(checks.Run, "app_file", lambda self, c, s: ("pass", s, "same sha256", "same", ""))
+    run.app_layer()
+    got = {c["id"]: c for c in run.checks if c["layer"] == "app"}
+    assert (got["app.ring"]["expected"], got["app.ring"]["found"]) == (checks.APP_TITLES["app.ring"],
+                                                                        "client: the run did not finish within 8 s")
+    assert got["app.ring"]["hint"].startswith("p1 cannot connect to p2 (reach.network@p2) on the cluster network")
+    assert (got["app.math"]["expected"], got["app.math"]["found"], got["app.math"]["hint"]) == (
+        checks.APP_TITLES["app.math"], "client: RuntimeError: first line", "the run could not finish")
+
+
 @pytest.mark.parametrize("failure, where, hint", [
     (("name server at 10.0.0.1:9090: refused: wrong HMAC key? (cannot connect to ('10.0.0.1', 9090): message hmac "
       "mismatch)", "wrong-key", "10.0.0.1:9090"), "client", "10.0.0.1:9090 refused the client's hmac_key"),
@@ -130,6 +180,7 @@ def test_a_ring_run_that_fails_points_at_the_host_to_look_at(failure, where, hin
     from labkit.checks import Run
     from labkit.remote import Failure
     run = Run.__new__(Run)
+    run.timeout = 20
     run.labnodes = lambda *a, **kw: (None, Failure(*failure))
     outcome, host, _, found, got_hint = run.app_ring("client", ["p1", "p2", "p3"])
     assert (outcome, host, found) == ("fail", where, failure[0]) and got_hint.startswith(hint)

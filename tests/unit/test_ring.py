@@ -321,3 +321,18 @@ def test_a_pooled_link_gets_each_calls_timeout_and_is_not_set_again_when_it_has_
     link._give(uri, p)
     link._take(2.5)
     assert pooled.timeouts_set == [2.5]
+
+
+def test_a_successor_that_does_not_answer_is_told_apart_from_one_that_refuses():
+    """Under a network partition the hop said "process gone?" (it was not: its packets were dropped)."""
+    from labnodes.pyro_client import pyro
+    from labnodes.ring_link import Link
+
+    link = Link("a", "b", "127.0.0.1", 1, "k" * 32)
+    uri = "PYRO:labkit.ring.b@10.0.0.2:9000"
+    for cause, why in [(TimeoutError("timed out"), "the network or a firewall between them?"),
+                       (ConnectionRefusedError(111, "Connection refused"), "process gone?")]:
+        exc = pyro().errors.CommunicationError(f"cannot connect to ('10.0.0.2', 9000): {cause}")
+        exc.__cause__ = cause  # as Pyro4's proxy sets it (Pyro4.core.Proxy.__pyroCreateConnection)
+        assert str(link._gone(uri, exc)) == (f"ring hop a -> b failed: b is registered at 10.0.0.2:9000 but does "
+                                             f"not answer ({why}): cannot connect to ('10.0.0.2', 9000): {cause}")
