@@ -44,6 +44,22 @@ def parse_recap(text: str) -> dict[str, dict[str, int]]:
     return hosts
 
 
+def failure_summary(rc: int, recap: dict[str, dict[str, int]]) -> str:
+    """The line that ends a failed provisioning: the hosts that failed, those Ansible could not reach, and how many
+    ran through (a host that fails does not stop the others)."""
+    unreachable = sorted(h for h, r in recap.items() if r["unreachable"])
+    failed = sorted(h for h, r in recap.items() if r["failed"] and h not in unreachable)
+    named = [h if h != "localhost" else "localhost (the control machine's play: the hosts' play did not run)"
+             for h in failed]
+    parts = [f"failed on {', '.join(named)}"] if failed else []
+    if unreachable:
+        parts.append(f"{', '.join(unreachable)} unreachable (down, or its network? fab status; "
+                     "fab provision again once it is back)")
+    ran = len([h for h in recap if h != "localhost"]) - len(set(failed + unreachable) - {"localhost"})
+    return (f"ansible-playbook exited {rc}: {'; '.join(parts) or 'see its output above'}"
+            + (f"; the other {ran} hosts ran through" if parts and ran else ""))
+
+
 class TaskProgress:
     """Under --quiet, how far each task of the play is: hosts done of total (labkit.progress), one task at a time."""
 
@@ -119,9 +135,8 @@ def _provision(inventory, *, quiet, extra, playbook, hosts) -> dict:
         timing = json.loads(timing_file.read_text())
         timing_file.unlink()
     if rc != 0:
-        bad = sorted(h for h, r in recap.items() if r["failed"] or r["unreachable"])
         # under --quiet nothing was shown: the lines naming what failed (they may be far above the recap), then the end
         fatal = [ln for ln in lines if ln.startswith(("fatal: ", "failed: "))][:8]
         tail = ("".join(fatal) + "...\n" + "".join(lines[-25:])) if quiet else ""
-        raise ProvisionError(f"ansible-playbook exited {rc}; failed or unreachable hosts: {bad or 'see output'}\n{tail}")
+        raise ProvisionError(f"{failure_summary(rc, recap)}\n{tail}")
     return {"seconds": seconds, "hosts": recap, "timing": timing}

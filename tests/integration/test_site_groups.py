@@ -25,4 +25,4 @@ def test_an_inventory_without_a_host_the_settings_point_at_is_refused_naming_the
         f"the inventory has no host in group {missing}, and every host's settings point at its first host"
         in message
     )
-    assert "failed or unreachable hosts: ['localhost']" in message  # the hosts' play never ran
+    assert "failed on localhost (the control machine's play: the hosts' play did not run)\n" in message

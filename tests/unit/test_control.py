@@ -791,6 +791,24 @@ def test_progress_of_a_quick_step_is_one_line():
     assert out.getvalue() == "provision: labnodes: install: 8/8\n"
 
 
+def test_a_failed_provisioning_names_each_host_that_failed_or_was_unreachable_and_how_many_ran_through():
+    """It said `failed or unreachable hosts: ['worker2']` (a Python list), nothing of why or of the others."""
+    from labkit import provision
+    recap = provision.parse_recap("""PLAY RECAP *********
+broker                     : ok=15   changed=0    unreachable=0    failed=0    skipped=3    rescued=0    ignored=0
+localhost                  : ok=3    changed=0    unreachable=0    failed=0    skipped=0    rescued=0    ignored=0
+pyro1                      : ok=4    changed=0    unreachable=0    failed=1    skipped=1    rescued=0    ignored=0
+worker1                    : ok=5    changed=0    unreachable=0    failed=0    skipped=1    rescued=0    ignored=0
+worker2                    : ok=0    changed=0    unreachable=1    failed=0    skipped=1    rescued=0    ignored=0
+""")
+    assert provision.failure_summary(4, recap) == (
+        "ansible-playbook exited 4: failed on pyro1; worker2 unreachable (down, or its network? fab status; fab "
+        "provision again once it is back); the other 2 hosts ran through")
+    assert provision.failure_summary(2, {"localhost": {"ok": 1, "changed": 0, "unreachable": 0, "failed": 1}}) == (
+        "ansible-playbook exited 2: failed on localhost (the control machine's play: the hosts' play did not run)")
+    assert provision.failure_summary(1, {}) == "ansible-playbook exited 1: see its output above"
+
+
 def test_provision_progress_counts_the_hosts_each_task_reported(monkeypatch):
     from labkit import provision
     seen = []
