@@ -11,6 +11,7 @@
   too (`fab up: interrupted: ...`), exit 130. Fabric's own options that choose hosts or keys (`-H`, `-i`, `-S`
   before the task's name) are refused in one line (`fabric_flags_refused`): labkit's tasks take their hosts from
   an inventory, and `fab -i students/ana check` had checked the active cluster, `-i` being Fabric's --identity.
+  `fab TASK --help` shows the task's help also for a task with positional arguments (invoke took `--help` for one).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import sys
 
 import fabric
 import yaml
-from invoke.exceptions import ParseError
+from invoke.exceptions import Exit, ParseError
 from invoke import parser
 
 from labkit import LabkitError
@@ -77,7 +78,16 @@ class Argument(parser.Argument):
     def __repr__(self) -> str:  # in invoke's messages: "Flag --numbers needed value", not "<Argument: ...>"
         return "--" + self.name.strip("_").replace("_", "-")
 
+    task = ""  # the task's name on the command line (Task.get_arguments sets it)
+
     def set_value(self, value, cast: bool = True) -> None:
+        if self.positional and value in ("-h", "--help") and self.task:
+            # invoke fills a task's positional arguments first, so `fab scenario --help` tried to play a file named
+            # "--help", and `fab partition --help` said a positional argument was missing: the task's help instead
+            from fabric.main import program  # the running `fab`
+
+            program.print_task_help(self.task)
+            raise Exit(code=0)
         try:
             super().set_value(value, cast)
         except ValueError:
@@ -137,6 +147,7 @@ class Task(fabric.Task):
         args = super().get_arguments(ignore_unknown_help)
         for arg in args:  # invoke builds them inline; the subclass only changes how a value is cast
             arg.__class__ = Argument
+            arg.task = self.name.replace("_", "-")
         return args
 
 

@@ -562,6 +562,18 @@ def test_fabrics_own_host_and_key_options_are_refused_before_anything_runs(tmp_p
     assert (r.returncode, r.stderr, r.stdout) == (1, message.format(tmp=tmp_path) + "\n", "")
 
 
+@pytest.mark.parametrize("args", [["partition", "--help"], ["scenario", "-h"], ["fault", "--help"],
+                                  ["impair", "--help"], ["run-ring", "--help"], ["--help", "partition"]])
+def test_a_tasks_help_is_shown_also_where_the_task_takes_positional_arguments(tmp_path, args):
+    """invoke fills positional arguments first: `fab scenario --help` said "scenario --help: No such file or
+    directory", `fab partition --help` that an argument was missing, `fab impair --help` "nothing to impair"."""
+    env = dict(os.environ, LABKIT_INVENTORY=str(tmp_path / "active"))
+    r = subprocess.run([FAB, *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
+    task = next(a for a in args if not a.startswith("-"))
+    assert (r.returncode, r.stderr) == (0, "")
+    assert r.stdout.startswith(f"Usage: fab [--core-opts] {task} [--options]") and "Options:" in r.stdout
+
+
 CELERY_REPORT = {"submit": {"result": 144, "worker": "w@worker1", "host": "worker1"}, "workers": ["worker1"],
                  "modes": {"one": {"tasks": 3, "ok": 3, "tasks_per_s": 9.0, "hosts": {"worker1": 3}, "error_count": 0,
                                    "errors": []},
