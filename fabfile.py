@@ -97,8 +97,13 @@ def down(c, inventory_=None):
 @task(positional=["directory"], help={
     "directory": "new inventory directory to write", "cluster": "cluster name, 1-6 of [a-z0-9]",
     "subnet": "the cluster's /24, apart from every other cluster's", "ring": "ring hosts", "workers": "Celery workers"})
-def new_inventory(c, directory, cluster, subnet, ring=3, workers=2):
+def new_inventory(c, directory, cluster=None, subnet=None, ring=3, workers=2):
     """Write a netns inventory of any size (a ring of 50, 47 workers: 100 hosts); bring it up with `fab up -i`."""
+    missing = [need for need, value in (("--cluster NAME (1-6 of [a-z0-9])", cluster),
+                                        ("--subnet A.B.C.0/24 (a /24 no other cluster uses)", subnet)) if not value]
+    if missing:  # invoke makes them options, and gives None for one left out (a traceback before)
+        _fail(LabkitError(f"new-inventory needs {' and '.join(missing)}, e.g. `fab new-inventory big --cluster big "
+                          "--subnet 10.77.50.0/24`"))
     try:
         path = inventory.new_sized(directory, cluster, subnet, int(ring), int(workers))
     except (LabkitError, ValueError) as exc:

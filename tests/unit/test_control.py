@@ -521,6 +521,21 @@ def test_a_number_option_given_something_else_is_one_line_and_exit_1(tmp_path, a
     assert not (tmp_path / "new").exists()
 
 
+@pytest.mark.parametrize("given, missing", [
+    ([], "--cluster NAME (1-6 of [a-z0-9]) and --subnet A.B.C.0/24 (a /24 no other cluster uses)"),
+    (["--cluster", "zz"], "--subnet A.B.C.0/24 (a /24 no other cluster uses)"),
+    (["--subnet", "10.77.99.0/24"], "--cluster NAME (1-6 of [a-z0-9])"),
+])
+def test_new_inventory_without_its_cluster_or_subnet_says_which_and_writes_nothing(tmp_path, given, missing):
+    """Invoke makes them options and gives None for one left out: new_sized() ended in a TypeError traceback."""
+    r = subprocess.run([FAB, "new-inventory", str(tmp_path / "new"), *given], cwd=REPO, capture_output=True,
+                       text=True, timeout=60)
+    assert (r.returncode, r.stdout) == (1, "")
+    assert r.stderr == (f"fab: error: new-inventory needs {missing}, e.g. `fab new-inventory big --cluster big "
+                        "--subnet 10.77.50.0/24`\n")
+    assert not (tmp_path / "new").exists()
+
+
 def test_every_task_that_acts_on_a_cluster_takes_its_inventory():
     """Without its own --inventory, `fab check -i students/ana` took `-i` as Fabric's --identity and checked the
     active cluster instead: a pass for the wrong cluster."""
