@@ -155,6 +155,20 @@ def _check_port(path: Path, host: str, var: str, value) -> None:
 MAX_WHY = 300  # characters of Ansible's reason kept in the one line
 
 
+def _yaml_error_at(path: str) -> str:
+    """Where PyYAML stops in the file, as " (line L, column C)"; "" if it reads the file, or cannot."""
+    import yaml
+
+    try:
+        yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        return f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+    except (OSError, UnicodeDecodeError):
+        pass
+    return ""
+
+
 def _why_unparsed(stderr: str) -> str | None:
     """Why ansible-inventory could not read a file, from its warnings (its error says only "No inventory was
     parsed"): the file, the reason of the plugin meant for it (the YAML plugins for .yml and .yaml, ini for the
@@ -170,6 +184,8 @@ def _why_unparsed(stderr: str) -> str | None:
     if at:
         where = f" (line {at[2]}" + (f", column {at[3]}" if at[3] else "") + ")"
         where = where if at[1] == files[0] else f" (at {at[0][len('Origin: '):].strip()})"
+    elif yaml_file:  # Ansible's yaml plugin does not say where (its `auto` plugin did; ansible.cfg leaves it off)
+        where = _yaml_error_at(files[0])
     why = why.strip()
     why = why if len(why) <= MAX_WHY else why[:MAX_WHY] + "..."  # it can quote a whole line of a binary file
     return f"{files[0]} is not a valid inventory: {why}{where}"
@@ -259,7 +275,8 @@ def load(path: str | os.PathLike | None = None) -> Inventory:
         capture_output=True,
         text=True,
         cwd=REPO,
-        env={**os.environ, "ANSIBLE_INVENTORY_UNPARSED_FAILED": "true", "ANSIBLE_NOCOLOR": "1"},
+        env={**os.environ, "ANSIBLE_INVENTORY_UNPARSED_FAILED": "true", "ANSIBLE_NOCOLOR": "1",
+             "ANSIBLE_CONFIG": str(REPO / "ansible.cfg")},  # its inventory plugins (no scripts), whatever the user's
     )
     if proc.returncode != 0:
         lines = [ln.strip() for ln in proc.stderr.splitlines() if ln.strip()]

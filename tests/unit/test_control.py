@@ -137,6 +137,24 @@ def test_an_inventory_ansible_cannot_read_says_which_file_and_why(tmp_path, name
     assert "No inventory was parsed" not in str(got.value)
 
 
+def test_an_executable_file_in_an_inventory_folder_is_never_run(tmp_path):
+    """Ansible runs every executable file of an inventory folder as a dynamic-inventory script (its default
+    plugins): `fab check --class students/` ran what a student put in their folder, as the instructor, and
+    `fab status -i /etc` ran /etc's scripts (and hung). ansible.cfg enables only the yaml and ini plugins."""
+    marker = tmp_path / "ran"
+    inv = tmp_path / "ana"
+    inv.mkdir()
+    (inv / "hosts.yml").write_text("all:\n  vars: {labkit_cluster: ana, labkit_backend: lab}\n  children:\n"
+                                   "    clients:\n      hosts:\n        pc1: {ansible_host: 10.20.30.11}\n")
+    script = inv / "inventory.sh"
+    script.write_text(f"#!/bin/sh\ntouch {marker}\n"
+                      "echo '{\"all\": {\"hosts\": [\"evil\"]}, \"_meta\": {\"hostvars\": {}}}'\n")
+    script.chmod(0o755)
+    got = inventory.load(inv)
+    assert [h.name for h in got.hosts] == ["pc1"]
+    assert not marker.exists()
+
+
 def test_an_inventory_loads_when_fabs_standard_input_is_non_blocking():
     """ssh sets O_NONBLOCK on the standard input it shares; ansible-inventory started meanwhile refused ("Ansible
     requires blocking IO on stdin/stdout/stderr"), and `fab run-celery` failed in make vm-test."""
