@@ -2,7 +2,8 @@
 
 DIR holds one inventory per student, one subfolder each (the subfolder's name is the student's). Clusters are
 checked in parallel, each with per-host SSH timeouts, so a student whose hosts are down costs one timeout, not
-one per check. A student whose inventory cannot be read, or whose cluster does not answer, gets a row saying so.
+one per check. A student whose inventory cannot be read, or whose cluster does not answer, gets a row saying so;
+so does a folder with a symbolic link out of it (`links_out`): it is not read at all.
 The class files are written at the start (every student "not checked"), again at most every REWRITE seconds
 as students finish, and at the end, also when the run is interrupted: a Ctrl-C leaves them whole, with who was
 not checked; a run killed outright leaves them at most REWRITE seconds behind. Not after every student: one
@@ -40,8 +41,23 @@ def students(directory: str | Path) -> list[Path]:
     return found
 
 
+def links_out(folder: Path) -> list[str]:
+    """The symbolic links in a student's folder (at any depth) that lead out of it, as "NAME -> TARGET": Ansible
+    follows them, and its parse errors quote what it read, so `hosts.yml -> /etc/shadow` or a link to the
+    instructor's keys would put pieces of those files into the student's report."""
+    root = folder.resolve()
+    found = []
+    for p in sorted(folder.rglob("*")):
+        if p.is_symlink() and not p.resolve().is_relative_to(root):
+            found.append(f"{p.relative_to(folder)} -> {p.readlink()}")
+    return found
+
+
 def check_student(path: Path, timeout: float | None) -> dict:
     try:
+        out = links_out(path)
+        if out:
+            raise LabkitError(f"{path}: links out of the student's folder, not read: {', '.join(out)}")
         inv = inventory.load(path)
         backends.preflight(inv)
     except LabkitError as exc:

@@ -244,7 +244,8 @@ pass, red = one fails, grey = blocked.</p>{% endif %}
 <td class="m"><code>{{ c.id }}</code><br>{{ c.title }}</td><td class="m"><span class="o {{ c.outcome }}">{{ c.outcome }}</span></td>
 <td class="m">{% if c.outcome == 'fail' %}expected: {{ c.expected }}<br>found: {{ c.found }}<br>
 <span class="hint">hint: {{ c.hint }}</span>{% else %}blocked by <code>{{ c.blocked_by }}</code>{% endif %}</td></tr>
-{% endfor %}</table>{% else %}<p>None: every check passed.</p>{% endif %}
+{% endfor %}</table>{% elif r.checks %}<p>None: every check passed.</p>{% else %}<p>None ran: the inventory could not
+be read (above).</p>{% endif %}
 <h2>Checks by host</h2>
 <table><tr><th>layer</th><th>check</th>{% for h in hostnames %}<th>{{ h }}</th>{% endfor %}</tr>
 {% for row in matrix %}<tr><td>{{ row.layer }}</td><td><code>{{ row.id }}</code><br>{{ row.title }}</td>

@@ -306,6 +306,25 @@ def test_html_is_self_contained_and_draws_every_host_and_the_ring():
     assert "<tag>" not in report.html_page(dict(sample(), cluster="<tag>"))  # escaped
 
 
+def test_a_students_folder_with_a_link_out_of_it_is_not_read(tmp_path):
+    """Ansible follows links and its parse errors quote what it read: `hosts -> /some/secret` put a piece of the
+    file into the student's report. And a report of an unreadable inventory said "every check passed"."""
+    secret = tmp_path / "secret"
+    secret.write_text("line one: [oops\nsecret-stuff\n")
+    eve = tmp_path / "class" / "eve"
+    (eve / "group_vars").mkdir(parents=True)
+    (eve / "hosts").symlink_to(secret)
+    (eve / "vars.yml").write_text("labkit_backend: lab\n")
+    (eve / "group_vars" / "all.yml").symlink_to("../vars.yml")  # a link within the folder is fine
+    assert classmode.links_out(eve) == [f"hosts -> {secret}"]
+    got = classmode.check_student(eve, timeout=5)
+    assert (got["status"], got["error"]) == ("broken inventory", f"{eve}: links out of the student's folder, not "
+                                                                 f"read: hosts -> {secret}")
+    page = report.html_page(got)
+    assert "oops" not in page and "every check passed" not in page and "None ran" in page
+    assert classmode.links_out(tmp_path / "class") == ["eve/hosts -> " + str(secret)]
+
+
 def test_class_files_have_a_row_per_student_even_before_they_are_checked(tmp_path):
     import openpyxl
     results = {"ana": sample(broken=False), "bob": sample(), "dan": failed_report(tmp_path / "dan", "bad yaml")}
