@@ -323,6 +323,11 @@ def test_a_students_folder_with_a_link_out_of_it_is_not_read(tmp_path):
     page = report.html_page(got)
     assert "oops" not in page and "every check passed" not in page and "None ran" in page
     assert classmode.links_out(tmp_path / "class") == ["eve/hosts -> " + str(secret)]
+    (eve / "hosts").unlink()
+    (eve / "a").symlink_to("b")
+    (eve / "b").symlink_to("a")  # a loop: no crash, and Ansible's own error
+    assert classmode.links_out(eve) == []
+    assert classmode.check_student(eve, timeout=5)["status"] == "broken inventory"
 
 
 def test_class_files_have_a_row_per_student_even_before_they_are_checked(tmp_path):
