@@ -72,12 +72,13 @@ def up(c, inventory_=None, quiet=False):
     status(c)
 
 
-@task(name="provision", help={"inventory": "inventory to provision (default: the active one)"}, interrupted=AGAIN)
-def provision_(c, inventory_=None):
+@task(name="provision", help={"inventory": "inventory to provision (default: the active one)",
+                              "quiet": "hide Ansible's task output"}, interrupted=AGAIN)
+def provision_(c, inventory_=None, quiet=False):
     """Run playbooks/site.yml against the hosts again (a second run changes nothing)."""
     try:
         inv = _inventory(inventory_)
-        report = provision.provision(inv.path, cluster=inv.cluster)
+        report = provision.provision(inv.path, quiet=quiet, hosts=len(inv.hosts), cluster=inv.cluster)
     except LabkitError as exc:
         _fail(exc)
     print(f"provision: {report['seconds']:.1f}s, "

@@ -215,6 +215,13 @@ def test_second_provisioning_changes_nothing(lab):
     assert changed == {}, changed
 
 
+def test_fab_provision_quiet_shows_the_plays_and_the_outcome_not_each_task(lab):
+    """`fab up` had --quiet and `fab provision` did not: re-provisioning printed every task of every host."""
+    out = fab("provision", "--quiet", inv=lab.path).stdout
+    assert "provision: Prepare every host" in out and "TASK [" not in out, out[-2000:]
+    assert out.rstrip().splitlines()[-1].endswith(", 0 changes"), out[-2000:]
+
+
 def test_a_ctrl_c_during_provisioning_stops_the_playbook_says_so_and_the_next_run_finishes(lab):
     """Before, invoke ended an interrupted `fab provision` with exit 1 and not a word, and a SIGINT to fab alone
     (`kill -INT`; and a terminal's Ctrl-C, now that ansible-playbook runs in a process group of its own) left the
