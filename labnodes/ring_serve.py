@@ -35,8 +35,7 @@ def _register(ns_args, name: str, uri: str, wait: float, stopping: threading.Eve
         except Pyro4.errors.CommunicationError as exc:
             if wrong_key(exc) or time.monotonic() + delay > deadline:
                 raise LabnodesError(
-                    f"cannot register {name} in the name server at {ns_args[0]}:{ns_args[1]}: {exc}",
-                    code="wrong-key" if wrong_key(exc) else "connect", address=f"{ns_args[0]}:{ns_args[1]}",
+                    f"cannot register {name} in the name server at {ns_args[0]}:{ns_args[1]}: {exc}"
                 ) from None
             log.info("name server at %s:%s not reachable yet (%s), retrying", ns_args[0], ns_args[1], exc)
             stopping.wait(delay)
