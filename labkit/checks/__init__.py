@@ -48,6 +48,9 @@ APP_TITLES = {
     "app.math": "the math server answers 48,18 and refuses a bad line",
     "app.file": "a file round trip from the client has equal sha256 on both hosts",
 }
+# The inventory groups each application run needs, the one whose first host the check is keyed on first.
+APP_GROUPS = {"app.ring": ("ring", "nameservers", "clients"), "app.celery": ("brokers", "workers", "clients"),
+              "app.math": ("sockservers", "clients"), "app.file": ("sockservers", "clients")}
 REACH_TITLES = {"reach.ssh": "answers SSH from the control machine",
                 "reach.network": "reachable from the other hosts on the cluster network"}
 PROBE_TITLE = "the host runs the check probe (python3)"
@@ -374,21 +377,33 @@ class Run:
             except Exception:  # noqa: BLE001 -- cleanup only
                 pass
 
+    def missing_groups(self) -> None:
+        """An application run whose groups the inventory lacks (or leaves empty) fails, naming them: a cluster
+        without part of the course must not pass `fab check` (or score in a class) by leaving that part out."""
+        for cid, groups in APP_GROUPS.items():
+            missing = [g for g in groups if not self.inv.groups.get(g)]
+            if missing:
+                host = next((self.first(g) for g in groups if self.first(g)), self.inv.hosts[0].name)
+                need = " and ".join(f"'{g}'" for g in missing)
+                self.add(cid, host, "fail", expected=f"a host in each group this run needs: {', '.join(groups)}",
+                         found=f"the inventory has no host in group {need}, so this run cannot be made",
+                         hint=f"add {need} with a host to the inventory (inventory/netns/hosts.yml has every group "
+                              "of the course's cluster), then fab up")
+
     def app_layer(self):
+        self.missing_groups()
         client = self.first("clients")
         ring, workers = list(self.inv.groups.get("ring", ())), list(self.inv.groups.get("workers", ()))
         broker, ns, sock = self.first("brokers"), self.first("nameservers"), self.first("sockservers")
-        if not client:
-            return
         base = [("reach.ssh", client), ("host.labnodes", client)]
         plans = {}
-        if ring and ns:
+        if client and ring and ns:
             plans["app.ring"] = (self.app_ring, (client, ring), base + [("service.nameserver.listens", ns)]
                                  + [(f"service.ring.{w}", r) for r in ring for w in ("listens", "next")])
-        if workers and broker:
+        if client and workers and broker:
             plans["app.celery"] = (self.app_celery, (client, workers), base + [("service.redis.auth", broker)]
                                    + [(f"service.celery.{x}", w) for w in workers for x in ("running", "broker")])
-        if sock:
+        if client and sock:
             plans["app.math"] = (self.app_math, (client, sock), base + [("service.math.listens", sock)])
             plans["app.file"] = (self.app_file, (client, sock), base + [("service.file.listens", sock),
                                                                          ("reach.ssh", sock)])
@@ -409,7 +424,6 @@ class Run:
 
         with ThreadPoolExecutor(max_workers=max(1, len(runnable))) as pool:
             results = dict(zip(runnable, pool.map(go, runnable.items())))
-        blame = {"app.ring": ring[:1], "app.celery": [broker], "app.math": [sock], "app.file": [sock]}
         crossed = {  # (from, to): the connections each run makes between hosts
             "app.ring": [(client, ns), (client, ring[0] if ring else None), *((r, ns) for r in ring),
                          *zip(ring, ring[1:] + ring[:1])],
@@ -417,12 +431,13 @@ class Run:
             "app.math": [(client, sock)], "app.file": [(client, sock)]}
         for cid, (_fn, _args, deps) in plans.items():
             # not run: its prerequisites did not pass, so resolve() reports it blocked by them
-            out, host, expected, found, hint = results.get(cid, ("fail", blame[cid][0], "", "", ""))
+            blame = self.first(APP_GROUPS[cid][0])  # the check's key: the same host whatever the run found
+            out, host, expected, found, hint = results.get(cid, ("fail", blame, "", "", ""))
             if cid in results and out == "fail":
                 hint = self.cut_hint(crossed[cid]) or hint
-            if host != blame[cid][0] and out == "fail":  # the key stays stable (class columns); the text names it
+            if host != blame and out == "fail":  # the key stays stable (class columns); the text names it
                 found = f"{host}: {found}"
-            self.add(cid, blame[cid][0], out, expected=expected, found=found, hint=hint, deps=deps)
+            self.add(cid, blame, out, expected=expected, found=found, hint=hint, deps=deps)
 
     # --- all
     def resolve(self):

@@ -169,6 +169,46 @@ def test_a_run_that_times_out_or_crashes_is_one_line_with_what_was_expected(monk
         checks.APP_TITLES["app.math"], "client: RuntimeError: first line", "the run could not finish")
 
 
+@pytest.mark.parametrize("left_out, failing", [
+    ("clients", {"app.ring@p1": "'clients'", "app.celery@broker": "'clients'", "app.math@s": "'clients'",
+                 "app.file@s": "'clients'"}),
+    ("ring", {"app.ring@broker": "'ring'"}),  # keyed on the next group's host: the name server
+    ("nameservers", {"app.ring@p1": "'nameservers'"}),
+    ("workers", {"app.celery@broker": "'workers'"}),
+    ("brokers", {"app.celery@w1": "'brokers'"}),
+    ("sockservers", {"app.math@client": "'sockservers'", "app.file@client": "'sockservers'"}),
+    (None, {}),
+])
+def test_a_run_whose_group_the_inventory_lacks_fails_naming_the_group(monkeypatch, left_out, failing):
+    """An inventory without a clients group passed `fab check` (74 passed) with no application run at all, and
+    a class's grading counted nothing against it: a run that cannot be made is a failure, not an absence."""
+    from labkit import checks, inventory
+    names = {"client": "clients", "broker": "brokers", "w1": "workers", "p1": "ring", "p2": "ring",
+             "s": "sockservers"}
+    groups = {"nameservers": ("broker",)}
+    for n, g in names.items():
+        groups[g] = (*groups.get(g, ()), n)
+    if left_out:
+        groups[left_out] = ()  # an empty group is the same as none
+    hosts = tuple(inventory.Host(n, f"10.0.0.{i}") for i, n in enumerate(names, 2))
+    run = checks.Run(inventory.Inventory(path=REPO / "inv", cluster="t", subnet=None, backend="lab", hosts=hosts,
+                                         groups=groups))
+    for cid in ("reach.ssh", "host.labnodes", "service.nameserver.listens", "service.ring.listens",
+                "service.ring.next", "service.redis.auth", "service.celery.running", "service.celery.broker",
+                "service.math.listens", "service.file.listens"):
+        for n in names:
+            run.add(cid, n, "pass")
+    for cid in checks.APP_TITLES:
+        monkeypatch.setattr(checks.Run, cid.replace(".", "_"), lambda self, client, x: ("pass", "", "", "", ""))
+    run.app_layer()
+    app = {checks.key(c): c for c in run.checks if c["layer"] == "app"}
+    assert {k for k, c in app.items() if c["outcome"] == "fail"} == set(failing)
+    assert len(app) == 4  # every run is reported once, made or not
+    for k, group in failing.items():
+        assert app[k]["found"] == f"the inventory has no host in group {group}, so this run cannot be made"
+        assert app[k]["hint"].startswith(f"add {group} with a host to the inventory")
+
+
 @pytest.mark.parametrize("failure, where, hint", [
     (("name server at 10.0.0.1:9090: refused: wrong HMAC key? (cannot connect to ('10.0.0.1', 9090): message hmac "
       "mismatch)", "wrong-key", "10.0.0.1:9090"), "client", "10.0.0.1:9090 refused the client's hmac_key"),
