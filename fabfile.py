@@ -190,7 +190,8 @@ def send_file(c, size=32, json_=False, inventory_=None):
 
 @task(help={"junit": "also write JUnit XML here (one test case per check and host)",
             "html": "also write one self-contained HTML report here",
-            "grading": "YAML grading file: which checks count and their weights (default: every check, 1 each)",
+            "grading": "YAML grading file: which checks count, their weights, the least hosts per group "
+                       "(default: every check, 1 each)",
             "class": "check every student inventory in this folder (one subfolder each), in parallel",
             "out": "class mode: folder for class.csv, class.xlsx and each student's HTML",
             "timeout": "seconds per host for SSH and each remote command (default: the inventory's "
@@ -218,7 +219,7 @@ def check(c, junit=None, html=None, grading=None, class_=None, out=None, timeout
         for option, path in (("--junit", junit), ("--html", html)):
             if path:
                 report.check_output(option, path)
-        result = checks.run(_inventory(inventory_), timeout=timeout)
+        result = checks.run(_inventory(inventory_), timeout=timeout, groups=g["groups"])
         score = grading_.score(result, g) if grading else None
         if junit:
             report.save("--junit", junit, report.junit(result))

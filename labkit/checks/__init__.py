@@ -86,9 +86,10 @@ MAX_TIMEOUT = 3600.0  # s: a longer one is a typo, and a class check would wait 
 class Run:
     """One cluster's check run."""
 
-    def __init__(self, inv, timeout: float = DEFAULT_TIMEOUT):
+    def __init__(self, inv, timeout: float = DEFAULT_TIMEOUT, groups: dict[str, int] | None = None):
         self.inv = inv
         self.timeout = timeout
+        self.least = groups or {}  # group -> the least number of hosts it must have (a grading file's); else 1
         # each connection, request and supervisord call of the probe on a host: the whole probe makes a few in
         # a row within the per-host timeout (3 s at the default 20 s)
         self.op_timeout = round(max(3.0, timeout / 6), 1)
@@ -377,21 +378,32 @@ class Run:
             except Exception:  # noqa: BLE001 -- cleanup only
                 pass
 
-    def missing_groups(self) -> None:
-        """An application run whose groups the inventory lacks (or leaves empty) fails, naming them: a cluster
-        without part of the course must not pass `fab check` (or score in a class) by leaving that part out."""
+    def missing_groups(self) -> set[str]:
+        """An application run whose groups the inventory lacks (or leaves empty, or, with a grading file's
+        `groups`, gives fewer hosts than it asks) fails, naming them: a cluster without part of the course must
+        not pass `fab check`, or score in a class, by leaving that part out. Returns the runs it failed."""
+        failed = set()
         for cid, groups in APP_GROUPS.items():
-            missing = [g for g in groups if not self.inv.groups.get(g)]
-            if missing:
-                host = next((self.first(g) for g in groups if self.first(g)), self.inv.hosts[0].name)
-                need = " and ".join(f"'{g}'" for g in missing)
-                self.add(cid, host, "fail", expected=f"a host in each group this run needs: {', '.join(groups)}",
-                         found=f"the inventory has no host in group {need}, so this run cannot be made",
-                         hint=f"add {need} with a host to the inventory (inventory/netns/hosts.yml has every group "
-                              "of the course's cluster), then fab up")
+            short = {g: (len(self.inv.groups.get(g, ())), self.least.get(g, 1)) for g in groups}
+            short = {g: (n, least) for g, (n, least) in short.items() if n < least}
+            if not short:
+                continue
+            host = next((self.first(g) for g in groups if self.first(g)), self.inv.hosts[0].name)
+            found = "; ".join(f"no host in group '{g}', so this run cannot be made" if least == 1 else
+                              f"{n} host{'' if n == 1 else 's'} in group '{g}', the grading file asks for at least "
+                              f"{least}" for g, (n, least) in short.items())
+            need = " and ".join(f"'{g}'" for g in short)
+            hint = (f"add {need} with a host to the inventory (inventory/netns/hosts.yml has every group of the "
+                    "course's cluster), then fab up" if all(least == 1 for _, least in short.values()) else
+                    f"add hosts to {need} in the inventory, as many as the grading file asks, then fab up")
+            wanted = ", ".join(f"{g} ({self.least[g]} or more)" if self.least.get(g, 1) > 1 else g for g in groups)
+            self.add(cid, host, "fail", expected=f"hosts in each group this run needs: {wanted}",
+                     found=f"the inventory has {found}", hint=hint)
+            failed.add(cid)
+        return failed
 
     def app_layer(self):
-        self.missing_groups()
+        failed = self.missing_groups()
         client = self.first("clients")
         ring, workers = list(self.inv.groups.get("ring", ())), list(self.inv.groups.get("workers", ()))
         broker, ns, sock = self.first("brokers"), self.first("nameservers"), self.first("sockservers")
@@ -407,6 +419,8 @@ class Run:
             plans["app.math"] = (self.app_math, (client, sock), base + [("service.math.listens", sock)])
             plans["app.file"] = (self.app_file, (client, sock), base + [("service.file.listens", sock),
                                                                          ("reach.ssh", sock)])
+        for cid in failed:
+            plans.pop(cid, None)
         outcome = {key(c): c["outcome"] for c in self.checks}
         runnable = {cid: p for cid, p in plans.items()
                     if all(outcome.get(f"{d[0]}@{d[1]}") == "pass" for d in p[2])}
@@ -501,9 +515,10 @@ def timeout_for(inv, timeout: float | None = None) -> float:
     return max(found) if found else DEFAULT_TIMEOUT
 
 
-def run(inv, timeout: float | None = None) -> dict:
-    """Check one cluster; never raises for a broken cluster (that is what the report says)."""
-    return Run(inv, timeout=timeout_for(inv, timeout)).run()
+def run(inv, timeout: float | None = None, groups: dict[str, int] | None = None) -> dict:
+    """Check one cluster; never raises for a broken cluster (that is what the report says). groups: the least
+    number of hosts each group must have (a grading file's `groups`; default 1)."""
+    return Run(inv, timeout=timeout_for(inv, timeout), groups=groups).run()
 
 
 def failed_report(path, error: str) -> dict:

@@ -54,7 +54,7 @@ def links_out(folder: Path) -> list[str]:
     return found
 
 
-def check_student(path: Path, timeout: float | None) -> dict:
+def check_student(path: Path, timeout: float | None, groups: dict[str, int] | None = None) -> dict:
     try:
         out = links_out(path)
         if out:
@@ -64,7 +64,7 @@ def check_student(path: Path, timeout: float | None) -> dict:
     except LabkitError as exc:
         return failed_report(path, str(exc))
     try:
-        return run(inv, timeout=timeout)
+        return run(inv, timeout=timeout, groups=groups)
     except LabkitError as exc:  # an inventory that loads but says something wrong (labkit_check_timeout: abc)
         return failed_report(path, str(exc))
     except Exception as exc:  # noqa: BLE001 -- one student's crash must not end the class
@@ -161,7 +161,7 @@ def run_class(directory: str | Path, out: str | Path, grading_file: str | Path |
     write_class(out, names, results, g)
     written = clock()
     pool = ThreadPoolExecutor(max_workers=max(1, min(parallel, len(paths))))
-    futures = {pool.submit(check_student, p, timeout): p.name for p in paths}
+    futures = {pool.submit(check_student, p, timeout, g["groups"]): p.name for p in paths}
     try:
         pending, unwritten = set(futures), False
         while pending:

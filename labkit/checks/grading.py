@@ -5,10 +5,17 @@
     weights:                             # first matching pattern gives a check's weight; default 1
       app.*: 5
       service.ring.*: 2
+    groups:                              # the least number of hosts a group must have; default 1 each
+      ring: 3
+      workers: 2
 
-A check scores its weight when it passes; a failed or blocked check scores 0. Every pattern must match some
-check `fab check` makes (the id part of `id@host`; the host is not known before the run): a typo would count or
-weigh nothing for every student, silently.
+A check scores its weight when it passes; a failed or blocked check scores 0. A student's inventory says which
+hosts there are, and a check is made for each: without `groups`, a student who leaves a broken worker out of
+the inventory loses nothing for it. With it, a group with fewer hosts fails the application run that needs it
+(`app.ring` for `ring`: "the inventory has 1 host in group 'ring', the grading file asks for at least 3").
+
+Every pattern must match some check `fab check` makes (the id part of `id@host`; the host is not known before
+the run): a typo would count or weigh nothing for every student, silently.
 """
 
 from __future__ import annotations
@@ -18,7 +25,7 @@ from fnmatch import fnmatchcase
 from pathlib import Path
 
 from labkit import LabkitError, options
-from labkit.checks import check_ids
+from labkit.checks import APP_GROUPS, check_ids
 
 
 class GradingError(LabkitError):
@@ -27,10 +34,15 @@ class GradingError(LabkitError):
 
 def load(path: str | Path | None) -> dict:
     if not path:
-        return {"count": ["*"], "weights": {}}
+        return {"count": ["*"], "weights": {}, "groups": {}}
     data = options.read_yaml(path, f"grading file {path}", error=GradingError) or {}
-    if not isinstance(data, dict) or not set(data) <= {"count", "weights"}:
-        raise GradingError(f"grading file {path}: expected a mapping with `count` and/or `weights`")
+    if not isinstance(data, dict) or not set(data) <= {"count", "weights", "groups"}:
+        raise GradingError(f"grading file {path}: expected a mapping with `count`, `weights` and/or `groups`")
+    groups, course = data.get("groups") or {}, sorted({g for needs in APP_GROUPS.values() for g in needs})
+    if not isinstance(groups, dict) or not set(groups) <= set(course) or not all(
+            isinstance(n, int) and not isinstance(n, bool) and n >= 1 for n in groups.values()):
+        raise GradingError(f"grading file {path}: `groups` maps groups of the course's cluster ({', '.join(course)}) "
+                           "to the least number of hosts each must have (1 or more)")
     count, weights = data.get("count") or ["*"], data.get("weights") or {}
     if not isinstance(count, list) or not isinstance(weights, dict) or not all(
             isinstance(w, (int, float)) and not isinstance(w, bool) and math.isfinite(w) and w >= 0
@@ -42,7 +54,8 @@ def load(path: str | Path | None) -> dict:
         if not any(fnmatchcase(cid, str(pattern).split("@")[0]) for cid in known):
             raise GradingError(f"grading file {path}: {pattern!r} matches no check (their ids: "
                                f"{', '.join(sorted(known))})")
-    return {"count": [str(p) for p in count], "weights": {str(k): float(v) for k, v in weights.items()}}
+    return {"count": [str(p) for p in count], "weights": {str(k): float(v) for k, v in weights.items()},
+            "groups": dict(groups)}
 
 
 def _match(c: dict, pattern: str) -> bool:

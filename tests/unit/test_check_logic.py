@@ -169,6 +169,31 @@ def test_a_run_that_times_out_or_crashes_is_one_line_with_what_was_expected(monk
         checks.APP_TITLES["app.math"], "client: RuntimeError: first line", "the run could not finish")
 
 
+def app_checks_of(monkeypatch, left_out=None, least=None) -> dict:
+    """The app checks of a cluster of one host in each group but two in `ring`, every prerequisite passed and
+    every run passing (`left_out`: a group made empty; `least`: a grading file's `groups`)."""
+    from labkit import checks, inventory
+    names = {"client": "clients", "broker": "brokers", "w1": "workers", "p1": "ring", "p2": "ring",
+             "s": "sockservers"}
+    groups = {"nameservers": ("broker",)}
+    for n, g in names.items():
+        groups[g] = (*groups.get(g, ()), n)
+    if left_out:
+        groups[left_out] = ()  # an empty group is the same as none
+    hosts = tuple(inventory.Host(n, f"10.0.0.{i}") for i, n in enumerate(names, 2))
+    run = checks.Run(inventory.Inventory(path=REPO / "inv", cluster="t", subnet=None, backend="lab", hosts=hosts,
+                                         groups=groups), groups=least)
+    for cid in ("reach.ssh", "host.labnodes", "service.nameserver.listens", "service.ring.listens",
+                "service.ring.next", "service.redis.auth", "service.celery.running", "service.celery.broker",
+                "service.math.listens", "service.file.listens"):
+        for n in names:
+            run.add(cid, n, "pass")
+    for cid in checks.APP_TITLES:
+        monkeypatch.setattr(checks.Run, cid.replace(".", "_"), lambda self, client, x: ("pass", "", "", "", ""))
+    run.app_layer()
+    return {checks.key(c): c for c in run.checks if c["layer"] == "app"}
+
+
 @pytest.mark.parametrize("left_out, failing", [
     ("clients", {"app.ring@p1": "'clients'", "app.celery@broker": "'clients'", "app.math@s": "'clients'",
                  "app.file@s": "'clients'"}),
@@ -182,31 +207,36 @@ def test_a_run_that_times_out_or_crashes_is_one_line_with_what_was_expected(monk
 def test_a_run_whose_group_the_inventory_lacks_fails_naming_the_group(monkeypatch, left_out, failing):
     """An inventory without a clients group passed `fab check` (74 passed) with no application run at all, and
     a class's grading counted nothing against it: a run that cannot be made is a failure, not an absence."""
-    from labkit import checks, inventory
-    names = {"client": "clients", "broker": "brokers", "w1": "workers", "p1": "ring", "p2": "ring",
-             "s": "sockservers"}
-    groups = {"nameservers": ("broker",)}
-    for n, g in names.items():
-        groups[g] = (*groups.get(g, ()), n)
-    if left_out:
-        groups[left_out] = ()  # an empty group is the same as none
-    hosts = tuple(inventory.Host(n, f"10.0.0.{i}") for i, n in enumerate(names, 2))
-    run = checks.Run(inventory.Inventory(path=REPO / "inv", cluster="t", subnet=None, backend="lab", hosts=hosts,
-                                         groups=groups))
-    for cid in ("reach.ssh", "host.labnodes", "service.nameserver.listens", "service.ring.listens",
-                "service.ring.next", "service.redis.auth", "service.celery.running", "service.celery.broker",
-                "service.math.listens", "service.file.listens"):
-        for n in names:
-            run.add(cid, n, "pass")
-    for cid in checks.APP_TITLES:
-        monkeypatch.setattr(checks.Run, cid.replace(".", "_"), lambda self, client, x: ("pass", "", "", "", ""))
-    run.app_layer()
-    app = {checks.key(c): c for c in run.checks if c["layer"] == "app"}
+    app = app_checks_of(monkeypatch, left_out)
     assert {k for k, c in app.items() if c["outcome"] == "fail"} == set(failing)
     assert len(app) == 4  # every run is reported once, made or not
     for k, group in failing.items():
         assert app[k]["found"] == f"the inventory has no host in group {group}, so this run cannot be made"
         assert app[k]["hint"].startswith(f"add {group} with a host to the inventory")
+
+
+def test_a_group_smaller_than_the_grading_file_asks_fails_the_run_that_needs_it(monkeypatch):
+    """A student who left a broken ring host out of the inventory passed every check: a check is made for each
+    host the inventory names. A grading file's `groups` says how many each group must have."""
+    app = app_checks_of(monkeypatch, least={"ring": 3, "workers": 1})
+    assert {k for k, c in app.items() if c["outcome"] == "fail"} == {"app.ring@p1"}
+    ring = app["app.ring@p1"]
+    assert ring["found"] == "the inventory has 2 hosts in group 'ring', the grading file asks for at least 3"
+    assert ring["expected"] == "hosts in each group this run needs: ring (3 or more), nameservers, clients"
+    assert ring["hint"] == "add hosts to 'ring' in the inventory, as many as the grading file asks, then fab up"
+    both = app_checks_of(monkeypatch, left_out="clients", least={"ring": 3})["app.ring@p1"]["found"]
+    assert both == ("the inventory has 2 hosts in group 'ring', the grading file asks for at least 3; no host in "
+                    "group 'clients', so this run cannot be made")
+    assert all(c["outcome"] == "pass" for c in app_checks_of(monkeypatch, least={"ring": 2}).values())
+
+
+def test_a_class_run_checks_each_student_with_the_grading_files_groups(tmp_path, monkeypatch):
+    (tmp_path / "class" / "ana").mkdir(parents=True)
+    (tmp_path / "g.yml").write_text("groups: {ring: 3, workers: 2}\n")
+    given = []
+    monkeypatch.setattr(classmode, "check_student", lambda path, timeout, groups: given.append(groups) or sample())
+    classmode.run_class(tmp_path / "class", tmp_path / "out", tmp_path / "g.yml", echo=lambda *a: None)
+    assert given == [{"ring": 3, "workers": 2}]
 
 
 @pytest.mark.parametrize("failure, where, hint", [
@@ -267,6 +297,11 @@ def test_grading_weights_and_counted_checks(tmp_path):
     ("weights: {app.*: .inf}", "`weights` maps patterns to numbers (0 or more)"),
     ("weights: {app.*: -1}", "`weights` maps patterns to numbers (0 or more)"),
     ("weights: {app.*: true}", "`weights` maps patterns to numbers (0 or more)"),
+    ("groups: {rings: 3}", "`groups` maps groups of the course's cluster (brokers, clients, nameservers, ring, "),
+    ("groups: {ring: 0}", "to the least number of hosts each must have (1 or more)"),
+    ("groups: {ring: '3'}", "to the least number of hosts each must have (1 or more)"),
+    ("groups: {ring: true}", "to the least number of hosts each must have (1 or more)"),
+    ("groups: [ring]", "to the least number of hosts each must have (1 or more)"),
 ])
 def test_a_grading_pattern_that_matches_no_check_or_a_weight_that_is_no_number_is_refused(tmp_path, text, says):
     """A typo in a pattern counted or weighed nothing, for every student, without a word; an infinite weight made
@@ -395,7 +430,7 @@ def test_an_interrupted_class_run_still_writes_the_class_files(tmp_path, monkeyp
     for name in ("ana", "bob", "cem"):
         (tmp_path / "class" / name).mkdir(parents=True)
 
-    def fake(path, timeout):
+    def fake(path, timeout, groups):
         if path.name == "bob":
             raise KeyboardInterrupt
         return sample(broken=False)
@@ -416,7 +451,7 @@ def test_a_class_run_rewrites_its_class_files_every_few_seconds_not_after_every_
         (tmp_path / "class" / name).mkdir(parents=True)
     now = [0.0]
 
-    def fake(path, timeout):
+    def fake(path, timeout, groups):
         now[0] += 3.0
         return sample(broken=False)
 
@@ -440,7 +475,7 @@ def test_a_finished_students_row_is_written_while_the_others_are_still_being_che
         (tmp_path / "class" / name).mkdir(parents=True)
     release = threading.Event()
 
-    def fake(path, timeout):
+    def fake(path, timeout, groups):
         if path.name == "bob":
             release.wait(30)
         return sample(broken=False)
