@@ -159,11 +159,12 @@ def _yaml_error_at(path: str) -> str:
     """Where PyYAML stops in the file, as " (line L, column C)"; "" if it reads the file, or cannot."""
     import yaml
 
+    from labkit import options
+
     try:
         yaml.safe_load(Path(path).read_text(encoding="utf-8"))
     except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        return f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+        return f" ({options.yaml_place(exc)})" if options.yaml_place(exc) else ""
     except (OSError, UnicodeDecodeError):
         pass
     return ""

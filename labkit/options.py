@@ -63,13 +63,18 @@ def read_yaml(path, source: str, *, error: type[LabkitError] = LabkitError):
     return load_yaml(text, source, error=error)
 
 
+def yaml_place(exc: yaml.YAMLError) -> str:
+    """Where PyYAML stopped, as "line L, column C" (1-based), or "" when it does not say."""
+    mark = getattr(exc, "problem_mark", None)
+    return f"line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+
+
 def load_yaml(text: str, source: str, *, error: type[LabkitError] = LabkitError):
     """safe_load of `text`; raises `error` as "SOURCE: not valid YAML at line L, column C: what is wrong"."""
     try:
         return yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        where = f" at {yaml_place(exc)}" if yaml_place(exc) else ""
         what = getattr(exc, "problem", None) or str(exc).splitlines()[0]
         raise error(f"{source}: not valid YAML{where}: {what}") from None
 
