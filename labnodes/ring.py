@@ -73,7 +73,9 @@ exit 1; a client with the wrong HMAC key is refused by the name server and the n
                   "ring from A: numbers not done after N laps (ring_max_laps)"
                   "ring from A: not done within S s after N laps"
 An error from a later hop passes back unchanged through the earlier hops, so the client sees the most specific
-(innermost) failure.
+(innermost) failure. `ring send --json` gives a hop's failure a code (hop-unregistered, hop-gone, hop-timeout,
+hop-wrong-key, hop-nameserver, hop-no-time: ring_lap.HOP_FAILURES) and, as its address, the node the hop could
+not reach (for hop-nameserver, the name server's H:P).
 
 Timeouts (T = ring_timeout, the per-hop setting; m = T/10, the margin one hop needs to pass an error back):
     a node that was given `budget` seconds calls its successor with timeout budget - m and hands it that as

@@ -7,7 +7,14 @@ import time
 
 from labnodes import LabnodesError
 from labnodes.pyro_client import describe, is_remote, ns_proxy, proxy, pyro, wrong_key
-from labnodes.ring_lap import check_node_name, check_numbers, check_text, parse_numbers, registration_name
+from labnodes.ring_lap import (
+    check_node_name,
+    check_numbers,
+    check_text,
+    hop_code,
+    parse_numbers,
+    registration_name,
+)
 
 
 def send(
@@ -43,16 +50,24 @@ def send(
         ) from None
     timeout = deadline - time.monotonic()  # what is left for the start node
     if timeout <= 0:
-        raise LabnodesError(f"name server at {ns_host}:{ns_port} took the whole timeout to answer")
+        raise LabnodesError(
+            f"name server at {ns_host}:{ns_port} took the whole timeout to answer",
+            code="timeout",
+            address=f"{ns_host}:{ns_port}",
+        )
     try:
         with proxy(uri, hmac_key, timeout) as p:
             return p.start(message, [a, b], timeout)
     except (ValueError, RuntimeError) as exc:
         if not is_remote(exc):
             raise
-        raise LabnodesError(str(exc)) from None
+        raise LabnodesError(str(exc), **hop_code(str(exc))) from None  # a hop's failure: its kind and where
     except Pyro4.errors.TimeoutError:
-        raise LabnodesError(f"start node {start} did not answer within {timeout:.2f} s") from None
+        raise LabnodesError(
+            f"start node {start} did not answer within {timeout:.2f} s",
+            code="timeout",
+            address=str(uri).split("@")[-1],
+        ) from None
     except Pyro4.errors.PyroError as exc:
         where = str(uri).split("@")[-1]
         raise LabnodesError(

@@ -16,6 +16,39 @@ SIZING_HOPS = 8  # the lap budget covers at least this many hops beyond the firs
 NAME_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 
 
+# A hop that cannot reach its successor fails as RuntimeError("ring hop SRC -> DST failed: WHY"): Pyro4 rebuilds
+# only builtin exceptions, so the text is all that comes back through the earlier hops. WHY starts as below for
+# each kind (DST filled in), so `hop_code` can read the kind back: `ring send --json` reports it as the error's
+# code, with DST (the name server's H:P for hop-nameserver) as its address.
+HOP_FAILURES = {
+    "hop-timeout": "{dst} did not answer within",  # a hung node, or the network to it drops packets
+    "hop-wrong-key": "{dst} refused the connection: HMAC key mismatch",
+    "hop-unregistered": "{dst} is not registered in the name server",
+    "hop-gone": "{dst} is registered at",  # ... ADDR but does not answer: nothing listens there
+    "hop-nameserver": "name server at",  # ... H:P unreachable: the hop could not look DST up
+    "hop-no-time": "no time left",  # the lap's budget ran out before this hop: ring_timeout too short
+    "hop": "",  # anything else
+}
+HOP_FAILED_RE = re.compile(r"ring hop (\S+) -> (\S+) failed: ")
+
+
+def hop_failed(src: str, dst: str, code: str, rest: str = "") -> RuntimeError:
+    """The failure of the hop src -> dst, of a kind of HOP_FAILURES: its WHY is that kind's start, then `rest`."""
+    return RuntimeError(f"ring hop {src} -> {dst} failed: {HOP_FAILURES[code].format(dst=dst)}{rest}")
+
+
+def hop_code(text: str) -> dict:
+    """{"code", "address"} of a hop failure's text (hop_failed), read back; {} for any other text."""
+    m = HOP_FAILED_RE.match(text)
+    if not m:
+        return {}
+    dst, why = m[2], text[m.end() :]
+    code = next(c for c, start in HOP_FAILURES.items() if why.startswith(start.format(dst=dst)))
+    if code == "hop-nameserver":
+        return {"code": code, "address": why[len(HOP_FAILURES[code]) :].split()[0]}
+    return {"code": code, "address": dst}
+
+
 def registration_name(node: str) -> str:
     """Name-server name of a ring node."""
     return NAME_PREFIX + node

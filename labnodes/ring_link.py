@@ -3,13 +3,15 @@ re-opened when the successor closed an idle link or moved.
 
 `Link(src, dst, ns_host, ns_port, hmac_key).relay(msg, timeout)` calls the successor's relay() and returns its
 receipt. An error raised by the successor (or a hop after it) passes back unchanged; every failure to reach
-the successor becomes RuntimeError("ring hop SRC -> DST failed: why"), why being one of:
-    "DST did not answer within S s"                               (hung hop; never retried)
-    "DST refused the connection: HMAC key mismatch (...)"
-    "DST is not registered in the name server"
-    "name server at H:P unreachable (...)"
+the successor becomes RuntimeError("ring hop SRC -> DST failed: why") (ring_lap.hop_failed; the code that
+`ring send --json` gives it in brackets), why being one of:
+    "DST did not answer within S s"                               (hung hop; never retried)     [hop-timeout]
+    "DST refused the connection: HMAC key mismatch (...)"                                       [hop-wrong-key]
+    "DST is not registered in the name server"                                                  [hop-unregistered]
+    "name server at H:P unreachable (...)"                                                      [hop-nameserver]
     "DST is registered at ADDR but does not answer (process gone?): ..."  (refused: nothing listens there)
     "DST is registered at ADDR but does not answer (the network or a firewall between them?): ..."  (timed out)
+                                                                                                [hop-gone]
 At most two retries, within the same timeout, each for one reason:
     1. a pooled link the successor had closed (its idle timeout, COMMTIMEOUT): one fresh connection to the
        same address;
@@ -24,7 +26,7 @@ import threading
 import time
 
 from labnodes.pyro_client import is_remote, ns_proxy, proxy, pyro, wrong_key
-from labnodes.ring_lap import registration_name
+from labnodes.ring_lap import hop_failed, registration_name
 
 log = logging.getLogger("labnodes.ring")
 
@@ -100,20 +102,20 @@ class Link:
                 raise
             p._pyroRelease()
             if isinstance(exc, Pyro4.errors.TimeoutError):
-                raise self._fail(f"{self.dst} did not answer within {timeout:.2f} s") from None
+                raise self._fail("hop-timeout", f" {timeout:.2f} s") from None
             if not isinstance(exc, Pyro4.errors.CommunicationError):
-                raise self._fail(f"{type(exc).__name__}: {exc}") from None
+                raise self._fail("hop", f"{type(exc).__name__}: {exc}") from None
             if wrong_key(exc):
                 self._forget(uri)
-                raise self._fail(f"{self.dst} refused the connection: HMAC key mismatch ({exc})") from None
+                raise self._fail("hop-wrong-key", f" ({exc})") from None
             return None, exc
         self._give(uri, p)
         return out, None
 
     # --- the pool and the name server ------------------------------------------------------------------
 
-    def _fail(self, why: str) -> RuntimeError:
-        return RuntimeError(f"ring hop {self.src} -> {self.dst} failed: {why}")
+    def _fail(self, code: str, rest: str = "") -> RuntimeError:
+        return hop_failed(self.src, self.dst, code, rest)
 
     def _gone(self, uri: str, exc: BaseException) -> RuntimeError:
         where = uri.split("@")[-1]
@@ -123,7 +125,7 @@ class Link:
             if isinstance(exc.__cause__, TimeoutError)
             else "process gone?"
         )
-        return self._fail(f"{self.dst} is registered at {where} but does not answer ({why}): {exc}")
+        return self._fail("hop-gone", f" {where} but does not answer ({why}): {exc}")
 
     def _lookup(self, timeout: float) -> str:
         Pyro4 = pyro()
@@ -131,9 +133,11 @@ class Link:
             with ns_proxy(self.ns_host, self.ns_port, self.hmac_key, timeout) as ns:
                 uri = ns.lookup(registration_name(self.dst))
         except Pyro4.errors.NamingError:
-            raise self._fail(f"{self.dst} is not registered in the name server") from None
+            raise self._fail("hop-unregistered") from None
         except Pyro4.errors.PyroError as exc:
-            raise self._fail(f"name server at {self.ns_host}:{self.ns_port} unreachable ({exc})") from None
+            raise self._fail(
+                "hop-nameserver", f" {self.ns_host}:{self.ns_port} unreachable ({exc})"
+            ) from None
         return str(uri)
 
     def _take(self, timeout: float):

@@ -14,7 +14,7 @@ import threading
 import time
 
 from labnodes.ring_lap import check_message, check_node_name, new_message, receipt, receive, result_of, timeouts
-from labnodes.ring_lap import done
+from labnodes.ring_lap import done, hop_failed
 from labnodes import logs
 
 log = logging.getLogger("labnodes.ring")  # one logger for every part of the ring program
@@ -71,9 +71,9 @@ class RingNode:
         """Call the successor with this hop's budget; logs the hop as one line (`what % words`, and where to)."""
         timeout = budget - self.margin
         if timeout < self.margin:
-            raise RuntimeError(
-                f"ring hop {self.name} -> {self.next_name} failed: no time left "
-                f"({budget:.2f} s budget; ring too long for ring_timeout {self.ring_timeout} s?)"
+            raise hop_failed(
+                self.name, self.next_name, "hop-no-time",
+                f" ({budget:.2f} s budget; ring too long for ring_timeout {self.ring_timeout} s?)",
             )
         logs.info(log, what + ", on to %s (timeout %.2f s)", *words, self.next_name, timeout)
         try:

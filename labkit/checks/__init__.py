@@ -23,7 +23,6 @@ import base64
 import dataclasses
 import json
 import math as _math
-import re
 import secrets
 import shlex
 import time
@@ -47,6 +46,23 @@ APP_TITLES = {
     "app.celery": "Celery jobs from the client are answered right by every worker host",
     "app.math": "the math server answers 48,18 and refuses a bad line",
     "app.file": "a file round trip from the client has equal sha256 on both hosts",
+}
+# What to look at for each kind of ring hop failure (`ring send --json`'s code; {node}: the node the hop could
+# not reach, or the name server's H:P for hop-nameserver).
+HOP_HINTS = {
+    "hop-unregistered": "{node}'s ring node is not registered in the name server: supervisorctl status "
+                        "labnodes-ring on {node}, its log in /var/log/labnodes/",
+    "hop-gone": "{node}'s ring node does not answer where it registered (it ended, or a firewall drops the hop): "
+                "supervisorctl status on {node}, its log in /var/log/labnodes/",
+    "hop-timeout": "{node} did not answer the hop in time: a hung ring node there (its log in /var/log/labnodes/) "
+                   "or a network that drops packets on the way",
+    "hop-wrong-key": "{node} refused the previous node's hmac_key: fab provision writes the cluster's key into "
+                     "every host's labnodes.toml",
+    "hop-nameserver": "a ring node could not reach the name server at {node} to find its successor: the ring "
+                      "hosts' ns_host/ns_port in labnodes.toml, and the name server's own checks",
+    "hop-no-time": "the lap ran out of time before the hop to {node}: ring_timeout in labnodes.toml is too short "
+                   "for a ring this long",
+    "hop": "the ring broke at the hop to {node}: supervisorctl status and /var/log/labnodes/ on that host",
 }
 # The inventory groups each application run needs, the one whose first host the check is keyed on first.
 APP_GROUPS = {"app.ring": ("ring", "nameservers", "clients"), "app.celery": ("brokers", "workers", "clients"),
@@ -256,9 +272,13 @@ class Run:
                 return "fail", client, expected, err.message, \
                     f"{err.address} refused the client's hmac_key: fab provision writes the cluster's key into " \
                     f"every host's labnodes.toml (on {client} too)"
-            named = [n for n in re.findall(r"[\w-]+", err.message) if n in ring]
-            return "fail", named[-1] if named else ring[0], expected, err.message, \
-                "the ring broke at the hop named: supervisorctl status and /var/log/labnodes/ on that host"
+            if err.code.startswith("hop"):  # a hop's failure (labnodes.ring_lap.HOP_FAILURES): where it failed
+                host = self.first("nameservers") if err.code == "hop-nameserver" else err.address
+                hint = HOP_HINTS.get(err.code, HOP_HINTS["hop"]).format(node=err.address)
+                known = host in {h.name for h in self.inv.hosts}  # a ring node is named after its host
+                return "fail", host if known else ring[0], expected, err.message, hint
+            return "fail", ring[0], expected, err.message, \
+                "the ring did not finish: supervisorctl status and /var/log/labnodes/ on the ring hosts"
         self.extra["ring"] = data
         trace = data.get("trace") or []
         for i, hop in enumerate(trace):

@@ -548,8 +548,10 @@ def test_ring_hop_refused_with_every_service_up_fails_the_lap_only(ck):
     rule = f"INPUT -s {ck.host('pyro2').address} -p tcp --dport {port} -j REJECT --reject-with tcp-reset"
     with done_then_undone(ck, "pyro3", f"iptables -w -I {rule}", f"iptables -w -D {rule}"):
         report = check_broken(ck, {"app.ring@pyro1"}, {})
-    found = outcomes(report)["app.ring@pyro1"]["found"]
-    assert found.startswith("pyro3: ") and "pyro2 -> pyro3" in found, found
+    ring = outcomes(report)["app.ring@pyro1"]
+    assert ring["found"].startswith("pyro3: ") and "pyro2 -> pyro3" in ring["found"], ring
+    assert ring["hint"].startswith("pyro3's ring node does not answer where it registered (it ended, or a "
+                                   "firewall drops the hop)"), ring  # ring send --json's code: hop-gone
     wait_healthy(ck)
 
 

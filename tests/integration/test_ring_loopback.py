@@ -305,6 +305,8 @@ def test_missing_hop_is_named_in_the_error(env, ns_port, start_ring):
     out = send(env, ns_port, "miss1")
     assert out.returncode == 1
     assert "ring hop miss2 -> miss3 failed: miss3 is not registered in the name server" in out.stderr
+    assert json.loads(out.stdout)["error"] | {"message": ""} == {"message": "", "code": "hop-unregistered",
+                                                                 "address": "miss3"}
 
 
 def test_unknown_start_node_is_named_in_the_error(env, ns_port):
@@ -324,6 +326,8 @@ def test_killed_hop_is_named_in_the_error(env, ns_port, start_ring):
     assert out.returncode == 1
     assert "ring hop kill2 -> kill3 failed: kill3 is registered at 127.0.0.13:" in out.stderr
     assert "does not answer" in out.stderr
+    error = json.loads(out.stdout)["error"]
+    assert (error["code"], error["address"]) == ("hop-gone", "kill3")
 
 
 def test_hung_hop_is_named_before_the_client_gives_up(env, ns_port, start_ring):
@@ -340,6 +344,22 @@ def test_hung_hop_is_named_before_the_client_gives_up(env, ns_port, start_ring):
         procs["hang3"].send_signal(signal.SIGCONT)
     assert out.returncode == 1
     assert "ring hop hang2 -> hang3 failed: hang3 did not answer within" in out.stderr
+    error = json.loads(out.stdout)["error"]
+    assert (error["code"], error["address"]) == ("hop-timeout", "hang3")
+
+
+def test_a_start_node_that_does_not_answer_is_a_timeout_at_its_address(env, ns_port, start_ring):
+    """`--json` gave this failure no code, so a program could not tell it from a refusal."""
+    procs = start_ring({"stop1": ("127.0.0.11", "stop2"), "stop2": ("127.0.0.12", "stop1")},
+                       LABNODES_RING_TIMEOUT="1")
+    procs["stop1"].send_signal(signal.SIGSTOP)
+    try:
+        out = send(env, ns_port, "stop1", LABNODES_RING_TIMEOUT="1")
+    finally:
+        procs["stop1"].send_signal(signal.SIGCONT)
+    error = json.loads(out.stdout)["error"]
+    assert (out.returncode, error["code"]) == (1, "timeout") and error["address"].startswith("127.0.0.11:")
+    assert error["message"].startswith("start node stop1 did not answer within")
 
 
 def test_link_closed_by_an_idle_timeout_is_reconnected(env, ns_port, start_ring):

@@ -239,21 +239,53 @@ def test_a_class_run_checks_each_student_with_the_grading_files_groups(tmp_path,
     assert given == [{"ring": 3, "workers": 2}]
 
 
+def hop(src, dst, code, rest=""):
+    """What `ring send --json` reports for a hop's failure, made as labnodes makes it: (message, code, address)."""
+    from labnodes.ring_lap import hop_code, hop_failed
+    text = str(hop_failed(src, dst, code, rest))
+    return text, hop_code(text)["code"], hop_code(text)["address"]
+
+
 @pytest.mark.parametrize("failure, where, hint", [
     (("name server at 10.0.0.1:9090: refused: wrong HMAC key? (cannot connect to ('10.0.0.1', 9090): message hmac "
       "mismatch)", "wrong-key", "10.0.0.1:9090"), "client", "10.0.0.1:9090 refused the client's hmac_key"),
-    (("ring hop p1 -> p2 failed: p2 refused the connection: HMAC key mismatch (...)", "", ""), "p2",
-     "the ring broke at the hop named"),
+    (hop("p1", "p2", "hop-wrong-key", " (...)"), "p2", "p2 refused the previous node's hmac_key"),
+    (hop("p2", "p3", "hop-unregistered"), "p3", "p3's ring node is not registered in the name server"),
+    (hop("p2", "p3", "hop-gone", " 10.0.0.5:4000 but does not answer (process gone?): ..."), "p3",
+     "p3's ring node does not answer where it registered"),
+    (hop("p2", "p3", "hop-timeout", " 1.80 s"), "p3", "p3 did not answer the hop in time"),
+    (hop("p2", "p3", "hop-no-time", " (0.20 s budget; ...)"), "p3", "the lap ran out of time before the hop to p3"),
+    (hop("p2", "p3", "hop-nameserver", " 10.0.0.1:9090 unreachable (...)"), "broker",
+     "a ring node could not reach the name server at 10.0.0.1:9090"),
+    (hop("p2", "ghost", "hop", "OSError: ..."), "p1", "the ring broke at the hop to ghost"),  # not a host: the start
+    (("ring from p1: numbers not done after 10 laps (ring_max_laps)", "", ""), "p1", "the ring did not finish"),
 ])
 def test_a_ring_run_that_fails_points_at_the_host_to_look_at(failure, where, hint):
-    """A client with another HMAC key than the cluster's was told "the ring broke at the hop named" (none was)."""
+    """A client with another HMAC key than the cluster's was told "the ring broke at the hop named" (none was);
+    the host of a hop's failure was the last ring host named in its message, so a ring node that could not reach
+    the name server had its successor blamed."""
+    from labkit import inventory
     from labkit.checks import Run
     from labkit.remote import Failure
-    run = Run.__new__(Run)
-    run.timeout = 20
+    names = {"client": "clients", "broker": "nameservers", "p1": "ring", "p2": "ring", "p3": "ring"}
+    groups = {}
+    for n, g in names.items():
+        groups[g] = (*groups.get(g, ()), n)
+    run = Run(inventory.Inventory(path=REPO / "inv", cluster="t", subnet=None, backend="lab", groups=groups,
+                                  hosts=tuple(inventory.Host(n, f"10.0.0.{i}") for i, n in enumerate(names, 2))))
     run.labnodes = lambda *a, **kw: (None, Failure(*failure))
     outcome, host, _, found, got_hint = run.app_ring("client", ["p1", "p2", "p3"])
     assert (outcome, host, found) == ("fail", where, failure[0]) and got_hint.startswith(hint)
+
+
+def test_every_kind_of_hop_failure_reads_back_as_its_code_and_node():
+    from labnodes.ring_lap import HOP_FAILURES, hop_code, hop_failed
+    for code in HOP_FAILURES:
+        rest = " 10.0.0.1:9090 unreachable (x)" if code == "hop-nameserver" else " (x)"
+        want = "10.0.0.1:9090" if code == "hop-nameserver" else "pyro-3"
+        assert hop_code(str(hop_failed("pyro-2", "pyro-3", code, rest))) == {"code": code, "address": want}
+    assert hop_code("ring from pyro1: not done within 9 s after 3 laps") == {}
+    assert hop_code("start node pyro1 did not answer") == {}
 
 
 def test_a_lab_machine_whose_sudo_wants_a_password_gets_the_sudoers_line_not_install_python3():
