@@ -11,7 +11,8 @@ write of class.xlsx takes 0.2 s for 30 students and 0.5 s for 200 here, so rewri
 O(students^2) (about 50 s for 200) on the thread that collects results.
 
 class.csv / the Class sheet: one row per student: student, status, score, percent, passed, failed, blocked,
-seconds, then one column per check (`id@host`) with its outcome. class.xlsx adds a Summary sheet (one row per
+seconds, shares hosts with (`shared_hosts`: other students whose inventories name a host address this one
+names, with those addresses), then one column per check (`id@host`) with its outcome. class.xlsx adds a Summary sheet (one row per
 student, with the first failure) and a Failures sheet (every failed check: expected, found, hint).
 """
 
@@ -27,7 +28,7 @@ from pathlib import Path
 from labkit import LabkitError, backends, inventory
 from labkit.checks import failed_report, grading, key, printable, report, run
 
-FIXED = ["student", "status", "score", "percent", "passed", "failed", "blocked", "seconds"]
+FIXED = ["student", "status", "score", "percent", "passed", "failed", "blocked", "seconds", "shares hosts with"]
 FILL = {"pass": "C6EFCE", "fail": "FFC7CE", "blocked": "D9D9D9"}
 REWRITE = 10.0  # seconds at most between two writes of the class files while students finish
 
@@ -71,6 +72,26 @@ def check_student(path: Path, timeout: float | None, groups: dict[str, int] | No
         return failed_report(path, f"check crashed: {type(exc).__name__}: {exc}")
 
 
+def shared_hosts(results: dict[str, dict]) -> dict[str, str]:
+    """For each student whose inventory names a host address that another student's also names: those students
+    and addresses ("bob: 10.77.1.10, 10.77.1.11"). Two students checked on the same machines get the same outcomes
+    whoever did the work (a copied inventory), or disturb each other's runs (a typo): either way the instructor
+    should know. An address is compared as the inventories write it."""
+    by_address: dict[str, set[str]] = {}
+    for name, r in results.items():
+        for h in (r or {}).get("hosts", []):
+            by_address.setdefault(h["address"], set()).add(name)
+    shared = {}
+    for name, r in results.items():
+        others: dict[str, list[str]] = {}
+        for h in (r or {}).get("hosts", []):
+            for other in sorted(by_address[h["address"]] - {name}):
+                others.setdefault(other, []).append(h["address"])
+        if others:
+            shared[name] = "; ".join(f"{printable(o)}: {', '.join(a)}" for o, a in others.items())
+    return shared
+
+
 def _row(name: str, r: dict | None, g: dict) -> dict:
     name = printable(name)  # a folder's name may hold anything a file name can
     if r is None:
@@ -86,6 +107,10 @@ def _row(name: str, r: dict | None, g: dict) -> dict:
 
 def write_class(out: Path, names: list[str], results: dict[str, dict], g: dict) -> None:
     rows = [_row(n, results.get(n), g) for n in names]
+    shared = shared_hosts(results)
+    for n, row in zip(names, rows):
+        if n in shared:
+            row["shares hosts with"] = shared[n]
     columns: list[str] = []
     for n in names:
         for c in (results.get(n) or {}).get("checks", []):
@@ -181,4 +206,6 @@ def run_class(directory: str | Path, out: str | Path, grading_file: str | Path |
     finally:
         pool.shutdown(wait=False, cancel_futures=True)
         write_class(out, names, results, g)
+    for name, others in shared_hosts(results).items():
+        echo(f"{printable(name):20} shares hosts with {others}")
     return results

@@ -230,6 +230,28 @@ def test_a_group_smaller_than_the_grading_file_asks_fails_the_run_that_needs_it(
     assert all(c["outcome"] == "pass" for c in app_checks_of(monkeypatch, least={"ring": 2}).values())
 
 
+def test_students_whose_inventories_name_the_same_hosts_are_told_apart_in_the_class_files(tmp_path, monkeypatch):
+    """Two students with one inventory (copied, or a typo in an address) were both checked on the same machines
+    and got the same outcomes, with nothing in the class files to say so."""
+    import openpyxl
+    other = sample(broken=False)
+    other["hosts"] = [dict(h, address=h["address"].replace("10.0.0.", "10.0.1.")) for h in other["hosts"]]
+    results = {"ana": sample(), "bob": sample(broken=False), "cid": other,
+               "dan": failed_report(tmp_path / "dan", "no inventory")}
+    for name in results:
+        (tmp_path / "class" / name).mkdir(parents=True)
+    monkeypatch.setattr(classmode, "check_student", lambda path, timeout, groups: results[path.name])
+    said = []
+    classmode.run_class(tmp_path / "class", tmp_path / "out", echo=said.append)
+    rows = {r["student"]: r["shares hosts with"] for r in csv.DictReader((tmp_path / "out" / "class.csv").open())}
+    assert rows == {"ana": "bob: 10.0.0.2, 10.0.0.3", "bob": "ana: 10.0.0.2, 10.0.0.3", "cid": "", "dan": ""}
+    assert [line.split() for line in said if "shares" in line] == [
+        ["ana", "shares", "hosts", "with", "bob:", "10.0.0.2,", "10.0.0.3"],
+        ["bob", "shares", "hosts", "with", "ana:", "10.0.0.2,", "10.0.0.3"]]
+    sheet = openpyxl.load_workbook(tmp_path / "out" / "class.xlsx")["Summary"]
+    assert [cell.value for cell in sheet[1]][:len(classmode.FIXED)] == classmode.FIXED
+
+
 def test_a_class_run_checks_each_student_with_the_grading_files_groups(tmp_path, monkeypatch):
     (tmp_path / "class" / "ana").mkdir(parents=True)
     (tmp_path / "g.yml").write_text("groups: {ring: 3, workers: 2}\n")
