@@ -206,6 +206,7 @@ def run_class(directory: str | Path, out: str | Path, grading_file: str | Path |
     finally:
         pool.shutdown(wait=False, cancel_futures=True)
         write_class(out, names, results, g)
-    for name, others in shared_hosts(results).items():
-        echo(f"{printable(name):20} shares hosts with {others}")
+    shared = shared_hosts(results)
+    for name in (n for n in names if n in shared):
+        echo(f"{printable(name):20} shares hosts with {shared[name]}")
     return results
