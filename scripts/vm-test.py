@@ -308,7 +308,8 @@ def main() -> int:
         for host in vinv.hosts:  # every machine: each had a different set of programs
             left = subprocess.run(
                 ["ssh", "-o", "BatchMode=yes", host.address,
-                 "ls -d /opt/labnodes /etc/labnodes /var/log/labnodes /var/lib/labnodes 2>/dev/null; "
+                 "ls -d /opt/labnodes /etc/labnodes /var/log/labnodes /var/lib/labnodes /usr/local/bin/labnodes "
+                 "2>/dev/null; "
                  "ls /etc/supervisor/conf.d/ | grep labnodes; getent passwd labnodes; grep 'labkit cluster hosts' /etc/hosts; "
                  "systemctl is-active supervisor >/dev/null || echo supervisor not running; true"],
                 capture_output=True, text=True, env=lab_env)

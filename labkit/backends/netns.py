@@ -30,7 +30,8 @@ Client side, written by `up` through `labkit.ssh` (shared by every backend): the
 (each host's key, read from its root), its ssh_config (User root, StrictHostKeyChecking yes, ControlMaster) and
 `.labkit/ssh_config`, which includes every cluster's file and then ~/.ssh/config: `ssh -F .labkit/ssh_config a`.
 
-`up`: a healthy host (namespace, supervisord as PID 1, veth on the bridge, address set, root present) is kept as it
+`up`: a healthy host (namespace, supervisord as PID 1, veth on the bridge, address set, root present, made by this
+labkit: its init script as this labkit writes it, so that its private directories are this labkit's) is kept as it
 is; anything else of the inventory's hosts is torn down and rebuilt (its root and host key are kept, /run is
 emptied as on a reboot); namespaces of the cluster that the inventory no longer lists are removed. `up` ends when
 every host's sshd accepts the cluster key, and records the inventory as the active one. A cluster runs from one
@@ -83,6 +84,8 @@ log = logging.getLogger("labkit.netns")
 MOUNT_DIRS = (
     "etc/labnodes", "etc/supervisor", "etc/ssh", "opt/labnodes", "var/lib/labnodes", "var/log/labnodes",
     "var/log/supervisor", "run", "var/tmp", "tmp", "root",
+    "usr/local/bin",  # where provisioning links the labnodes command, on the PATH of every login (the box's own
+                      # commands there are not the host's business)
 )
 MOUNT_FILES = ("etc/hosts", "etc/hostname")
 MOUNT_LAST = ("var/tmp", "tmp", "root")  # mounted last: the repository (the bind sources) may live under one
@@ -639,6 +642,12 @@ def _problem(cl: Cluster, n: Node, namespaces: set[str], links: dict[str, dict])
         return f"eth0 does not hold {n.address}/{n.prefixlen}"
     if not (n.root / "etc" / "ssh" / "ssh_host_ed25519_key.pub").exists():
         return f"its root {n.root} is missing"
+    try:
+        made = (n.root / "init.sh").read_text()
+    except OSError:
+        made = ""
+    if made != _init_script(n):  # another labkit made it (its private directories differ): as after an upgrade
+        return "it was made by another version of labkit"
     return None
 
 

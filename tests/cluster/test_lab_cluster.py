@@ -373,6 +373,7 @@ def test_second_cluster_with_every_port_path_and_the_venv_overridden_runs_every_
             assert f":{port} " in listening, (port, listening)
         assert ssh(sockserver, "test -x /opt/labnodes/venv-alt/bin/labnodes && test ! -e /opt/labnodes/venv"
                    ).returncode == 0
+        assert ssh(sockserver, "readlink /usr/local/bin/labnodes").stdout == "/opt/labnodes/venv-alt/bin/labnodes\n"
         result = fab_json("run-ring", inv=other)
         assert result["trace"][0]["address"].startswith("10.77.202.") and result["gcd"] == 6
         assert fab_json("run-celery", "--count", "20", inv=other)["submit"]["result"] == 144

@@ -65,7 +65,7 @@ def test_host_reaches_the_box_over_the_bridge(t1):
     assert out == "hello from control\n"
 
 
-@pytest.mark.parametrize("directory", ["/tmp", "/var/lib/labnodes", "/opt/labnodes", "/root"])
+@pytest.mark.parametrize("directory", ["/tmp", "/var/lib/labnodes", "/opt/labnodes", "/root", "/usr/local/bin"])
 def test_files_are_private_to_each_host_and_visible_on_the_box(t1, directory):
     name = f"probe-{uuid.uuid4().hex[:8]}"
     writer, other = NAMES[0], NAMES[1]
@@ -167,6 +167,20 @@ def test_killed_init_is_rebuilt_by_the_next_up_and_keeps_its_files(t1):
         if name != victim:
             assert rows_after[name]["init_pid"] == rows[name]["init_pid"]
     assert ssh(addr(victim), "cat /var/lib/labnodes/survivor").stdout == "kept\n"
+
+
+def test_a_host_made_by_another_version_of_labkit_is_rebuilt_by_the_next_up(t1):
+    """A host's private directories are fixed when it starts: a host made before /usr/local/bin became private
+    kept the box's, and provisioning would have linked the labnodes command there, on the box."""
+    victim = NAMES[0]
+    init = STATE / t1.cluster / "hosts" / victim / "init.sh"
+    init.write_text(init.read_text().replace(" /usr/local/bin\n", " /usr/local/bin-gone\n"))
+    row = {r["host"]: r for r in netns.status(t1)}[victim]
+    assert (row["state"], row["problem"]) == ("broken", "it was made by another version of labkit")
+    lines = []
+    netns.up(t1, echo=lines.append)
+    assert any(f"{victim} {addr(victim)}: rebuilding (it was made by another version" in line for line in lines), lines
+    assert {r["host"]: r for r in netns.status(t1)}[victim]["state"] == "up"
 
 
 def test_host_missing_its_veth_is_rebuilt_by_the_next_up(t1):
