@@ -116,8 +116,8 @@ def _send_file(hosts: Hosts, size_mb: int) -> dict:
     stored = f"{hosts.setting(server, 'file_root')}/{name}"
     sent = hosts.labnodes(client, "file", "send", src)
     fetched = hosts.labnodes(client, "file", "get", name, "--out", INBOX)
-    sums = {"client (original)": _sha256(hosts, client, src), "sockserver (stored)": _sha256(hosts, server, stored),
-            "client (fetched back)": _sha256(hosts, client, back)}
+    sums = {f"{client} (original)": _sha256(hosts, client, src), f"{server} (stored)": _sha256(hosts, server, stored),
+            f"{client} (fetched back)": _sha256(hosts, client, back)}
     return {
         "client": _where(hosts, client), "server": _where(hosts, server), "name": name,
         "size": sent["size"], "send": sent, "get": fetched,
@@ -128,8 +128,10 @@ def _send_file(hosts: Hosts, size_mb: int) -> dict:
 
 
 def send_file_rows(result: dict):
-    yield ["client -> sockserver", result["size"], result["send"]["mb_per_s"], result["send"]["sha256"][:16]]
-    yield ["sockserver -> client", result["size"], result["get"].get("mb_per_s", ""), result["get"]["sha256"][:16]]
+    """The two directions, by the hosts' inventory names (the client and sockserver groups' first hosts)."""
+    client, server = result["client"]["host"], result["server"]["host"]
+    yield [f"{client} -> {server}", result["size"], result["send"]["mb_per_s"], result["send"]["sha256"][:16]]
+    yield [f"{server} -> {client}", result["size"], result["get"].get("mb_per_s", ""), result["get"]["sha256"][:16]]
 
 
 SEND_FILE_HEADERS = ["direction", "bytes", "MB/s", "sha256 (sent)"]

@@ -387,6 +387,13 @@ def test_celery_rows_keep_mode_order_and_show_the_spread():
     assert [r[0] for r in rows] == ["one", "group", "chunks"] and rows[0][4] == "w1: 3, w2: 1"
 
 
+def test_send_file_rows_name_the_hosts_not_their_groups():
+    """A cluster whose client is `desk` and socket server `hub` read `client -> sockserver`."""
+    result = {"client": {"host": "desk", "address": "1"}, "server": {"host": "hub", "address": "2"}, "size": 4,
+              "send": {"mb_per_s": 9.5, "sha256": "ab" * 32}, "get": {"mb_per_s": 8.0, "sha256": "ab" * 32}}
+    assert [r[0] for r in runs.send_file_rows(result)] == ["desk -> hub", "hub -> desk"]
+
+
 def test_status_rows_say_why_a_host_is_not_reachable():
     result = {"hosts": [
         {"host": "a", "address": "1", "groups": ["g"], "state": "up", "ssh": True,
