@@ -141,11 +141,12 @@ def test_two_impairs_of_one_host_at_once_leave_one(lab, hosts):
 
 def test_check_lists_the_faults_labkit_set_and_forgets_them_once_healed(lab, hosts):
     fab("partition", "client", "sockserver", inv=lab.path)
-    report = json.loads(fab("check", "--json", inv=lab.path, check=False).stdout)
+    # the math and file runs across the cut wait out the check's timeout: 8 s, not the default 20, twice
+    report = json.loads(fab("check", "--json", "--timeout", "8", inv=lab.path, check=False).stdout)
     assert report["status"] == "failing"  # the partition breaks the apps: a fault is still a failure
     assert sorted((f["host"], f["kind"]) for f in report["faults"]) == [("client", "partition"),
                                                                         ("sockserver", "partition")]
-    text = fab("check", inv=lab.path, check=False).stdout
+    text = fab("check", "--timeout", "8", inv=lab.path, check=False).stdout
     assert "labkit faults in force" in text and "FAULT   partition on client: cut from sockserver" in text
     fab("heal", inv=lab.path)
     assert json.loads(fab("check", "--json", inv=lab.path).stdout)["faults"] == []
