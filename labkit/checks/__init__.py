@@ -404,8 +404,8 @@ class Run:
         not pass `fab check`, or score in a class, by leaving that part out. Returns the runs it failed."""
         failed = set()
         for cid, groups in APP_GROUPS.items():
-            short = {g: (len(self.inv.groups.get(g, ())), self.least.get(g, 1)) for g in groups}
-            short = {g: (n, least) for g, (n, least) in short.items() if n < least}
+            counts = {g: (len(self.inv.groups.get(g, ())), self.least.get(g, 1)) for g in groups}
+            short = {g: (n, least) for g, (n, least) in counts.items() if n < least}
             if not short:
                 continue
             host = next((self.first(g) for g in groups if self.first(g)), self.inv.hosts[0].name)

@@ -12,8 +12,9 @@ O(students^2) (about 50 s for 200) on the thread that collects results.
 
 class.csv / the Class sheet: one row per student: student, status, score, percent, passed, failed, blocked,
 seconds, shares hosts with (`shared_hosts`: other students whose inventories name a host address this one
-names, with those addresses), then one column per check (`id@host`) with its outcome. class.xlsx adds a Summary sheet (one row per
-student, with the first failure) and a Failures sheet (every failed check: expected, found, hint).
+names, with those addresses), then one column per check (`id@host`) with its outcome. class.xlsx adds a Summary
+sheet (one row per student, with the first failure) and a Failures sheet (every failed check: expected, found,
+hint).
 """
 
 from __future__ import annotations
