@@ -47,8 +47,10 @@ Configuration choices, and why
         of one more Redis write per task (the lab's throughput runs measure exactly that path); the client
         finds when a job was taken in the transport's unacked index instead (celery_cli.held_jobs).
     Jobs sent by `labnodes celery` clients expire only after celery_timeout + redelivery_after() +
-    celery_timeout seconds (`job_expires()`), never before a lost worker's job could have been handed out
-    again and run: a job is never skipped as expired because its first worker died.
+    celery_timeout + config.CLOCK_ALLOWANCE seconds (`job_expires()`), never before a lost worker's job could
+    have been handed out again and run, even by a worker whose clock runs up to a minute ahead of the client's
+    (a worker compares the expiry with its own clock, and drops an expired job as "revoked"): a job is never
+    skipped as expired because its first worker died.
     result_expires = 1 hour, result_extended = True
         Results are kept for an hour, then Redis drops them. The extended result records the worker that ran
         the task, so a client can say where a failure happened.
@@ -110,9 +112,11 @@ def redelivery_after(settings: config.Settings) -> float:
     return visibility + sweep_lock_expires(visibility) + restore_interval(visibility)
 
 
-def job_expires(settings: config.Settings) -> float:
-    """Seconds after sending when a client's job expires: after it could have been redelivered and run."""
-    return settings.celery_timeout + redelivery_after(settings) + settings.celery_timeout
+def job_expires(settings: config.Settings, wait: float | None = None) -> float:
+    """Seconds after sending when a client's job expires: after the client's first wait (`wait`, else
+    celery_timeout), a redelivery and a run, as read on a clock up to config.CLOCK_ALLOWANCE ahead."""
+    first = settings.celery_timeout if wait is None else wait
+    return first + redelivery_after(settings) + settings.celery_timeout + config.CLOCK_ALLOWANCE
 
 
 def celery_config(settings: config.Settings) -> dict:

@@ -41,8 +41,9 @@ Errors (one line on stderr, exit status 1; never a hang)
                                           Redis hands the job to another worker by 14:05:00 (visibility timeout
                                           90 s): waiting for redelivery until 14:05:30"; then the result, or
                                           "no result for job ID ... even after the time for redelivery ..."
-    Jobs expire only after celery_timeout + redelivery + celery_timeout (celery_app.job_expires), so a job
-    whose worker was killed is handed to another worker, never skipped as expired.
+    Jobs expire only after celery_timeout + redelivery + celery_timeout + a minute for the hosts' clocks
+    (celery_app.job_expires), so a job whose worker was killed is handed to another worker, never skipped as
+    expired.
     the task failed on the worker         "lab.gcd failed on worker@w1: TypeError: ..."
     batch: any wrong or missing result    the table is printed, then each error line; exit status 1.
     A batch waits celery_timeout seconds for one task (mode one), or celery_timeout + 1 s per 100 tasks for a
@@ -68,7 +69,7 @@ import time
 from collections import Counter
 
 from labnodes import LabnodesError, numbers, output
-from labnodes.config import Settings
+from labnodes.config import CLOCK_ALLOWANCE, Settings
 
 log = logging.getLogger(__name__)
 
@@ -241,6 +242,7 @@ def submit(settings: Settings, op: str, *args, notify=None) -> dict:
     notify = notify or _notify
     result = None
     try:
+        sent = time.time()
         try:
             result = app.signature(f"lab.{op}", args=args).apply_async(expires=job_expires(settings))
         except Exception as exc:
@@ -250,7 +252,7 @@ def submit(settings: Settings, op: str, *args, notify=None) -> dict:
         log.info("sent lab.%s(%s) as task %s", op, ", ".join(map(str, args)), result.id)
         value = None
         for first in (True, False):  # the second wait only for a job a worker took and did not answer
-            wait = timeout if first else _redelivery_wait(settings, op, result, notify)
+            wait = timeout if first else _redelivery_wait(settings, op, result, sent, notify)
             try:
                 value = result.get(timeout=wait)
                 break
@@ -259,13 +261,13 @@ def submit(settings: Settings, op: str, *args, notify=None) -> dict:
                     raise LabnodesError(
                         f"no result for job {result.id} (lab.{op}) even after the time for redelivery: the "
                         f"worker that took it is gone and no other worker took it over; it stays queued until "
-                        f"it expires, {_clock(time.time() - timeout + job_expires(settings) - 2 * timeout)}"
+                        f"it expires, {_clock(sent + job_expires(settings))}"
                     ) from None
             except Exception as exc:  # a task error re-raised here by Celery, or a lost connection to Redis
                 if _is_broker_failure(exc):
                     raise _broker_failure(settings, exc) from None
                 ran_on = getattr(result, "worker", None) or "a worker"
-                raise LabnodesError(f"lab.{op} failed on {ran_on}: {type(exc).__name__}: {exc}") from None
+                raise LabnodesError(f"lab.{op} failed on {ran_on}: {_failure(exc)}") from None
     finally:
         _release(result)
         app.close()
@@ -277,6 +279,16 @@ def _notify(text: str) -> None:
     import sys
 
     print(f"labnodes: {text}", file=sys.stderr, flush=True)
+
+
+def _failure(exc: BaseException) -> str:
+    """A task's failure as a line; a job a worker dropped as expired says what makes that happen."""
+    text = f"{type(exc).__name__}: {exc}"
+    if type(exc).__name__ == "TaskRevokedError" and str(exc) == "expired":
+        text += (" (the worker found the job past its expiry: it waited in the queue for minutes, or that worker's "
+                 f"clock runs more than {CLOCK_ALLOWANCE:g} s ahead of this host's; fab check's host.clock compares "
+                 "the clocks)")
+    return text
 
 
 def _clock(epoch: float) -> str:
@@ -338,7 +350,7 @@ def _held_wait(settings: Settings, ids, what: str, notify) -> float | None:
     return until - now
 
 
-def _redelivery_wait(settings: Settings, op: str, result, notify) -> float:
+def _redelivery_wait(settings: Settings, op: str, result, sent: float, notify) -> float:
     """After the first wait: seconds to wait on for a job a worker took (saying so), or raise LabnodesError."""
     from labnodes.celery_app import job_expires, redelivery_after
 
@@ -350,7 +362,7 @@ def _redelivery_wait(settings: Settings, op: str, result, notify) -> float:
             return timeout  # the result came in just now
         raise LabnodesError(
             f"no worker answered lab.{op} within {timeout:g} s: is a worker running against {where(settings)}? "
-            f"(job {result.id} stays queued until {_clock(now - timeout + job_expires(settings))}: a worker that "
+            f"(job {result.id} stays queued until {_clock(sent + job_expires(settings))}: a worker that "
             f"comes up before then runs it)"
         )
     who = "a worker"
@@ -453,12 +465,12 @@ def _run_mode(app, settings: Settings, mode: str, pairs: list, chunk_size: int, 
     from celery import group
     from celery.exceptions import TimeoutError as CeleryTimeout
 
-    from labnodes.celery_app import job_expires, redelivery_after
+    from labnodes.celery_app import job_expires
 
     task = app.tasks["lab.gcd"]
     timeout = settings.celery_timeout
     whole_timeout = timeout + len(pairs) / 100
-    expires = whole_timeout + redelivery_after(settings) + timeout  # never before a lost job is handed out again
+    expires = job_expires(settings, wait=whole_timeout)  # never before a lost job is handed out again
     values: list = []
     errors: list[str] = []
     result = None
@@ -499,7 +511,7 @@ def _run_mode(app, settings: Settings, mode: str, pairs: list, chunk_size: int, 
         wrong += 1
         if len(errors) < MAX_LISTED_ERRORS:
             if isinstance(value, BaseException):
-                errors.append(f"{mode}: gcd({a}, {b}) failed: {type(value).__name__}: {value}")
+                errors.append(f"{mode}: gcd({a}, {b}) failed: {_failure(value)}")
             else:
                 errors.append(f"{mode}: gcd({a}, {b}) expected {expected}, got {value!r:.100}")
     missing = len(pairs) - len(values)

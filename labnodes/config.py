@@ -23,6 +23,11 @@ from labnodes import LabnodesError
 
 DEFAULT_CONFIG = Path("/etc/labnodes/labnodes.toml")
 ENV_PREFIX = "LABNODES_"
+# Seconds two hosts' clocks may differ by. A Celery job carries its expiry as a time on the client's clock and a
+# worker compares it with its own: jobs expire this much later than the client's waits need (celery_app.job_expires),
+# so a worker whose clock runs ahead (a lab machine without NTP, a VM paused, a clock stepped) still runs them.
+# `fab check` fails host.clock on a host more than half of it away from the control machine's clock.
+CLOCK_ALLOWANCE = 60.0
 
 
 class ConfigError(LabnodesError):

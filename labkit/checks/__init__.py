@@ -36,6 +36,7 @@ from invoke.exceptions import CommandTimedOut
 from labkit import LabkitError, faults, options, printable
 from labkit.remote import Failure, Hosts, labnodes_output
 from labnodes import selftest
+from labnodes.config import CLOCK_ALLOWANCE
 
 # What each inventory group runs (the course's spec; playbooks/site.yml's labkit_group_roles makes it so).
 GROUP_SERVICES = {"brokers": ["redis", "flower"], "nameservers": ["nameserver"], "workers": ["celery"],
@@ -70,6 +71,8 @@ APP_GROUPS = {"app.ring": ("ring", "nameservers", "clients"), "app.celery": ("br
 REACH_TITLES = {"reach.ssh": "answers SSH from the control machine",
                 "reach.network": "reachable from the other hosts on the cluster network"}
 PROBE_TITLE = "the host runs the check probe (python3)"
+CLOCK_LIMIT = CLOCK_ALLOWANCE / 2  # s a host's clock may be off the control machine's: two hosts within it agree
+CLOCK_TITLE = f"the host's clock is within {CLOCK_LIMIT:g} s of the control machine's"
 SSH_PORT = 22  # ssh's own default, when the inventory sets no ansible_port
 
 
@@ -80,7 +83,28 @@ def key(c: dict) -> str:
 def check_ids() -> set[str]:
     """Every check id `fab check` can report: what a grading file's patterns may name."""
     every_service = {"services": [s for services in GROUP_SERVICES.values() for s in services], "ring_next": "any"}
-    return {*REACH_TITLES, "host.probe", *(c["id"] for c in selftest.plan(every_service)), *APP_TITLES}
+    return {*REACH_TITLES, "host.probe", "host.clock", *(c["id"] for c in selftest.plan(every_service)),
+            *APP_TITLES}
+
+
+def clock_offset(host_time: float, sent: float, back: float) -> float:
+    """How far a host's clock is off the control machine's (+ ahead, - behind), from a reading of it taken
+    while the control machine's clock went from `sent` to `back`: 0 within that round trip, so never more
+    than it is."""
+    if host_time > back:
+        return host_time - back
+    return min(0.0, host_time - sent)
+
+
+def clock_check(name: str, offset: float) -> tuple[str, str, str]:
+    """host.clock's outcome, finding and hint for a host whose clock is `offset` s off the control machine's."""
+    if abs(offset) <= CLOCK_LIMIT:
+        return "pass", (f"{abs(offset):.1f} s {'ahead' if offset > 0 else 'behind'}" if offset
+                        else "agrees (within the SSH round trip)"), ""
+    return "fail", f"{abs(offset):.0f} s {'ahead of' if offset > 0 else 'behind'} the control machine's clock", \
+        (f"set {name}'s clock and keep it set (timedatectl set-ntp true: systemd-timesyncd or chrony; or date -s): "
+         f"a Celery worker whose clock runs more than {CLOCK_ALLOWANCE:g} s ahead of the client's drops its jobs "
+         "as expired, and apt refuses package lists that are 'not valid yet' on a clock behind")
 
 
 def _probe_command(python: str, ctx: dict) -> str:
@@ -151,7 +175,9 @@ class Run:
     def probe(self, h):
         python = h.vars.get("ansible_python_interpreter") or "python3"
         try:
+            sent = time.time()
             r = self.ssh(h.name, _probe_command(python, self.ctx(h)))
+            back = time.time()
         except CommandTimedOut:  # SSH worked; the probe was slower than the timeout
             return {"ran": True, "error": f"the probe did not finish within {self.timeout:g} s (a slow host? "
                                           "fab check --timeout S, or labkit_check_timeout in the inventory)"}
@@ -161,8 +187,10 @@ class Run:
                 msg = f"authentication refused: {msg}"
             return {"error": msg.splitlines()[0][:300]}
         try:
-            return json.loads(r.stdout)
-        except json.JSONDecodeError:
+            res = json.loads(r.stdout)
+            res["clock_offset"] = clock_offset(float(res["time"]), sent, back)
+            return res
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError):
             why = _first_line(r.stderr or r.stdout)
             refused = self.hosts.sudo_refused(h.name, why)
             if refused:  # logged in; sudo would not run the probe
@@ -190,6 +218,10 @@ class Run:
                                              "set ansible_python_interpreter to a working one",
                      deps=["reach.ssh"], layer="host")
             base = ["reach.ssh", "host.probe"]
+            outcome, found, hint = clock_check(h.name, res["clock_offset"]) if "checks" in res else ("fail", "", "")
+            self.add("host.clock", h.name, outcome, title=CLOCK_TITLE,
+                     expected=f"within {CLOCK_LIMIT:g} s of the control machine's clock", found=found, hint=hint,
+                     deps=base, layer="host")
             if "checks" in res:
                 self.facts[h.name] = res["facts"]
                 got = res["checks"]

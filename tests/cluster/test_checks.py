@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -33,6 +34,7 @@ BROKEN_BY = {
     "reach.ssh": "test_cut_network_fails_reach_of_that_host_and_blocks_its_checks",
     "reach.network": "test_cut_network_fails_reach_of_that_host_and_blocks_its_checks",
     "host.probe": "test_python3_that_cannot_run_the_probe_fails_the_probe_and_blocks_the_host",
+    "host.clock": "test_a_worker_whose_clock_reads_five_minutes_ahead_fails_its_clock_check_only",
     "host.hostname": "test_hostname_changed_on_one_host_fails_its_hostname_check_only",
     "host.settings": "test_settings_readable_by_everyone_fail_the_settings_check_of_that_host_only",
     "host.supervisord": "test_supervisord_not_answering_fails_on_its_host_and_blocks_every_service_check_there",
@@ -472,6 +474,36 @@ def test_python3_that_cannot_run_the_probe_fails_the_probe_and_blocks_the_host(c
                     ("app.ring@pyro1", "app.celery@broker", "app.math@sockserver", "app.file@sockserver")})
     assert_broken(report, {"host.probe@client"}, blocked)
     assert "broken on purpose" in outcomes(report)["host.probe@client"]["found"]
+    wait_healthy(ck)
+
+
+AHEAD_PY = """import os, sys, time
+name, args = sys.argv[1], sys.argv[2:]
+if name != "/usr/bin/python3" or args[:1] != ["-c"]:  # another python (the venv's, which is this file too): itself
+    os.execv("/root/cx-real-python3", [name, *args])  # argv[0] tells Python which venv it runs for
+real = time.time
+time.time = lambda: real() + 300
+sys.argv = ["-c", *args[2:]]
+exec(compile(args[1], "<string>", "exec"), {"__name__": "__main__"})
+"""
+
+
+def test_a_worker_whose_clock_reads_five_minutes_ahead_fails_its_clock_check_only(ck):
+    # A netns host shares the box's clock (a time namespace offsets CLOCK_MONOTONIC, never the wall clock), so here
+    # worker1's /usr/bin/python3 (the inventory's ansible_python_interpreter, which runs the probe) reads the clock
+    # 300 s ahead: a script bind-mounted over it in worker1's own mount namespace runs a copy of the real
+    # interpreter with time.time shifted. `make vm-test` sets a VM's real clock instead.
+    wrapper = '#!/bin/sh\\nexec /root/cx-real-python3 /root/cx-ahead.py "$0" "$@"\\n'
+    with done_then_undone(ck, "worker1",
+                          f"cp /usr/bin/python3.11 /root/cx-real-python3 && printf '{wrapper}' > /root/cx-python3 && "
+                          f"printf %s {shlex.quote(AHEAD_PY)} > /root/cx-ahead.py && chmod 0755 /root/cx-python3 && "
+                          "mount --bind /root/cx-python3 /usr/bin/python3",
+                          "umount /usr/bin/python3; rm -f /root/cx-real-python3 /root/cx-python3 /root/cx-ahead.py"):
+        report = check(ck)
+    assert_broken(report, {"host.clock@worker1"}, {})  # its jobs still run: its real clock is right
+    found = outcomes(report)["host.clock@worker1"]["found"]
+    assert 299 <= int(found.split()[0]) <= 300 and found.endswith("s ahead of the control machine's clock"), found
+    assert "drops its jobs as expired" in outcomes(report)["host.clock@worker1"]["hint"]
     wait_healthy(ck)
 
 

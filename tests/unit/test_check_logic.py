@@ -330,6 +330,49 @@ def test_a_lab_machine_whose_sudo_wants_a_password_gets_the_sudoers_line_not_ins
     assert "labadmin ALL=(ALL) NOPASSWD: ALL" in probe["hint"]
 
 
+def test_a_hosts_clock_is_judged_by_how_far_its_reading_falls_outside_the_probes_round_trip():
+    from labkit.checks import clock_offset
+
+    assert clock_offset(105.0, sent=100.0, back=110.0) == 0.0  # read during the round trip: agrees
+    assert clock_offset(400.0, sent=100.0, back=110.0) == 290.0  # ahead by at least this much
+    assert clock_offset(40.0, sent=100.0, back=110.0) == -60.0  # behind
+
+
+def test_a_host_whose_clock_is_off_fails_host_clock_with_what_it_breaks_and_an_unreached_one_is_blocked(
+        monkeypatch):
+    """A worker compares a Celery job's expiry with its own clock: a worker host a few minutes ahead of the client
+    dropped every job as expired ("revoked"), and `fab check` had nothing that named the clock."""
+    import time
+
+    from labkit import inventory
+    from labkit.checks import CLOCK_LIMIT, Run, check_ids
+
+    hosts = [inventory.Host(n, f"10.0.0.{i + 2}", {}) for i, n in enumerate(["ahead", "behind", "right", "gone"])]
+    inv = inventory.Inventory(path=REPO / "inventory/x", cluster="c1", subnet=None, backend="lab",
+                              hosts=tuple(hosts), groups={"workers": ("ahead", "behind", "right", "gone")})
+    skew = {"ahead": 300.0, "behind": -(CLOCK_LIMIT + 5), "right": CLOCK_LIMIT - 5}
+
+    def ssh(host, command, timeout=None):
+        if host == "gone":
+            raise OSError("No route to host")
+        return SimpleNamespace(stdout=json.dumps({"checks": [], "facts": {}, "time": time.time() + skew[host]}),
+                               stderr="", exited=0)
+
+    run = Run(inv)
+    run.ssh = ssh
+    run.host_layers()
+    run.resolve()
+    clock = {x["host"]: x for x in run.checks if x["id"] == "host.clock"}
+    assert clock["ahead"]["outcome"] == "fail" and clock["ahead"]["found"].startswith("300 s ahead of")
+    assert "drops its jobs as expired" in clock["ahead"]["hint"]
+    assert "timedatectl set-ntp true" in clock["ahead"]["hint"]
+    assert clock["behind"]["outcome"] == "fail"
+    assert clock["behind"]["found"].startswith(f"{CLOCK_LIMIT + 5:.0f} s behind")
+    assert clock["right"]["outcome"] == "pass" and clock["right"]["found"].endswith("s ahead")
+    assert (clock["gone"]["outcome"], clock["gone"]["blocked_by"]) == ("blocked", "reach.ssh@gone")
+    assert "host.clock" in check_ids()  # a grading file may name it
+
+
 def test_grading_weights_and_counted_checks(tmp_path):
     r = sample()
     assert grading.score(r, grading.load(None)) == {"points": 1.0, "max": 6.0, "percent": pytest.approx(100 / 6)}

@@ -209,8 +209,22 @@ def test_jobs_expire_only_after_a_lost_worker_s_job_could_be_redelivered_and_run
 
     s = Settings()
     assert redelivery_after(s) == 90.0 + 9.0 + 9.0  # visibility, a lock left by a dying sweeper, the next sweep
-    assert job_expires(s) == 30.0 + 108.0 + 30.0
+    assert job_expires(s) == 30.0 + 108.0 + 30.0 + 60.0  # ... and a worker's clock up to a minute ahead
+    assert job_expires(s, wait=31.5) == 31.5 + 108.0 + 30.0 + 60.0  # a group's longer first wait
     assert s.celery_visibility_timeout >= tasks.MAX_SLEEP + 30  # a running task is never handed out twice
+
+
+def test_a_job_outlives_a_worker_clock_ahead_by_the_allowance_and_the_checks_share_it():
+    # Seen in CI: the box's wall clock stepped 12.6 s while a batch waited (monotonic time 4.8 s, wall 17.4 s), the
+    # redelivered job reached its worker after its expiry, and the worker dropped it as "revoked": the batch
+    # reported it wrong. A worker compares a job's expiry with its own clock, so the allowance is part of it.
+    from labkit.checks import CLOCK_LIMIT
+    from labnodes.celery_app import job_expires, redelivery_after
+    from labnodes.config import CLOCK_ALLOWANCE, Settings
+
+    s = Settings(celery_timeout=3, celery_visibility_timeout=8)
+    assert job_expires(s) - (3 + redelivery_after(s) + 3) == CLOCK_ALLOWANCE >= 60
+    assert CLOCK_LIMIT * 2 <= CLOCK_ALLOWANCE  # two hosts each within the check's limit are within the allowance
 
 
 def test_a_worker_freezes_what_it_allocated_before_the_pool_forks_each_process(monkeypatch):
@@ -241,3 +255,13 @@ def test_a_worker_freezes_what_it_allocated_before_the_pool_forks_each_process(m
     finally:
         gc.unfreeze()
     assert frozen[0] == 0 < frozen[1]
+
+
+def test_a_job_a_worker_dropped_as_expired_says_what_makes_that_happen():
+    from celery.exceptions import TaskRevokedError
+
+    text = celery_cli._failure(TaskRevokedError("expired"))
+    assert text.startswith("TaskRevokedError: expired (the worker found the job past its expiry")
+    assert "clock runs more than 60 s ahead" in text and "host.clock" in text
+    assert celery_cli._failure(TaskRevokedError("terminated")) == "TaskRevokedError: terminated"
+    assert celery_cli._failure(ZeroDivisionError("x")) == "ZeroDivisionError: x"
