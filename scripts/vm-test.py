@@ -6,8 +6,10 @@
 3. with no inventory flag (vagrant up made the copy active): fab status, run-ring, run-celery, run-math,
    send-file, check; a Ctrl-C in `fab run-celery`, which must also stop the batch on the client VM (through
    sudo); the fault tools on real Debian kernels (partition, fault stop, impair with netem's delay, rate and
-   loss, status showing them, heal, a name-server restart the ring must not notice; FAULTS below); then `fab
-   provision`, which must change nothing;
+   loss, status showing them, heal, a name-server restart the ring must not notice; FAULTS below); worker1's
+   clock set 5 minutes ahead, which `fab check` must fail as host.clock and which makes worker1 drop the
+   client's Celery jobs as expired (`fab run-celery`), then set back; then `fab provision`, which must change
+   nothing;
 4. the lab path on the same VMs: the Vagrant cluster's generated SSH files are put away, a lab-style inventory
    (inventory/vagrant's settings with labkit_backend: lab: the non-root `vagrant` user with sudo and become) is
    written to a temporary directory, and the VMs are reached as a lab user reaches machines: through
@@ -241,6 +243,29 @@ def interrupted_run_stops_on_the_host(env: dict[str, str]) -> None:
           f"{TIMINGS[f'{name}: the batch gone from the client']:.1f}s", flush=True)
 
 
+def a_clock_set_ahead(env: dict[str, str]) -> None:
+    """worker1's real clock set 5 minutes ahead (date -s, through sudo): `fab check` fails host.clock on worker1,
+    and `fab run-celery` shows what it breaks: worker1 drops the client's jobs as expired. Then set back."""
+    def shift(seconds: int) -> None:
+        cmd = f"sudo date -s @$(( $(date +%s) + ({seconds}) ))"
+        subprocess.run(["ssh", "-F", str(ssh.config_path(CLUSTER)), "worker1", cmd], stdin=subprocess.DEVNULL,
+                       capture_output=True, check=True)
+
+    shift(300)
+    try:
+        out = step("vagrant: fab check, worker1's clock 5 minutes ahead", [FAB, "check"], env, capture=True,
+                   expect_ok=False)
+        failing = set(re.findall(r"^\s*FAIL\s+(\S+ on \S+):", out, re.M))
+        if failing != {"host.clock on worker1"} or "s ahead of the control machine's clock" not in out:
+            raise SystemExit(f"vm-test: with worker1's clock ahead, fab check failed {failing or 'nothing'}")
+        out = step("vagrant: fab run-celery, worker1's clock 5 minutes ahead", [FAB, "run-celery", "--count", "20"],
+                   env, capture=True, expect_ok=False)
+        if "the worker found the job past its expiry" not in out:
+            raise SystemExit("vm-test: worker1 ahead: fab run-celery did not say its jobs were found expired")
+    finally:
+        shift(-300)
+
+
 def main() -> int:
     # No options: the parser is there so that --help (or a typo) says what this does rather than start 20 minutes
     # of VMs.
@@ -287,6 +312,7 @@ def main() -> int:
                 TIMINGS["ring lap with pyro2 delayed 200 ms (ms)"] = round(lap, 1)
                 if lap < 200:
                     raise SystemExit(f"vm-test: a lap through a host delayed 200 ms took {lap:.1f} ms")
+        a_clock_set_ahead(env)
         again = step("vagrant: fab provision (second time)", [FAB, "provision"], env, capture=True)
         if changes(again):
             raise SystemExit(f"vm-test: the second provisioning changed {changes(again)} things (want 0)")
