@@ -12,8 +12,8 @@ COMMAND = """{before}
 import sys, time
 from labnodes.cli import tether
 tether(grace={grace})
-print("ready", flush=True)
-try:
+try:  # "ready" inside: the interrupt can come as soon as the test reads it (outside, it ended the test -2, under load)
+    print("ready", flush=True)
     time.sleep(60)
 except KeyboardInterrupt:
     print("interrupted", flush=True)
