@@ -7,7 +7,10 @@ The config file is flat TOML whose keys are the field names of `Settings` (the A
 
 Its path is `--config PATH`, else `$LABNODES_CONFIG`, else `/etc/labnodes/labnodes.toml` if that exists.
 Each field can also be set as `LABNODES_<FIELD>` (for example `LABNODES_MATH_PORT=6000`).
-Every `*_port` setting is 0-65535 (0: a server takes any free port).
+Every `*_port` setting is 0-65535 (0: a server takes any free port); every `*_timeout` (and a `--timeout` flag)
+is a number of seconds > 0 and at most a day (`seconds`); a count (`COUNTS`) is 1 or more, `redis_db` and
+`file_min_rate` 0 or more. A value outside its rule is one line naming the setting and where it came from: a
+socket took -1 or NaN as a Python traceback, 0 as "Operation now in progress", inf as an overflow.
 Defaults bind to 127.0.0.1 and hold no secret: programs that need a secret refuse to start without one.
 """
 
@@ -28,6 +31,10 @@ ENV_PREFIX = "LABNODES_"
 # so a worker whose clock runs ahead (a lab machine without NTP, a VM paused, a clock stepped) still runs them.
 # `fab check` fails host.clock on a host more than half of it away from the control machine's clock.
 CLOCK_ALLOWANCE = 60.0
+
+
+MAX_SECONDS = 86400.0  # the longest timeout a setting or flag may ask for: a day
+COUNTS = ("celery_concurrency", "ring_size", "ring_max_laps", "file_max_size", "file_max_connections")
 
 
 class ConfigError(LabnodesError):
@@ -90,6 +97,25 @@ class Settings:
 FIELDS = {f.name: f for f in dataclasses.fields(Settings)}
 
 
+def check_seconds(value: float, what: str) -> float:
+    """The rule for every timeout: a number of seconds > 0 and at most MAX_SECONDS (`what` names it)."""
+    if not 0 < value <= MAX_SECONDS:  # NaN fails too
+        raise ConfigError(f"{what} must be a number of seconds > 0 and at most {MAX_SECONDS:g}, got {value:g}")
+    return value
+
+
+def seconds(text: str) -> float:
+    """argparse type of a --timeout flag that is no setting: check_seconds' rule, in argparse's words."""
+    import argparse
+
+    try:
+        return check_seconds(float(text), "it")
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number of seconds, got {text!r}") from None
+    except ConfigError as exc:
+        raise argparse.ArgumentTypeError(str(exc).removeprefix("it ")) from None
+
+
 def _coerce(name: str, value, source: str):
     kind = FIELDS[name].type
     try:
@@ -100,11 +126,18 @@ def _coerce(name: str, value, source: str):
             if name.endswith("_port") and not 0 <= number <= 65535:
                 # a socket call would take 99999 as 99999 mod 65536 and reach another port without a word
                 raise ConfigError(f"{source}: {name} must be a port number 0-65535 (0: any free port), got {number}")
+            if (name in COUNTS and number < 1) or (name == "redis_db" and number < 0):
+                raise ConfigError(f"{source}: {name} must be {1 if name in COUNTS else 0} or more, got {number}")
             return number
         if kind == "float":
             if isinstance(value, bool):
                 raise ValueError
-            return float(value)
+            number = float(value)
+            if name.endswith("_timeout"):
+                return check_seconds(number, f"{source}: {name}")
+            if not 0 <= number < float("inf"):  # NaN fails too
+                raise ConfigError(f"{source}: {name} must be a number 0 or more, got {number:g}")
+            return number
         if not isinstance(value, str):
             raise ValueError
         return value

@@ -66,7 +66,7 @@ import signal
 import socket
 import threading
 
-from labnodes import LabnodesError, logs, numbers
+from labnodes import LabnodesError, config, logs, numbers
 
 log = logging.getLogger(__name__)
 
@@ -423,7 +423,8 @@ def register(subparsers) -> None:
     ask_ = sub.add_parser("ask", help="send pairs like 48,18 over one connection and print gcd and lcm")
     ask_.add_argument("--host", dest="math_host", help="server address (setting math_host)")
     ask_.add_argument("--port", dest="math_port", type=int, help="server port (setting math_port)")
-    ask_.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for each reply (default 5)")
+    ask_.add_argument("--timeout", type=config.seconds, default=5.0, metavar="S",
+                      help="seconds to wait for each reply (default 5)")
     ask_.add_argument("--json", action="store_true", help="print JSON instead of a table")
     ask_.add_argument(
         "pairs",

@@ -207,7 +207,7 @@ def register(subparsers) -> None:
         "--numbers", default="48,18", metavar="A,B", help="two integers for gcd/lcm (default 48,18)"
     )
     c.add_argument(
-        "--timeout", type=float, metavar="S", help="seconds to wait in all (default 2 x ring_timeout)"
+        "--timeout", type=config.seconds, metavar="S", help="seconds to wait in all (default 2 x ring_timeout)"
     )
     c.add_argument("--json", action="store_true", help="print JSON instead of a table")
     _add_ns_flags(c)
@@ -239,8 +239,6 @@ def _cmd_send(args, settings) -> int:
     except ValueError as exc:
         raise LabnodesError(str(exc)) from None
     timeout = args.timeout if args.timeout is not None else timeouts(settings.ring_timeout, settings.ring_size)["client"]
-    if timeout <= 0:
-        raise LabnodesError("--timeout must be positive")
     res = send(settings.ns_host, settings.ns_port, key, args.start, args.message, numbers, timeout)
     if args.json:
         output.as_json(res)

@@ -70,6 +70,47 @@ def test_port_zero_and_65535_are_ports():
     assert config.load(env={"LABNODES_MATH_PORT": "0"}, overrides={"file_port": 65535}).file_port == 65535
 
 
+@pytest.mark.parametrize("source, name, value, says", [
+    ("file", "ring_timeout", "-1", "ring_timeout must be a number of seconds > 0 and at most 86400, got -1"),
+    ("env", "file_idle_timeout", "0", "file_idle_timeout must be a number of seconds > 0 and at most 86400, got 0"),
+    ("env", "celery_timeout", "nan", "celery_timeout must be a number of seconds > 0 and at most 86400, got nan"),
+    ("flag", "math_idle_timeout", float("inf"), "math_idle_timeout must be a number of seconds > 0 and at most"),
+    ("file", "celery_visibility_timeout", "86401", "at most 86400, got 86401"),
+    ("env", "file_min_rate", "-5", "file_min_rate must be a number 0 or more, got -5"),
+    ("flag", "celery_concurrency", 0, "celery_concurrency must be 1 or more, got 0"),
+    ("file", "ring_size", "-3", "ring_size must be 1 or more, got -3"),
+    ("env", "redis_db", "-1", "redis_db must be 0 or more, got -1"),
+])
+def test_a_number_outside_its_rule_is_refused_from_every_source_naming_it(tmp_path, source, name, value, says):
+    """A socket took a timeout of -1 or NaN as a traceback (`labnodes math ask --timeout -1`: ValueError: Timeout
+    value out of range), 0 as "cannot connect: Operation now in progress", inf as an OverflowError."""
+    path = tmp_path / "c.toml"
+    path.write_text(f"{name} = {value}\n" if source == "file" else "")
+    env = {f"LABNODES_{name.upper()}": value} if source == "env" else {}
+    flags = {name: value} if source == "flag" else {}
+    where = {"file": str(path), "env": f"LABNODES_{name.upper()}", "flag": "command line"}[source]
+    with pytest.raises(config.ConfigError) as err:
+        config.load(path, env=env, overrides=flags)
+    assert str(err.value).startswith(f"{where}: ") and says in str(err.value)
+
+
+def test_the_edges_of_each_rule_are_allowed():
+    s = config.load(env={"LABNODES_RING_TIMEOUT": "0.001", "LABNODES_FILE_MIN_RATE": "0", "LABNODES_REDIS_DB": "0"},
+                    overrides={"celery_visibility_timeout": 86400, "ring_size": 1})
+    assert (s.ring_timeout, s.file_min_rate, s.redis_db, s.celery_visibility_timeout, s.ring_size) == \
+        (0.001, 0.0, 0, 86400.0, 1)
+
+
+@pytest.mark.parametrize("text, says", [("-1", "> 0 and at most 86400, got -1"), ("0", "got 0"), ("nan", "got nan"),
+                                        ("inf", "got inf"), ("abc", "must be a number of seconds, got 'abc'")])
+def test_a_timeout_flag_that_is_no_setting_has_the_same_rule_in_argparses_words(text, says):
+    import argparse
+
+    with pytest.raises(argparse.ArgumentTypeError, match=says):
+        config.seconds(text)
+    assert config.seconds("2.5") == 2.5
+
+
 def test_missing_config_file_is_an_error_not_a_silent_default(tmp_path):
     with pytest.raises(config.ConfigError, match="cannot read config file"):
         config.load(tmp_path / "absent.toml", env={})
