@@ -11,10 +11,10 @@ from __future__ import annotations
 import sys
 import time
 
-from labkit import LabkitError, backends, inventory, printable, provision, runs
+from labkit import LabkitError, backends, inventory, options, printable, provision, runs
 from labkit.options import task
 from labkit.remote import Hosts, RemoteError
-from labnodes import output
+from labnodes import config, output
 
 
 AGAIN = "run it again: it keeps what is done and finishes the rest"  # after a Ctrl-C (options.Task)
@@ -175,11 +175,17 @@ def run_math(c, pair=None, json_=False, inventory_=None):
         sys.exit(1)
 
 
-@task(help={"size": "file size in MB", "json": "print JSON instead of a table", "inventory": INVENTORY})
-def send_file(c, size=32, json_=False, inventory_=None):
+@task(help={"size": "file size in MB", "json": "print JSON instead of a table", "inventory": INVENTORY,
+            "timeout": "seconds the client waits to connect and for each step of a transfer (default: the "
+                       "client's file_idle_timeout, 60)"})
+def send_file(c, size=32, json_=False, inventory_=None, timeout=None):
     """Send a random binary file from the client to the sockserver host and back; compare sha256 on both."""
+    try:
+        timeout = options.number("--timeout", timeout, 0, config.MAX_SECONDS, low_open=True)
+    except LabkitError as exc:
+        _fail(exc)
     result = _run(runs.send_file, runs.SEND_FILE_HEADERS, runs.send_file_rows, json_, size_mb=int(size),
-                  inventory_=inventory_)
+                  timeout=timeout, inventory_=inventory_)
     if not json_:
         print()
         output.table(([f["where"], f["path"], f["sha256"]] for f in result["files"]), ["copy", "path", "sha256"])

@@ -93,29 +93,30 @@ def _sha256(hosts: Hosts, name: str, path: str) -> str:
     return hosts.run(name, f"sha256sum {shlex.quote(path)}").stdout.split()[0]
 
 
-def send_file(hosts: Hosts, size_mb: int = 32) -> dict:
+def send_file(hosts: Hosts, size_mb: int = 32, timeout: float | None = None) -> dict:
     """Make a random file on the client host, send it to the sockserver host, fetch it back; sha256 everywhere.
 
     One run at a time per cluster from this machine: the copies have fixed names (one per size, so runs do not
     pile files up on the hosts and the table's paths stay there to look at), and two runs at once (`fab
     send-file` in two terminals, or beside a scenario's file runs) replaced each other's files mid-way: one
-    failed in `mv`, or compared another run's copies."""
+    failed in `mv`, or compared another run's copies. timeout: the client's --timeout (default its
+    file_idle_timeout)."""
     if not 1 <= size_mb <= 4096:
         raise LabkitError(f"size must be 1..4096 MB, got {size_mb}")
     lock = STATE / hosts.inv.cluster / "send-file.lock"
     with one_at_a_time(lock, f"send-file: waiting for another send-file on cluster {hosts.inv.cluster} ({lock})"):
-        return _send_file(hosts, size_mb)
+        return _send_file(hosts, size_mb, () if timeout is None else ("--timeout", f"{timeout:g}"))
 
 
-def _send_file(hosts: Hosts, size_mb: int) -> dict:
+def _send_file(hosts: Hosts, size_mb: int, timeout: tuple[str, ...]) -> dict:
     client, server = _first(hosts, "clients"), _first(hosts, "sockservers")
     name = f"labkit-demo-{size_mb}M.bin"
     src, back = f"{OUTBOX}/{name}", f"{INBOX}/{name}"
     hosts.run(client, f"mkdir -p {OUTBOX} {INBOX} && rm -f {back}")
     hosts.labnodes(client, "file", "make", src, "--size", str(size_mb))  # tethered: stops when fab does
     stored = f"{hosts.setting(server, 'file_root')}/{name}"
-    sent = hosts.labnodes(client, "file", "send", src)
-    fetched = hosts.labnodes(client, "file", "get", name, "--out", INBOX)
+    sent = hosts.labnodes(client, "file", "send", *timeout, src)
+    fetched = hosts.labnodes(client, "file", "get", *timeout, name, "--out", INBOX)
     sums = {f"{client} (original)": _sha256(hosts, client, src), f"{server} (stored)": _sha256(hosts, server, stored),
             f"{client} (fetched back)": _sha256(hosts, client, back)}
     return {

@@ -1173,6 +1173,10 @@ def register(subparsers) -> None:
         p.add_argument("--host", dest="file_host", help=f"{what} (setting file_host)")
         p.add_argument("--port", dest="file_port", type=int, help="port (setting file_port)")
 
+    def timeout(p):
+        p.add_argument("--timeout", dest="file_idle_timeout", type=float, metavar="S",
+                       help="seconds to wait to connect, and for each step of the transfer (setting file_idle_timeout)")
+
     serve = sub.add_parser("serve", help="run the file server until SIGTERM/SIGINT")
     address(serve, "address to bind")
     serve.add_argument("--root", dest="file_root", help="directory that holds the files (setting file_root)")
@@ -1180,6 +1184,7 @@ def register(subparsers) -> None:
 
     send_ = sub.add_parser("send", help="upload a file to the server")
     address(send_, "server address")
+    timeout(send_)
     send_.add_argument("path", metavar="PATH", help="local file to send")
     send_.add_argument("--name", help="name on the server (default: the file's base name)")
     send_.add_argument("--json", action="store_true", help="print JSON instead of a table")
@@ -1187,6 +1192,7 @@ def register(subparsers) -> None:
 
     get_ = sub.add_parser("get", help="download a file from the server")
     address(get_, "server address")
+    timeout(get_)
     get_.add_argument("name", metavar="NAME", help="file name on the server")
     get_.add_argument("--out", required=True, metavar="DIR", help="existing directory to write NAME into")
     get_.add_argument("--json", action="store_true", help="print JSON instead of a table")

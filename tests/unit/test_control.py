@@ -519,6 +519,33 @@ def test_a_ctrl_c_in_a_remote_command_closes_its_channel_and_is_raised():
     assert Hosts(_inv("netns"))._config.runners.remote is _Remote
 
 
+def test_send_file_gives_its_timeout_to_both_transfers_and_none_when_not_asked(monkeypatch, tmp_path):
+    calls = []
+
+    class FakeHosts:  # records what runs on the hosts; the runs themselves are the cluster tests'
+        inv = SimpleNamespace(cluster="t-sendfile")
+
+        def run(self, *a, **k):
+            return SimpleNamespace(stdout="")
+
+        def labnodes(self, host, *args):
+            calls.append(args)
+            return {"size": 1, "sha256": "0" * 64, "mb_per_s": 1.0}
+
+        def setting(self, host, name):
+            return "/srv"
+
+    monkeypatch.setattr(runs, "_first", lambda hosts, group: group)
+    monkeypatch.setattr(runs, "_sha256", lambda hosts, host, path: "0" * 64)
+    monkeypatch.setattr(runs, "_where", lambda hosts, host: {"host": host})
+    monkeypatch.setattr(runs, "STATE", tmp_path)  # its lock file
+    runs.send_file(FakeHosts(), size_mb=1, timeout=5)
+    runs.send_file(FakeHosts(), size_mb=1)
+    sends = [a for a in calls if a[:2] in (("file", "send"), ("file", "get"))]
+    assert [a[2:4] for a in sends[:2]] == [("--timeout", "5"), ("--timeout", "5")]
+    assert all("--timeout" not in a for a in sends[2:]) and len(sends) == 4
+
+
 def test_send_file_refuses_a_size_out_of_range_before_touching_a_host():
     with pytest.raises(LabkitError, match="size must be 1..4096 MB"):
         runs.send_file(Hosts(_inv("netns")), size_mb=0)
@@ -535,6 +562,8 @@ FAB = str(Path(sys.executable).parent / "fab")
      "fab: error: --ring takes a whole number, got 'five'"),
     (["check", "--timeout", "x"], "fab: error: --timeout 'x' is not a number"),
     (["check", "--timeout", "0"], "fab: error: --timeout '0': must be above 0 and at most 3600"),
+    (["send-file", "--timeout", "nan"], "fab: error: --timeout 'nan': must be above 0 and at most 86400"),
+    (["send-file", "--timeout", "-1"], "fab: error: --timeout '-1': must be above 0 and at most 86400"),
 ])
 def test_a_number_option_given_something_else_is_one_line_and_exit_1(tmp_path, args, message):
     """Invoke casts an option whose default is a whole number with int() and let the ValueError out as a
