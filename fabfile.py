@@ -146,6 +146,9 @@ def run_ring(c, message="hello", numbers="48,18", json_=False, inventory_=None):
         print(f"\n{result['message']!r} from {result['client']['host']} went round {result['laps']} lap(s) "
               f"in {result['total_ms']:.1f} ms: gcd{tuple(result['input'])} = {result['gcd']}, "
               f"lcm = {result['lcm']}")
+        note = runs.ring_clock_note(result)
+        if note:
+            print(note)
 
 
 @task(help={"count": "GCD jobs per mode, 1..10000 (labnodes celery batch's bound)",

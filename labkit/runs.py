@@ -48,6 +48,19 @@ def ring_rows(result: dict):
 RING_HEADERS = ["hop", "lap", "node", "host", "address", "+ms", "numbers after step"]
 
 
+def ring_clock_note(result: dict) -> str | None:
+    """A line when the hops' times (+ms), each read on its own host's clock, cannot all be right: a hop before the
+    one that passed it the message, or after the run's end by the start node's clock; None when they can."""
+    trace = result.get("trace") or []
+    total = result.get("total_ms", 0.0) / 1000
+    for prev, hop in zip(trace, trace[1:]):
+        if hop["received"] < prev["received"] or hop["received"] - trace[0]["received"] > total:
+            return (f"the hops' times are read on each host's own clock, and these disagree: {hop['host']}'s reads "
+                    f"{(hop['received'] - prev['received']) * 1000:+.2f} ms after {prev['host']}'s, in a run of "
+                    f"{total * 1000:.1f} ms by {trace[0]['host']}'s (fab check's host.clock compares the clocks)")
+    return None
+
+
 # --- Celery -----------------------------------------------------------------------------------------------
 
 def celery(hosts: Hosts, count: int = 200, mode: str = "all") -> dict:

@@ -380,6 +380,22 @@ def test_ring_rows_show_each_hop_with_time_from_the_first():
         [2, 1, "pyro2", "pyro2", "10.0.0.2:1", "2.50", "12,6"]]
 
 
+def test_a_ring_run_whose_hop_times_cannot_be_right_says_the_hosts_clocks_disagree():
+    """Each hop's +ms is its own host's clock against the first's: on lab machines whose clocks disagree the table
+    showed a hop 298000 ms into a 4 ms lap, or before the hop that passed it the message, and said nothing."""
+    def run(*received, total_ms=4.0):
+        trace = [{"host": h, "received": r} for h, r in zip(["pyro1", "pyro2", "pyro3", "pyro1"], received)]
+        return runs.ring_clock_note({"trace": trace, "total_ms": total_ms})
+
+    assert run(10.0, 10.001, 10.002, 10.003) is None  # clocks that agree
+    assert run(10.0) is None and runs.ring_clock_note({"trace": [], "total_ms": 0}) is None
+    ahead = run(10.0, 308.0, 308.001, 10.003)
+    assert ahead.startswith("the hops' times are read on each host's own clock, and these disagree: pyro2's reads "
+                            "+298000.00 ms after pyro1's, in a run of 4.0 ms by pyro1's")
+    assert "host.clock" in ahead
+    assert "pyro3's reads -2.00 ms after pyro2's" in run(10.0, 10.003, 10.001, 10.0035)  # behind: backwards
+
+
 def test_celery_rows_keep_mode_order_and_show_the_spread():
     modes = {m: {"tasks": 4, "ok": 4, "tasks_per_s": 1.5, "hosts": {"w1": 3, "w2": 1}, "error_count": 0}
              for m in ("chunks", "one", "group")}
