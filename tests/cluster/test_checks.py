@@ -507,6 +507,32 @@ def test_a_worker_whose_clock_reads_five_minutes_ahead_fails_its_clock_check_onl
     wait_healthy(ck)
 
 
+def test_a_ring_host_whose_clock_reads_ahead_is_told_in_fab_run_rings_last_line(ck):
+    # The +ms column is each hop's own clock. pyro2's ring node reads the clock 298 s ahead: a sitecustomize on its
+    # PYTHONPATH shifts time.time (netns hosts share the box's clock).
+    on(ck, "pyro2", "mkdir -p /root/cx-skew && printf 'import time\\n_real = time.time\\n"
+                    "time.time = lambda: _real() + 298\\n' > /root/cx-skew/sitecustomize.py")
+    runs = []
+
+    def ran_round():  # a restarted ring node registers again first: a run may fail until it has
+        runs.append(fab("run-ring", inv=ck.path, check=False))
+        return runs[-1].returncode == 0
+
+    try:
+        with program_changed(ck, "pyro2", "labnodes-ring",
+                             r's|^environment=\(.*\)$|environment=\1,PYTHONPATH="/root/cx-skew"|'):
+            assert poll(ran_round, timeout=60, interval=1), runs[-1].stdout + runs[-1].stderr
+            skewed = runs[-1].stdout
+    finally:
+        on(ck, "pyro2", "rm -rf /root/cx-skew")
+    last = skewed.strip().splitlines()[-1]
+    assert last.startswith("the hops' times are read on each host's own clock, and these disagree: pyro2's reads "
+                           "+2980") and "host.clock" in last, skewed
+    assert poll(ran_round, timeout=60, interval=1), runs[-1].stdout + runs[-1].stderr
+    assert "disagree" not in runs[-1].stdout  # pyro2 back on the box's clock: no such line
+    wait_healthy(ck)
+
+
 def test_redis_answering_without_password_fails_its_auth_check_and_blocks_the_broker_checks(ck):
     # CONFIG is an administrative command: only Redis's default user may run it, whose password no host holds
     addr = ck.host("broker").address
