@@ -31,8 +31,6 @@ ENV_PREFIX = "LABNODES_"
 # so a worker whose clock runs ahead (a lab machine without NTP, a VM paused, a clock stepped) still runs them.
 # `fab check` fails host.clock on a host more than half of it away from the control machine's clock.
 CLOCK_ALLOWANCE = 60.0
-
-
 MAX_SECONDS = 86400.0  # the longest timeout a setting or flag may ask for: a day
 COUNTS = ("celery_concurrency", "ring_size", "ring_max_laps", "file_max_size", "file_max_connections")
 
@@ -97,10 +95,11 @@ class Settings:
 FIELDS = {f.name: f for f in dataclasses.fields(Settings)}
 
 
-def check_seconds(value: float, what: str) -> float:
+def check_seconds(value: float, what: str = "") -> float:
     """The rule for every timeout: a number of seconds > 0 and at most MAX_SECONDS (`what` names it)."""
     if not 0 < value <= MAX_SECONDS:  # NaN fails too
-        raise ConfigError(f"{what} must be a number of seconds > 0 and at most {MAX_SECONDS:g}, got {value:g}")
+        rule = f"must be a number of seconds > 0 and at most {MAX_SECONDS:g}, got {value:g}"
+        raise ConfigError(f"{what} {rule}" if what else rule)
     return value
 
 
@@ -109,11 +108,11 @@ def seconds(text: str) -> float:
     import argparse
 
     try:
-        return check_seconds(float(text), "it")
+        return check_seconds(float(text))
     except ValueError:
         raise argparse.ArgumentTypeError(f"must be a number of seconds, got {text!r}") from None
     except ConfigError as exc:
-        raise argparse.ArgumentTypeError(str(exc).removeprefix("it ")) from None
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _coerce(name: str, value, source: str):
