@@ -69,7 +69,7 @@ import time
 from collections import Counter
 
 from labnodes import LabnodesError, numbers, output
-from labnodes.config import CLOCK_ALLOWANCE, Settings
+from labnodes.config import CLOCK_ALLOWANCE, Settings, check_seconds
 
 log = logging.getLogger(__name__)
 
@@ -382,9 +382,8 @@ def _redelivery_wait(settings: Settings, op: str, result, sent: float, notify) -
 
 
 def _check_timeout(settings: Settings) -> float:
-    if not settings.celery_timeout > 0:
-        raise LabnodesError(f"celery_timeout must be > 0 seconds, got {settings.celery_timeout:g}")
-    return settings.celery_timeout
+    """celery_timeout by the timeouts' one rule (config.load applies it; Settings made in code skip load)."""
+    return check_seconds(settings.celery_timeout, "celery_timeout")
 
 
 def _release(result) -> None:

@@ -265,3 +265,13 @@ def test_a_job_a_worker_dropped_as_expired_says_what_makes_that_happen():
     assert "clock runs more than 60 s ahead" in text and "host.clock" in text
     assert celery_cli._failure(TaskRevokedError("terminated")) == "TaskRevokedError: terminated"
     assert celery_cli._failure(ZeroDivisionError("x")) == "ZeroDivisionError: x"
+
+
+def test_a_timeout_in_settings_made_in_code_meets_the_same_rule_as_one_loaded():
+    from labnodes import LabnodesError
+    from labnodes.config import Settings
+
+    for bad in (0.0, -1.0, float("nan"), float("inf")):
+        with pytest.raises(LabnodesError, match="celery_timeout must be a number of seconds > 0 and at most 86400"):
+            celery_cli._check_timeout(Settings(celery_timeout=bad))
+    assert celery_cli._check_timeout(Settings(celery_timeout=2.5)) == 2.5
