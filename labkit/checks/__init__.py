@@ -131,8 +131,10 @@ class Run:
         self.timeout = timeout
         self.least = groups or {}  # group -> the least number of hosts it must have (a grading file's); else 1
         # each connection, request and supervisord call of the probe on a host: the whole probe makes a few in
-        # a row within the per-host timeout (3 s at the default 20 s)
-        self.op_timeout = round(max(3.0, timeout / 6), 1)
+        # a row within the per-host timeout (3.3 s at the default 20 s; at least 3 s, but never more than a
+        # quarter of it: with 3 s at `--timeout 4`, one peer behind a partition used up the probe's whole time,
+        # and the host's own checks were all lost to "the probe did not finish")
+        self.op_timeout = round(min(max(3.0, timeout / 6), timeout / 4), 1)
         self.checks: list[dict] = []
         self.facts: dict[str, dict] = {}
         self.extra: dict = {"ring": None, "celery": None}
@@ -334,7 +336,7 @@ class Run:
         spread = {}
         for _attempt in range(2):  # a short group can by chance land on one worker: try once more
             data, err = self.labnodes(client, "celery", "batch", "--count", "60", "--mode", "group",
-                                      "--timeout", str(int(self.timeout)), timeout=self.timeout + 10)
+                                      "--timeout", f"{self.timeout:g}", timeout=self.timeout + 10)
             if data is None:
                 return "fail", self.first("brokers") or client, expected, err.message, \
                     "the client cannot use the broker: redis_host/redis_password in the client's labnodes.toml"
@@ -382,7 +384,8 @@ class Run:
                 "the network first")
 
     def app_math(self, client, server):
-        data, err = self.labnodes(client, "math", "ask", "48,18", "12,oops")
+        data, err = self.labnodes(client, "math", "ask", "--timeout", f"{self.timeout:g}", "48,18", "12,oops",
+                                  timeout=self.timeout + 10)
         expected = "48,18 -> OK gcd=6 lcm=144; 12,oops -> ERR <reason>"
         hint = "the math protocol: '48,18' -> 'OK gcd=6 lcm=144', anything else -> 'ERR <reason>'"
         if data is None:
@@ -405,11 +408,14 @@ class Run:
             if r.exited:
                 return "fail", client, expected, _first_line(r.stderr), "the client cannot write /tmp"
             sent_sum = r.stdout.split()[0]
-            sent, err = self.labnodes(client, "file", "send", f"{tmp}/{name}", "--name", name)
+            wait = ("--timeout", f"{self.timeout:g}")  # each run says why it failed before its SSH call ends
+            sent, err = self.labnodes(client, "file", "send", *wait, f"{tmp}/{name}", "--name", name,
+                                      timeout=self.timeout + 10)
             if sent is None:
                 return "fail", server, expected, f"send: {err.message}", \
                     self.unreachable_hint(err, server, "file") or hint
-            got, err = self.labnodes(client, "file", "get", name, "--out", f"{tmp}/back")
+            got, err = self.labnodes(client, "file", "get", *wait, name, "--out", f"{tmp}/back",
+                                     timeout=self.timeout + 10)
             if got is None:
                 return "fail", server, expected, f"get: {err.message}", hint
             back = self.ssh(client, f"sha256sum {tmp}/back/{name}").stdout.split()[:1]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import fcntl
 import ipaddress
+import json
 import os
 import re
 import shutil
@@ -23,6 +24,8 @@ from labkit import REPO, STATE, inventory
 from labkit.backends import netns
 
 SSH_CONFIG = STATE / "ssh_config"
+FAB = str(Path(sys.executable).parent / "fab")
+NETNS = REPO / "inventory" / "netns"
 T1 = {"cluster": "t1", "subnet": "10.77.9.0/24",
       "hosts": {"alpha": "10.77.9.10", "bravo": "10.77.9.11", "charlie": "10.77.9.12"}}
 
@@ -44,6 +47,25 @@ def write_inventory(directory: Path, cluster: str, subnet: str, hosts: dict[str,
         text += f"    two:\n      hosts:\n{block(names[half:])}"
     (directory / "hosts.yml").write_text(text)
     return directory
+
+
+def copy_inventory(dest: Path, cluster: str, third_octet: int) -> Path:
+    """inventory/netns with another cluster name and subnet: the same host list, moved."""
+    return inventory.relocate(NETNS, dest, cluster, third_octet)
+
+
+def fab(*args: str, inv: Path, check: bool = True, timeout: float = 900) -> subprocess.CompletedProcess:
+    """Run the real `fab ARGS` from the repository against the inventory `inv`; fail the test if it fails."""
+    env = dict(os.environ, LABKIT_INVENTORY=str(inv))
+    proc = subprocess.run([FAB, *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout,
+                          stdin=subprocess.DEVNULL)
+    if check and proc.returncode != 0:
+        pytest.fail(f"fab {' '.join(args)} exited {proc.returncode}:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    return proc
+
+
+def fab_json(*args: str, inv: Path):
+    return json.loads(fab(*args, "--json", inv=inv).stdout)
 
 
 def netns_cli(*args: str, check: bool = True) -> subprocess.CompletedProcess:
@@ -165,6 +187,25 @@ def keep_active_inventory():
         active.unlink(missing_ok=True)
     else:
         active.write_text(before)
+
+
+@pytest.fixture(scope="session")
+def course(tmp_path_factory, keep_active_inventory) -> inventory.Inventory:
+    """The course's eight hosts (inventory/netns moved to cluster `ckt`, 10.77.61.0/24), brought up once for the
+    session and shared by test_checks and test_faults, whose every test leaves it healthy (test_checks waits until
+    every check passes again, test_faults heals and asserts that nothing of its faults is left): one bring-up for
+    both. LABKIT_CHECKS_CLUSTER=INVENTORY uses a cluster that is already up instead, and leaves it up."""
+    _require_root()
+    if os.environ.get("LABKIT_CHECKS_CLUSTER"):
+        yield inventory.load(Path(os.environ["LABKIT_CHECKS_CLUSTER"]))
+        return
+    path = copy_inventory(tmp_path_factory.mktemp("inv") / "ckt", "ckt", 61)
+    try:
+        fab("up", "-i", str(path), "--quiet", inv=path, timeout=1200)
+        yield inventory.load(path)
+    finally:
+        fab("down", "-i", str(path), inv=path, check=False)
+        shutil.rmtree(STATE / "ckt", ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

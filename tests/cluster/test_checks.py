@@ -1,12 +1,13 @@
 """`fab check` on an embedded cluster: healthy, then broken on purpose one thing at a time, then a class of three.
 
-The cluster (a copy of inventory/netns named `ckt`) comes up once for the module. Each break test breaks exactly
-one thing, runs the real `fab check --json`, asserts that the check naming that thing fails on the right host,
-that its dependents are blocked by it and that every other check passes, then repairs it and waits until the
-cluster checks clean again, so the next test starts from a healthy cluster.
+The cluster is conftest's `course` (a copy of inventory/netns named `ckt`, up once for the session and shared
+with test_faults). Each break test breaks exactly one thing, runs the real `fab check --json`, asserts that the
+check naming that thing fails on the right host, that its dependents are blocked by it and that every other check
+passes, then repairs it and waits until the cluster checks clean again, so the next test starts from a healthy
+cluster.
 
 Every check id is broken by at least one test here (`test_every_check_id_is_broken_by_some_test` keeps it so).
-LABKIT_CHECKS_CLUSTER=INVENTORY runs the module against a cluster that is already up (and leaves it up).
+LABKIT_CHECKS_CLUSTER=INVENTORY runs it against a cluster that is already up (and leaves it up).
 """
 
 from __future__ import annotations
@@ -26,8 +27,7 @@ import pytest
 
 from labkit import REPO, STATE, checks, inventory
 from labkit.backends import netns
-from tests.cluster.conftest import poll, ssh
-from tests.cluster.test_lab_cluster import copy_inventory, fab
+from tests.cluster.conftest import copy_inventory, fab, poll, ssh
 
 # Every check id, and the test below that breaks it and sees it fail (the healthy test wants one for each id).
 BROKEN_BY = {
@@ -65,20 +65,10 @@ CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-back
                   "--no-first-run", "--disable-component-update", "--disable-sync"]
 
 
-@pytest.fixture(scope="module")
-def ck(tmp_path_factory, keep_active_inventory):
-    if os.geteuid() != 0:
-        pytest.skip("cluster tests need root (they create network namespaces)")
-    if os.environ.get("LABKIT_CHECKS_CLUSTER"):
-        yield inventory.load(Path(os.environ["LABKIT_CHECKS_CLUSTER"]))
-        return
-    path = copy_inventory(tmp_path_factory.mktemp("inv") / "ckt", "ckt", 61)
-    try:
-        fab("up", "-i", str(path), "--quiet", inv=path)
-        yield inventory.load(path)
-    finally:
-        fab("down", "-i", str(path), inv=path, check=False)
-        shutil.rmtree(STATE / "ckt", ignore_errors=True)
+@pytest.fixture
+def ck(course):
+    """The shared cluster, by this module's short name."""
+    return course
 
 
 def check(inv, *args: str) -> dict:

@@ -1,47 +1,27 @@
-"""Faults on a real 8-host cluster (a copy of inventory/netns as cluster `fl2`, brought up once for the module):
-every fault is set through the real `fab` command and measured between hosts, and each test ends with no labkit
-rule, qdisc, ifb or record left on any host. Measurements are printed (pytest -s shows them)."""
+"""Faults on a real 8-host cluster (conftest's `course`: a copy of inventory/netns, up once for the session and
+shared with test_checks): every fault is set through the real `fab` command and measured between hosts, and each
+test ends with no labkit rule, qdisc, ifb or record left on any host. Measurements are printed (pytest -s shows
+them)."""
 
 from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
-import sys
 import time
-from pathlib import Path
 
 import pytest
 
-from labkit import REPO, STATE, faults, inventory
+from labkit import REPO, faults
 from labkit.remote import Hosts
-
-FAB = str(Path(sys.executable).parent / "fab")
-CLUSTER, OCTET = "fl2", 81
+from tests.cluster.conftest import FAB, fab
 
 
-def fab(*args: str, inv: Path, check: bool = True, timeout: float = 600) -> subprocess.CompletedProcess:
-    env = dict(os.environ, LABKIT_INVENTORY=str(inv))
-    proc = subprocess.run([FAB, *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout,
-                          stdin=subprocess.DEVNULL)
-    if check and proc.returncode != 0:
-        pytest.fail(f"fab {' '.join(args)} exited {proc.returncode}:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
-    return proc
-
-
-@pytest.fixture(scope="module")
-def lab(tmp_path_factory, keep_active_inventory):
-    if os.geteuid() != 0:
-        pytest.skip("cluster tests need root (they create network namespaces)")
-    path = inventory.relocate(REPO / "inventory" / "netns", tmp_path_factory.mktemp("inv") / "netns", CLUSTER, OCTET)
-    try:
-        fab("up", "-i", str(path), "--quiet", inv=path, timeout=1200)
-        yield inventory.load(path)
-    finally:
-        fab("down", "-i", str(path), inv=path, check=False)
-        shutil.rmtree(STATE / CLUSTER, ignore_errors=True)
+@pytest.fixture
+def lab(course):
+    """The shared cluster (conftest's `course`; test_checks uses it too)."""
+    return course
 
 
 @pytest.fixture
@@ -141,12 +121,19 @@ def test_two_impairs_of_one_host_at_once_leave_one(lab, hosts):
 
 def test_check_lists_the_faults_labkit_set_and_forgets_them_once_healed(lab, hosts):
     fab("partition", "client", "sockserver", inv=lab.path)
-    # the math and file runs across the cut wait out the check's timeout: 8 s, not the default 20, twice
-    report = json.loads(fab("check", "--json", "--timeout", "8", inv=lab.path, check=False).stdout)
+    # the math and file runs across the cut wait out the check's timeout: 4 s, not the default 20, twice
+    report = json.loads(fab("check", "--json", "--timeout", "4", inv=lab.path, check=False).stdout)
     assert report["status"] == "failing"  # the partition breaks the apps: a fault is still a failure
     assert sorted((f["host"], f["kind"]) for f in report["faults"]) == [("client", "partition"),
                                                                         ("sockserver", "partition")]
-    text = fab("check", "--timeout", "8", inv=lab.path, check=False).stdout
+    got = {f"{c['id']}@{c['host']}": c for c in report["checks"]}
+    # each host's probe finished though a peer is cut off (it waits for that peer a quarter of --timeout at most),
+    # and the runs across the cut say what they waited for, within the check's time (they said "no output")
+    assert [got[k]["outcome"] for k in ("reach.network@client", "host.probe@client", "host.probe@sockserver")] == \
+        ["fail", "pass", "pass"], {k: c["found"] for k, c in got.items() if c["outcome"] != "pass"}
+    for run in ("app.math@sockserver", "app.file@sockserver"):
+        assert "no answer within 4 s" in got[run]["found"], got[run]
+    text = fab("check", "--timeout", "4", inv=lab.path, check=False).stdout
     assert "labkit faults in force" in text and "FAULT   partition on client: cut from sockserver" in text
     fab("heal", inv=lab.path)
     assert json.loads(fab("check", "--json", inv=lab.path).stdout)["faults"] == []
@@ -182,7 +169,7 @@ def test_partition_cuts_both_ways_and_heal_restores(lab, hosts):
     proc = fab("run-math", inv=lab.path, check=False, timeout=300)
     took = time.monotonic() - start
     print(f"\npartition client|sockserver: run-math failed in {took:.1f} s: {proc.stderr.strip()}")
-    assert proc.returncode == 1 and "math server" in proc.stderr and "10.77.81.30" in proc.stderr
+    assert proc.returncode == 1 and "math server" in proc.stderr and lab.host("sockserver").address in proc.stderr
     assert not reaches(hosts, "client", "sockserver", math_port)
     assert not reaches(hosts, "sockserver", "client", ssh_port)
     assert reaches(hosts, "client", "pyro1", ssh_port)  # only that link is cut
@@ -202,7 +189,7 @@ def test_send_file_across_a_partition_fails_clearly_and_works_when_healed(lab, h
     print(f"\npartition client|sockserver: send-file --timeout 5 failed in {time.monotonic() - start:.1f} s: "
           f"{proc.stderr.strip()}")
     assert proc.returncode == 1 and len(proc.stderr.strip().splitlines()) == 1
-    assert "file server 10.77.81.30:" in proc.stderr and "no answer within 5 s" in proc.stderr  # the client's wait
+    assert f"file server {lab.host('sockserver').address}:" in proc.stderr and "no answer within 5 s" in proc.stderr  # the client's wait
     fab("heal", "--host", "sockserver", inv=lab.path)
     assert json.loads(fab("send-file", "--size", "1", "--json", inv=lab.path).stdout)["match"]
 
@@ -269,7 +256,7 @@ def test_stopping_a_host_stops_its_labnodes_programs_but_not_sshd(lab, hosts):
 
 
 def test_unknown_hosts_and_programs_are_one_line_errors(lab, hosts):
-    for args, says in [(("fault", "stop", "nosuch"), "not a host of cluster fl2"),
+    for args, says in [(("fault", "stop", "nosuch"), f"not a host of cluster {lab.cluster}"),
                        (("fault", "stop", "pyro1:labnodes-nope"), "no supervised program 'labnodes-nope'"),
                        (("fault", "pause", "pyro1"), "one of stop, start, kill"),
                        (("partition", "pyro1", "pyro1"), "two different hosts"),

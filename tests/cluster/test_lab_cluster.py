@@ -12,35 +12,12 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from labkit import REPO, STATE, inventory, provision
-from tests.cluster.conftest import leftovers, poll, ssh
-
-FAB = str(Path(sys.executable).parent / "fab")
-NETNS = REPO / "inventory" / "netns"
-
-
-def copy_inventory(dest: Path, cluster: str, third_octet: int) -> Path:
-    """inventory/netns with another cluster name and subnet: the same host list, moved."""
-    return inventory.relocate(NETNS, dest, cluster, third_octet)
-
-
-def fab(*args: str, inv: Path, check: bool = True) -> subprocess.CompletedProcess:
-    env = dict(os.environ, LABKIT_INVENTORY=str(inv))
-    proc = subprocess.run([FAB, *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=900,
-                          stdin=subprocess.DEVNULL)
-    if check and proc.returncode != 0:
-        pytest.fail(f"fab {' '.join(args)} exited {proc.returncode}:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
-    return proc
-
-
-def fab_json(*args: str, inv: Path):
-    return json.loads(fab(*args, "--json", inv=inv).stdout)
-
+from tests.cluster.conftest import FAB, copy_inventory, fab, fab_json, leftovers, poll, ssh
 
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory, keep_active_inventory):

@@ -300,6 +300,34 @@ def test_a_ring_run_that_fails_points_at_the_host_to_look_at(failure, where, hin
     assert (outcome, host, found) == ("fail", where, failure[0]) and got_hint.startswith(hint)
 
 
+@pytest.mark.parametrize("timeout", [0.5, 4.0, 20.0])
+def test_every_application_run_is_given_the_checks_timeout_and_its_ssh_call_ten_seconds_more(timeout):
+    """So that a run across a partition ends with what it waited for before its SSH call is cut (the math and
+    file runs had their own 5 and 60 s: at --timeout 4 they said "no output"); Celery's was cut to whole seconds
+    (--timeout 0.5 gave it 0, which labnodes refuses)."""
+    from labkit import inventory
+    from labkit.checks import Run
+    from labkit.remote import Failure
+    names = {"client": "clients", "broker": "brokers", "sock": "sockservers"}
+    run = Run(inventory.Inventory(path=REPO / "inv", cluster="t", subnet=None, backend="lab",
+                                  groups={g: (n,) for n, g in names.items()},
+                                  hosts=tuple(inventory.Host(n, f"10.0.0.{i}") for i, n in enumerate(names, 2))),
+              timeout=timeout)
+    calls = []
+
+    def labnodes(host, *args, timeout=None):
+        calls.append((args, timeout))
+        return None, Failure("no answer", "", "")
+
+    run.labnodes = labnodes
+    run.ssh = lambda *a, **kw: SimpleNamespace(exited=0, stdout="ab" * 32 + "  x\n", stderr="")
+    run.app_ring("client", ["p1"]), run.app_celery("client", ["w1"]), run.app_math("client", "sock")
+    run.app_file("client", "sock")
+    assert [a[0] for a, _ in calls] == ["ring", "celery", "math", "file"]
+    for args, ssh_timeout in calls:
+        assert args[args.index("--timeout") + 1] == f"{timeout:g}" and ssh_timeout == timeout + 10, args
+
+
 def test_every_kind_of_hop_failure_reads_back_as_its_code_and_node():
     from labnodes.ring_lap import HOP_FAILURES, hop_code, hop_failed
     for code in HOP_FAILURES:
@@ -682,9 +710,11 @@ def test_the_check_timeout_is_the_flag_else_the_inventorys_else_twenty_seconds()
     assert timeout_for(inv(None, None)) == DEFAULT_TIMEOUT == 20.0
     assert timeout_for(inv(120, 120)) == 120.0  # inventory/vagrant: emulated VMs are slow
     assert timeout_for(inv(120, None), timeout=5) == 5.0
-    # each step of the probe on a host gets a sixth of it, never less than 3 s
+    # each step of the probe on a host gets a sixth of it, at least 3 s, but at most a quarter of it: a step that
+    # waits out its time (a peer behind a partition) leaves the probe time for the rest
     assert Run(inv(None), timeout=20.0).op_timeout == 3.3 and Run(inv(None), timeout=120.0).op_timeout == 20.0
-    assert Run(inv(None), timeout=5.0).op_timeout == 3.0
+    assert Run(inv(None), timeout=12.0).op_timeout == 3.0 and Run(inv(None), timeout=8.0).op_timeout == 2.0
+    assert Run(inv(None), timeout=4.0).op_timeout == 1.0
 
 
 @pytest.mark.parametrize("value, message", [
