@@ -85,12 +85,17 @@ def provision_(c, inventory_=None, quiet=False):
           f"{sum(r['changed'] for r in report['hosts'].values())} changes")
 
 
-@task(help={"inventory": "inventory whose hosts to remove (default: the active one)"}, interrupted=AGAIN)
-def down(c, inventory_=None):
-    """Take the cluster down: netns hosts removed, Vagrant VMs destroyed, labkit removed from lab machines."""
+@task(help={"inventory": "inventory whose hosts to remove (default: the active one)",
+            "forget": "then also delete what this machine keeps of the cluster, .labkit/<cluster>/ (SSH key, "
+                      "secrets, logs): the next fab up makes new ones"}, interrupted=AGAIN)
+def down(c, inventory_=None, forget=False):
+    """Take the cluster down: netns hosts removed, Vagrant VMs destroyed, labkit removed from lab machines; with
+    --forget, also what this machine keeps of it (key, secrets, logs)."""
     try:
         inv = _inventory(inventory_)
         backends.for_inventory(inv).down(inv)
+        if forget:
+            backends.forget(inv)
     except LabkitError as exc:
         _fail(exc)
 

@@ -8,15 +8,19 @@
                                     (netns: anyone but root), before any host is tried; `preflight` below calls it
 
 The inventory's `labkit_backend` picks the module (`for_inventory`). Provisioning (playbooks/site.yml) and the SSH
-client side (labkit/ssh.py) are the same for every backend, so a new backend is one new module here.
+client side (labkit/ssh.py) are the same for every backend, so a new backend is one new module here. What this
+machine keeps of a cluster after `down` (.labkit/<cluster>/) is the same for every backend too: `forget` below.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import importlib
+import shutil
 from types import ModuleType
 
-from labkit import LabkitError
+from labkit import STATE, LabkitError
 
 NAMES = ("netns", "vagrant", "lab")
 
@@ -26,6 +30,36 @@ def for_inventory(inv) -> ModuleType:
     if inv.backend not in NAMES:
         raise LabkitError(f"{inv.path}: labkit_backend {inv.backend!r} is not one of {', '.join(NAMES)}")
     return importlib.import_module(f"labkit.backends.{inv.backend}")
+
+
+# The locks a command holds on .labkit/<cluster>/ while it uses the cluster, and what holds each.
+STATE_LOCKS = {"provision.lock": "a provisioning (fab up, fab provision, vagrant provision)",
+               "send-file.lock": "a fab send-file"}
+
+
+def forget(inv, echo=print) -> None:
+    """After `down`: delete what this machine keeps of the cluster, .labkit/<cluster>/ (its SSH key, secrets, logs
+    and locks), so that its next `fab up` starts afresh with a new key and new secrets. Refused, deleting nothing,
+    while another command holds one of the cluster's locks (it would go on with half of what it reads deleted)."""
+    state = STATE / inv.cluster
+    if not state.is_dir():
+        echo(f"down: this machine keeps nothing of cluster {inv.cluster}")
+        return
+    with contextlib.ExitStack() as held:
+        for name, holder in STATE_LOCKS.items():
+            if not (state / name).exists():
+                continue
+            f = held.enter_context(open(state / name, "a"))
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise LabkitError(f"cluster {inv.cluster}: {holder} is running on it ({shown(state / name)} is "
+                                  "held): nothing forgotten; `fab down --forget` again once it has ended") from None
+        kept = [what for name, what in (("ssh", "its SSH key"), ("secrets", "secrets"), ("log", "logs"))
+                if (state / name).exists()]
+        shutil.rmtree(state)
+    echo(f"down: forgot cluster {inv.cluster}: {shown(state)} removed"
+         + (f" ({', '.join(kept)}); the next `fab up` makes new ones" if kept else ""))
 
 
 def preflight(inv) -> None:

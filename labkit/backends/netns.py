@@ -331,7 +331,8 @@ def _write(path: Path, text: str, mode: int = 0o644) -> None:
 @contextmanager
 def _locked(cl: Cluster):
     """One up/down of the cluster at a time. The cluster's state folder is made here; one made for an up that was
-    then refused (another cluster's subnet, its name taken) is removed if still empty: nothing is left of it."""
+    then refused (another cluster's subnet, its name taken), or for a down of a cluster this machine kept nothing
+    of, is removed if still empty: nothing is left of it."""
     made = not cl.state.exists()
     cl.state.mkdir(parents=True, exist_ok=True)
     RUN.mkdir(parents=True, exist_ok=True)
@@ -342,11 +343,10 @@ def _locked(cl: Cluster):
             except BlockingIOError:
                 raise NetnsError(f"another up/down of cluster {cl.name} is running ({cl.lock_file})") from None
             yield
-    except BaseException:
+    finally:
         if made:
             with suppress(OSError):
                 cl.state.rmdir()  # only if empty
-        raise
 
 
 def _check_root() -> None:

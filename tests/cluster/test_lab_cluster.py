@@ -380,12 +380,18 @@ def test_a_run_against_a_cluster_that_is_down_says_so_in_one_line(lab, tmp_path)
     status = fab("status", "--json", inv=never, check=False)
     assert status.returncode == 1
     assert {h["state"] for h in json.loads(status.stdout)["hosts"]} == {"down"}
+    fab("down", "--forget", inv=never)  # send-file made the cluster's send-file.lock before it found it down
+    assert not (STATE / "labci3").exists()
 
 
-def test_down_leaves_nothing_and_a_second_down_is_harmless(lab):
+def test_down_leaves_nothing_a_second_is_harmless_and_forget_deletes_the_key_and_secrets_kept(lab):
     fab("down", inv=lab.path)
     assert not leftovers("labci", "10.77.201.0/24")
     fab("down", inv=lab.path)
     proc = fab("run-ring", inv=lab.path, check=False)  # taken down: the same one line as never brought up
     assert proc.returncode == 1 and proc.stderr.strip().splitlines() == [
         f"fab: error: cluster labci (netns, {lab.path}) is not up: bring it up with `fab up -i {lab.path}`"]
+    assert (STATE / "labci" / "secrets").is_dir()  # a plain down keeps the key and secrets for the next up
+    forgot = fab("down", "--forget", inv=lab.path)
+    assert "forgot cluster labci" in forgot.stdout and not (STATE / "labci").exists()
+    assert not leftovers("labci", "10.77.201.0/24")

@@ -3,9 +3,11 @@ any host (a real ansible-playbook run; its first play fails, so no host is reach
 
 from __future__ import annotations
 
+import shutil
+
 import pytest
 
-from labkit import provision
+from labkit import STATE, provision
 
 
 @pytest.mark.parametrize("missing", ["brokers", "nameservers", "sockservers"])
@@ -18,8 +20,11 @@ def test_an_inventory_without_a_host_the_settings_point_at_is_refused_naming_the
     for group, host in groups.items():
         lines += [f"    {group}:", "      hosts:", f"        {host}: {{ansible_host: '{addresses[host]}'}}"]
     (tmp_path / "hosts.yml").write_text("\n".join(lines) + "\n")
-    with pytest.raises(provision.ProvisionError) as exc:
-        provision.provision(tmp_path, cluster="gq", quiet=True)
+    try:
+        with pytest.raises(provision.ProvisionError) as exc:
+            provision.provision(tmp_path, cluster="gq", quiet=True)
+    finally:
+        shutil.rmtree(STATE / "gq", ignore_errors=True)  # its provision.lock: nothing of the test is left
     message = str(exc.value)
     assert (
         f"the inventory has no host in group {missing}, and every host's settings point at its first host"

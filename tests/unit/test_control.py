@@ -949,3 +949,35 @@ def test_opening_connections_never_rebuilds_the_shared_ssh_settings_under_other_
     first, second = hosts.connection("a"), hosts.connection("b")
     assert first.connect_kwargs["key_filename"] == [f"{tmp_path}/id_ed25519"]
     assert first.config is not second.config and hosts.connection("a") is first
+
+
+# --- fab down --forget -----------------------------------------------------------------------------------------
+
+
+def test_forget_deletes_what_the_machine_keeps_of_the_cluster_and_a_second_forget_finds_nothing(tmp_path, monkeypatch):
+    monkeypatch.setattr(backends, "STATE", tmp_path)
+    kept = tmp_path / "c1"
+    for name in ("ssh/id_ed25519", "secrets/redis_password", "log/client.log", "provision.lock", "send-file.lock"):
+        (kept / name).parent.mkdir(parents=True, exist_ok=True)
+        (kept / name).write_text("x")
+    (tmp_path / "c2" / "secrets").mkdir(parents=True)  # another cluster's: kept
+    said = []
+    backends.forget(SimpleNamespace(cluster="c1"), echo=said.append)
+    assert not kept.exists() and (tmp_path / "c2" / "secrets").is_dir()
+    assert "forgot cluster c1" in said[0] and "new ones" in said[0]
+    backends.forget(SimpleNamespace(cluster="c1"), echo=said.append)
+    assert said[1] == "down: this machine keeps nothing of cluster c1"
+
+
+@pytest.mark.parametrize("lock, holder", [("provision.lock", "a provisioning"), ("send-file.lock", "a fab send-file")])
+def test_forget_deletes_nothing_while_a_command_holds_one_of_the_clusters_locks(tmp_path, monkeypatch, lock, holder):
+    import fcntl
+    monkeypatch.setattr(backends, "STATE", tmp_path)
+    (tmp_path / "c1" / "secrets").mkdir(parents=True)
+    with open(tmp_path / "c1" / lock, "a") as held:  # as labkit.one_at_a_time holds it in another fab
+        fcntl.flock(held, fcntl.LOCK_EX)
+        with pytest.raises(LabkitError, match=f"cluster c1: {holder}.* is running on it .*nothing forgotten"):
+            backends.forget(SimpleNamespace(cluster="c1"), echo=print)
+    assert (tmp_path / "c1" / "secrets").is_dir()
+    backends.forget(SimpleNamespace(cluster="c1"), echo=print)  # once it has ended
+    assert not (tmp_path / "c1").exists()
