@@ -32,34 +32,27 @@ def for_inventory(inv) -> ModuleType:
     return importlib.import_module(f"labkit.backends.{inv.backend}")
 
 
-# The locks a command holds on .labkit/<cluster>/ while it uses the cluster, and what holds each.
-STATE_LOCKS = {"provision.lock": "a provisioning (fab up, fab provision, vagrant provision)",
-               "send-file.lock": "a fab send-file"}
-
-
 def forget(inv, echo=print) -> None:
     """After `down`: delete what this machine keeps of the cluster, .labkit/<cluster>/ (its SSH key, secrets, logs
     and locks), so that its next `fab up` starts afresh with a new key and new secrets. Refused, deleting nothing,
-    while another command holds one of the cluster's locks (it would go on with half of what it reads deleted)."""
+    while another command holds one of the cluster's locks there (`<command>.lock`, labkit.one_at_a_time: a
+    provisioning, a send-file), which would go on with half of what it reads deleted."""
     state = STATE / inv.cluster
     if not state.is_dir():
         echo(f"down: this machine keeps nothing of cluster {inv.cluster}")
         return
     with contextlib.ExitStack() as held:
-        for name, holder in STATE_LOCKS.items():
-            if not (state / name).exists():
-                continue
-            f = held.enter_context(open(state / name, "a"))
+        for lock in sorted(state.glob("*.lock")):
+            f = held.enter_context(open(lock, "a"))
             try:
                 fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
-                raise LabkitError(f"cluster {inv.cluster}: {holder} is running on it ({shown(state / name)} is "
-                                  "held): nothing forgotten; `fab down --forget` again once it has ended") from None
-        kept = [what for name, what in (("ssh", "its SSH key"), ("secrets", "secrets"), ("log", "logs"))
-                if (state / name).exists()]
+                raise LabkitError(f"cluster {inv.cluster}: a {lock.stem} of it is running ({shown(lock)} is held): "
+                                  "nothing forgotten; `fab down --forget` again once it has ended") from None
+        kept = sorted(p.name for p in state.iterdir() if p.suffix != ".lock")
         shutil.rmtree(state)
     echo(f"down: forgot cluster {inv.cluster}: {shown(state)} removed"
-         + (f" ({', '.join(kept)}); the next `fab up` makes new ones" if kept else ""))
+         + (f" ({', '.join(kept)}); the next `fab up` makes a new key and new secrets" if kept else ""))
 
 
 def preflight(inv) -> None:

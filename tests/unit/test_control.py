@@ -964,19 +964,19 @@ def test_forget_deletes_what_the_machine_keeps_of_the_cluster_and_a_second_forge
     said = []
     backends.forget(SimpleNamespace(cluster="c1"), echo=said.append)
     assert not kept.exists() and (tmp_path / "c2" / "secrets").is_dir()
-    assert "forgot cluster c1" in said[0] and "new ones" in said[0]
+    assert said[0].startswith("down: forgot cluster c1: ") and "(log, secrets, ssh); the next" in said[0]
     backends.forget(SimpleNamespace(cluster="c1"), echo=said.append)
     assert said[1] == "down: this machine keeps nothing of cluster c1"
 
 
-@pytest.mark.parametrize("lock, holder", [("provision.lock", "a provisioning"), ("send-file.lock", "a fab send-file")])
+@pytest.mark.parametrize("lock, holder", [("provision.lock", "a provision"), ("send-file.lock", "a send-file")])
 def test_forget_deletes_nothing_while_a_command_holds_one_of_the_clusters_locks(tmp_path, monkeypatch, lock, holder):
     import fcntl
     monkeypatch.setattr(backends, "STATE", tmp_path)
     (tmp_path / "c1" / "secrets").mkdir(parents=True)
     with open(tmp_path / "c1" / lock, "a") as held:  # as labkit.one_at_a_time holds it in another fab
         fcntl.flock(held, fcntl.LOCK_EX)
-        with pytest.raises(LabkitError, match=f"cluster c1: {holder}.* is running on it .*nothing forgotten"):
+        with pytest.raises(LabkitError, match=f"cluster c1: {holder} of it is running .*{lock} is held.*nothing forgotten"):
             backends.forget(SimpleNamespace(cluster="c1"), echo=print)
     assert (tmp_path / "c1" / "secrets").is_dir()
     backends.forget(SimpleNamespace(cluster="c1"), echo=print)  # once it has ended
