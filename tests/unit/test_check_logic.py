@@ -317,13 +317,16 @@ def test_every_application_run_is_given_the_checks_timeout_and_its_ssh_call_ten_
 
     def labnodes(host, *args, timeout=None):
         calls.append((args, timeout))
+        if args[:2] == ("file", "send"):  # sent: the round trip goes on to its get
+            return {"sha256": "ab" * 32}, None
         return None, Failure("no answer", "", "")
 
     run.labnodes = labnodes
     run.ssh = lambda *a, **kw: SimpleNamespace(exited=0, stdout="ab" * 32 + "  x\n", stderr="")
     run.app_ring("client", ["p1"]), run.app_celery("client", ["w1"]), run.app_math("client", "sock")
     run.app_file("client", "sock")
-    assert [a[0] for a, _ in calls] == ["ring", "celery", "math", "file"]
+    assert [a[:2] for a, _ in calls] == [("ring", "send"), ("celery", "batch"), ("math", "ask"), ("file", "send"),
+                                         ("file", "get")]
     for args, ssh_timeout in calls:
         assert args[args.index("--timeout") + 1] == f"{timeout:g}" and ssh_timeout == timeout + 10, args
 
