@@ -9,8 +9,9 @@ demo: setup
 	.venv/bin/fab demo
 	@echo "demo: the cluster is still up: . .venv/bin/activate; fab --list; fab down removes it"
 
+# Two test processes at once, each running whole modules (tests/conftest.py says which must share one).
 test: setup
-	.venv/bin/python -m pytest
+	.venv/bin/python -m pytest -n 2 --dist loadgroup
 
 bench: setup
 	.venv/bin/python -m bench

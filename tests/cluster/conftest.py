@@ -15,7 +15,6 @@ import shutil
 import subprocess
 import sys
 import time
-import warnings
 from pathlib import Path
 
 import pytest
@@ -152,24 +151,48 @@ def left_by_ended_sessions(records: Path, pytest_root: Path, ours: Path) -> list
     return stale
 
 
-@pytest.fixture(scope="session", autouse=True)
-def one_cluster_suite_at_a_time(tmp_path_factory):
-    """Cluster names and subnets are global on the box: two checkouts running these tests at once would collide,
-    so a second run waits here for the first (a lock in /run, released when the process ends).
+_RUN = pytest.StashKey[tuple]()  # the run's lock and what .labkit/active held before it
 
-    Holding the lock, a cluster made by another session of these tests is one whose run ended without taking it
-    down (killed: a CI timeout, a reboot of the sandbox but not of /run): its namespaces hold the names and subnets
-    this run needs (`fab up` refused them, "running from another inventory"), so it goes down by name first."""
-    if os.geteuid() != 0:  # the tests skip themselves
-        yield
+
+def _runs_the_suite(config: pytest.Config) -> bool:
+    """This process is the test run itself: the only one, or the controller of `pytest -n` (not a worker)."""
+    return not hasattr(config, "workerinput")
+
+
+@pytest.hookimpl(trylast=True)  # after pytest's tmpdir plugin has configured the run's temporary directory
+def pytest_configure(config: pytest.Config) -> None:
+    """Once per test run that includes cluster tests (in `make test`'s controller, not in each of its workers):
+
+    - Cluster names and subnets are global on the box: two checkouts running these tests at once would collide,
+      so a second run waits here for the first (a lock in /run, released when the process ends).
+    - Holding the lock, a cluster made by another run of these tests is one whose run ended without taking it
+      down (killed: a CI timeout, a reboot of the sandbox but not of /run): its namespaces hold the names and
+      subnets this run needs (`fab up` refused them, "running from another inventory"), so it goes down by name.
+    - Test clusters record themselves as the active inventory (.labkit/active): the run puts back what the
+      instructor had when it ends."""
+    if not _runs_the_suite(config) or os.geteuid() != 0:  # without root the cluster tests skip themselves
         return
-    with open("/run/labkit-cluster-tests.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        ours = tmp_path_factory.getbasetemp()
-        for name in left_by_ended_sessions(netns.RUN, ours.parent, ours):
-            netns_cli("down", "--cluster", name)
-            warnings.warn(f"took down cluster {name}, left up by an earlier test session that was killed", stacklevel=1)
-        yield
+    lock = open("/run/labkit-cluster-tests.lock", "w")  # noqa: SIM115 - held until pytest_unconfigure
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    active = STATE / "active"
+    config.stash[_RUN] = (lock, active.read_text() if active.exists() else None)
+    ours = config._tmp_path_factory.getbasetemp()  # pytest-N/; a worker's is pytest-N/popen-gwK/ (xdist does so too)
+    for name in left_by_ended_sessions(netns.RUN, ours.parent, ours):
+        netns_cli("down", "--cluster", name)
+        config.issue_config_time_warning(pytest.PytestWarning(
+            f"took down cluster {name}, left up by an earlier test session that was killed"), stacklevel=2)
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    if _RUN not in config.stash:
+        return
+    lock, before = config.stash[_RUN]
+    active = STATE / "active"
+    if before is None:
+        active.unlink(missing_ok=True)
+    else:
+        active.write_text(before)
+    lock.close()
 
 
 def _require_root() -> None:
@@ -178,19 +201,7 @@ def _require_root() -> None:
 
 
 @pytest.fixture(scope="session")
-def keep_active_inventory():
-    """Test clusters record themselves as active: put back what the instructor had."""
-    active = STATE / "active"
-    before = active.read_text() if active.exists() else None
-    yield
-    if before is None:
-        active.unlink(missing_ok=True)
-    else:
-        active.write_text(before)
-
-
-@pytest.fixture(scope="session")
-def course(tmp_path_factory, keep_active_inventory) -> inventory.Inventory:
+def course(tmp_path_factory) -> inventory.Inventory:
     """The course's eight hosts (inventory/netns moved to cluster `ckt`, 10.77.61.0/24), brought up once for the
     session and shared by test_checks and test_faults, whose every test leaves it healthy (test_checks waits until
     every check passes again, test_faults heals and asserts that nothing of its faults is left): one bring-up for
@@ -209,7 +220,7 @@ def course(tmp_path_factory, keep_active_inventory) -> inventory.Inventory:
 
 
 @pytest.fixture(scope="session")
-def t1(tmp_path_factory, keep_active_inventory) -> inventory.Inventory:
+def t1(tmp_path_factory) -> inventory.Inventory:
     """The three-host test cluster t1, up for the whole session and always brought down."""
     _require_root()
     path = write_inventory(tmp_path_factory.mktemp("inv") / "t1", T1["cluster"], T1["subnet"], T1["hosts"])
@@ -224,7 +235,7 @@ def t1(tmp_path_factory, keep_active_inventory) -> inventory.Inventory:
 
 
 @pytest.fixture
-def cluster_factory(tmp_path, keep_active_inventory):
+def cluster_factory(tmp_path):
     """Make extra clusters from (cluster, subnet, hosts); each is brought down at the end of the test."""
     _require_root()
     made = []

@@ -20,7 +20,7 @@ from labkit import REPO, STATE, inventory, provision
 from tests.cluster.conftest import FAB, copy_inventory, fab, fab_json, leftovers, poll, ssh
 
 @pytest.fixture(scope="module")
-def lab(tmp_path_factory, keep_active_inventory):
+def lab(tmp_path_factory):
     if os.geteuid() != 0:
         pytest.skip("cluster tests need root (they create network namespaces)")
     path = copy_inventory(tmp_path_factory.mktemp("inv") / "netns", "labci", 201)

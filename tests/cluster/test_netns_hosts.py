@@ -276,7 +276,7 @@ def test_a_second_clone_of_labkit_on_the_box_can_neither_take_the_cluster_nor_re
     assert {row["host"]: row["init_pid"] for row in netns.status(t1)} == before
 
 
-def test_a_cluster_whose_inventory_moved_or_went_down_is_taken_by_the_next_inventory(tmp_path, keep_active_inventory):
+def test_a_cluster_whose_inventory_moved_or_went_down_is_taken_by_the_next_inventory(tmp_path):
     """The record is stale once its inventory is gone (here: moved) or the cluster is down."""
     if os.geteuid() != 0:
         pytest.skip("needs root")

@@ -21,7 +21,7 @@ CLUSTER, SUBNET, RING, WORKERS = "sz24", "10.77.204.0/24", 10, 11
 
 
 @pytest.fixture(scope="module")
-def big(tmp_path_factory, keep_active_inventory):
+def big(tmp_path_factory):
     if os.geteuid() != 0:
         pytest.skip("cluster tests need root (they create network namespaces)")
     path = tmp_path_factory.mktemp("inv") / CLUSTER
