@@ -197,12 +197,13 @@ def test_send_file_across_a_partition_fails_clearly_and_works_when_healed(lab, h
 # --- --for ------------------------------------------------------------------------------------------------------
 
 def test_for_undoes_the_fault_after_the_fab_command_has_exited(lab, hosts):
-    proc = fab("impair", "pyro3", "--loss", "50", "--rate", "1mbit", "--for", "4", inv=lab.path)
+    # long enough for the look below to come before it ends, on a box busy with a second test process
+    proc = fab("impair", "pyro3", "--loss", "50", "--rate", "1mbit", "--for", "10", inv=lab.path)
     assert "pyro3" in proc.stdout  # fab has exited; only the host's timer is left to undo it
     assert faults.leftovers(hosts, ["pyro3"])["pyro3"]
     start = time.monotonic()
     clean = wait_for(lambda: not faults.leftovers(hosts, ["pyro3"])["pyro3"], timeout=60)
-    print(f"\n--for 4: pyro3 clean again {time.monotonic() - start:.1f} s after fab exited")
+    print(f"\n--for 10: pyro3 clean again {time.monotonic() - start:.1f} s after fab exited")
     assert clean
     assert json.loads(fab("status", "--json", inv=lab.path).stdout)["faults"] == []
 
@@ -235,7 +236,8 @@ def test_a_stopped_ring_node_is_named_and_comes_back_without_restarting_the_othe
 
 
 def test_kill_for_keeps_a_ring_node_down_until_the_time_is_up(lab, hosts):
-    fab("fault", "kill", "pyro3", "--for", "5", inv=lab.path)
+    # the run below must start before the time is up: 5 s was not always enough beside a second test process
+    fab("fault", "kill", "pyro3", "--for", "20", inv=lab.path)
     assert programs(hosts, "pyro3")["labnodes-ring"][0] != "RUNNING"
     proc = fab("run-ring", inv=lab.path, check=False, timeout=300)
     assert proc.returncode == 1 and "pyro3" in proc.stderr
