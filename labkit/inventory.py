@@ -1,7 +1,8 @@
 """The one host list: load an Ansible inventory into a small object, and find the active one.
 
 `load(path)` runs `ansible-inventory -i PATH --list` (the same parser Ansible uses, so group_vars, ranges and
-every inventory format work) and returns an `Inventory`:
+every inventory format work; its listing is kept in .labkit/inventories/ while nothing it read changes) and
+returns an `Inventory`:
 
 - `cluster`  (`labkit_cluster`): names the bridge, namespaces and `.labkit/<cluster>/`; 1-6 characters of
   [a-z0-9], because Linux interface names are at most 15 characters.
@@ -19,6 +20,8 @@ the last `up` recorded in `.labkit/active`, else `inventory/netns`.
 
 from __future__ import annotations
 
+import hashlib
+import importlib.metadata
 import ipaddress
 import json
 import os
@@ -270,6 +273,69 @@ def load(path: str | os.PathLike | None = None) -> Inventory:
     if path.is_dir() and not any(p.is_file() and not p.name.startswith(".") for p in path.iterdir()):
         raise InventoryError(f"{path}: no inventory file in this folder (labkit's inventories list their hosts "
                              "in hosts.yml)")  # ansible-inventory says only "No inventory was parsed"
+    return parse(path, _listed(path))
+
+
+# ansible-inventory takes 0.7 s of CPU (it imports Ansible), on every fab command. With only the yaml and ini plugins
+# (ansible.cfg) what it prints depends on nothing but the files it reads, ansible.cfg, ANSIBLE_* and Ansible's
+# version, so a listing is kept per inventory (.labkit/inventories/) and used again while all of those are the same.
+CACHE = STATE / "inventories"
+CACHE_MAX_BYTES = 4 << 20  # an inventory folder holding more (a mistaken -i ~) is listed every time
+
+
+def _watched(path: Path) -> list[Path] | None:
+    """The files ansible-inventory reads for `path`: a folder's every file, or a file and the group_vars and
+    host_vars beside it; None when they hold more than CACHE_MAX_BYTES (too much to read on every command)."""
+    roots = [path] if path.is_dir() else [path.parent / "group_vars", path.parent / "host_vars"]
+    files = [] if path.is_dir() else [path]
+    size = path.stat().st_size if path.is_file() else 0
+    for root in roots:
+        for folder, _, names in os.walk(root):
+            for name in names:
+                files.append(Path(folder, name))
+                size += files[-1].stat().st_size
+                if size > CACHE_MAX_BYTES:
+                    return None
+    return sorted(files)
+
+
+def _cache_key(path: Path) -> str | None:
+    """What ansible-inventory's listing of `path` depends on, as a digest (of the files' contents: an edit within
+    the file system's timestamp resolution changes it too); None when it cannot be known."""
+    try:
+        files = _watched(path)
+        if files is None:
+            return None
+        digest = hashlib.sha256()
+        for part in [_ansible_version(), _ansible_inventory(), (REPO / "ansible.cfg").read_text(),
+                     *sorted(f"{k}={v}" for k, v in os.environ.items() if k.startswith("ANSIBLE_"))]:
+            digest.update(f"{part}\0".encode())
+        for f in files:
+            digest.update(f"{f}\0".encode() + f.read_bytes() + b"\0")
+    except (OSError, LabkitError):
+        return None
+    return digest.hexdigest()
+
+
+def _ansible_version() -> str:
+    try:
+        return importlib.metadata.version("ansible-core")
+    except importlib.metadata.PackageNotFoundError:  # another venv's ansible-inventory: its own file's identity
+        st = Path(_ansible_inventory()).stat()
+        return f"{st.st_size} {st.st_mtime_ns}"
+
+
+def _listed(path: Path) -> dict:
+    """`ansible-inventory -i PATH --list` as JSON: the kept listing when nothing it depends on changed."""
+    key = _cache_key(path)
+    entry = CACHE / f"{hashlib.sha256(str(path).encode()).hexdigest()[:24]}.json"
+    if key:
+        try:
+            kept = json.loads(entry.read_text())
+            if kept["key"] == key:
+                return kept["list"]
+        except (OSError, ValueError, KeyError, TypeError):
+            pass
     proc = subprocess.run(
         [_ansible_inventory(), "-i", str(path), "--list"],
         stdin=subprocess.DEVNULL,  # not fab's: Ansible refuses to start on a non-blocking one (an ssh beside it)
@@ -287,7 +353,24 @@ def load(path: str | os.PathLike | None = None) -> Inventory:
         data = json.loads(proc.stdout)
     except json.JSONDecodeError as exc:
         raise InventoryError(f"{path}: ansible-inventory printed no JSON ({exc})") from None
-    return parse(path, data)
+    if key:
+        _keep(entry, {"path": str(path), "key": key, "list": data})
+    return data
+
+
+def _keep(entry: Path, kept: dict) -> None:
+    """Write a listing (0600: inventories may hold passwords), and drop those of inventories that are gone."""
+    try:
+        CACHE.mkdir(parents=True, exist_ok=True, mode=0o700)
+        write_atomic(entry, json.dumps(kept), mode=0o600)
+        for other in CACHE.glob("*.json"):
+            try:
+                if not Path(json.loads(other.read_text())["path"]).exists():
+                    other.unlink()
+            except (OSError, ValueError, KeyError, TypeError):
+                other.unlink(missing_ok=True)
+    except OSError:
+        pass  # a listing not kept is listed again next time
 
 
 def active_inventory() -> Path:
