@@ -176,27 +176,36 @@ def test_silent_connection_gets_idle_timeout_err_and_is_closed():
 
 
 def test_client_that_never_reads_its_replies_is_dropped_and_others_are_still_served():
+    """The hog sends requests and never reads a reply. The server must stop reading them once its replies back
+    up (its memory for the client is bounded), then drop the client with them unread (a reset). The test looks at
+    the server's own connection to know when it stopped reading and when it dropped the hog: a pause of the sends
+    alone proves nothing on a busy machine, where the server may only be slow (CI failed so when a second test
+    process ran beside it), and a fixed sleep before reading may end before the drop."""
     srv = MathServer("127.0.0.1", 0, idle_timeout=1.0)
     address = srv.start_in_thread()
     try:
         with socket.create_connection(address, timeout=HANG_GUARD) as hog:
             hog.setblocking(False)
-            chunk, deadline = b"48,18\n" * 10_000, time.monotonic() + HANG_GUARD
-            while True:  # requests until the server stops reading them: its memory for this client is bounded
-                assert time.monotonic() < deadline, (
-                    "the server kept reading requests whose replies nobody read"
-                )
+            requests, deadline = memoryview(b"48,18\n" * 10_000), time.monotonic() + HANG_GUARD
+            unsent, stopped = requests, []
+            while not stopped:
+                assert time.monotonic() < deadline, "the server kept reading requests whose replies nobody read"
                 try:
-                    hog.send(chunk)
+                    unsent = unsent[hog.send(unsent):] or requests
                 except BlockingIOError:
-                    time.sleep(0.2)  # it may still be answering what it read
-                    try:
-                        hog.send(chunk)
-                    except BlockingIOError:
-                        break
-            time.sleep(2.0)  # more than idle_timeout plus one sweep, reading nothing
-            assert ask(*address, ["12,8"], timeout=HANG_GUARD)[0]["gcd"] == 4
-            hog.setblocking(True)
+                    time.sleep(0.05)
+                stopped = [c for c in list(srv._clients) if c.transport and not c.transport.is_reading()]
+            try:  # more requests, which it leaves unread
+                while True:
+                    unsent = unsent[hog.send(unsent):] or requests
+            except BlockingIOError:
+                pass
+            assert ask(*address, ["12,8"], timeout=HANG_GUARD)[0]["gcd"] == 4  # others are served meanwhile
+            deadline = time.monotonic() + HANG_GUARD
+            while not stopped[0].gone.done():  # set once the server has closed the connection
+                assert time.monotonic() < deadline, "the server kept a client that reads nothing"
+                time.sleep(0.05)
+            hog.settimeout(HANG_GUARD)
             with pytest.raises(ConnectionResetError):  # dropped: what it did not read is gone with it
                 while hog.recv(1 << 20):
                     pass
