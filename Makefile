@@ -11,7 +11,7 @@ demo: setup
 
 # Two test processes at once, each running whole modules (tests/conftest.py says which must share one).
 test: setup
-	.venv/bin/python -m pytest -n 2 --dist loadgroup
+	.venv/bin/python -m pytest -n 2 --dist loadgroup --no-loadscope-reorder
 
 bench: setup
 	.venv/bin/python -m bench
