@@ -303,11 +303,12 @@ def test_heal_sweeps_tagged_rules_that_lost_their_record(lab, hosts):
 
 def test_a_scenario_runs_alongside_a_run_and_leaves_nothing_behind(lab, hosts, tmp_path):
     plan = tmp_path / "short.yml"
-    plan.write_text("name: short\nend: 6\nsteps:\n"
+    # pyro3 down from 1 s to 9 s: room for a ring run to fail while it is, on a box busy with a second test process
+    plan.write_text("name: short\nend: 11\nsteps:\n"
                     "  - {at: 1, stop: 'pyro3:labnodes-ring'}\n"
                     "  - {at: 2, impair: pyro2, loss: 5, rate: 50mbit}\n"
                     "  - {at: 3, partition: [client, sockserver]}\n"
-                    "  - {at: 4, start: pyro3}\n")
+                    "  - {at: 9, start: pyro3}\n")
     result = json.loads(fab("scenario", str(plan), "--run", "ring", "--json", inv=lab.path, timeout=600).stdout)
     for e in result["events"]:
         print(f"+{e['t']:5.2f}s {e['kind']:<5} {'ok ' if e['ok'] else 'ERR'} {e['what'][:100]}")
