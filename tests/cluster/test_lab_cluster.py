@@ -58,9 +58,13 @@ def test_status_says_why_a_program_that_ended_by_itself_did(lab):
     """A ring node with another HMAC key than the name server's exits at start, again and again: `fab status` said
     `labnodes-ring BACKOFF` and nothing of why."""
     pyro2, settings = lab.host("pyro2").address, "/etc/labnodes/labnodes.toml"
-    ssh(pyro2, f"cp -p {settings} /root/labnodes.toml.orig && sed -i "
-               f"'s/^hmac_key = .*/hmac_key = \"not-the-clusters\"/' {settings} && supervisorctl restart labnodes-ring",
-        check=False)
+    # startsecs 30 for the test: a node that ends within its start is BACKOFF, then FATAL, whatever the box's
+    # load. With the role's 1 s, a busy box (a second test process) started it slower than that, so supervisord
+    # took each run for a started one and restarted it as RUNNING, and `fab status` never saw it ended (noted).
+    conf = ssh(pyro2, "grep -l '^\\[program:labnodes-ring\\]' /etc/supervisor/conf.d/*.conf").stdout.strip()
+    ssh(pyro2, f"cp -p {settings} /root/labnodes.toml.orig && cp -p {conf} /root/ring.conf.orig && sed -i "
+               f"'s/^hmac_key = .*/hmac_key = \"not-the-clusters\"/' {settings} && "
+               f"sed -i 's/^startsecs=.*/startsecs=30/' {conf} && supervisorctl update", check=False)
     def pyro2_row():
         rows.append(next(h for h in fab_json("status", inv=lab.path)["hosts"] if h["host"] == "pyro2"))
         return rows[-1]["log_ends"]  # empty while supervisord starts it again (STARTING) between its exits
@@ -76,7 +80,8 @@ def test_status_says_why_a_program_that_ended_by_itself_did(lab):
                     ": its log ends: labnodes: error: cannot register" in shown[-1], timeout=120, interval=1), shown[-1]
         assert "pyro2: labnodes-ring " in shown[-1]
     finally:
-        ssh(pyro2, f"cp -p /root/labnodes.toml.orig {settings} && supervisorctl restart labnodes-ring")
+        ssh(pyro2, f"cp -p /root/labnodes.toml.orig {settings} && cp -p /root/ring.conf.orig {conf} && "
+                   "supervisorctl update && supervisorctl restart labnodes-ring")
 
 
 def test_message_visits_every_ring_host_in_order_and_returns(lab):
