@@ -26,5 +26,9 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         module = item.nodeid.split("::", 1)[0]
         item.add_marker(pytest.mark.xdist_group(SHARED_PROCESS.get(module, module)))
-    if hasattr(config, "workerinput"):  # a process of `pytest -n`: the order it reports is the order units go out
-        items.sort(key=lambda item: not item.nodeid.startswith("tests/cluster/"))  # stable: modules keep theirs
+    if hasattr(
+        config, "workerinput"
+    ):  # a process of `pytest -n`: the order it reports is the order units go out
+        items.sort(
+            key=lambda item: not item.nodeid.startswith("tests/cluster/")
+        )  # stable: modules keep theirs

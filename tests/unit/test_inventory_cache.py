@@ -32,7 +32,7 @@ def runs(tmp_path, monkeypatch) -> Path:
     count = tmp_path / "runs"
     count.write_text("")
     wrapper = tmp_path / "ansible-inventory"
-    wrapper.write_text(f"#!/bin/sh\necho run >> {count}\nexec {real} \"$@\"\n")
+    wrapper.write_text(f'#!/bin/sh\necho run >> {count}\nexec {real} "$@"\n')
     wrapper.chmod(0o755)
     monkeypatch.setattr(inventory, "_ansible_inventory", lambda: str(wrapper))
     monkeypatch.setattr(inventory, "CACHE", tmp_path / "cache")
