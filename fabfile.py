@@ -124,9 +124,13 @@ def status(c, json_=False, inventory_=None):
     result = _run(runs.status, runs.STATUS_HEADERS, runs.status_rows, json_, inventory_=inventory_)
     if not json_:
         print(f"\ncluster {result['cluster']} ({result['backend']}, {result['inventory']})")
-        for h in result["hosts"]:  # a program that ended by itself: why, from its log
-            for prog, why in h.get("log_ends", {}).items():
-                print(f"{h['host']}: {prog} {h['programs'][prog]}: its log ends: {why or '(empty)'}")
+        for h in result["hosts"]:  # a program that ended by itself: how it is doing, and why, from its log
+            for prog in sorted({*h.get("log_ends", {}), *h.get("ended", {})}):
+                ended = h.get("ended", {}).get(prog, {})
+                why = h.get("log_ends", {}).get(prog)
+                said = "log's last error" if ended.get("recovering") else "log ends"
+                print(f"{h['host']}: {prog} {h['programs'][prog]}" + (f": {ended['note']}" if ended else "")
+                      + ("" if why is None else f"{'. Its' if ended else ': its'} {said}: {why or '(empty)'}"))
         if not result["up"]:
             print(f"the cluster is not {'fully ' if any(h['state'] == 'up' for h in result['hosts']) else ''}up: "
                   f"bring it up with `{result['up_hint']}`")

@@ -11,6 +11,7 @@ Where labnodes lives on a host, and every setting its programs run with, is aske
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import json
 import logging
@@ -18,11 +19,13 @@ import re
 import shlex
 import threading
 import tomllib
+import zlib
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from labkit import STATE, LabkitError
 from labkit.ssh import sudo_refused
+from labnodes import selftest
 
 import paramiko
 from invoke.exceptions import CommandTimedOut
@@ -35,6 +38,15 @@ SETTINGS_FILE = "/etc/labnodes/labnodes.toml"  # labnodes' own default path (lab
 # still reaches the caller as an exception, which says it in one line.
 logging.getLogger("paramiko").addHandler(logging.NullHandler())
 logging.getLogger("paramiko").propagate = False
+
+
+def selftest_command(python: str, *args: str) -> str:
+    """The shell command that runs labnodes/selftest.py (stdlib only) with the host's own python and ARGS: `fab
+    check`'s probe (`--context JSON`) and `fab status`'s look at supervisord (`--programs`), on a host that has no
+    labnodes yet too. The file goes inside the command, compressed: nothing is copied to the host."""
+    blob = base64.b64encode(zlib.compress(Path(selftest.__file__).read_bytes())).decode()
+    code = f"import base64,zlib;exec(zlib.decompress(base64.b64decode('{blob}')))"
+    return " ".join([shlex.quote(python), "-c", shlex.quote(code), *map(shlex.quote, args)])
 
 
 WORD = 60  # characters of one word of a command an error quotes; a longer word is cut, saying how long it was
@@ -194,11 +206,23 @@ class Hosts:
             raise RemoteError(f"{name}: {SETTINGS_FILE} has no {key!r}: provision the host (fab provision)")
         return value
 
+    def supervised(self, name: str) -> dict[str, dict]:
+        """supervisord's programs on the host as labnodes.selftest.supervised() sees them: {"labnodes-ring":
+        {"state": "RUNNING", "uptime": 12.0, "ended": None, ...}, ...}, "log_ends" for each that ended by itself;
+        {} if supervisord does not answer. RemoteError if the host's python cannot run the look."""
+        python = self.inv.host(name).vars.get("ansible_python_interpreter") or "python3"
+        result = self.run(name, selftest_command(python, "--programs"), check=False)
+        try:
+            return json.loads(result.stdout)["programs"] or {}
+        except (ValueError, KeyError, TypeError):
+            lines = [ln for ln in (result.stderr or result.stdout).splitlines() if ln.strip()] or ["no output"]
+            raise RemoteError(f"{name}: {python} could not look at supervisord (exit {result.exited}): "
+                              f"{lines[-1].strip()[:200]}") from None
+
     def programs(self, name: str) -> dict[str, str]:
         """supervisord's programs on the host and their states ({"labnodes-ring": "RUNNING", ...}); {} if it
         does not answer."""
-        out = self.run(name, "supervisorctl status", check=False).stdout
-        return {ln.split()[0]: ln.split()[1] for ln in out.splitlines() if len(ln.split()) >= 2}
+        return {prog: p["state"] for prog, p in self.supervised(name).items()}
 
     def labnodes_bin(self, name: str, program: str = "labnodes") -> str:
         """Where a program of the labnodes venv is on this host (the venv its settings name)."""

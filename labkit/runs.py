@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import shlex
 from labkit import STATE, LabkitError, backends, one_at_a_time, printable
-from labkit.remote import Hosts
-from labnodes.selftest import CRASHED
+from labkit.remote import Hosts, RemoteError
+from labnodes.selftest import ended_note, recovering
 
 OUTBOX = "/var/lib/labnodes/outbox"  # where send-file makes its file on the client host
 INBOX = "/var/lib/labnodes/inbox"  # where send-file fetches it back to
@@ -160,14 +160,16 @@ def status(hosts: Hosts) -> dict:
     backend = backends.for_inventory(inv)
     machines = {row["host"]: row for row in backend.status(inv)}
 
-    def seen(name):  # the programs and, for one that ended by itself, the last line of its log: why
-        progs = hosts.programs(name)
-        why = {}
-        for prog in sorted(p for p, state in progs.items() if state in CRASHED):
-            tail = hosts.run(name, f"supervisorctl tail -1600 {shlex.quote(prog)}", check=False).stdout
-            lines = [ln.strip() for ln in tail.splitlines() if ln.strip()]
-            why[prog] = printable(lines[-1][:300]) if lines else ""
-        return progs, why
+    def seen(name):  # the programs, how each that ended by itself is doing, and the last line of its log: why
+        try:
+            progs = hosts.supervised(name)
+        except RemoteError as exc:  # logged in, but the host's python could not look
+            return {}, {}, {}, str(exc)
+        return ({prog: p["state"] for prog, p in progs.items()},
+                {prog: printable(p["log_ends"]) for prog, p in progs.items() if "log_ends" in p},
+                {prog: dict(p["ended"], last=printable(p["ended"]["last"]), uptime=p.get("uptime"),
+                            recovering=recovering(p), note=printable(ended_note(p)))
+                 for prog, p in progs.items() if p.get("ended")}, None)
 
     reachable = [h.name for h in inv.hosts if machines.get(h.name, {}).get("state") == "up"]
     states = hosts.on_all(reachable, seen)
@@ -181,7 +183,8 @@ def status(hosts: Hosts) -> dict:
             "groups": [g for g, members in inv.groups.items() if h.name in members],
             "state": machine["state"], "ssh": ssh_ok,
             "programs": got[0] if ssh_ok else {}, "log_ends": got[1] if ssh_ok else {},
-            "error": str(got) if isinstance(got, Exception) else (machine.get("problem") or None),
+            "ended": got[2] if ssh_ok else {},
+            "error": str(got) if isinstance(got, Exception) else ((ssh_ok and got[3]) or machine.get("problem") or None),
         })
     broker = (inv.groups.get("brokers") or [None])[0]
     flower = None
@@ -199,7 +202,11 @@ def status(hosts: Hosts) -> dict:
 
 def status_rows(result: dict):
     for h in result["hosts"]:
-        progs = ", ".join(f"{p} {s}" for p, s in sorted(h["programs"].items())) if h["ssh"] else h["error"]
+        ended = h.get("ended", {})
+        progs = ", ".join(f"{p} {s}" + (f" (ended by itself {ended[p]['times']}{'+' if ended[p]['cut'] else ''}x)"
+                                        if p in ended else "")
+                          for p, s in sorted(h["programs"].items())) if h["ssh"] else h["error"]
+        progs = progs or (h["error"] if h.get("error") else "")
         ssh = "yes" if h["ssh"] else "no"
         yield [h["host"], h["address"], ",".join(h["groups"]), h["state"], ssh, progs or "-"]
 

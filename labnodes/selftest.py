@@ -32,6 +32,7 @@ needed it, never a crash of the probe (a crash showed as host.probe failing, "in
 
 from __future__ import annotations
 
+import datetime
 import glob
 import json
 import os
@@ -187,31 +188,127 @@ def programs_rpc(conf="/etc/supervisor/supervisord.conf"):
         def make_connection(self, host):
             return Unix("localhost")
 
+    supervisor = xmlrpc.client.ServerProxy("http://localhost", transport=Transport()).supervisor
     try:
-        infos = xmlrpc.client.ServerProxy("http://localhost", transport=Transport()).supervisor.getAllProcessInfo()
+        infos = supervisor.getAllProcessInfo()
     except (OSError, xmlrpc.client.Error, http.client.HTTPException):
         return None
+    try:
+        main_log = supervisor.readLog(-MAIN_LOG_TAIL, 0)
+        startsecs = {c["name"]: float(c["startsecs"]) for c in supervisor.getAllConfigInfo()}
+    except (OSError, xmlrpc.client.Error, http.client.HTTPException, KeyError, TypeError, ValueError):
+        main_log, startsecs = "", {}  # no main log file (logfile=syslog), or a supervisord without them
     progs = {}
     for i in infos:
         name = i["name"] if i["group"] == i["name"] else f"{i['group']}:{i['name']}"
         pid = i["pid"] or None
+        up = i["now"] - i["start"] if i["statename"] in ("STARTING", "RUNNING") and i["start"] else None
         progs[name] = {"state": i["statename"], "pid": pid, "cmdline": cmdline(pid) if pid else "",
-                       "log": i.get("stdout_logfile") or ""}
-    return progs
+                       "log": i.get("stdout_logfile") or "", "uptime": up, "process": i["name"]}
+    return with_ends(progs, main_log, startsecs)
 
 
 CRASHED = ("BACKOFF", "FATAL", "EXITED")  # states of a program that ended by itself: its log says why
+# A program that ran past its startsecs and then ended by itself is started again by supervisord (autorestart) and
+# shows RUNNING: only supervisord's own log tells. Less than RECENT seconds into the run after such an end, it has
+# not shown it recovered (a ring node that cannot reach its name server ends every 30 s).
+RECENT = 60.0
+MAIN_LOG_TAIL = 65536  # bytes of supervisord's own log read for that: days of a quiet host, ~200 restarts
+_EVENT = re.compile(r"(\S+ \S+) [A-Z]+ (spawned|success|exited|stopped|gave up): '?([^'\s]+)'?(?: \((.*)\))?")
 
 
-def log_ends(path, limit=4096) -> str:
-    """The last non-empty line of a program's log ("" if there is none): why a crashed program ended."""
+def _when(stamp: str) -> float | None:
+    """Seconds (for differences only) of a supervisord log line's time stamp, "2026-12-02 03:08:52,201"."""
+    try:
+        return datetime.datetime.strptime(stamp, "%Y-%m-%d %H:%M:%S,%f").timestamp()
+    except ValueError:
+        return None
+
+
+def ends(main_log: str, startsecs: dict[str, float] | None = None) -> dict[str, list[str]]:
+    """{process name: how each of its runs ended by itself, oldest first} from supervisord's own log (its last
+    lines): the runs that ended ("exited: ...") after supervisord counted them started (a "success: ..." line, or
+    a life of at least the program's startsecs, 1 s unless given: supervisord's own rule, which it also applies
+    without a "success" line to a run that ends before its next look), since the program was last stopped by
+    hand ("stopped: ..."), gave up ("gave up: ...": FATAL says so), or supervisord started. A run that ended within
+    its startsecs is not counted: BACKOFF and FATAL show those."""
+    out: dict[str, list[str]] = {}
+    began: dict[str, tuple[float | None, bool]] = {}  # name -> (when its run was spawned, logged as started)
+    for line in main_log.splitlines():
+        if " supervisord started with pid " in line:
+            out, began = {}, {}
+            continue
+        m = _EVENT.match(line)
+        if not m:
+            continue
+        stamp, what, name, how = m.groups()
+        if what == "spawned":
+            began[name] = (_when(stamp), False)
+        elif what == "success":
+            began[name] = (began.get(name, (None, False))[0], True)
+        elif what == "exited":
+            spawned, started = began.pop(name, (None, False))
+            t = _when(stamp)
+            if started or (spawned is not None and t is not None
+                           and t - spawned >= (startsecs or {}).get(name, 1.0)):
+                out.setdefault(name, []).append(re.sub(r"; (not )?expected$", "", how or "?"))
+        else:
+            out.pop(name, None)
+            began.pop(name, None)
+    return out
+
+
+def with_ends(progs: dict, main_log: str, startsecs: dict[str, float] | None = None) -> dict:
+    """progs, each with "ended": {"times", "last", "cut"} when it ended by itself since it was last started (ends),
+    else None; "cut" when the log read starts after that start, so the count is a lower bound."""
+    found = ends(main_log, startsecs)
+    cut = len(main_log.encode(errors="replace")) >= MAIN_LOG_TAIL
+    for name, p in progs.items():
+        how = found.get(p.pop("process", name.rpartition(":")[2]))
+        p["ended"] = {"times": len(how), "last": how[-1], "cut": cut} if how else None
+    return progs
+
+
+def recovering(p: dict) -> bool:
+    """True for a program that ended by itself and has been running again for less than RECENT seconds (or is
+    starting again): running, but not to be counted on yet."""
+    return bool(p.get("ended")) and p["state"] in ("STARTING", "RUNNING") and (p.get("uptime") or 0) < RECENT
+
+
+def ended_note(p: dict) -> str:
+    """How a program that ended by itself since it was started is doing, in words ("" for one that did not)."""
+    e = p.get("ended")
+    if not e:
+        return ""
+    times = f"{'at least ' if e['cut'] else ''}{e['times']} time{'s' if e['times'] != 1 else ''}"
+    note = f"it ended by itself {times} since it was started (last: {e['last']}) and supervisord started it again"
+    up = p.get("uptime")
+    if up is None or p["state"] not in ("STARTING", "RUNNING"):
+        return note
+    return note + "; this run is " + (f"{up:.0f} s" if up < 120 else f"{up / 60:.0f} min" if up < 7200
+                                      else f"{up / 3600:.0f} h") + " old"
+
+
+ERROR_LINE = re.compile(r"error\b|exception\b|traceback|\bfatal\b|\bcritical\b", re.I)  # ValueError: too
+
+
+def last_line(text: str, error: bool = False) -> str:
+    """The last non-empty line of a log's tail; with error=True the last one that names an error, if any: the line
+    a program that supervisord already started again wrote as it ended (the new run's lines come after it)."""
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    if error:
+        lines = [ln for ln in lines if ERROR_LINE.search(ln)] or lines
+    return lines[-1][:300] if lines else ""
+
+
+def log_ends(path, limit=4096, error: bool = False) -> str:
+    """last_line() of a program's log ("" if there is none): why a crashed program ended."""
     try:
         with open(path, "rb") as fh:
-            fh.seek(max(0, fh.seek(0, os.SEEK_END) - limit))
-            lines = [ln.strip() for ln in fh.read().decode(errors="replace").splitlines() if ln.strip()]
+            fh.seek(max(0, fh.seek(0, os.SEEK_END) - limit * (4 if error else 1)))
+            return last_line(fh.read().decode(errors="replace"), error)
     except (OSError, ValueError):
         return ""
-    return lines[-1][:300] if lines else ""
 
 
 def programs():
@@ -229,8 +326,11 @@ def programs():
             continue
         m = re.search(r"pid (\d+)", line)
         pid = int(m.group(1)) if m else None
-        progs[f[0]] = {"state": f[1], "pid": pid, "cmdline": cmdline(pid) if pid else ""}
-    return progs
+        up = re.search(r"uptime (?:(\d+) days?, )?(\d+):(\d+):(\d+)", line)
+        up = (int(up[1] or 0) * 86400 + int(up[2]) * 3600 + int(up[3]) * 60 + int(up[4])) if up else None
+        progs[f[0]] = {"state": f[1], "pid": pid, "cmdline": cmdline(pid) if pid else "", "uptime": up}
+    rc, main_log = sh(["supervisorctl", "maintail", f"-{MAIN_LOG_TAIL}"])
+    return with_ends(progs, main_log if rc == 0 else "")
 
 
 def cmdline(pid):
@@ -432,14 +532,21 @@ class Probe:
         base = f"service.{svc}"
         hint_run = f"supervisorctl start {name}; its log is in /var/log/labnodes/" if name else \
             f"the {title} is not a supervisord program here: re-run provisioning (fab provision)"
-        running = p is not None and p["state"] == "RUNNING"
-        found = f"{name} {p['state']}" if p else "no such program"
-        why = log_ends(p.get("log")) if p and p["state"] in CRASHED and p.get("log") else ""
-        if why:  # starting it again would end the same way
+        again = p is not None and recovering(p)  # RUNNING, but it ended by itself less than RECENT s ago
+        running = p is not None and p["state"] == "RUNNING" and not again
+        found = (f"{name} {p['state']}" + (f": {ended_note(p)}" if p.get("ended") else "")) if p else "no such program"
+        why = log_ends(p.get("log"), error=again) if p and (p["state"] in CRASHED or again) and p.get("log") else ""
+        if why and again:  # supervisord keeps starting it; restarting it by hand would end the same way
+            hint_run = (f"it ends by itself and supervisord starts it again: fix what its log ({p['log']}) says, "
+                        f"then supervisorctl restart {name}")
+        elif why:  # starting it again would end the same way
             hint_run = f"it ends by itself: fix what its log ({p['log']}) says, then supervisorctl start {name}"
         self.add(f"{base}.running", f"{title} is supervised and running", "service",
-                 "pass" if running else "fail", f"a supervisord program for the {title}, RUNNING",
-                 found + (f"; its log ends: {why}" if why else ""), hint_run, deps=["host.supervisord"])
+                 "pass" if running else "fail",
+                 f"a supervisord program for the {title}, RUNNING, and not started again less than {RECENT:g} s ago "
+                 "after it ended by itself",
+                 found + (f"; its log's last error: {why}" if why and again else f"; its log ends: {why}" if why else ""),
+                 hint_run, deps=["host.supervisord"])
         if svc == "celery":
             self.celery(base, p)
             return
@@ -614,7 +721,22 @@ def _cmd_selftest(args, settings) -> int:
     return main_standalone(args.json, {"vars": dataclasses.asdict(settings) if settings else {}})
 
 
-if __name__ == "__main__":  # run by the control side as `python3 - --context JSON` (see labkit/checks)
+def supervised() -> dict | None:
+    """What `fab status` shows of a host's programs (`--programs`): programs() without the command lines, and
+    "log_ends" for each that ended by itself and is not running again for long (its state or recovering())."""
+    progs = programs()
+    if progs is None:
+        return None
+    for name, p in progs.items():
+        del p["cmdline"]
+        again = recovering(p)
+        if p["state"] in CRASHED or again:
+            p["log_ends"] = log_ends(p["log"], error=again) if p.get("log") else \
+                last_line(sh(["supervisorctl", "tail", f"-{16384 if again else 1600}", name])[1], error=again)
+    return progs
+
+
+if __name__ == "__main__":  # run by the control side as `python3 - --context JSON` (labkit/checks), `--programs`
     _ctx = json.loads(sys.argv[sys.argv.index("--context") + 1]) if "--context" in sys.argv else {}
     TIMEOUT = float(_ctx.get("timeout", TIMEOUT))  # a slow host (an emulated VM) gets more than 3 s
-    print(json.dumps(probe(_ctx)))
+    print(json.dumps({"programs": supervised()} if "--programs" in sys.argv else probe(_ctx)))

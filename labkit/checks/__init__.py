@@ -19,14 +19,12 @@ the running programs themselves say where things are.
 
 from __future__ import annotations
 
-import base64
 import dataclasses
 import json
 import math as _math
 import secrets
 import shlex
 import time
-import zlib
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -34,7 +32,7 @@ import paramiko
 from invoke.exceptions import CommandTimedOut
 
 from labkit import LabkitError, faults, options, printable
-from labkit.remote import Failure, Hosts, labnodes_output
+from labkit.remote import Failure, Hosts, labnodes_output, selftest_command
 from labnodes import selftest
 from labnodes.config import CLOCK_ALLOWANCE
 
@@ -107,13 +105,6 @@ def clock_check(name: str, offset: float) -> tuple[str, str, str]:
          "as expired, and apt refuses package lists that are 'not valid yet' on a clock behind")
 
 
-def _probe_command(python: str, ctx: dict) -> str:
-    src = Path(selftest.__file__).read_text()
-    blob = base64.b64encode(zlib.compress(src.encode())).decode()
-    code = f"import base64,zlib;exec(zlib.decompress(base64.b64decode('{blob}')))"
-    return f"{shlex.quote(python)} -c {shlex.quote(code)} --context {shlex.quote(json.dumps(ctx))}"
-
-
 def _first_line(text: str) -> str:
     lines = [ln for ln in (text or "").strip().splitlines() if ln.strip()]
     return lines[-1].strip()[:300] if lines else "no output"
@@ -178,7 +169,7 @@ class Run:
         python = h.vars.get("ansible_python_interpreter") or "python3"
         try:
             sent = time.time()
-            r = self.ssh(h.name, _probe_command(python, self.ctx(h)))
+            r = self.ssh(h.name, selftest_command(python, "--context", json.dumps(self.ctx(h))))
             back = time.time()
         except CommandTimedOut:  # SSH worked; the probe was slower than the timeout
             return {"ran": True, "error": f"the probe did not finish within {self.timeout:g} s (a slow host? "

@@ -50,7 +50,7 @@ def test_status_shows_every_host_up_with_its_programs_running(lab):
         expected = {"sshd"}.union(*(EXPECTED_PROGRAMS.get(g, set()) for g in row["groups"]))
         assert set(row["programs"]) == expected, row["host"]
         assert set(row["programs"].values()) == {"RUNNING"}, row
-        assert row["log_ends"] == {}, row
+        assert row["log_ends"] == {} and row["ended"] == {}, row
     assert status["flower"] == f"http://{lab.host('broker').address}:5555/"
 
 
@@ -82,6 +82,36 @@ def test_status_says_why_a_program_that_ended_by_itself_did(lab):
     finally:
         ssh(pyro2, f"cp -p /root/labnodes.toml.orig {settings} && cp -p /root/ring.conf.orig {conf} && "
                    "supervisorctl update && supervisorctl restart labnodes-ring")
+
+
+def test_status_and_check_see_a_ring_node_that_supervisord_keeps_starting_again(lab):
+    """With its name server stopped, a ring node waits 30 s for it, ends with status 1, and supervisord starts it
+    again at once: RUNNING nearly all the time, and `fab status` and `fab check` said it was fine."""
+    broker, pyro2 = lab.host("broker").address, lab.host("pyro2").address
+    ssh(broker, "supervisorctl stop labnodes-nameserver")
+    ssh(pyro2, "supervisorctl restart labnodes-ring")  # a run that starts with the name server gone
+    try:
+        rows = []
+        assert poll(lambda: rows.append(next(h for h in fab_json("status", inv=lab.path)["hosts"]
+                                             if h["host"] == "pyro2")) or rows[-1]["ended"], timeout=150, interval=2)
+        ended = rows[-1]["ended"]["labnodes-ring"]
+        print(f"\npyro2 ring node, name server stopped: {rows[-1]['programs']}, {ended}")
+        assert ended["times"] >= 1 and ended["last"] == "exit status 1", ended
+        text = fab("status", inv=lab.path, check=False).stdout
+        assert "pyro2: labnodes-ring " in text and ": it ended by itself " in text, text
+        assert "labnodes: error: cannot register labkit.ring.pyro2" in text, text
+        report = json.loads(fab("check", "--json", inv=lab.path, check=False).stdout)
+        running = next(c for c in report["checks"] if (c["id"], c["host"]) == ("service.ring.running", "pyro2"))
+        assert running["outcome"] == "fail" and "it ended by itself" in running["found"], running
+        assert "cannot register" in running["found"] and "supervisorctl restart" in running["hint"], running
+        assert next(c for c in report["checks"] if (c["id"], c["host"]) == ("service.ring.running", "pyro1"))[
+            "outcome"] == "pass"  # started before the name server stopped: it kept running
+    finally:
+        ssh(broker, "supervisorctl start labnodes-nameserver")
+        ssh(pyro2, "supervisorctl restart labnodes-ring")
+    assert poll(lambda: fab("run-ring", inv=lab.path, check=False).returncode == 0, timeout=60, interval=1)
+    assert "labnodes-ring" not in next(h for h in fab_json("status", inv=lab.path)["hosts"]
+                                       if h["host"] == "pyro2")["ended"]  # restarted by hand: a new start
 
 
 def test_message_visits_every_ring_host_in_order_and_returns(lab):

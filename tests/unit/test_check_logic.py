@@ -99,6 +99,102 @@ def test_a_program_that_ended_by_itself_shows_the_last_line_of_its_log(tmp_path)
     assert selftest.log_ends(tmp_path / "missing.log") == "" and selftest.log_ends(tmp_path) == ""
 
 
+# supervisord's own log (its main log, as supervisorctl maintail shows it) for a ring node that cannot reach its
+# name server: each run waits 30 s for it, ends with status 1, and supervisord starts it again at once
+LOOPING = """\
+2026-12-02 03:06:50,782 INFO supervisord started with pid 1
+2026-12-02 03:07:18,811 INFO spawned: 'labnodes-ring' with pid 46
+2026-12-02 03:07:19,937 INFO success: labnodes-ring entered RUNNING state, process has stayed up for > than 1 seconds (startsecs)
+2026-12-02 03:08:22,483 INFO waiting for labnodes-ring to stop
+2026-12-02 03:08:22,760 INFO stopped: labnodes-ring (exit status 0)
+2026-12-02 03:08:22,767 INFO spawned: 'labnodes-ring' with pid 68
+2026-12-02 03:08:24,488 INFO success: labnodes-ring entered RUNNING state, process has stayed up for > than 1 seconds (startsecs)
+2026-12-02 03:08:52,201 WARN exited: labnodes-ring (exit status 1; not expected)
+2026-12-02 03:08:53,204 INFO spawned: 'labnodes-ring' with pid 80
+2026-12-02 03:08:54,943 INFO success: labnodes-ring entered RUNNING state, process has stayed up for > than 1 seconds (startsecs)
+2026-12-02 03:09:23,100 WARN exited: labnodes-ring (terminated by SIGKILL; not expected)
+2026-12-02 03:09:24,104 INFO spawned: 'labnodes-ring' with pid 87
+2026-12-02 03:09:25,801 INFO success: labnodes-ring entered RUNNING state, process has stayed up for > than 1 seconds (startsecs)
+"""
+
+
+def test_supervisords_log_tells_the_runs_that_ended_by_themselves_since_the_program_was_started():
+    assert selftest.ends(LOOPING) == {"labnodes-ring": ["exit status 1", "terminated by SIGKILL"]}
+    # stopped by hand, gave up (FATAL says so), or supervisord started again: what came before is not counted
+    for reset in ("2026-12-02 03:10:00,000 INFO stopped: labnodes-ring (terminated by SIGTERM)",
+                  "2026-12-02 03:10:00,000 INFO gave up: labnodes-ring entered FATAL state, too many start retries too "
+                  "quickly", "2026-12-02 03:10:00,000 INFO supervisord started with pid 9"):
+        assert selftest.ends(LOOPING + reset + "\n") == {}, reset
+    # an exit with status 0 is an end by itself too: a server is not meant to end
+    assert selftest.ends("2026-12-02 03:09:24,104 INFO spawned: 'sshd' with pid 87\n2026-12-02 03:09:25,801 INFO "
+                         "success: sshd entered RUNNING state\n2026-12-02 03:09:30,000 INFO exited: sshd (exit status "
+                         "0; expected)\n") == {"sshd": ["exit status 0"]}
+
+
+def test_a_run_that_ended_within_its_startsecs_is_backoff_not_a_restart_and_one_that_outlived_them_is():
+    backoff = ("2026-12-02 03:00:00,000 INFO spawned: 'labnodes-ring' with pid 5\n"
+               "2026-12-02 03:00:00,400 WARN exited: labnodes-ring (exit status 1; not expected)\n")
+    assert selftest.ends(backoff) == {}  # BACKOFF, then FATAL: supervisord's state already says so
+    # supervisord counts a run that outlived its startsecs as started even when it ended before its next look,
+    # with no "success" line: seen on a busy box, the node started slower than startsecs and then ended
+    late = backoff.replace("03:00:00,400", "03:00:01,300")
+    assert selftest.ends(late) == {"labnodes-ring": ["exit status 1"]}
+    assert selftest.ends(late, {"labnodes-ring": 3.0}) == {}  # the program's own startsecs, from supervisord
+
+
+def _ring(state="RUNNING", uptime=5.0, ended=None, log=""):
+    return {"state": state, "pid": 80, "cmdline": "", "log": log, "uptime": uptime, "ended": ended}
+
+
+def test_a_program_supervisord_keeps_starting_again_fails_its_running_check_with_its_last_error(tmp_path):
+    """A ring node that cannot reach its name server runs 30 s, ends with status 1 and is started again: its state
+    is RUNNING nearly all the time, and the check passed it (fab status too)."""
+    log = tmp_path / "ring.log"
+    log.write_text("labnodes: error: cannot register labkit.ring.pyro2 in the name server: connection refused\n"
+                   + "2026-12-02 03:09:26,000 labnodes.ring INFO name server not reachable yet, retrying\n" * 50)
+    p = selftest.Probe.__new__(selftest.Probe)
+    p.ctx, p.s, p.vars, p.listen = {"address": "10.0.0.3"}, {}, {}, []
+    ended = {"times": 2, "last": "exit status 1", "cut": False}
+
+    def running(**prog):
+        p.checks, p.progs = [], {"labnodes-ring": _ring(log=str(log), **prog)}
+        p.service("ring")
+        return next(x for x in p.checks if x["id"] == "service.ring.running")
+
+    check = running(ended=ended, uptime=5.0)
+    assert check["outcome"] == "fail"
+    assert check["found"] == (
+        "labnodes-ring RUNNING: it ended by itself 2 times since it was started (last: exit status 1) and "
+        "supervisord started it again; this run is 5 s old; its log's last error: labnodes: error: cannot "
+        "register labkit.ring.pyro2 in the name server: connection refused")
+    assert "supervisorctl restart labnodes-ring" in check["hint"] and "fix what its log" in check["hint"]
+    # a minute into a run after the last end it counts as running again, and still says what happened
+    check = running(ended=dict(ended, cut=True), uptime=selftest.RECENT + 1)
+    assert check["outcome"] == "pass"
+    assert "ended by itself at least 2 times" in check["found"] and "this run is 61 s old" in check["found"]
+    assert running(ended=None, uptime=5.0)["outcome"] == "pass"  # just started by hand: nothing ended
+
+
+def test_where_supervisords_socket_asks_a_password_supervisorctl_gives_the_same_uptime_and_ends(monkeypatch):
+    said = {("supervisorctl", "status"): "labnodes-ring   RUNNING   pid 87, uptime 1 day, 0:00:05\n"
+                                         "sshd            RUNNING   pid 17, uptime 0:05:32\n",
+            ("supervisorctl", "maintail", f"-{selftest.MAIN_LOG_TAIL}"): LOOPING}
+    monkeypatch.setattr(selftest, "programs_rpc", lambda: None)
+    monkeypatch.setattr(selftest, "sh", lambda args, **kw: (0, said[tuple(args)]))
+    monkeypatch.setattr(selftest, "cmdline", lambda pid: "")
+    progs = selftest.programs()
+    assert (progs["labnodes-ring"]["uptime"], progs["sshd"]["uptime"]) == (86405, 332)
+    assert progs["labnodes-ring"]["ended"] == {"times": 2, "last": "terminated by SIGKILL", "cut": False}
+    assert progs["sshd"]["ended"] is None
+
+
+def test_the_last_line_of_a_log_or_the_last_that_names_an_error():
+    text = "starting\nTraceback (most recent call last):\nValueError: bad\n\nretrying\n"
+    assert selftest.last_line(text) == "retrying"
+    assert selftest.last_line(text, error=True) == "ValueError: bad"
+    assert selftest.last_line("all fine\n", error=True) == "all fine" and selftest.last_line("") == ""
+
+
 @pytest.mark.parametrize("listens, err, hint", [
     ("10.0.0.3:6001 (pid 76)", ("math server 10.0.0.3:5050: cannot connect: Connection refused", "10.0.0.3:5050"),
      "the client asks 10.0.0.3:5050, but the math server listens on 10.0.0.3:6001: math_host/math_port differ "

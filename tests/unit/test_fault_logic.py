@@ -13,7 +13,7 @@ import pytest
 
 from labkit import faults, inventory, scenario
 from labkit.faults import FaultError, Impairment
-from labkit.remote import Hosts, RemoteError
+from labkit.remote import Hosts, RemoteError, selftest_command
 from labkit.scenario import ScenarioError
 
 REPO = Path(__file__).resolve().parents[2]
@@ -326,6 +326,10 @@ class FakeHosts(Hosts):
         self.answer, self.commands = answer, []
 
     def run(self, name, command, *, check=True, timeout=None):  # the signature of labkit.remote.Hosts.run
+        if command == selftest_command("python3", "--programs"):  # Hosts.programs: the host's look, from the
+            status, code = self.answer(name, "supervisorctl status")  # answer given for supervisorctl status
+            progs = {f[0]: {"state": f[1]} for f in map(str.split, status.splitlines()) if len(f) >= 2}
+            return FakeResult(json.dumps({"programs": progs}), code)
         self.commands.append((name, command))
         out, code = self.answer(name, command)
         if check and code:
