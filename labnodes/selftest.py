@@ -289,7 +289,8 @@ def ended_note(p: dict) -> str:
                                       else f"{up / 3600:.0f} h") + " old"
 
 
-ERROR_LINE = re.compile(r"error\b|exception\b|traceback|\bfatal\b|\bcritical\b", re.I)  # ValueError: too
+# a line that names an error: "labnodes: error: ...", "ValueError: ..." (no word boundary before its "Error")
+ERROR_LINE = re.compile(r"error\b|exception\b|traceback|\bfatal\b|\bcritical\b", re.I)
 
 
 def last_line(text: str, error: bool = False) -> str:
@@ -312,7 +313,8 @@ def log_ends(path, limit=4096, error: bool = False) -> str:
 
 
 def programs():
-    """supervisord's programs: {name: {"state", "pid", "cmdline"}}; None if supervisord does not answer."""
+    """supervisord's programs: {name: {"state", "pid", "cmdline", "uptime" (s, or None when not running), "ended"
+    (with_ends), and "log" (its log file) where supervisord says}}; None if supervisord does not answer."""
     fast = programs_rpc()
     if fast is not None:
         return fast
