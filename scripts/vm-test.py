@@ -39,13 +39,14 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))  # a script run from scripts/: labkit is the repository's package
 
 import yaml  # noqa: E402
 
-from labkit import inventory, ssh  # noqa: E402
+from labkit import LabkitError, backends, inventory, ssh  # noqa: E402
 from labkit.backends.vagrant import virsh  # noqa: E402
 
 BOX = os.environ.get("LABKIT_VAGRANT_BOX", "labkit/bookworm64")
@@ -353,6 +354,10 @@ def main() -> int:
         else:
             step("vagrant destroy -f", ["vagrant", "destroy", "-f"], env)
             shutil.rmtree(tmp, ignore_errors=True)
+            try:  # its key, secrets and locks in .labkit/vmt/ go with the VMs (they were left there after each run)
+                backends.forget(SimpleNamespace(cluster=CLUSTER), echo=lambda line: print(f"vm-test: {line}"))
+            except LabkitError as exc:  # a lock still held: say so, and let the run's own outcome stand
+                print(f"vm-test: {exc}")
         if previous_active is None:
             inventory.ACTIVE_FILE.unlink(missing_ok=True)
         else:
