@@ -74,6 +74,11 @@ class Host:
         become = str(self.vars.get("ansible_become", False)).lower() in ("1", "true", "yes")
         return become and (self.user or "root") != "root"
 
+    @property
+    def python(self) -> str:
+        """The host's python, as Ansible runs it: what runs labnodes/selftest.py there (fab check, fab status)."""
+        return self.vars.get("ansible_python_interpreter") or "python3"
+
 
 @dataclass(frozen=True)
 class Inventory:

@@ -210,7 +210,7 @@ class Hosts:
         """supervisord's programs on the host as labnodes.selftest.supervised() sees them: {"labnodes-ring":
         {"state": "RUNNING", "uptime": 12.0, "ended": None, ...}, ...}, "log_ends" for each that ended by itself;
         {} if supervisord does not answer. RemoteError if the host's python cannot run the look."""
-        python = self.inv.host(name).vars.get("ansible_python_interpreter") or "python3"
+        python = self.inv.host(name).python
         result = self.run(name, selftest_command(python, "--programs"), check=False)
         try:
             return json.loads(result.stdout)["programs"] or {}

@@ -166,7 +166,7 @@ class Run:
 
     # --- layers 1 and 2: one probe per host
     def probe(self, h):
-        python = h.vars.get("ansible_python_interpreter") or "python3"
+        python = h.python
         try:
             sent = time.time()
             r = self.ssh(h.name, selftest_command(python, "--context", json.dumps(self.ctx(h))))
@@ -196,7 +196,7 @@ class Run:
         broker = self.first("brokers")
         for h in self.inv.hosts:
             res = results[h.name]
-            python = h.vars.get("ansible_python_interpreter") or "python3"
+            python = h.python
             ssh_ok = "checks" in res or res.get("ran")
             self.add("reach.ssh", h.name, "pass" if ssh_ok else "fail",
                      expected=f"an SSH session to {h.vars.get('ansible_user', 'root')}@{h.address}",
