@@ -24,6 +24,7 @@ from invoke.exceptions import Exit, ParseError
 from invoke import parser
 
 from labkit import LabkitError
+from labnodes import output
 
 
 def number(
@@ -142,11 +143,19 @@ class Task(fabric.Task):
             print(f"fab: error: {refused}", file=sys.stderr)
             sys.exit(1)
         try:
-            return super().__call__(*args, **kwargs)
+            try:
+                return super().__call__(*args, **kwargs)
+            finally:  # here, not at exit, where a reader that went (below) is a warning and exit 120
+                sys.stdout.flush()
         except KeyboardInterrupt:
             then = f": {self.interrupted}" if self.interrupted else ""
             print(f"\nfab {self.name.replace('_', '-')}: interrupted{then}", file=sys.stderr)
             sys.exit(130)
+        except BrokenPipeError:  # `fab status | head -3`: the reader had what it wanted; no traceback
+            status = output.reader_gone()
+            if status is None:
+                raise
+            sys.exit(status)
 
     def get_arguments(self, ignore_unknown_help: bool | None = None) -> list[parser.Argument]:
         args = super().get_arguments(ignore_unknown_help)

@@ -78,11 +78,19 @@ def main(argv: list[str] | None = None) -> int:
         return fail(args, exc, 2)
     logs.configure(settings.log_level, settings.log_rate)
     try:
-        return args.func(args, settings)
+        try:
+            return args.func(args, settings)
+        finally:  # here, not at exit, where a reader that went (below) is a warning and exit 120
+            sys.stdout.flush()
     except LabnodesError as exc:
         return fail(args, exc, 1)
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # `labnodes ... | head -3`: the reader had what it wanted; no traceback
+        status = output.reader_gone()
+        if status is None:
+            raise
+        return status
 
 
 def fail(args: argparse.Namespace, exc: LabnodesError, status: int) -> int:

@@ -981,3 +981,36 @@ def test_forget_deletes_nothing_while_a_command_holds_one_of_the_clusters_locks(
     assert (tmp_path / "c1" / "secrets").is_dir()
     backends.forget(SimpleNamespace(cluster="c1"), echo=print)  # once it has ended
     assert not (tmp_path / "c1").exists()
+
+
+@pytest.mark.parametrize("unbuffered", [True, False], ids=["PYTHONUNBUFFERED", "buffered"])
+@pytest.mark.parametrize("program", ["fab", "labnodes"])
+def test_a_reader_that_stops_reading_ends_the_command_quietly_with_141(tmp_path, program, unbuffered):
+    """`fab status | head -3` ended in a BrokenPipeError traceback (and, with stdout buffered, in "Exception
+    ignored ... BrokenPipeError" at exit). Tried: each command's stdout a pipe whose reader closed before it wrote."""
+    bin_dir = Path(sys.executable).parent
+    if program == "fab":
+        inv = tmp_path / "inv"
+        subprocess.run([FAB, "new-inventory", str(inv), "--cluster", "zqp", "--subnet", "10.77.77.0/24"], cwd=REPO,
+                       capture_output=True, check=True, timeout=60)
+        cmd = [FAB, "status", "-i", str(inv)]  # a cluster never brought up: a table of hosts that are down
+    else:
+        cmd = [str(bin_dir / "labnodes"), "file", "make", str(tmp_path / "x.bin"), "--size", "1"]
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
+    if unbuffered:
+        env["PYTHONUNBUFFERED"] = "1"
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        r = subprocess.run(cmd, cwd=REPO, env=env, stdout=write_end, stderr=subprocess.PIPE, text=True, timeout=120)
+    finally:
+        os.close(write_end)
+    assert (r.returncode, r.stderr) == (141, "")
+
+
+def test_a_broken_pipe_elsewhere_is_not_taken_for_a_reader_that_went():
+    """A connection to a host that breaks is a BrokenPipeError too: while stdout's reader is there, it stays the
+    error it is (reader_gone says None)."""
+    code = "from labnodes import output; print(output.reader_gone())"
+    r = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert (r.returncode, r.stdout, r.stderr) == (0, "None\n", "")
