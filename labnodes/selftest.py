@@ -13,7 +13,9 @@ blocked, `blocked_by`. A check whose dependency did not pass is blocked by the f
 never run and never counted as one more failure (`resolve`).
 
 What each service check looks at, on the host itself:
-- running:  the program is one of supervisord's programs (found by name, else by command line) and RUNNING;
+- running:  the program is one of supervisord's programs (found by name, else by command line) and RUNNING, and
+            not started again less than RECENT (60) s ago after it ran and ended by itself (supervisord's own
+            log says so: ends(); its state says RUNNING);
 - listens:  the program's own pid (or a child) holds a listening socket on the host's cluster address and the
             configured port (`ss -ltnpH`), and no listener of it is on a wildcard or loopback address. Another
             program on the same address (sshd) does not count;
