@@ -11,6 +11,7 @@ from __future__ import annotations
 import shlex
 from labkit import STATE, LabkitError, backends, one_at_a_time, printable
 from labkit.remote import Hosts, RemoteError
+from labnodes import LabnodesError, celery_cli
 from labnodes.selftest import ended_note, recovering
 
 OUTBOX = "/var/lib/labnodes/outbox"  # where send-file makes its file on the client host
@@ -64,7 +65,12 @@ def ring_clock_note(result: dict) -> str | None:
 # --- Celery -----------------------------------------------------------------------------------------------
 
 def celery(hosts: Hosts, count: int = 200, mode: str = "all") -> dict:
-    """Submit `count` GCD jobs from the client host in each mode; report results and who ran them."""
+    """Submit `count` GCD jobs from the client host in each mode; report results and who ran them. A count or
+    mode that `labnodes celery batch` would refuse is refused here first, before the single job runs."""
+    try:
+        celery_cli.check_batch(count, celery_cli.MODES if mode == "all" else (mode,))
+    except LabnodesError as exc:
+        raise LabkitError(str(exc)) from None
     client = _first(hosts, "clients")
     single = hosts.labnodes(client, "celery", "submit", "lcm", "48", "18")
     report = hosts.labnodes(client, "celery", "batch", f"--count={count}", f"--mode={mode}")

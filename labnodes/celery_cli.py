@@ -407,6 +407,16 @@ def random_pairs(count: int, seed: int) -> list[tuple[int, int]]:
     return pairs
 
 
+def check_batch(count: int, modes) -> None:
+    """The one rule for a batch's size and modes, or LabnodesError (one line): `celery batch` checks it, and so
+    does `fab run-celery` on the control machine before anything runs on the cluster."""
+    if not 1 <= count <= MAX_COUNT:
+        raise LabnodesError(f"count must be 1..{MAX_COUNT} tasks per mode, got {count}")
+    unknown = [m for m in modes if m not in MODES]
+    if unknown:
+        raise LabnodesError(f"unknown mode {unknown[0]!r}: choose one of {', '.join(MODES)} or all")
+
+
 def batch(
     settings: Settings,
     count: int = 1000,
@@ -419,14 +429,10 @@ def batch(
 
     Jobs a worker took and did not answer within the wait (the worker may have been killed) are waited for
     until they could have been redelivered and run, saying so through notify(text) (default: stderr)."""
-    if not 1 <= count <= MAX_COUNT:
-        raise LabnodesError(f"count must be 1..{MAX_COUNT} tasks per mode, got {count}")
+    check_batch(count, modes)
     if chunk_size < 1:
         raise LabnodesError(f"chunk size must be >= 1, got {chunk_size}")
     _check_timeout(settings)
-    unknown = [m for m in modes if m not in MODES]
-    if unknown:
-        raise LabnodesError(f"unknown mode {unknown[0]!r}: choose one of {', '.join(MODES)} or all")
 
     from labnodes.celery_app import make_app
 

@@ -440,6 +440,21 @@ def test_values_that_start_with_a_dash_reach_labnodes_as_values(monkeypatch):
                         "/opt/v/bin/labnodes --tethered math ask --json -- -1,2 48,18"]
 
 
+@pytest.mark.parametrize("count, mode, said", [
+    (0, "all", "count must be 1..10000 tasks per mode, got 0"),
+    (10001, "one", "count must be 1..10000 tasks per mode, got 10001"),
+    (200, "bogus", "unknown mode 'bogus': choose one of one, group, chunks or all"),
+])
+def test_run_celery_refuses_what_the_batch_would_refuse_before_any_job_runs(monkeypatch, count, mode, said):
+    """`fab run-celery --count 20000` ran its single lcm job on the cluster, then the batch refused the count."""
+    commands = []
+    monkeypatch.setattr(Hosts, "run", lambda self, name, command, check=True, timeout=None: commands.append(command))
+    inv = dataclasses.replace(_inv("netns"), groups={"clients": ("h1",)})
+    with pytest.raises(LabkitError) as err:
+        runs.celery(Hosts(inv), count=count, mode=mode)
+    assert str(err.value) == said and commands == []
+
+
 def test_an_error_quotes_a_long_value_cut_and_measured_then_the_hosts_reason(monkeypatch):
     """A 1001-character ring message was repeated in full in the error line that said it was too long."""
     def run(self, name, command, check=True, timeout=None):
