@@ -221,11 +221,8 @@ def check(c, junit=None, html=None, grading=None, class_=None, out=None, timeout
     from labkit.checks import classmode, grading as grading_, report
     try:
         timeout = checks.parse_timeout(timeout)
+        checks.check_modes(class_, out, inventory_, junit, html, json_)
         if class_:
-            if not out:
-                _fail(LabkitError("--class needs --out FOLDER"))
-            if inventory_:
-                _fail(LabkitError("--class checks the inventories in its folder: give --class or --inventory"))
             try:
                 results = classmode.run_class(class_, out, grading, timeout=timeout)
             except KeyboardInterrupt:

@@ -555,6 +555,22 @@ def parse_timeout(value, name: str = "--timeout") -> float | None:
     return options.number(name, value, 0, MAX_TIMEOUT, low_open=True)
 
 
+def check_modes(class_, out, inventory_, junit, html, json_) -> None:
+    """`fab check`'s options that do not go together, refused in one line (LabkitError) before anything is checked:
+    an option the chosen mode would ignore left the instructor without the file they asked for, silently."""
+    if class_:
+        if not out:
+            raise LabkitError("--class needs --out FOLDER")
+        if inventory_:
+            raise LabkitError("--class checks the inventories in its folder: give --class or --inventory")
+        given = [o for o, v in (("--junit", junit), ("--html", html), ("--json", json_)) if v]
+        if given:
+            raise LabkitError(f"{' and '.join(given)}: for one cluster; --class writes class.csv, class.xlsx and "
+                              f"each student's HTML into --out")
+    elif out:
+        raise LabkitError("--out FOLDER is for --class DIR; one cluster's reports go to --junit PATH or --html PATH")
+
+
 def timeout_for(inv, timeout: float | None = None) -> float:
     """The per-host timeout: the one given, else the inventory's labkit_check_timeout (emulated VMs are slow),
     else DEFAULT_TIMEOUT."""

@@ -799,6 +799,30 @@ def test_a_silent_supervisord_blocks_the_service_checks_of_its_host_but_not_the_
     assert got["service.celery.broker"]["outcome"] == "pass"
 
 
+@pytest.mark.parametrize("given, message", [
+    ({"out": "reports"}, "--out FOLDER is for --class DIR; one cluster's reports go to --junit PATH or --html PATH"),
+    ({"class_": "students"}, "--class needs --out FOLDER"),
+    ({"class_": "students", "out": "o", "inventory_": "inv"}, "give --class or --inventory"),
+    ({"class_": "students", "out": "o", "junit": "c.xml"}, "--junit: for one cluster; --class writes class.csv"),
+    ({"class_": "students", "out": "o", "html": "c.html", "json_": True}, "--html and --json: for one cluster"),
+])
+def test_check_options_that_a_mode_would_ignore_are_refused(given, message):
+    """`fab check --out reports` checked one cluster and wrote nothing into reports, silently; so did --junit,
+    --html and --json with --class."""
+    from labkit.checks import check_modes
+
+    options = dict(dict.fromkeys(["class_", "out", "inventory_", "junit", "html", "json_"]), **given)
+    with pytest.raises(LabkitError, match=re.escape(message)):
+        check_modes(**options)
+
+
+def test_check_options_of_each_mode_are_accepted():
+    from labkit.checks import check_modes
+
+    check_modes(None, None, "inv", "c.xml", "c.html", True)
+    check_modes("students", "o", None, None, None, False)
+
+
 def test_the_check_timeout_is_the_flag_else_the_inventorys_else_twenty_seconds():
     from labkit.checks import DEFAULT_TIMEOUT, Run, timeout_for
 
