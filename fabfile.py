@@ -13,7 +13,7 @@ import time
 
 from labkit import LabkitError, backends, inventory, options, printable, provision, runs
 from labkit.options import task
-from labkit.remote import Hosts, RemoteError
+from labkit.remote import Hosts, RemoteError, parse_timeout
 from labnodes import config, output
 
 
@@ -220,7 +220,7 @@ def check(c, junit=None, html=None, grading=None, class_=None, out=None, timeout
     from labkit import checks
     from labkit.checks import classmode, grading as grading_, report
     try:
-        timeout = checks.parse_timeout(timeout)
+        timeout = parse_timeout(timeout)
         checks.check_modes(class_, out, inventory_, junit, html, json_)
         if class_:
             try:

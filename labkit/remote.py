@@ -23,7 +23,7 @@ import zlib
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from labkit import STATE, LabkitError
+from labkit import STATE, LabkitError, options
 from labkit.ssh import sudo_refused
 from labnodes import selftest
 
@@ -47,6 +47,33 @@ def selftest_command(python: str, *args: str) -> str:
     blob = base64.b64encode(zlib.compress(Path(selftest.__file__).read_bytes())).decode()
     code = f"import base64,zlib;exec(zlib.decompress(base64.b64decode('{blob}')))"
     return " ".join([shlex.quote(python), "-c", shlex.quote(code), *map(shlex.quote, args)])
+
+
+DEFAULT_TIMEOUT = 20.0  # s per host for SSH and each remote command of a look (fab check, fab status)
+MAX_TIMEOUT = 3600.0  # s: a longer one is a typo, and a class check would wait that long per host that is down
+
+
+def parse_timeout(value, name: str = "--timeout") -> float | None:
+    """A per-host timeout as given (text or a number; None: not given), checked: above 0 s, at most MAX_TIMEOUT."""
+    return options.number(name, value, 0, MAX_TIMEOUT, low_open=True)
+
+
+def timeout_for(inv, timeout: float | None = None) -> float:
+    """The per-host timeout: the one given, else the inventory's labkit_check_timeout (emulated VMs are slow),
+    else DEFAULT_TIMEOUT."""
+    if timeout is not None:
+        return float(timeout)
+    found = {parse_timeout(h.vars.get("labkit_check_timeout"), "labkit_check_timeout") for h in inv.hosts} - {None}
+    return max(found) if found else DEFAULT_TIMEOUT
+
+
+def probe_timeout(host_timeout: float) -> float:
+    """Seconds for each connection, request and supervisord call of the probe (selftest.py's TIMEOUT) on a host
+    given host_timeout in all: the probe makes a few in a row, so a sixth of it (3.3 s at the default 20 s; 20 s
+    at inventory/vagrant's 120), at least 3 s, but never more than a quarter: with 3 s at `--timeout 4`, one peer
+    behind a partition used up the probe's whole time, and the host's own checks were all lost to "the probe did
+    not finish"."""
+    return round(min(max(3.0, host_timeout / 6), host_timeout / 4), 1)
 
 
 WORD = 60  # characters of one word of a command an error quotes; a longer word is cut, saying how long it was
@@ -208,16 +235,24 @@ class Hosts:
 
     def supervised(self, name: str) -> dict[str, dict]:
         """supervisord's programs on the host as labnodes.selftest.supervised() sees them: {"labnodes-ring":
-        {"state": "RUNNING", "uptime": 12.0, "ended": None, ...}, ...}, "log_ends" for each that ended by itself;
-        {} if supervisord does not answer. RemoteError if the host's python cannot run the look."""
+        {"state": "RUNNING", "uptime": 12.0, "ended": None, ...}, ...}, "log_ends" for each that ended by itself.
+        RemoteError if the host's python cannot run the look, or supervisord does not answer it in time.
+
+        The look waits for supervisord as long as `fab check`'s probe would on this inventory (probe_timeout): on
+        an emulated VM, 3 s was too short for supervisord's answer, and `fab status` showed no program at all."""
         python = self.inv.host(name).python
-        result = self.run(name, selftest_command(python, "--programs"), check=False)
+        context = json.dumps({"timeout": probe_timeout(timeout_for(self.inv))})
+        result = self.run(name, selftest_command(python, "--programs", "--context", context), check=False)
         try:
-            return json.loads(result.stdout)["programs"] or {}
+            progs = json.loads(result.stdout)["programs"]
         except (ValueError, KeyError, TypeError):
             lines = [ln for ln in (result.stderr or result.stdout).splitlines() if ln.strip()] or ["no output"]
             raise RemoteError(f"{name}: {python} could not look at supervisord (exit {result.exited}): "
                               f"{lines[-1].strip()[:200]}") from None
+        if progs is None:
+            raise RemoteError(f"{name}: supervisord does not answer (supervisorctl status; its log is in "
+                              "/var/log/supervisor/)")
+        return progs
 
     def programs(self, name: str) -> dict[str, str]:
         """supervisord's programs on the host and their states ({"labnodes-ring": "RUNNING", ...}); {} if it

@@ -31,8 +31,10 @@ from pathlib import Path
 import paramiko
 from invoke.exceptions import CommandTimedOut
 
-from labkit import LabkitError, faults, options, printable
-from labkit.remote import Failure, Hosts, labnodes_output, selftest_command
+from labkit import LabkitError, faults, printable
+from labkit.remote import (
+    DEFAULT_TIMEOUT, Failure, Hosts, labnodes_output, probe_timeout, selftest_command, timeout_for,
+)
 from labnodes import selftest
 from labnodes.config import CLOCK_ALLOWANCE
 
@@ -110,10 +112,6 @@ def _first_line(text: str) -> str:
     return lines[-1].strip()[:300] if lines else "no output"
 
 
-DEFAULT_TIMEOUT = 20.0  # s per host for SSH and each remote command
-MAX_TIMEOUT = 3600.0  # s: a longer one is a typo, and a class check would wait that long per host that is down
-
-
 class Run:
     """One cluster's check run."""
 
@@ -121,11 +119,7 @@ class Run:
         self.inv = inv
         self.timeout = timeout
         self.least = groups or {}  # group -> the least number of hosts it must have (a grading file's); else 1
-        # each connection, request and supervisord call of the probe on a host: the whole probe makes a few in
-        # a row within the per-host timeout (3.3 s at the default 20 s; at least 3 s, but never more than a
-        # quarter of it: with 3 s at `--timeout 4`, one peer behind a partition used up the probe's whole time,
-        # and the host's own checks were all lost to "the probe did not finish")
-        self.op_timeout = round(min(max(3.0, timeout / 6), timeout / 4), 1)
+        self.op_timeout = probe_timeout(timeout)  # each connection, request and supervisord call of the probe
         self.checks: list[dict] = []
         self.facts: dict[str, dict] = {}
         self.extra: dict = {"ring": None, "celery": None}
@@ -550,11 +544,6 @@ class Run:
                 "time": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
 
 
-def parse_timeout(value, name: str = "--timeout") -> float | None:
-    """A per-host timeout as given (text or a number; None: not given), checked: above 0 s, at most MAX_TIMEOUT."""
-    return options.number(name, value, 0, MAX_TIMEOUT, low_open=True)
-
-
 def check_modes(class_, out, inventory_, junit, html, json_) -> None:
     """`fab check`'s options that do not go together, refused in one line (LabkitError) before anything is checked:
     an option the chosen mode would ignore left the instructor without the file they asked for, silently."""
@@ -569,15 +558,6 @@ def check_modes(class_, out, inventory_, junit, html, json_) -> None:
                               f"each student's HTML into --out")
     elif out:
         raise LabkitError("--out FOLDER is for --class DIR; one cluster's reports go to --junit PATH or --html PATH")
-
-
-def timeout_for(inv, timeout: float | None = None) -> float:
-    """The per-host timeout: the one given, else the inventory's labkit_check_timeout (emulated VMs are slow),
-    else DEFAULT_TIMEOUT."""
-    if timeout is not None:
-        return float(timeout)
-    found = {parse_timeout(h.vars.get("labkit_check_timeout"), "labkit_check_timeout") for h in inv.hosts} - {None}
-    return max(found) if found else DEFAULT_TIMEOUT
 
 
 def run(inv, timeout: float | None = None, groups: dict[str, int] | None = None) -> dict:

@@ -455,6 +455,33 @@ def test_run_celery_refuses_what_the_batch_would_refuse_before_any_job_runs(monk
     assert str(err.value) == said and commands == []
 
 
+@pytest.mark.parametrize("check_timeout, waits", [(None, 3.3), (120, 20.0)])
+def test_the_look_at_supervisord_waits_as_long_as_fab_checks_probe_on_that_inventory(monkeypatch, check_timeout,
+                                                                                     waits):
+    """On emulated VMs (inventory/vagrant: labkit_check_timeout 120) `fab status` showed no program on seven of
+    eight hosts: its look gave supervisord 3 s, the probe's default, where `fab check` gives it 20."""
+    sent = []
+
+    def run(self, name, command, check=True, timeout=None):
+        sent.append(command)
+        return SimpleNamespace(stdout=json.dumps({"programs": {"x": {"state": "RUNNING"}}}), stderr="", exited=0)
+
+    monkeypatch.setattr(Hosts, "run", run)
+    host = inventory.Host("h1", "10.0.0.5", {} if check_timeout is None else {"labkit_check_timeout": check_timeout})
+    inv = dataclasses.replace(_inv("vagrant"), hosts=(host,))
+    assert Hosts(inv).programs("h1") == {"x": "RUNNING"}
+    assert sent == [remote.selftest_command("python3", "--programs", "--context", json.dumps({"timeout": waits}))]
+
+
+def test_a_supervisord_that_does_not_answer_the_look_is_an_error_not_no_programs(monkeypatch):
+    """`fab status` showed "-" (no program) for a host whose supervisord did not answer, and `fab fault stop
+    HOST:PROGRAM` said the host had no such program."""
+    monkeypatch.setattr(Hosts, "run", lambda self, name, command, check=True, timeout=None:
+                        SimpleNamespace(stdout=json.dumps({"programs": None}), stderr="", exited=0))
+    with pytest.raises(RemoteError, match="h1: supervisord does not answer"):
+        Hosts(_inv("netns")).supervised("h1")
+
+
 def test_an_error_quotes_a_long_value_cut_and_measured_then_the_hosts_reason(monkeypatch):
     """A 1001-character ring message was repeated in full in the error line that said it was too long."""
     def run(self, name, command, check=True, timeout=None):
