@@ -823,6 +823,24 @@ def test_check_options_of_each_mode_are_accepted():
     check_modes("students", "o", None, None, None, False)
 
 
+@pytest.mark.parametrize("section, path", [
+    # Debian's own /etc/supervisor/supervisord.conf (the VMs' and lab machines'): an inline comment after the path
+    ("file=/var/run/supervisor.sock   ; (the path to the socket file)\nchmod=0700   ; sockef file mode",
+     "/var/run/supervisor.sock"),
+    ("file = /run/labkit/supervisor.sock   # ours, one day", "/run/labkit/supervisor.sock"),
+    ("file=/run/labnodes-supervisor.sock", "/run/labnodes-supervisor.sock"),  # the netns hosts' own file
+    ("file=/run/s.sock\nusername=u\npassword=p", None),  # the look does not send credentials: supervisorctl does
+    ("file=%(here)s/s.sock", None),
+])
+def test_the_supervisord_socket_is_read_as_supervisor_reads_its_file(tmp_path, section, path):
+    """With Debian's file the look read the path with its comment, could not connect, and fell back to two
+    supervisorctl runs: 9 of the broker VM's 14 s of probe, and `fab check` timed out on it."""
+    conf = tmp_path / "supervisord.conf"
+    conf.write_text(f"[unix_http_server]\n{section}\n\n[supervisord]\nlogfile=/var/log/supervisor/supervisord.log ; x\n")
+    assert selftest.supervisor_socket(str(conf)) == path
+    assert selftest.supervisor_socket(str(tmp_path / "missing.conf")) is None
+
+
 def test_the_check_timeout_is_the_flag_else_the_inventorys_else_twenty_seconds():
     from labkit.checks import DEFAULT_TIMEOUT, Run, timeout_for
 
