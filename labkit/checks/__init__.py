@@ -166,8 +166,9 @@ class Run:
             r = self.ssh(h.name, selftest_command(python, "--context", json.dumps(self.ctx(h))))
             back = time.time()
         except CommandTimedOut:  # SSH worked; the probe was slower than the timeout
-            return {"ran": True, "error": f"the probe did not finish within {self.timeout:g} s (a slow host? "
-                                          "fab check --timeout S, or labkit_check_timeout in the inventory)"}
+            return {"ran": True, "error": f"the probe did not finish within {self.timeout:g} s",
+                    "hint": "a slow host (an emulated VM, a busy machine)? give it more: fab check --timeout S, "
+                            "or labkit_check_timeout in the inventory"}
         except Exception as exc:  # noqa: BLE001 -- any way SSH fails is this check's finding
             msg = str(exc) or type(exc).__name__
             if isinstance(exc, paramiko.AuthenticationException):

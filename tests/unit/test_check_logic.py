@@ -841,6 +841,24 @@ def test_the_supervisord_socket_is_read_as_supervisor_reads_its_file(tmp_path, s
     assert selftest.supervisor_socket(str(tmp_path / "missing.conf")) is None
 
 
+def test_a_probe_that_runs_out_of_time_is_told_to_give_the_host_more_not_to_install_python(monkeypatch):
+    """On the emulated broker VM the probe ran past 120 s, and the hint said to install python3."""
+    from invoke.exceptions import CommandTimedOut
+
+    from labkit import inventory
+    from labkit.checks import Run
+
+    def ssh(self, host, command, timeout=None):
+        raise CommandTimedOut(SimpleNamespace(command=command), timeout=self.timeout)
+
+    monkeypatch.setattr(Run, "ssh", ssh)
+    monkeypatch.setattr(Run, "ctx", lambda self, h: {})
+    host = inventory.Host("broker", "10.0.0.5")
+    res = Run(SimpleNamespace(hosts=[host]), timeout=120.0).probe(host)
+    assert res["ran"] and res["error"] == "the probe did not finish within 120 s"
+    assert res["hint"].startswith("a slow host") and "--timeout" in res["hint"] and "install" not in res["hint"]
+
+
 def test_the_check_timeout_is_the_flag_else_the_inventorys_else_twenty_seconds():
     from labkit.checks import DEFAULT_TIMEOUT, Run, timeout_for
 
