@@ -255,8 +255,8 @@ class Hosts:
         return progs
 
     def programs(self, name: str) -> dict[str, str]:
-        """supervisord's programs on the host and their states ({"labnodes-ring": "RUNNING", ...}); {} if it
-        does not answer."""
+        """supervisord's programs on the host and their states ({"labnodes-ring": "RUNNING", ...}); RemoteError if
+        supervisord does not answer (supervised())."""
         return {prog: p["state"] for prog, p in self.supervised(name).items()}
 
     def labnodes_bin(self, name: str, program: str = "labnodes") -> str:
