@@ -68,7 +68,7 @@ def celery(hosts: Hosts, count: int = 200, mode: str = "all") -> dict:
     """Submit `count` GCD jobs from the client host in each mode; report results and who ran them. A count or
     mode that `labnodes celery batch` would refuse is refused here first, before the single job runs."""
     try:
-        celery_cli.check_batch(count, celery_cli.MODES if mode == "all" else (mode,))
+        celery_cli.check_batch(count, celery_cli.batch_modes(mode))
     except LabnodesError as exc:
         raise LabkitError(str(exc)) from None
     client = _first(hosts, "clients")

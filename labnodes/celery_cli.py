@@ -407,6 +407,11 @@ def random_pairs(count: int, seed: int) -> list[tuple[int, int]]:
     return pairs
 
 
+def batch_modes(mode: str) -> tuple[str, ...]:
+    """The modes a `--mode` value names: "all" is every mode, in MODES' order."""
+    return MODES if mode == "all" else (mode,)
+
+
 def check_batch(count: int, modes) -> None:
     """The one rule for a batch's size and modes, or LabnodesError (one line): `celery batch` checks it, and so
     does `fab run-celery` on the control machine before anything runs on the cluster."""
@@ -596,8 +601,7 @@ def _counts(counter: dict) -> str:
 
 
 def _cmd_batch(args, settings: Settings) -> int:
-    modes = list(MODES) if args.mode == "all" else [args.mode]
-    report = batch(settings, count=args.count, modes=modes, chunk_size=args.chunk_size, seed=args.seed)
+    report = batch(settings, count=args.count, modes=batch_modes(args.mode), chunk_size=args.chunk_size, seed=args.seed)
     if args.json:
         output.as_json(report)
     else:

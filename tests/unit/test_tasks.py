@@ -197,6 +197,13 @@ def test_batch_refuses_a_count_out_of_bounds_before_making_pairs_or_reaching_red
     assert str(excinfo.value) == f"count must be 1..10000 tasks per mode, got {count}"
 
 
+@pytest.mark.parametrize("mode, modes", [("all", ("one", "group", "chunks")), ("group", ("group",)),
+                                         ("bogus", ("bogus",))])
+def test_a_mode_value_names_its_modes_all_being_every_mode_in_order(mode, modes):
+    """`celery batch --mode` and `fab run-celery --mode` both expand the value here; check_batch refuses bogus."""
+    assert celery_cli.batch_modes(mode) == modes
+
+
 def test_random_pairs_are_reproducible_for_a_seed():
     assert celery_cli.random_pairs(5, seed=7) == celery_cli.random_pairs(5, seed=7)
     assert celery_cli.random_pairs(5, seed=7) != celery_cli.random_pairs(5, seed=8)
