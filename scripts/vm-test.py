@@ -23,6 +23,12 @@
 
 Timings go to the console and to build/vm-test.json. Exits non-zero at the first failure (the VMs are destroyed
 unless LABKIT_VM_TEST_KEEP=1).
+
+VMs kept after a failure (LABKIT_VM_TEST_KEEP=1: the run prints their directory) can take the rest of the run
+without another half hour of `vagrant up`, from the same checkout: `scripts/vm-test.py --from-kept DIR --phase
+PHASE` (PHASES: the vagrant runs, the faults, the clock, the second provisioning, the lab path, the downs). Before a
+phase on the Vagrant cluster it provisions the kept VMs with this checkout (`fab provision`), so that a fix made
+since is what the phases see; the lab phase provisions them itself.
 """
 
 from __future__ import annotations
@@ -55,6 +61,7 @@ SUBNET = "192.168.57"
 FAB = str(REPO / ".venv" / "bin" / "fab")
 TIMINGS: dict[str, float] = {}
 RUNS = ["run-ring", "status", "run-celery --count 100", "run-math", "send-file --size 8", "check"]
+PHASES = ("runs", "faults", "clock", "reprovision", "lab", "down")  # --phase: where a run on kept VMs starts
 # Faults on real Debian kernels (issue 9), as the vagrant user through sudo: (fab command, exits 0?, words its
 # output must hold). The VMs' kernel has sch_netem, which the netns box lacks, so a delay is tried here too.
 FAULTS = [
@@ -116,7 +123,7 @@ def lab_inventory(tmp: Path, vagrant_inv: Path) -> Path:
     """The same hosts as a lab inventory: the settings of inventory/vagrant (the sudo user `vagrant`, become,
     systemd, the slow-host timeouts) with the lab backend, so the VMs are reached as machines through ~/.ssh."""
     dest = tmp / "lab"
-    (dest / "group_vars").mkdir(parents=True)
+    (dest / "group_vars").mkdir(parents=True, exist_ok=True)  # exists when a run on kept VMs does this again
     shutil.copy(vagrant_inv / "hosts.yml", dest / "hosts.yml")
     settings = yaml.safe_load((vagrant_inv / "group_vars" / "all.yml").read_text())
     settings["labkit_backend"] = "lab"
@@ -138,6 +145,7 @@ def lab_ssh(tmp: Path, inv) -> None:
     """Reach the VMs as a lab user reaches machines: a block in ~/.ssh/config per address (a key and known_hosts
     of its own, in the test's directory), between markers, removed by forget_lab_ssh()."""
     dot = tmp / "lab-ssh"
+    shutil.rmtree(dot, ignore_errors=True)  # a run on kept VMs (--from-kept) may do this again
     dot.mkdir(mode=0o700)
     shutil.copy(ssh.key_path(inv.cluster), dot / "id_ed25519")
     os.chmod(dot / "id_ed25519", 0o600)
@@ -282,91 +290,65 @@ def a_clock_set_ahead(env: dict[str, str]) -> None:
 
 
 def main() -> int:
-    # No options: the parser is there so that --help (or a typo) says what this does rather than start 20 minutes
-    # of VMs.
-    argparse.ArgumentParser(description=__doc__.split("\n\n")[0]).parse_args()
+    # The parser also makes --help (or a typo) say what this does rather than start half an hour of VMs.
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--from-kept", metavar="DIR", type=Path,
+                        help="go on with the VMs a failed run kept (LABKIT_VM_TEST_KEEP=1) in DIR, which it printed")
+    parser.add_argument("--phase", choices=PHASES, default=PHASES[0],
+                        help=f"with --from-kept: the phase to start at (default: {PHASES[0]})")
+    args = parser.parse_args()
+    if args.phase != PHASES[0] and args.from_kept is None:
+        parser.error("--phase goes with --from-kept (a whole run starts at the beginning)")
+    start = PHASES.index(args.phase)
     t_all = time.monotonic()
     env = {k: v for k, v in os.environ.items() if not k.startswith("LABKIT_")}
     env.update(VAGRANT_CHECKPOINT_DISABLE="1", LABKIT_VAGRANT_BOX=BOX, LABKIT_VAGRANT_MGMT_MODE="none")
-    boxes = subprocess.run(["vagrant", "box", "list"], capture_output=True, text=True).stdout
-    if not re.search(rf"^{re.escape(BOX)}\s.*libvirt", boxes, re.M):
-        step("box build", ["bash", "scripts/vm-box.sh"], env)
     previous_active = inventory.ACTIVE_FILE.read_text() if inventory.ACTIVE_FILE.exists() else None
-    tmp = Path(tempfile.mkdtemp(prefix="labkit-vm-test-"))
-    vinv_path = vagrant_inventory(tmp)
+    if args.from_kept is None:
+        boxes = subprocess.run(["vagrant", "box", "list"], capture_output=True, text=True).stdout
+        if not re.search(rf"^{re.escape(BOX)}\s.*libvirt", boxes, re.M):
+            step("box build", ["bash", "scripts/vm-box.sh"], env)
+        tmp = Path(tempfile.mkdtemp(prefix="labkit-vm-test-"))
+        vinv_path = vagrant_inventory(tmp)
+    else:
+        tmp = args.from_kept.resolve()
+        vinv_path = tmp / "vagrant"
+        if not (vinv_path / "hosts.yml").is_file() or not (tmp / "dot-vagrant").is_dir():
+            parser.error(f"{tmp} is not the directory of a run that kept its VMs (no vagrant/hosts.yml, dot-vagrant)")
     env.update(LABKIT_VAGRANT_INVENTORY=str(vinv_path), VAGRANT_DOTFILE_PATH=str(tmp / "dot-vagrant"))
     vinv = inventory.load(vinv_path)
     failed = True
     try:
-        out = step("vagrant up (boot + provisioning)", ["vagrant", "up"], env, capture=True)
-        p = re.search(r"provisioned in (\d+)s", out)
-        if p:
-            TIMINGS["of which: provisioning (site.yml)"] = float(p.group(1))
-            TIMINGS["of which: VMs made, booted, accepting SSH"] = round(
-                TIMINGS["vagrant up (boot + provisioning)"] - float(p.group(1)), 1)
-        # `vagrant up` made the copy the active inventory (what lets `fab run-ring` go without a flag). The runs
-        # then name it, so that another labkit run in this checkout (the cluster tests restore .labkit/active when
-        # they end) cannot point them elsewhere half-way.
-        active = inventory.ACTIVE_FILE.read_text().strip()
-        if Path(active) != vinv_path:
-            raise SystemExit(f"vm-test: after vagrant up the active inventory is {active}, not {vinv_path}")
+        if args.from_kept is None:
+            vagrant_up(vinv_path, env)
+        # The runs name the inventory, so that another labkit run in this checkout (the cluster tests restore
+        # .labkit/active when they end) cannot point them elsewhere half-way.
         env["LABKIT_INVENTORY"] = str(vinv_path)
-        for run in RUNS:
-            step(f"vagrant: fab {run}", [FAB, *run.split()], env, capture=run != "check")
-            if run == "run-ring":
-                TIMINGS["vagrant up to the first ring lap"] = round(
-                    TIMINGS["vagrant up (boot + provisioning)"] + TIMINGS["vagrant: fab run-ring"], 1)
-        every_program_shows(env, "vagrant")
-        interrupted_run_stops_on_the_host(env)
-        for i, (run, ok, words) in enumerate(FAULTS, 1):
-            out = step(f"vagrant faults {i:2d}: fab {run}", [FAB, *run.split()], env, capture=True, expect_ok=ok)
-            if words not in out:
-                raise SystemExit(f"vm-test: `fab {run}` did not say {words!r}")
-            if run.startswith("impair pyro2 --delay"):
-                lap = json.loads(step("vagrant faults: fab run-ring --json", [FAB, "run-ring", "--json"], env,
-                                      capture=True))["lap_ms"][0]
-                TIMINGS["ring lap with pyro2 delayed 200 ms (ms)"] = round(lap, 1)
-                if lap < 200:
-                    raise SystemExit(f"vm-test: a lap through a host delayed 200 ms took {lap:.1f} ms")
-        a_clock_set_ahead(env)
-        again = step("vagrant: fab provision (second time)", [FAB, "provision"], env, capture=True)
-        if changes(again):
-            raise SystemExit(f"vm-test: the second provisioning changed {changes(again)} things (want 0)")
-
-        # The lab path: forget the Vagrant cluster's SSH files; reach the VMs as a lab user's ~/.ssh would.
-        lab_ssh(tmp, vinv)
-        ssh.close_connections([vinv.subnet], [ssh.control_dir(vinv.cluster), *ssh.ansible_control_dirs()])
-        ssh.remove_client_config(vinv.cluster)
-        lab = lab_inventory(tmp, vinv_path)
-        lab_env = {k: v for k, v in env.items() if k != "LABKIT_INVENTORY"}  # `fab up -i LAB` makes it active
-        up = step("lab: fab up -i LAB (provisioning again)", [FAB, "up", "-i", str(lab), "--quiet"], lab_env,
-                  capture=True)
-        m = re.search(r"provisioning [\d.]+s \((\d+) changes\)", up)
-        if m and int(m.group(1)):
-            raise SystemExit(f"vm-test: provisioning through the lab inventory changed {m.group(1)} things (want 0)")
-        for run in RUNS:
-            step(f"lab: fab {run}", [FAB, *run.split()], lab_env, capture=run != "check")
-        every_program_shows(lab_env, "lab")
-        step("lab: fab down -i LAB (remove.yml)", [FAB, "down", "-i", str(lab)], lab_env, capture=True)
-        for host in vinv.hosts:  # every machine: each had a different set of programs
-            left = subprocess.run(
-                ["ssh", "-o", "BatchMode=yes", host.address,
-                 "ls -d /opt/labnodes /etc/labnodes /var/log/labnodes /var/lib/labnodes /usr/local/bin/labnodes "
-                 "2>/dev/null; "
-                 "ls /etc/supervisor/conf.d/ | grep labnodes; getent passwd labnodes; grep 'labkit cluster hosts' /etc/hosts; "
-                 "systemctl is-active supervisor >/dev/null || echo supervisor not running; true"],
-                capture_output=True, text=True, env=lab_env)
-            if left.returncode != 0 or left.stdout.strip():
-                raise SystemExit(f"vm-test: after fab down, {host.name} is not as it was: "
-                                 f"{left.stdout.strip() or left.stderr.strip()}")
-        print(f"vm-test: nothing of labkit left on the {len(vinv.hosts)} machines, supervisord still running there")
+        if args.from_kept is not None and start < PHASES.index("lab"):
+            step("kept VMs: fab provision (this checkout's build)", [FAB, "provision", "--quiet"], env)
+        if start <= PHASES.index("runs"):
+            vagrant_runs(env)
+        if start <= PHASES.index("faults"):
+            faults(env)
+        if start <= PHASES.index("clock"):
+            a_clock_set_ahead(env)
+        if start <= PHASES.index("reprovision"):
+            again = step("vagrant: fab provision (second time)", [FAB, "provision"], env, capture=True)
+            if changes(again):
+                raise SystemExit(f"vm-test: the second provisioning changed {changes(again)} things (want 0)")
+        if start <= PHASES.index("lab"):
+            lab_path(tmp, vinv, vinv_path, env)
         vagrant_down_and_left_behind(tmp, vinv_path, env)
         failed = False
     finally:
         forget_lab_ssh()
         if failed and os.environ.get("LABKIT_VM_TEST_KEEP"):
-            print(f"vm-test: VMs kept (LABKIT_VM_TEST_KEEP); destroy: env LABKIT_VAGRANT_INVENTORY={vinv_path} "
-                  f"VAGRANT_DOTFILE_PATH={tmp / 'dot-vagrant'} vagrant destroy -f")
+            print(f"vm-test: VMs kept (LABKIT_VM_TEST_KEEP) in {tmp}\n"
+                  f"  go on from a phase ({', '.join(PHASES)}), in this checkout: "
+                  f"LABKIT_VM_TEST_KEEP=1 {sys.executable} {Path(__file__).relative_to(REPO)} --from-kept {tmp} "
+                  f"--phase PHASE\n  or destroy them: env LABKIT_VAGRANT_INVENTORY={vinv_path} "
+                  f"VAGRANT_DOTFILE_PATH={tmp / 'dot-vagrant'} LABKIT_VAGRANT_BOX={BOX} "
+                  f"LABKIT_VAGRANT_MGMT_MODE=none VAGRANT_CHECKPOINT_DISABLE=1 vagrant destroy -f")
         else:
             step("vagrant destroy -f", ["vagrant", "destroy", "-f"], env)
             shutil.rmtree(tmp, ignore_errors=True)
@@ -387,6 +369,72 @@ def main() -> int:
             print(f"  {secs:8.1f}  {name}")
         print(f"vm-test: {'FAILED' if failed else 'passed'}; timings in {report}")
     return 0
+
+
+def vagrant_up(vinv_path: Path, env: dict[str, str]) -> None:
+    out = step("vagrant up (boot + provisioning)", ["vagrant", "up"], env, capture=True)
+    p = re.search(r"provisioned in (\d+)s", out)
+    if p:
+        TIMINGS["of which: provisioning (site.yml)"] = float(p.group(1))
+        TIMINGS["of which: VMs made, booted, accepting SSH"] = round(
+            TIMINGS["vagrant up (boot + provisioning)"] - float(p.group(1)), 1)
+    # `vagrant up` made the copy the active inventory (what lets `fab run-ring` go without a flag)
+    active = inventory.ACTIVE_FILE.read_text().strip()
+    if Path(active) != vinv_path:
+        raise SystemExit(f"vm-test: after vagrant up the active inventory is {active}, not {vinv_path}")
+
+
+def vagrant_runs(env: dict[str, str]) -> None:
+    for run in RUNS:
+        step(f"vagrant: fab {run}", [FAB, *run.split()], env, capture=run != "check")
+        if run == "run-ring" and "vagrant up (boot + provisioning)" in TIMINGS:
+            TIMINGS["vagrant up to the first ring lap"] = round(
+                TIMINGS["vagrant up (boot + provisioning)"] + TIMINGS["vagrant: fab run-ring"], 1)
+    every_program_shows(env, "vagrant")
+    interrupted_run_stops_on_the_host(env)
+
+
+def faults(env: dict[str, str]) -> None:
+    for i, (run, ok, words) in enumerate(FAULTS, 1):
+        out = step(f"vagrant faults {i:2d}: fab {run}", [FAB, *run.split()], env, capture=True, expect_ok=ok)
+        if words not in out:
+            raise SystemExit(f"vm-test: `fab {run}` did not say {words!r}")
+        if run.startswith("impair pyro2 --delay"):
+            lap = json.loads(step("vagrant faults: fab run-ring --json", [FAB, "run-ring", "--json"], env,
+                                  capture=True))["lap_ms"][0]
+            TIMINGS["ring lap with pyro2 delayed 200 ms (ms)"] = round(lap, 1)
+            if lap < 200:
+                raise SystemExit(f"vm-test: a lap through a host delayed 200 ms took {lap:.1f} ms")
+
+
+def lab_path(tmp: Path, vinv, vinv_path: Path, env: dict[str, str]) -> None:
+    """The lab path: forget the Vagrant cluster's SSH files; reach the VMs as a lab user's ~/.ssh would."""
+    lab_ssh(tmp, vinv)
+    ssh.close_connections([vinv.subnet], [ssh.control_dir(vinv.cluster), *ssh.ansible_control_dirs()])
+    ssh.remove_client_config(vinv.cluster)
+    lab = lab_inventory(tmp, vinv_path)
+    lab_env = {k: v for k, v in env.items() if k != "LABKIT_INVENTORY"}  # `fab up -i LAB` makes it active
+    up = step("lab: fab up -i LAB (provisioning again)", [FAB, "up", "-i", str(lab), "--quiet"], lab_env,
+              capture=True)
+    m = re.search(r"provisioning [\d.]+s \((\d+) changes\)", up)
+    if m and int(m.group(1)):
+        raise SystemExit(f"vm-test: provisioning through the lab inventory changed {m.group(1)} things (want 0)")
+    for run in RUNS:
+        step(f"lab: fab {run}", [FAB, *run.split()], lab_env, capture=run != "check")
+    every_program_shows(lab_env, "lab")
+    step("lab: fab down -i LAB (remove.yml)", [FAB, "down", "-i", str(lab)], lab_env, capture=True)
+    for host in vinv.hosts:  # every machine: each had a different set of programs
+        left = subprocess.run(
+            ["ssh", "-o", "BatchMode=yes", host.address,
+             "ls -d /opt/labnodes /etc/labnodes /var/log/labnodes /var/lib/labnodes /usr/local/bin/labnodes "
+             "2>/dev/null; "
+             "ls /etc/supervisor/conf.d/ | grep labnodes; getent passwd labnodes; grep 'labkit cluster hosts' /etc/hosts; "
+             "systemctl is-active supervisor >/dev/null || echo supervisor not running; true"],
+            capture_output=True, text=True, env=lab_env)
+        if left.returncode != 0 or left.stdout.strip():
+            raise SystemExit(f"vm-test: after fab down, {host.name} is not as it was: "
+                             f"{left.stdout.strip() or left.stderr.strip()}")
+    print(f"vm-test: nothing of labkit left on the {len(vinv.hosts)} machines, supervisord still running there")
 
 
 if __name__ == "__main__":
