@@ -114,3 +114,18 @@ def test_vagrant_refuses_an_inventory_against_labkits_rules_before_making_anythi
     proc = vagrant(vagrant_env, "validate", VAGRANT_DEFAULT_PROVIDER="libvirt", LABKIT_VAGRANT_INVENTORY=str(copy))
     assert proc.returncode == 1 and "Message: RuntimeError: " + says.format(inv=copy) in proc.stderr, proc.stderr
     assert not (tmp_path / "dot-vagrant" / "machines" / "broker" / "libvirt").exists()
+
+
+@pytest.mark.parametrize("args, words", [
+    (["--phase", "lab"], "--phase goes with --from-kept"),
+    (["--from-kept", "/nonexistent", "--phase", "faults"], "is not the directory of a run that kept its VMs"),
+    (["--from-kept", "/tmp", "--phase", "later"], "invalid choice: 'later'"),
+])
+def test_vm_test_refuses_a_resume_it_cannot_do_before_touching_a_vm(args, words):
+    """`scripts/vm-test.py --from-kept DIR --phase PHASE` goes on with kept VMs; a wrong pair is refused by the
+    parser, before any vagrant or fab command (the argument checks come first in main()). PATH holds no vagrant,
+    so that a check gone missing fails here at `vagrant box list` instead of starting VMs."""
+    env = {**os.environ, "PATH": "/nonexistent"}
+    proc = subprocess.run([str(REPO / ".venv" / "bin" / "python"), "scripts/vm-test.py", *args], cwd=REPO,
+                          capture_output=True, text=True, timeout=60, env=env)
+    assert proc.returncode == 2 and words in proc.stderr and proc.stdout == "", proc
