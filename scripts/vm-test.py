@@ -38,6 +38,7 @@ import json
 import os
 import pwd
 import re
+import shlex
 import shutil
 import signal
 import subprocess
@@ -346,9 +347,9 @@ def main() -> int:
             print(f"vm-test: VMs kept (LABKIT_VM_TEST_KEEP) in {tmp}\n"
                   f"  go on from a phase ({', '.join(PHASES)}), in this checkout: "
                   f"LABKIT_VM_TEST_KEEP=1 {sys.executable} {Path(__file__).relative_to(REPO)} --from-kept {tmp} "
-                  f"--phase PHASE\n  or destroy them: env LABKIT_VAGRANT_INVENTORY={vinv_path} "
-                  f"VAGRANT_DOTFILE_PATH={tmp / 'dot-vagrant'} LABKIT_VAGRANT_BOX={BOX} "
-                  f"LABKIT_VAGRANT_MGMT_MODE=none VAGRANT_CHECKPOINT_DISABLE=1 vagrant destroy -f")
+                  f"--phase PHASE\n  or destroy them: env "
+                  + " ".join(f"{k}={shlex.quote(v)}" for k, v in env.items() if k.startswith(("LABKIT_", "VAGRANT_")))
+                  + " vagrant destroy -f")  # the variables vagrant ran with, as main() set them
         else:
             step("vagrant destroy -f", ["vagrant", "destroy", "-f"], env)
             shutil.rmtree(tmp, ignore_errors=True)
@@ -428,7 +429,8 @@ def lab_path(tmp: Path, vinv, vinv_path: Path, env: dict[str, str]) -> None:
             ["ssh", "-o", "BatchMode=yes", host.address,
              "ls -d /opt/labnodes /etc/labnodes /var/log/labnodes /var/lib/labnodes /usr/local/bin/labnodes "
              "2>/dev/null; "
-             "ls /etc/supervisor/conf.d/ | grep labnodes; getent passwd labnodes; grep 'labkit cluster hosts' /etc/hosts; "
+             "ls /etc/supervisor/conf.d/ | grep labnodes; getent passwd labnodes; "
+             "grep 'labkit cluster hosts' /etc/hosts; "
              "systemctl is-active supervisor >/dev/null || echo supervisor not running; true"],
             capture_output=True, text=True, env=lab_env)
         if left.returncode != 0 or left.stdout.strip():
