@@ -219,6 +219,23 @@ def course(tmp_path_factory) -> inventory.Inventory:
         shutil.rmtree(STATE / "ckt", ignore_errors=True)
 
 
+def sized_cluster(tmp_path_factory, cluster: str, subnet: str, ring: int, workers: int, said: str):
+    """A module fixture's body: `fab new-inventory` (its line must say `said`), `fab up`, yield the inventory; then
+    `fab down`, and nothing of the cluster may be left on the box."""
+    _require_root()
+    path = tmp_path_factory.mktemp("inv") / cluster
+    made = fab("new-inventory", str(path), "--cluster", cluster, "--subnet", subnet, "--ring", str(ring),
+               "--workers", str(workers), inv=path)
+    assert said in made.stdout, made.stdout
+    try:
+        fab("up", "-i", str(path), "--quiet", inv=path)
+        yield inventory.load(path)
+    finally:
+        fab("down", "-i", str(path), inv=path, check=False)
+        shutil.rmtree(STATE / cluster, ignore_errors=True)
+    assert not leftovers(cluster, subnet)
+
+
 @pytest.fixture(scope="session")
 def t1(tmp_path_factory) -> inventory.Inventory:
     """The three-host test cluster t1, up for the whole session and always brought down."""

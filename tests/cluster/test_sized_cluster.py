@@ -8,33 +8,16 @@ reaching every worker. Everything goes through the real `fab` command, as in tes
 
 from __future__ import annotations
 
-import os
-import shutil
-
 import pytest
 
-from labkit import STATE, inventory
-from tests.cluster.conftest import leftovers
-from tests.cluster.test_lab_cluster import fab, fab_json
+from tests.cluster.conftest import fab_json, sized_cluster
 
 CLUSTER, SUBNET, RING, WORKERS = "sz24", "10.77.204.0/24", 10, 11
 
 
 @pytest.fixture(scope="module")
 def big(tmp_path_factory):
-    if os.geteuid() != 0:
-        pytest.skip("cluster tests need root (they create network namespaces)")
-    path = tmp_path_factory.mktemp("inv") / CLUSTER
-    made = fab("new-inventory", str(path), "--cluster", CLUSTER, "--subnet", SUBNET, "--ring", str(RING),
-               "--workers", str(WORKERS), inv=path)
-    assert "24 hosts" in made.stdout
-    try:
-        fab("up", "-i", str(path), "--quiet", inv=path)
-        yield inventory.load(path)
-    finally:
-        fab("down", "-i", str(path), inv=path, check=False)
-        shutil.rmtree(STATE / CLUSTER, ignore_errors=True)
-    assert not leftovers(CLUSTER, SUBNET)
+    yield from sized_cluster(tmp_path_factory, CLUSTER, SUBNET, RING, WORKERS, said="24 hosts")
 
 
 def test_the_inventory_has_the_size_asked_for(big):
