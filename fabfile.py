@@ -102,7 +102,8 @@ def down(c, inventory_=None, forget=False):
 
 @task(positional=["directory"], help={
     "directory": "new inventory directory to write", "cluster": "cluster name, 1-6 of [a-z0-9]",
-    "subnet": "the cluster's /24, apart from every other cluster's", "ring": "ring hosts", "workers": "Celery workers"})
+    "subnet": "the cluster's /24, apart from every other cluster's", "ring": "ring hosts (0: no ring)",
+    "workers": "Celery workers"})
 def new_inventory(c, directory, cluster=None, subnet=None, ring=3, workers=2):
     """Write a netns inventory of any size (a ring of 50, 47 workers: 100 hosts); bring it up with `fab up -i`."""
     missing = [need for need, value in (("--cluster NAME (1-6 of [a-z0-9])", cluster),
@@ -114,8 +115,9 @@ def new_inventory(c, directory, cluster=None, subnet=None, ring=3, workers=2):
         path = inventory.new_sized(directory, cluster, subnet, int(ring), int(workers))
     except (LabkitError, ValueError) as exc:
         _fail(exc)
-    print(f"new-inventory: {path}/hosts.yml: {int(ring) + int(workers) + 3} hosts (a ring of {ring}, {workers} "
-          f"workers); bring it up with `fab up -i {path}`")
+    print(f"new-inventory: {path}/hosts.yml: {int(ring) + int(workers) + 3} hosts "
+          f"({f'a ring of {ring}' if int(ring) else 'no ring'}, {workers} worker{'' if int(workers) == 1 else 's'}); "
+          f"bring it up with `fab up -i {path}`")
 
 
 @task(help={"json": "print JSON instead of a table", "inventory": INVENTORY})
@@ -251,10 +253,20 @@ def check(c, junit=None, html=None, grading=None, class_=None, out=None, timeout
 
 @task(help={"inventory": INVENTORY})
 def demo(c, inventory_=None):
-    """All the runs, one after another: ring, Celery, math server, file transfer."""
-    for title, t in [("Pyro4 ring", run_ring), ("Celery through the Redis broker", run_celery),
-                     ("Socket math server", run_math), ("File transfer", send_file)]:
+    """All the runs, one after another: ring, Celery, math server, file transfer (each its inventory has hosts for)."""
+    from labkit.checks import APP_GROUPS  # the groups each run needs: an inventory may leave the ring out
+    try:
+        groups = inventory.load(inventory_).groups
+    except LabkitError as exc:
+        _fail(exc)
+    for title, t, cid in [("Pyro4 ring", run_ring, "app.ring"), ("Celery through the Redis broker", run_celery,
+                          "app.celery"), ("Socket math server", run_math, "app.math"),
+                          ("File transfer", send_file, "app.file")]:
         print(f"\n=== {title} ===\n")
+        empty = [g for g in APP_GROUPS[cid] if not groups.get(g)]
+        if empty:
+            print(f"skipped: the inventory has no host in group {', '.join(repr(g) for g in empty)}")
+            continue
         t(c, inventory_=inventory_)
 
 

@@ -422,7 +422,9 @@ def sized_hosts_yml(cluster: str, subnet: str, ring: int = 3, workers: int = 2) 
     """hosts.yml of a netns cluster shaped like inventory/netns, with `ring` ring hosts and `workers` workers.
 
     Addresses in the /24 `subnet`: broker .10, sockserver .30, client .40, workers from .100, the ring from .200
-    (a ring of more than 55 starts lower, so that it ends at .254). Pure: checked, not written.
+    (a ring of more than 55 starts lower, so that it ends at .254). A ring of 0 leaves the `ring` group out, for a
+    course on Celery or sockets alone (the name server stays on the broker: every host's settings name one).
+    Pure: checked, not written.
     """
     if not CLUSTER_RE.fullmatch(cluster):
         raise InventoryError(f"cluster name {cluster!r}: use 1-6 characters of [a-z0-9]")
@@ -434,18 +436,22 @@ def sized_hosts_yml(cluster: str, subnet: str, ring: int = 3, workers: int = 2) 
         raise InventoryError(f"subnet {subnet}: use a /24 (a sized inventory numbers hosts .10 to .254)")
     check_box_subnet(net)
     first_ring = min(200, 255 - ring)
-    if ring < 1 or workers < 1 or 100 + workers > first_ring:
-        raise InventoryError(f"--ring {ring} --workers {workers}: at least one of each, and at most 155 between "
-                             "them (the workers take .100 up, the ring ends at .254 of one /24)")
+    if ring < 0 or workers < 1 or 100 + workers > first_ring:
+        raise InventoryError(f"--ring {ring} --workers {workers}: at least one worker, a ring of 0 (none) or "
+                             "more, and at most 155 between them (the workers take .100 up, the ring ends at .254 "
+                             "of one /24)")
     base = str(net.network_address).rsplit(".", 1)[0]
 
     def block(names_octets) -> str:
         return "".join(f"        {name}: {{ansible_host: {base}.{octet}}}\n" for name, octet in names_octets)
 
     order = " -> ".join(f"pyro{i}" for i in range(1, min(ring, 3) + 1)) + (" -> ..." if ring > 3 else "")
+    ring_group = (f"    ring:            # in this order: {order} -> pyro1\n      hosts:\n" +
+                  block((f"pyro{i}", first_ring - 1 + i) for i in range(1, ring + 1))) if ring else ""
     total = ring + workers + 3
     return (
-        f"# A netns cluster made by `fab new-inventory`: a ring of {ring}, {workers} workers.\n"
+        f"# A netns cluster made by `fab new-inventory`: {f'a ring of {ring}' if ring else 'no ring'}, "
+        f"{workers} workers.\n"
         "all:\n  vars:\n"
         f"    labkit_cluster: {cluster}\n    labkit_subnet: {net}\n"
         # The last step of provisioning starts the programs of every host at once, all on this box's cores:
@@ -455,8 +461,7 @@ def sized_hosts_yml(cluster: str, subnet: str, ring: int = 3, workers: int = 2) 
         "    brokers:\n      hosts:\n" + block([("broker", 10)]) +
         "    nameservers:\n      hosts:\n        broker:\n"
         "    workers:\n      hosts:\n" + block((f"worker{i}", 99 + i) for i in range(1, workers + 1)) +
-        f"    ring:            # in this order: {order} -> pyro1\n      hosts:\n" +
-        block((f"pyro{i}", first_ring - 1 + i) for i in range(1, ring + 1)) +
+        ring_group +
         "    sockservers:\n      hosts:\n" + block([("sockserver", 30)]) +
         "    clients:\n      hosts:\n" + block([("client", 40)])
     )

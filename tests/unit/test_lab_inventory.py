@@ -46,10 +46,18 @@ def test_a_sized_inventory_has_the_ring_and_workers_asked_for_each_at_its_own_ad
     assert inv.hosts[0].vars["common_supervise_timeout"] == 200  # every host's programs start at once on the box
 
 
+def test_a_sized_inventory_with_a_ring_of_0_has_no_ring_group_and_keeps_the_name_server(tmp_path):
+    inv = inventory.load(inventory.new_sized(tmp_path / "cel", "cel", "10.77.60.0/24", ring=0, workers=2))
+    assert "ring" not in inv.groups and [h.name for h in inv.hosts] == ["broker", "worker1", "worker2",
+                                                                       "sockserver", "client"]
+    assert list(inv.groups["nameservers"]) == ["broker"]  # every host's settings name the name server's address
+
+
 @pytest.mark.parametrize("args, words", [
     (("BIG", "10.77.60.0/24", 3, 2), "cluster name"),
     (("big", "10.77.60.0/23", 3, 2), "use a /24"),
-    (("big", "10.77.60.0/24", 0, 2), "at least one"),
+    (("big", "10.77.60.0/24", 3, 0), "at least one worker"),
+    (("big", "10.77.60.0/24", -1, 2), "a ring of 0"),
     (("big", "10.77.60.0/24", 100, 56), "at most 155"),
     (("big", "8.8.8.0/24", 3, 2), "not private address space"),
 ])
