@@ -116,8 +116,7 @@ def new_inventory(c, directory, cluster=None, subnet=None, ring=3, workers=2):
     except (LabkitError, ValueError) as exc:
         _fail(exc)
     print(f"new-inventory: {path}/hosts.yml: {int(ring) + int(workers) + 3} hosts "
-          f"({f'a ring of {ring}' if int(ring) else 'no ring'}, {workers} worker{'' if int(workers) == 1 else 's'}); "
-          f"bring it up with `fab up -i {path}`")
+          f"({inventory.sized_shape(int(ring), int(workers))}); bring it up with `fab up -i {path}`")
 
 
 @task(help={"json": "print JSON instead of a table", "inventory": INVENTORY})

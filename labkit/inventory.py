@@ -418,6 +418,11 @@ def relocate(src: str | os.PathLike, dest: str | os.PathLike, cluster: str, thir
     return dest
 
 
+def sized_shape(ring: int, workers: int) -> str:
+    """How `fab new-inventory` names a sized cluster's shape: "a ring of 3, 2 workers", "no ring, 1 worker"."""
+    return f"{f'a ring of {ring}' if ring else 'no ring'}, {workers} worker{'' if workers == 1 else 's'}"
+
+
 def sized_hosts_yml(cluster: str, subnet: str, ring: int = 3, workers: int = 2) -> str:
     """hosts.yml of a netns cluster shaped like inventory/netns, with `ring` ring hosts and `workers` workers.
 
@@ -450,8 +455,7 @@ def sized_hosts_yml(cluster: str, subnet: str, ring: int = 3, workers: int = 2) 
                   block((f"pyro{i}", first_ring - 1 + i) for i in range(1, ring + 1))) if ring else ""
     total = ring + workers + 3
     return (
-        f"# A netns cluster made by `fab new-inventory`: {f'a ring of {ring}' if ring else 'no ring'}, "
-        f"{workers} workers.\n"
+        f"# A netns cluster made by `fab new-inventory`: {sized_shape(ring, workers)}.\n"
         "all:\n  vars:\n"
         f"    labkit_cluster: {cluster}\n    labkit_subnet: {net}\n"
         # The last step of provisioning starts the programs of every host at once, all on this box's cores:

@@ -51,6 +51,9 @@ def test_a_sized_inventory_with_a_ring_of_0_has_no_ring_group_and_keeps_the_name
     assert "ring" not in inv.groups and [h.name for h in inv.hosts] == ["broker", "worker1", "worker2",
                                                                        "sockserver", "client"]
     assert list(inv.groups["nameservers"]) == ["broker"]  # every host's settings name the name server's address
+    assert (inv.path / "hosts.yml").read_text().startswith("# A netns cluster made by `fab new-inventory`: no ring, "
+                                                           "2 workers.\n")
+    assert inventory.sized_shape(50, 1) == "a ring of 50, 1 worker"
 
 
 @pytest.mark.parametrize("args, words", [
